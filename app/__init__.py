@@ -1,0 +1,1 @@
+"""The Streamlit annotation app: paint masks, train heads, review synthetic labels."""

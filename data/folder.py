@@ -1,0 +1,149 @@
+"""Labelled image folders: the project's own format and VOC / CVAT palette-PNG exports.
+
+Project format (what ``labelgen data import-ccp`` writes and every command reads for real data)::
+
+    DIR/classes.json                 names + colours (or labelmap.txt / classes.txt)
+    DIR/<split>/images/NNNN.png      RGB images
+    DIR/<split>/masks/NNNN.png       index masks: 0..C-1, 255 = ignore (absent for unlabelled splits)
+
+A split folder (``DIR/<split>``) or any folder with ``images/`` (+ ``masks/``) is read the same way;
+the classes file is looked up in the folder, then its parent. A flat folder of ``<id>.png`` +
+``<id>.mask.png`` (the workspace annotation store) is read too.
+
+VOC / CVAT layout (``Segmentation mask 1.1`` export)::
+
+    DIR/JPEGImages/*.jpg   DIR/SegmentationClass/*.png   [DIR/labelmap.txt]   [DIR/ImageSets/Segmentation/<split>.txt]
+
+Masks may be palette ('P') PNGs whose indices are the class ids (VOC), or RGB colour PNGs mapped
+through the class colours (CVAT). Without labelmap.txt the 21 VOC classes are assumed.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labelgen.data.classes import ClassList, default_colour, find_classes_file, read_classes_file
+from labelgen.data.io import check_mask, list_images, read_image, read_mask_pixels
+from labelgen.errors import DataError
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+@dataclass
+class LabelledImage:
+    key: str
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    mask: np.ndarray | None  # [H, W] uint8 class ids, 255 = ignore; None when unlabelled
+    image_path: Path | None = None
+    mask_path: Path | None = None
+
+
+class LabelledFolder(Sequence[LabelledImage]):
+    """Images with optional index masks, read lazily and validated on access.
+
+    ``require_masks``: every image must have a mask (training/evaluation sets)."""
+
+    def __init__(self, root: Path | str, classes: ClassList | None = None, require_masks: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
+        if (self.root / "JPEGImages").is_dir():
+            raise DataError(f"{self.root}: looks like a VOC/CVAT export; read it with VocFolder")
+        self.classes = classes or read_classes_file(find_classes_file(self.root, self.root.parent))
+        if (self.root / "images").is_dir():
+            image_dir, mask_dir, mask_suffix = self.root / "images", self.root / "masks", ".png"
+        else:  # flat: <id>.png + <id>.mask.png
+            image_dir, mask_dir, mask_suffix = self.root, self.root, ".mask.png"
+        self.image_paths = list_images(image_dir)
+        if not self.image_paths:
+            raise DataError(f"{image_dir}: empty folder (no images)")
+        self.mask_paths: list[Path | None] = []
+        for p in self.image_paths:
+            m = mask_dir / (p.stem + mask_suffix)
+            if not m.is_file() and require_masks:
+                raise DataError(f"{m}: mask missing for image {p.name}")
+            self.mask_paths.append(m if m.is_file() else None)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def labelled_count(self) -> int:
+        return sum(m is not None for m in self.mask_paths)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        image = read_image(self.image_paths[i])
+        mask = None
+        if self.mask_paths[i] is not None:
+            mask = _index_mask(read_mask_pixels(self.mask_paths[i]), self.classes, self.mask_paths[i])
+            check_mask(mask, image.shape, len(self.classes), self.mask_paths[i])
+        return LabelledImage(self.image_paths[i].stem, image, mask, self.image_paths[i], self.mask_paths[i])
+
+    def __iter__(self) -> Iterator[LabelledImage]:
+        return (self[i] for i in range(len(self)))
+
+
+class VocFolder(LabelledFolder):
+    """VOC / CVAT 'Segmentation mask' export (see module docstring); ``split`` reads ImageSets."""
+
+    def __init__(self, root: Path | str, split: str | None = None, classes: ClassList | None = None,
+                 require_masks: bool = True):
+        self.root = Path(root)
+        jpeg, seg = self.root / "JPEGImages", self.root / "SegmentationClass"
+        if not jpeg.is_dir():
+            raise DataError(f"{self.root}: not a VOC/CVAT export (no JPEGImages/)")
+        if classes is None:
+            if (self.root / "labelmap.txt").is_file():
+                classes = read_classes_file(self.root / "labelmap.txt")
+            else:
+                classes = ClassList(VOC_CLASSES, tuple(default_colour(i) for i in range(len(VOC_CLASSES))))
+        self.classes = classes
+        if split is not None:
+            listing = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            if not listing.is_file():
+                raise DataError(f"{listing}: split list not found")
+            stems = [s.strip() for s in listing.read_text().split() if s.strip()]
+            by_stem = {p.stem: p for p in list_images(jpeg)}
+            missing = [s for s in stems if s not in by_stem]
+            if missing:
+                raise DataError(f"{listing}: image {missing[0]!r} not in {jpeg}")
+            self.image_paths = [by_stem[s] for s in stems]
+        else:
+            self.image_paths = list_images(jpeg)
+        if not self.image_paths:
+            raise DataError(f"{jpeg}: empty folder (no images)")
+        self.mask_paths = []
+        for p in self.image_paths:
+            m = seg / (p.stem + ".png")
+            if not m.is_file() and require_masks:
+                raise DataError(f"{m}: mask missing for image {p.name}")
+            self.mask_paths.append(m if m.is_file() else None)
+
+
+def _index_mask(pixels: np.ndarray, classes: ClassList, path: Path) -> np.ndarray:
+    """Index ('L'/'P') masks pass through; colour masks are mapped through the class colours."""
+    return pixels if pixels.ndim == 2 else classes.colour_to_index(pixels, path)
+
+
+def open_labelled(path: Path | str, require_masks: bool = False, split: str | None = None) -> LabelledFolder:
+    """Open any supported labelled-image folder (project format, split folder, flat, VOC/CVAT)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    if (path / "JPEGImages").is_dir():
+        return VocFolder(path, split=split, require_masks=require_masks)
+    if split is not None:
+        path = path / split
+        if not path.is_dir():
+            raise DataError(f"{path}: split folder not found")
+    if (path / "photos").is_dir() and (path / "annotations").is_dir():
+        raise DataError(f"{path}: raw CCP layout; convert it first with `labelgen data import-ccp`")
+    return LabelledFolder(path, require_masks=require_masks)

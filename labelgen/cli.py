@@ -1,0 +1,101 @@
+"""``labelgen``: the teacher's command line (data import, workspace, heads, synthesis, app).
+
+Every user-facing failure raises :class:`labelgen.errors.LabelgenError`; :func:`main` turns it into
+one line on stderr (``error: ...``) and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from labelgen.errors import LabelgenError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'96x64' -> (96, 64) as (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 96x64") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="labelgen")
+def cli():
+    """labelgen: a generator + a few annotated images -> a labelled synthetic dataset -> a student."""
+
+
+@cli.group()
+def data():
+    """Import and inspect datasets (CCP, folders, VOC/CVAT, shards)."""
+
+
+@data.command("import-ccp")
+@click.option("--src", type=click.Path(path_type=Path), required=True, help="CCP in its published layout.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New folder to write.")
+@click.option("--size", "size", type=str, default="96x64", help="Output size HxW.")
+@click.option("--splits", type=str, default="all", help="Comma-separated split names, or 'all'.")
+@click.option("--resample", type=click.Choice(["area", "bicubic"]), default="area", help="Image resampling.")
+@click.option("--workers", type=int, default=0, help="Processes (0 = one per core).")
+def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, resample: str, workers: int):
+    """Write a benchmark-ready CCP-8 copy (images, index masks, classes.json) at a chosen size."""
+    from rich.progress import Progress
+
+    from labelgen.data.ccp import SPLITS, import_ccp
+
+    size_hw = parse_size(size)
+    chosen = tuple(SPLITS) if splits == "all" else tuple(s.strip() for s in splits.split(","))
+    total = len({pid for s in chosen if s in SPLITS for pid in SPLITS[s]})
+    with Progress() as progress:
+        task = progress.add_task("import CCP", total=total)
+        summary = import_ccp(src, out, size_hw, chosen, resample, workers or None,
+                             progress=lambda: progress.advance(task))
+    click.echo(f"wrote {summary['photos']} photos into {len(chosen)} splits at {size_hw[0]}x{size_hw[1]} "
+               f"in {summary['seconds']:.1f} s -> {out}")
+
+
+@data.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+def data_info(path: Path):
+    """Describe a labelled folder or a shard set (counts, classes, size)."""
+    from labelgen.data.folder import open_labelled
+    from labelgen.data.shards import MANIFEST, ShardReader
+
+    if (path / MANIFEST).is_file() or any(path.glob("*.tar")):
+        reader = ShardReader(path, decode=False)
+        click.echo(f"shard set {path}: {len(reader.shards)} shards, {len(reader)} samples")
+        return
+    folder = open_labelled(path)
+    click.echo(f"folder {path}: {len(folder)} images, {folder.labelled_count} with masks, "
+               f"classes: {', '.join(folder.classes.names)}")
+
+
+def run_click(group: click.Group, argv: list[str] | None = None) -> None:
+    """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
+    try:
+        group.main(args=argv, standalone_mode=False)
+    except LabelgenError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_click(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The student: a segmentation-models-pytorch network trained from the teacher's synthetic data."""
