@@ -105,3 +105,69 @@ class Generator(nn.Module, ABC):
         save_file(state, str(tmp))
         tmp.replace(folder / WEIGHTS_NAME)
         atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": self.backend, **self.config}, indent=2).encode())
+
+
+# ---- helpers shared by the backends ----
+def seeded_randn(seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu",
+                 salt: int = 0) -> torch.Tensor:
+    """Standard normal noise [N, *shape], row k drawn from its own generator seeded by ``seeds[k]``
+    (+ ``salt`` to decorrelate different uses of one seed), so a row never depends on the batch."""
+    rows = []
+    for seed in seeds:
+        g = torch.Generator(device="cpu").manual_seed((int(seed) + int(salt) * 1_000_003) % (2**63))
+        rows.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    if not rows:
+        return torch.zeros((0, *shape), device=device)
+    return torch.stack(rows).to(device)  # drawn on CPU: identical on every device
+
+
+def check_feature_layers(feature_layers: list[int] | None, num_levels: int, backend: str) -> list[int]:
+    """Validate ``feature_layers`` (indices into ``num_levels`` levels, negatives allowed); None = all."""
+    if feature_layers is None:
+        return list(range(num_levels))
+    try:
+        layers = [int(i) for i in feature_layers]
+    except (TypeError, ValueError):
+        raise LabelgenError(f"{backend}: feature_layers must be a list of integers, got {feature_layers!r}") from None
+    out = []
+    for i in layers:
+        if not -num_levels <= i < num_levels:
+            raise LabelgenError(f"{backend}: feature layer {i} out of range (the generator has {num_levels} levels: "
+                                f"0..{num_levels - 1})")
+        out.append(i % num_levels)
+    if not out:
+        raise LabelgenError(f"{backend}: feature_layers is empty")
+    return out
+
+
+def check_seeds(seeds) -> list[int]:
+    try:
+        return [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise LabelgenError(f"seeds must be integers, got {seeds!r}") from None
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def inference(fn):
+    """Run ``fn`` under ``torch.inference_mode`` and hand back ordinary tensors (clones made outside
+    inference mode), so callers may feed images/features into modules they train."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        if isinstance(out, GeneratorOutput):
+            return GeneratorOutput(out.images.clone(), [f.clone() for f in out.features], out.recipes)
+        if isinstance(out, list):
+            return [f.clone() for f in out]
+        return out.clone()
+
+    return wrapper
