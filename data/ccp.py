@@ -175,10 +175,11 @@ def _worker_dataset(root: str) -> CCPDataset:
 
 
 def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str, ...] = tuple(SPLITS),
-               resample: str = "area", workers: int | None = None, progress=None) -> dict:
+               resample: str = "area", workers: int | None = None, progress=None, limit: int | None = None) -> dict:
     """Write a benchmark-ready copy of CCP in the project's folder format (see data/folder.py).
 
     Every photo is decoded and resized once, then written into each split folder that lists it.
+    ``limit`` keeps only the first N photos of each split (quick trials, small fixtures).
     The copy is built under ``OUT.partial`` and renamed to ``OUT`` at the end, so ``OUT`` is either
     absent or complete. Returns a summary (photo count, seconds)."""
     src, out = Path(src), Path(out)
@@ -188,7 +189,8 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
         raise DataError(f"unknown CCP split {unknown[0]!r} (one of {', '.join(SPLITS)})")
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new output folder")
-    missing = [p for s in splits for p in [dataset.photo_path(i) for i in SPLITS[s][:1] + SPLITS[s][-1:]] if not p.is_file()]
+    ids_of = {s: SPLITS[s][:limit] if limit else SPLITS[s] for s in splits}
+    missing = [p for s in splits for p in [dataset.photo_path(i) for i in ids_of[s][:1] + ids_of[s][-1:]] if not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: photo missing from the CCP layout")
     partial = out.with_name(out.name + ".partial")
@@ -198,7 +200,7 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     dataset.classes.save(partial / "classes.json")
     targets_of: dict[int, list[str]] = {}
     for s in splits:
-        for photo_id in SPLITS[s]:
+        for photo_id in ids_of[s]:
             targets_of.setdefault(photo_id, []).append(str(partial / s))
     jobs = [(str(src), pid, any(Path(t).name in LABELLED_SPLITS for t in tg), size_hw, resample, tuple(tg))
             for pid, tg in sorted(targets_of.items())]

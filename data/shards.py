@@ -4,7 +4,8 @@ Layout of a shard set (readable by ``webdataset.WebDataset(sorted(glob("DIR/*.ta
 
     DIR/000000.tar             samples in key order; each sample is a group of tar members
         <key>.png              RGB image
-        <key>.mask.png         index mask (0..C-1, 255 = ignore), palette PNG
+        <key>.mask.png         index mask (0..C-1, 255 = ignore), 8-bit grayscale PNG, so any decoder
+                               (webdataset "l8"/"rgb8", PIL, OpenCV) yields the class ids
         <key>.json             metadata: seed/latent id, generator and head ids, uncertainty, ...
         <key>.<ext>            optional extras (e.g. soft labels), raw bytes
     DIR/000000.json            the shard's index: keys, sample count, bytes (written after the tar)
@@ -59,12 +60,12 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: float) -
     tar.addfile(info, io.BytesIO(payload))
 
 
-def encode_sample(sample: ShardSample, palette: list[tuple[int, int, int]] | None) -> list[tuple[str, bytes]]:
+def encode_sample(sample: ShardSample) -> list[tuple[str, bytes]]:
     """Tar members of one sample (PNG encoding is the costly part: callers may do it in workers)."""
     assert "." not in sample.key, f"sample keys must not contain '.': {sample.key!r}"
     members = [
         (f"{sample.key}.png", png_bytes(sample.image)),
-        (f"{sample.key}.mask.png", png_bytes(sample.mask, palette)),
+        (f"{sample.key}.mask.png", png_bytes(sample.mask)),
         (f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode()),
     ]
     members += [(f"{sample.key}.{ext}", payload) for ext, payload in sorted(sample.extras.items())]
@@ -78,7 +79,6 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.classes = classes
-        self._palette = classes.palette if classes else None
 
     def done_shards(self) -> set[int]:
         done = set()
@@ -103,7 +103,7 @@ class ShardWriter:
                     encoded: Iterable[list[tuple[str, bytes]]] | None = None, info: dict | None = None) -> dict:
         """Write shard ``shard_id`` from samples (or pre-encoded members); atomic. Returns its index."""
         if encoded is None:
-            encoded = (encode_sample(s, self._palette) for s in (samples or ()))
+            encoded = (encode_sample(s) for s in (samples or ()))
         final = self.out_dir / shard_name(shard_id)
         tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
         keys: list[str] = []
