@@ -92,6 +92,12 @@ class Generator(nn.Module, ABC):
             raise LabelgenError(f"{folder / WEIGHTS_NAME}: weights do not fit the saved config ({str(e)[:200]})") from None
         return model.eval()
 
+    def with_options(self, **options) -> "Generator":
+        """A new generator with the same weights and other constructor options (feature_layers, ...)."""
+        model = type(self)(**{**self.config, **options})
+        model.load_state_dict(self.state_dict())
+        return model.eval()
+
     # ---- persistence (diffusers-style) ----
     def save_pretrained(self, folder: Path | str) -> None:
         from safetensors.torch import save_file

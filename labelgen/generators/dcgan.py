@@ -17,7 +17,6 @@ Recipe: ``{"seed": int, "truncation": float}`` — z ~ N(0, I) from the seed, sc
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +137,8 @@ class DCGANGenerator(Generator):
         if options:
             raise LabelgenError(f"dcgan: unknown options {sorted(options)} (it takes feature_layers)")
         if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():  # a save_pretrained folder
-            saved = json.loads((Path(checkpoint) / CONFIG_NAME).read_text())
             model = cls.from_pretrained(checkpoint)
-            if feature_layers is not None and feature_layers != saved.get("feature_layers"):
-                model.layers = check_feature_layers(feature_layers, NUM_BLOCKS, cls.backend)
-                model.config["feature_layers"] = feature_layers
-            return model
+            return model if feature_layers is None else model.with_options(feature_layers=feature_layers)
         path = default_weights_path() if checkpoint is None else Path(checkpoint)
         state = _read_state_dict(path)
         first = state.get("main.0.weight")
