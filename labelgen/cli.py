@@ -77,6 +77,11 @@ def data_info(path: Path):
                f"classes: {', '.join(folder.classes.names)}")
 
 
+from labelgen.app.cli import app_cmd  # noqa: E402
+
+cli.add_command(app_cmd)
+
+
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
     try:

@@ -1,0 +1,432 @@
+"""The app's logic without Streamlit: mask codec, path safety, uploads, review store, overlays, sampling.
+
+Everything here is plain Python + numpy so it is tested directly; the pages (``labelgen.app.views``)
+only wire it to widgets. Paths and ids that come from the browser always go through
+:func:`resolve_inside` / :meth:`Workspace.check_id`, so nothing the browser sends can name a file
+outside the workspace (or, for imports, outside the allowed roots).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from labelgen.data.io import IGNORE_INDEX, atomic_write_json, list_images, png_bytes, read_json
+from labelgen.errors import LabelgenError
+from labelgen.workspace import Workspace
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per uploaded image (the server's maxUploadSize is set to match)
+MAX_UPLOAD_PIXELS = 40_000_000  # decompression-bomb guard for uploads and imported files
+MAX_IMPORT_FILES = 500  # per folder import
+REVIEW_FILE = "review.json"
+ACCEPTED, REJECTED = "accepted", "rejected"
+
+
+class AppError(LabelgenError):
+    """A user-facing problem shown in the page (bad path, bad upload, ...)."""
+
+
+# ---------------------------------------------------------------- mask codec (component <-> numpy)
+def rle_encode(mask: np.ndarray) -> list[int]:
+    """Row-major run-length pairs ``[value, count, value, count, ...]`` of a uint8 mask."""
+    flat = np.asarray(mask, dtype=np.uint8).ravel()
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(np.diff(flat.astype(np.int16))) + 1
+    starts = np.concatenate([[0], change])
+    counts = np.diff(np.concatenate([starts, [flat.size]]))
+    out = np.empty(2 * len(starts), dtype=np.int64)
+    out[0::2] = flat[starts]
+    out[1::2] = counts
+    return out.tolist()
+
+
+def rle_decode(rle: Any, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """Inverse of :func:`rle_encode`, validated: the right pixel count and only class ids or 255."""
+    h, w = shape
+    if not isinstance(rle, (list, tuple)) or len(rle) % 2:
+        raise AppError("mask from the browser: expected run-length pairs")
+    try:
+        pairs = np.asarray(rle, dtype=np.int64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise AppError("mask from the browser: non-integer run-length data") from None
+    values, counts = pairs[:, 0], pairs[:, 1]
+    if (counts < 0).any() or int(counts.sum()) != h * w:
+        raise AppError(f"mask from the browser: {int(counts.sum())} pixels, expected {h}x{w}")
+    bad = ((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)
+    if bad.any():
+        raise AppError(f"mask from the browser: class id {int(values[bad][0])} out of range")
+    return np.repeat(values.astype(np.uint8), counts).reshape(h, w)
+
+
+def mask_from_component(value: Any, doc: str, shape: tuple[int, int], num_classes: int) -> np.ndarray | None:
+    """The edited mask in a canvas component value, or None when the value belongs to another document."""
+    if not isinstance(value, dict) or value.get("doc") != doc:
+        return None
+    if (value.get("height"), value.get("width")) != tuple(shape):
+        raise AppError(f"mask from the browser has size {value.get('width')}x{value.get('height')}, "
+                       f"expected {shape[1]}x{shape[0]}")
+    return rle_decode(value.get("rle"), shape, num_classes)
+
+
+def data_url(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(np.ascontiguousarray(image, dtype=np.uint8))).decode()
+
+
+# ---------------------------------------------------------------- paths
+def resolve_inside(root: Path, user_path: str | os.PathLike, *, must_exist: bool = True) -> Path:
+    """``user_path`` (absolute, or relative to ``root``) resolved with symlinks; refused unless it is
+    ``root`` or below it. The one gate for every path typed or sent from the browser."""
+    root = Path(root).resolve()
+    text = str(user_path).strip()
+    if not text or "\x00" in text:
+        raise AppError("empty or invalid path")
+    candidate = Path(text).expanduser()
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    resolved = candidate.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise AppError(f"{text}: outside {root}")
+    if must_exist and not resolved.exists():
+        raise AppError(f"{text}: not found")
+    return resolved
+
+
+def resolve_in_roots(roots: list[Path], user_path: str) -> Path:
+    """``user_path`` inside one of the allowed ``roots`` (first that contains it), else AppError."""
+    errors = []
+    text = str(user_path).strip()
+    for root in roots:
+        if not Path(text).expanduser().is_absolute() and root != roots[0]:
+            continue  # relative paths are relative to the first root (the workspace)
+        try:
+            return resolve_inside(root, text)
+        except AppError as e:
+            errors.append(str(e))
+    raise AppError(f"{text}: not inside the allowed folders ({', '.join(str(r) for r in roots)})"
+                   if not any("not found" in e for e in errors) else f"{text}: not found")
+
+
+def allowed_roots(ws: Workspace, extra: list[str] | None = None) -> list[Path]:
+    """Folders the import box may read: the workspace, plus ``--import-root`` / LABELGEN_APP_IMPORT_ROOTS."""
+    roots = [ws.root]
+    env = os.environ.get("LABELGEN_APP_IMPORT_ROOTS", "")
+    for item in list(extra or []) + [p for p in env.split(os.pathsep) if p]:
+        path = Path(item).expanduser().resolve()
+        if path.is_dir() and path not in roots:
+            roots.append(path)
+    return roots
+
+
+# ---------------------------------------------------------------- images in
+def fit_to_resolution(image: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
+    """Centre-crop to the generator's aspect ratio, then resize (area-like) to (H, W)."""
+    h, w = resolution
+    ih, iw = image.shape[:2]
+    target = w / h
+    if iw / ih > target:  # too wide
+        cw = max(1, round(ih * target))
+        x0 = (iw - cw) // 2
+        image = image[:, x0:x0 + cw]
+    else:
+        ch = max(1, round(iw / target))
+        y0 = (ih - ch) // 2
+        image = image[y0:y0 + ch]
+    im = Image.fromarray(image)
+    resample = Image.Resampling.BOX if im.width >= w else Image.Resampling.BICUBIC
+    return np.asarray(im.resize((w, h), resample).convert("RGB"), dtype=np.uint8)
+
+
+def decode_image_bytes(payload: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """Validate untrusted image bytes (size, real image, pixel count) -> uint8 [H, W, 3]."""
+    if len(payload) > max_bytes:
+        raise AppError(f"{name}: {len(payload) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB limit")
+    if not payload:
+        raise AppError(f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(payload)) as im:
+            if im.format not in ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"):
+                raise AppError(f"{name}: unsupported image format {im.format}")
+            if im.width * im.height > MAX_UPLOAD_PIXELS:
+                raise AppError(f"{name}: {im.width}x{im.height} is too large")
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except AppError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise AppError(f"{name}: not a readable image") from None
+
+
+def import_real_images(ws: Workspace, images: list[tuple[str, np.ndarray]]) -> list[str]:
+    """Store real images (resized to the generator resolution) as annotations with ``source: real``."""
+    if not can_import_real(ws):
+        raise AppError(f"the {ws.config.backend} generator cannot compute features of real images; "
+                       "importing needs a diffusion teacher")
+    resolution = tuple(ws.config.resolution) if ws.config.resolution else tuple(ws.generator().resolution)
+    ids = []
+    for name, image in images:
+        fitted = fit_to_resolution(image, resolution)
+        ids.append(ws.add_annotation(fitted, {"source": "real", "original_name": Path(name).name[:200]}))
+    return ids
+
+
+def folder_images(ws: Workspace, roots: list[Path], folder: str) -> list[tuple[str, np.ndarray]]:
+    """Images of a folder inside the allowed roots (validated like uploads)."""
+    path = resolve_in_roots(roots, folder)
+    if not path.is_dir():
+        raise AppError(f"{folder}: not a folder")
+    files = list_images(path)[:MAX_IMPORT_FILES]
+    if not files:
+        raise AppError(f"{folder}: no images")
+    out = []
+    for f in files:
+        if f.resolve().parent != path:  # a symlinked file pointing elsewhere
+            continue
+        out.append((f.name, decode_image_bytes(f.read_bytes(), f.name, max_bytes=4 * MAX_UPLOAD_BYTES)))
+    return out
+
+
+def can_import_real(ws: Workspace) -> bool:
+    from labelgen.generators import generator_class
+
+    if getattr(ws.config, "can_encode_images", False):
+        return True
+    try:
+        return bool(generator_class(ws.config.backend).can_encode_images)
+    except LabelgenError:
+        return False
+
+
+# ---------------------------------------------------------------- generating
+def next_seeds(ws: Workspace, n: int) -> list[int]:
+    """``n`` seeds not used by any annotation yet (continuing after the largest one)."""
+    used = []
+    for i in ws.annotation_ids():
+        try:
+            seed = read_json(ws.recipe_path(i)).get("seed")
+        except LabelgenError:
+            continue
+        if isinstance(seed, int):
+            used.append(seed)
+    start = max(used, default=-1) + 1
+    return list(range(start, start + n))
+
+
+def generate_into_workspace(ws: Workspace, n: int) -> list[str]:
+    """Sample ``n`` new images from the workspace generator and store them with their recipes."""
+    import torch
+
+    if hasattr(ws, "sample_annotations"):  # the workspace's own sampler (same as `labelgen sample`)
+        return ws.sample_annotations(n)
+    gen = ws.generator()
+    seeds = next_seeds(ws, n)
+    with torch.no_grad():
+        out = gen.sample(seeds, **_sample_options(ws))
+    images = ((out.images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [ws.add_annotation(images[k], dict(out.recipes[k])) for k in range(len(seeds))]
+
+
+def _sample_options(ws: Workspace) -> dict:
+    opts = ws.config.generator_options or {}
+    return {k: v for k, v in opts.items() if k in ("truncation",)}
+
+
+# ---------------------------------------------------------------- statistics and overlays
+def class_pixel_counts(ws: Workspace) -> tuple[int, np.ndarray]:
+    """(number of annotated images, pixels per class over all saved masks)."""
+    counts = np.zeros(len(ws.classes), dtype=np.int64)
+    n = 0
+    for i in ws.annotated_ids():
+        try:
+            mask = ws.read_mask(i)
+        except LabelgenError:
+            continue
+        if mask is None:
+            continue
+        n += 1
+        counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=len(counts))[:len(counts)]
+    return n, counts
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
+    """Image with the mask's class colours blended in (255 = unlabelled stays clear)."""
+    lut = np.zeros((256, 3), np.float32)
+    lut[:len(palette)] = np.asarray(palette, np.float32)
+    colours = lut[mask]
+    labelled = (mask != IGNORE_INDEX)[..., None]
+    out = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * colours, image.astype(np.float32))
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def heat(values: np.ndarray) -> np.ndarray:
+    """A [H, W] map in [0, 1] as an RGB heat image (black -> red -> yellow -> white)."""
+    v = np.clip(np.nan_to_num(values.astype(np.float32)), 0, 1)
+    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement (so 64x64 thumbnails stay crisp)."""
+    if factor <= 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+# ---------------------------------------------------------------- review store
+class ReviewStore:
+    """Accept/reject decisions per synthetic set, in ``W/review.json`` (atomic writes).
+
+    ``{"version": 1, "sets": {"synthetic": {"<key>": "accepted" | "rejected"}}}``; set names are paths
+    relative to the workspace."""
+
+    def __init__(self, ws: Workspace):
+        self.path = ws.root / REVIEW_FILE
+
+    def _read(self) -> dict:
+        if not self.path.is_file():
+            return {"version": 1, "sets": {}}
+        try:
+            data = read_json(self.path)
+        except LabelgenError:
+            return {"version": 1, "sets": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("sets"), dict):
+            return {"version": 1, "sets": {}}
+        return data
+
+    def decisions(self, set_name: str) -> dict[str, str]:
+        return dict(self._read()["sets"].get(set_name, {}))
+
+    def set(self, set_name: str, key: str, decision: str | None) -> None:
+        if decision not in (ACCEPTED, REJECTED, None):
+            raise AppError(f"bad review decision {decision!r}")
+        data = self._read()
+        entries = data["sets"].setdefault(set_name, {})
+        if decision is None:
+            entries.pop(key, None)
+        else:
+            entries[key] = decision
+        data["updated"] = time.time()
+        atomic_write_json(self.path, data)
+
+
+# ---------------------------------------------------------------- synthetic sets
+@dataclass
+class SampleInfo:
+    key: str
+    shard: str  # file name of the tar
+    index: int  # position inside the shard
+    meta: dict
+
+    @property
+    def uncertainty(self) -> float | None:
+        for name in ("uncertainty", "mean_uncertainty", "entropy", "mean_entropy"):
+            value = self.meta.get(name)
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, dict):
+                for sub in ("mean", "value", "entropy"):
+                    if isinstance(value.get(sub), (int, float)):
+                        return float(value[sub])
+        return None
+
+
+def synthetic_sets(ws: Workspace) -> list[str]:
+    """Folders inside the workspace holding finished shards (relative names), ``synthetic`` first."""
+    found = []
+    for manifest in sorted(ws.root.rglob("manifest.json")):
+        rel = manifest.parent.relative_to(ws.root).as_posix()
+        if ".app" in rel.split("/"):
+            continue
+        found.append(rel)
+    for folder in sorted({p.parent for p in ws.root.rglob("[0-9]" * 6 + ".tar")}):
+        rel = folder.relative_to(ws.root).as_posix()
+        if rel not in found:
+            found.append(rel)
+    found.sort(key=lambda r: (r != "synthetic", r))
+    return found
+
+
+def list_samples(set_dir: Path) -> list[SampleInfo]:
+    """Every sample of a shard set with its metadata (images not decoded)."""
+    from labelgen.data.shards import ShardReader, iter_shard
+
+    reader = ShardReader(set_dir, decode=False)
+    out = []
+    for path, _count in reader.shards:
+        for k, sample in enumerate(iter_shard(path, decode=False)):
+            out.append(SampleInfo(sample.key, path.name, k, sample.meta))
+    return out
+
+
+def load_sample(set_dir: Path, info: SampleInfo):
+    """The decoded :class:`ShardSample` of ``info``."""
+    from labelgen.data.shards import iter_shard
+
+    shard = resolve_inside(set_dir, info.shard)
+    for k, sample in enumerate(iter_shard(shard)):
+        if k == info.index:
+            if sample.key != info.key:
+                break
+            return sample
+    raise AppError(f"sample {info.key} not found in {info.shard} (was the set rewritten?)")
+
+
+def stored_uncertainty(sample) -> np.ndarray | None:
+    """A per-pixel uncertainty map stored with a sample (extras ``uncertainty.png`` / ``*.npy`` / ``*.npz``)."""
+    for ext, payload in sample.extras.items():
+        if "uncert" not in ext and "entropy" not in ext and "soft" not in ext:
+            continue
+        try:
+            if ext.endswith(".png"):
+                with Image.open(io.BytesIO(payload)) as im:
+                    return np.asarray(im.convert("L"), np.float32) / 255.0
+            if ext.endswith(".npy"):
+                return _normalise(np.load(io.BytesIO(payload), allow_pickle=False))
+            if ext.endswith(".npz"):
+                with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+                    for name in z.files:
+                        arr = z[name]
+                        if arr.ndim in (2, 3):
+                            return _normalise(arr)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _normalise(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 3:
+        return entropy_map(arr)
+    hi = float(arr.max(initial=0))
+    return arr / hi if hi > 1 else arr
+
+
+def entropy_map(probs: np.ndarray) -> np.ndarray:
+    """Normalised per-pixel entropy [H, W] in [0, 1] of class probabilities [C, H, W]."""
+    p = np.clip(probs, 1e-8, 1)
+    p = p / p.sum(axis=0, keepdims=True)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(max(2, p.shape[0]))).astype(np.float32)
+
+
+def fix_sample(ws: Workspace, sample) -> str:
+    """Copy a synthetic sample (image + recipe + mask) into the annotations; returns the new id."""
+    meta = sample.meta or {}
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict):
+        recipe = {k: meta[k] for k in ("seed", "truncation", "latent", "noise_seed", "prompt") if k in meta}
+    if not recipe:
+        recipe = {"source": "real"}  # no way to recompute it: treat the pixels as a real image
+    recipe = dict(recipe)
+    recipe["from_synthetic"] = sample.key
+    annotation_id = ws.add_annotation(np.ascontiguousarray(sample.image), recipe)
+    mask = np.asarray(sample.mask, np.uint8).copy()
+    mask[(mask >= len(ws.classes)) & (mask != IGNORE_INDEX)] = IGNORE_INDEX
+    ws.save_mask(annotation_id, mask)
+    return annotation_id

@@ -1,0 +1,157 @@
+"""Annotate: generate / import images, paint index masks, save (explicit + on navigation)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from labelgen.app import state
+from labelgen.app.canvas import mask_canvas
+from labelgen.app.core import (
+    MAX_UPLOAD_BYTES, AppError, allowed_roots, can_import_real, decode_image_bytes, folder_images,
+    generate_into_workspace, import_real_images,
+)
+from labelgen.errors import LabelgenError
+from labelgen.workspace import Workspace
+
+
+def _generate(n: int) -> None:
+    state.on_navigate()
+    ws = state.workspace()
+    try:
+        ids = generate_into_workspace(ws, n)
+    except LabelgenError as e:
+        state.flash(f"could not generate: {e}", "error")
+        return
+    st.session_state["ann_id"] = ids[0]
+    state.flash(f"generated {len(ids)} image(s): {', '.join(ids)}")
+
+
+def _step(ids: list[str], delta: int) -> None:
+    state.on_navigate()
+    current = st.session_state.get("ann_id")
+    k = ids.index(current) if current in ids else 0
+    st.session_state["ann_id"] = ids[(k + delta) % len(ids)]
+
+
+def _save() -> None:
+    try:
+        saved = state.save_pending()
+    except LabelgenError as e:
+        state.flash(f"not saved: {e}", "error")
+        return
+    state.flash(f"saved {saved}" if saved else "nothing to save (no changes)", "success" if saved else "info")
+
+
+def _revert(annotation_id: str) -> None:
+    nonce = st.session_state["doc_nonce"]
+    nonce[annotation_id] = nonce.get(annotation_id, 0) + 1
+    st.session_state.pop("prefill", None)
+
+
+def _prefill(ws: Workspace, annotation_id: str) -> None:
+    from labelgen.app.heads_bridge import predict_annotation
+
+    try:
+        mask, _ = predict_annotation(ws, annotation_id)
+    except LabelgenError as e:
+        state.flash(f"no prediction: {e}", "warning")
+        return
+    _revert(annotation_id)
+    st.session_state["prefill"] = (annotation_id, mask)
+
+
+def _import_section(ws: Workspace, import_roots: list[str]) -> None:
+    with st.expander("Import real images"):
+        if not can_import_real(ws):
+            st.info(f"The {ws.config.backend} generator cannot compute features of real images; importing needs "
+                    "a diffusion teacher (ddpm, stable-diffusion).")
+            return
+        roots = allowed_roots(ws, import_roots)
+        st.caption("Folders allowed: " + ", ".join(f"`{r}`" for r in roots))
+        folder = st.text_input("Folder (inside an allowed folder)", key="import_folder")
+        if st.button("Import folder", key="import_folder_btn") and folder:
+            try:
+                ids = import_real_images(ws, folder_images(ws, roots, folder))
+                st.session_state["ann_id"] = ids[0]
+                state.flash(f"imported {len(ids)} image(s)")
+                st.rerun()
+            except LabelgenError as e:
+                st.error(str(e))
+        files = st.file_uploader(f"or upload images (≤ {MAX_UPLOAD_BYTES // 2**20} MB each)", accept_multiple_files=True,
+                                 type=["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"], key="uploads")
+        if files and st.button("Import uploads", key="import_uploads_btn"):
+            images, errors = [], []
+            for f in files:
+                try:
+                    if f.size > MAX_UPLOAD_BYTES:
+                        raise AppError(f"{f.name}: over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+                    images.append((f.name, decode_image_bytes(f.getvalue(), f.name)))
+                except AppError as e:
+                    errors.append(str(e))
+            for e in errors:
+                st.error(e)
+            if images:
+                ids = import_real_images(ws, images)
+                st.session_state["ann_id"] = ids[0]
+                state.flash(f"imported {len(ids)} image(s)")
+                st.rerun()
+
+
+def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
+    st.header("Annotate")
+    state.show_flash()
+    top = st.columns([1, 1, 3])
+    n_new = top[0].number_input("New images", min_value=1, max_value=64, value=4, key="n_generate")
+    top[1].button("Generate more", on_click=_generate, args=(int(n_new),), key="generate", type="primary",
+                  help="Sample new images from the workspace generator (their recipes are stored).")
+    with top[2]:
+        _import_section(ws, import_roots or [])
+
+    ids = ws.annotation_ids()
+    if not ids:
+        st.info("No images yet: press **Generate more** (or `labelgen sample`).")
+        st.session_state.pop("canvas", None)
+        return
+    annotated = set(ws.annotated_ids())
+    if st.session_state.get("ann_id") not in ids:
+        st.session_state["ann_id"] = next((i for i in ids if i not in annotated), ids[0])
+    nav = st.columns([3, 1, 1, 1, 1, 2])
+    nav[0].selectbox("Image", ids, key="ann_id", on_change=state.on_navigate,
+                     format_func=lambda i: f"{i} {'✓' if i in annotated else '·'}")
+    nav[1].button("◀ Previous", on_click=_step, args=(ids, -1), key="prev", use_container_width=True)
+    nav[2].button("Next ▶", on_click=_step, args=(ids, 1), key="next", use_container_width=True)
+    nav[3].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
+    annotation_id = st.session_state["ann_id"]
+    st.query_params["id"] = annotation_id
+    nav[4].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
+                  help="Drop unsaved strokes and reload the saved mask.")
+
+    try:
+        image, recipe, saved = ws.read_annotation(annotation_id)
+    except LabelgenError as e:
+        st.error(str(e))
+        return
+    from labelgen.app.heads_bridge import has_heads
+
+    if saved is None and has_heads(ws):
+        nav[5].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
+                      use_container_width=True, help="Start from the current heads' prediction.")
+    initial, prefilled = saved, False
+    prefill = st.session_state.get("prefill")
+    if prefill and prefill[0] == annotation_id:
+        initial, prefilled = prefill[1], True
+
+    nonce = st.session_state["doc_nonce"].get(annotation_id, 0)
+    doc = f"{annotation_id}:{nonce}"
+    key = f"canvas-{annotation_id}-{nonce}"
+    st.session_state["canvas"] = {"ann_id": annotation_id, "doc": doc, "key": key, "shape": list(image.shape[:2])}
+    value = mask_canvas(image, initial, ws.classes.palette, list(ws.classes.names), doc=doc, key=key,
+                        emit_on_load=prefilled)
+    try:
+        pending = state.pending_mask(ws)
+    except LabelgenError as e:
+        st.error(str(e))
+        pending = None
+    source = recipe.get("source", "generated")
+    status = "unsaved changes" if pending else ("saved mask" if saved is not None else "not annotated yet")
+    st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{recipe}` · **{status}**"
+               + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))

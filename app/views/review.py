@@ -1,0 +1,158 @@
+"""Review: synthetic samples with mask overlays, sorted by uncertainty; accept / reject / fix; suggest next."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from labelgen.app import state
+from labelgen.app.core import (
+    ACCEPTED, REJECTED, AppError, ReviewStore, fix_sample, heat, list_samples, load_sample, overlay,
+    resolve_inside, stored_uncertainty, synthetic_sets, upscale,
+)
+from labelgen.errors import LabelgenError
+from labelgen.workspace import Workspace
+
+PAGE_SIZE = 12
+COLUMNS = 4
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _samples(set_dir: str, stamp: float):
+    return list_samples(Path(set_dir))
+
+
+def _stamp(set_dir: Path) -> float:
+    return max((p.stat().st_mtime for p in set_dir.glob("*.json")), default=0.0)
+
+
+def _decide(set_name: str, key: str, decision: str | None) -> None:
+    ReviewStore(state.workspace()).set(set_name, key, decision)
+
+
+def _fix(set_dir: str, info) -> None:
+    ws = state.workspace()
+    try:
+        annotation_id = fix_sample(ws, load_sample(Path(set_dir), info))
+    except LabelgenError as e:
+        state.flash(f"could not copy {info.key}: {e}", "error")
+        return
+    state.go_annotate(annotation_id)
+    state.flash(f"copied synthetic sample {info.key} into the annotations as {annotation_id}")
+
+
+def _uncertainty_map(ws: Workspace, sample) -> tuple[np.ndarray | None, str]:
+    stored = stored_uncertainty(sample)
+    if stored is not None:
+        return stored, "stored"
+    from labelgen.app.heads_bridge import predict_recipe
+
+    recipe = sample.meta.get("recipe") if isinstance(sample.meta.get("recipe"), dict) else sample.meta
+    if "seed" not in recipe:
+        return None, "no recipe to recompute it"
+    try:
+        _, unc = predict_recipe(ws, recipe)
+        return unc, "recomputed with the current heads"
+    except LabelgenError as e:
+        return None, str(e)
+
+
+def render(ws: Workspace) -> None:
+    st.header("Review synthetic samples")
+    state.show_flash()
+    sets = synthetic_sets(ws)
+    if not sets:
+        st.info("No synthetic samples yet: run `labelgen synthesize` (output goes to W/synthetic).")
+        return
+    top = st.columns([2, 2, 2, 1])
+    set_name = top[0].selectbox("Output folder", sets, key="review_set")
+    try:
+        set_dir = resolve_inside(ws.root, set_name)
+        samples = _samples(str(set_dir), _stamp(set_dir))
+    except (AppError, LabelgenError) as e:
+        st.error(str(e))
+        return
+    order = top[1].selectbox("Sort by", ["most uncertain first", "least uncertain first", "key"], key="review_sort")
+    show = top[2].selectbox("Show", ["all", "unreviewed", "accepted", "rejected"], key="review_filter")
+    store = ReviewStore(ws)
+    decisions = store.decisions(set_name)
+
+    def unc(s):
+        return s.uncertainty if s.uncertainty is not None else -1.0
+
+    if order == "key":
+        samples = sorted(samples, key=lambda s: s.key)
+    else:
+        samples = sorted(samples, key=unc, reverse=order.startswith("most"))
+    if show != "all":
+        samples = [s for s in samples if decisions.get(s.key, "unreviewed") == show]
+    n_acc = sum(v == ACCEPTED for v in decisions.values())
+    n_rej = sum(v == REJECTED for v in decisions.values())
+    st.caption(f"{len(samples)} shown · {n_acc} accepted · {n_rej} rejected (saved in `{store.path.name}`)")
+
+    _suggest(ws, set_name, str(set_dir), decisions)
+
+    pages = max(1, -(-len(samples) // PAGE_SIZE))
+    page = top[3].number_input("Page", min_value=1, max_value=pages, value=1, key="review_page") if pages > 1 else 1
+    chosen = samples[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    decoded = _decode(str(set_dir), _stamp(set_dir), tuple((s.shard, s.index, s.key) for s in chosen))
+    palette = ws.classes.palette
+    for row in range(0, len(chosen), COLUMNS):
+        cols = st.columns(COLUMNS)
+        for col, info in zip(cols, chosen[row:row + COLUMNS]):
+            sample = decoded[info.key]
+            with col.container(border=True):
+                factor = max(1, 192 // max(sample.image.shape[:2]))
+                decision = decisions.get(info.key)
+                badge = {"accepted": "✅ accepted", "rejected": "❌ rejected"}.get(decision, "unreviewed")
+                u = "" if info.uncertainty is None else f" · unc {info.uncertainty:.3f}"
+                st.image(upscale(overlay(sample.image, sample.mask, palette), factor),
+                         caption=f"{info.key}{u} · {badge}")
+                b = st.columns(3)
+                b[0].button("Accept", key=f"acc-{info.key}", on_click=_decide,
+                            args=(set_name, info.key, None if decision == ACCEPTED else ACCEPTED),
+                            type="primary" if decision == ACCEPTED else "secondary", use_container_width=True)
+                b[1].button("Reject", key=f"rej-{info.key}", on_click=_decide,
+                            args=(set_name, info.key, None if decision == REJECTED else REJECTED),
+                            type="primary" if decision == REJECTED else "secondary", use_container_width=True)
+                b[2].button("Fix", key=f"fix-{info.key}", on_click=_fix, args=(str(set_dir), info),
+                            use_container_width=True, help="Copy into the annotations and open it in the annotator.")
+                if st.toggle("uncertainty map", key=f"unc-{info.key}"):
+                    umap, source = _uncertainty_map(ws, sample)
+                    if umap is None:
+                        st.caption(f"no uncertainty map: {source}")
+                    else:
+                        st.image(upscale(heat(umap), factor), caption=f"per-pixel uncertainty ({source})")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _decode(set_dir: str, stamp: float, wanted: tuple):
+    """Decode the samples of one grid page, reading each shard once."""
+    from labelgen.data.shards import iter_shard
+
+    by_shard: dict[str, set[int]] = {}
+    for shard, index, _key in wanted:
+        by_shard.setdefault(shard, set()).add(index)
+    out = {}
+    for shard, indices in by_shard.items():
+        for k, sample in enumerate(iter_shard(resolve_inside(Path(set_dir), shard))):
+            if k in indices:
+                out[sample.key] = sample
+            if k >= max(indices):
+                break
+    return out
+
+
+def _suggest(ws: Workspace, set_name: str, set_dir: str, decisions: dict) -> None:
+    samples = _samples(set_dir, _stamp(Path(set_dir)))
+    ranked = sorted((s for s in samples if s.uncertainty is not None and s.key not in decisions),
+                    key=lambda s: s.uncertainty, reverse=True)[:5]
+    with st.expander("Suggest next: the most uncertain samples to annotate (active learning)"):
+        if not ranked:
+            st.caption("No unreviewed samples with an uncertainty score.")
+            return
+        for info in ranked:
+            c = st.columns([3, 1])
+            c[0].write(f"`{info.key}` · uncertainty {info.uncertainty:.3f}")
+            c[1].button("Annotate", key=f"sug-{info.key}", on_click=_fix, args=(set_dir, info))
