@@ -82,6 +82,12 @@ from labelgen.app.cli import app_cmd  # noqa: E402
 cli.add_command(app_cmd)
 
 
+from labelgen.teacher_cli import TEACHER_COMMANDS  # noqa: E402  (init, sample, import, train-heads, synthesize)
+
+for _command in TEACHER_COMMANDS:
+    cli.add_command(_command)
+
+
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
     try:

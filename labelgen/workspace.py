@@ -7,13 +7,21 @@
                                      or {"source": "real"} for imported images)
     W/annotations/<id>.mask.png      index mask, absent until annotated (CVAT or any paint program may
                                      drop one in: 0..C-1, 255 = ignore, or the class colours)
-    W/heads/                         trained task heads (config JSON + safetensors)
+    W/heads/                         trained task head (head_config.json + head.safetensors) + train_log.json
+    W/cache/features/<id>.safetensors   native-resolution features of annotated images (recomputed when
+                                     the generator, layers or image change; safe to delete)
     W/synthetic/                     default synthesis output
+
+Backends are the names in labelgen.generators.BACKENDS, or "module:Class" for a Generator subclass
+importable from PYTHONPATH (plugins, test fakes).
 
 All writes are atomic. Relative checkpoint paths in the config are relative to the workspace folder.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -43,6 +51,8 @@ class WorkspaceConfig:
     feature_layers: list[int] | None = None  # indices into the generator's feature levels; None = all
     timesteps: list[int] = field(default_factory=lambda: [50, 150, 250])  # diffusion feature timesteps
     head: dict[str, Any] = field(default_factory=lambda: {"type": "pixel-mlp", "ensemble": 3})
+    feature_channels: list[int] = field(default_factory=list)  # C_i of every generator level (all, unselected too)
+    can_encode_images: bool = False  # the generator computes features of given (real) images
 
     @property
     def class_list(self) -> ClassList:
@@ -103,11 +113,166 @@ class Workspace:
     def generator(self):
         """The workspace's generator (loaded once)."""
         if self._generator is None:
-            from labelgen.generators import from_checkpoint
-
-            self._generator = from_checkpoint(self.config.backend, self.checkpoint_path(),
-                                              **self.config.generator_options).eval()
+            self._generator = load_workspace_generator(self.config.backend, self.checkpoint_path(),
+                                                       self.config.generator_options)
         return self._generator
+
+    def generator_id(self) -> str:
+        """What made the features: backend, checkpoint name and a hash of the options."""
+        checkpoint = self.config.checkpoint or "default"
+        options = json.dumps([self.config.generator_options, self.config.timesteps], sort_keys=True)
+        return f"{self.config.backend}:{Path(checkpoint).name}:{hashlib.sha256(options.encode()).hexdigest()[:8]}"
+
+    @property
+    def layer_indices(self) -> list[int]:
+        """Indices of the generator feature levels the heads use."""
+        if self.config.feature_layers is None:
+            return list(range(len(self.config.feature_channels)))
+        return list(self.config.feature_layers)
+
+    @property
+    def head_in_channels(self) -> list[int]:
+        return [self.config.feature_channels[i] for i in self.layer_indices]
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return (int(self.config.resolution[0]), int(self.config.resolution[1]))
+
+    def select_levels(self, features: list) -> list:
+        """The configured feature levels of a generator's output."""
+        return [features[i] for i in self.layer_indices]
+
+    # ---- features of annotations ----
+    @property
+    def feature_cache_dir(self) -> Path:
+        return self.root / "cache" / "features"
+
+    def annotation_features(self, annotation_id: str) -> list:
+        """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each (disk-cached).
+
+        GAN: recomputed from the recipe (``features_from_recipes``); diffusion teachers
+        (``can_encode_images``): ``features_of_images`` of the stored PNG (works for real images too)."""
+        image_bytes = self.image_path(annotation_id).read_bytes()
+        recipe = read_json(self.recipe_path(annotation_id))
+        return self.cached_features(f"annotations/{annotation_id}", [recipe, hashlib.sha256(image_bytes).hexdigest()],
+                                    lambda: self._compute_annotation_features(annotation_id, recipe))
+
+    def image_features(self, image: np.ndarray, cache_key: str | None = None) -> list:
+        """Selected features of any image uint8 [H, W, 3] at the generator resolution (diffusion
+        teachers only), [1, C_i, h_i, w_i] each; disk-cached under ``cache_key`` when given."""
+        import torch
+
+        if not self.config.can_encode_images:
+            raise LabelgenError(f"the {self.config.backend} generator cannot compute features of real images "
+                                "(needs an inversion method); use a diffusion teacher")
+
+        def compute() -> list:
+            generator = self.generator()
+            device = next(generator.parameters(), torch.empty(0)).device
+            with torch.no_grad():
+                features = generator.features_of_images(images_to_tensor(image[None]).to(device), seed=0)
+            return [f.detach().float().cpu() for f in self.select_levels(features)]
+
+        if cache_key is None:
+            return compute()
+        return self.cached_features(cache_key, [hashlib.sha256(image.tobytes()).hexdigest()], compute)
+
+    def cached_features(self, key: str, fingerprint_parts: list, compute) -> list:
+        """``compute()`` (a list of tensors) stored at W/cache/features/<key>.safetensors; reused while
+        the generator id, selected layers and ``fingerprint_parts`` stay the same."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        fingerprint = hashlib.sha256(json.dumps([self.generator_id(), self.layer_indices, fingerprint_parts],
+                                                sort_keys=True).encode()).hexdigest()
+        cache = self.feature_cache_dir / f"{key}.safetensors"
+        if cache.is_file():
+            try:
+                with safe_open(str(cache), framework="pt") as f:
+                    fresh = (f.metadata() or {}).get("fingerprint") == fingerprint
+                if fresh:
+                    tensors = load_file(str(cache))
+                    return [tensors[f"level{i}"] for i in range(len(tensors))]
+            except Exception:  # unreadable cache file: recompute it
+                pass
+        features = compute()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        save_file({f"level{i}": f.detach().float().contiguous().cpu() for i, f in enumerate(features)}, str(tmp),
+                  metadata={"fingerprint": fingerprint})
+        tmp.replace(cache)
+        return features
+
+    def _compute_annotation_features(self, annotation_id: str, recipe: dict) -> list:
+        import torch
+
+        generator = self.generator()
+        device = next(generator.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            if generator.can_encode_images:
+                image = images_to_tensor(read_image(self.image_path(annotation_id))[None]).to(device)
+                features = generator.features_of_images(image, seed=int(recipe.get("seed", 0)))
+            elif recipe.get("source") == "real":
+                raise LabelgenError(f"annotation {annotation_id} is a real image: the {self.config.backend} "
+                                    "generator needs an inversion method to compute its features")
+            else:
+                features = generator.features_from_recipes([recipe]).features
+        return [f.detach().float().cpu() for f in self.select_levels(features)]
+
+    # ---- adding images ----
+    def sample_annotations(self, n: int, seed_start: int | None = None, batch_size: int = 8) -> list[str]:
+        """Generate ``n`` images to annotate (seeds seed_start..); returns their ids."""
+        import torch
+
+        if n < 1:
+            raise LabelgenError(f"--n must be at least 1, got {n}")
+        if seed_start is None:
+            used = [read_json(self.recipe_path(i)).get("seed") for i in self.annotation_ids()]
+            seed_start = 1 + max((s for s in used if isinstance(s, int)), default=-1)
+        generator = self.generator()
+        ids = []
+        for start in range(0, n, batch_size):
+            seeds = list(range(seed_start + start, seed_start + min(n, start + batch_size)))
+            with torch.no_grad():
+                out = generator.sample(seeds)
+            images = tensor_to_uint8(out.images)
+            for k, seed in enumerate(seeds):
+                recipe = dict(out.recipes[k]) if k < len(out.recipes) else {}
+                recipe.setdefault("seed", seed)
+                recipe.update({"source": "generated", "generator": self.generator_id()})
+                ids.append(self.add_annotation(images[k], recipe))
+        return ids
+
+    def import_images(self, images_dir: Path, masks_dir: Path | None = None) -> tuple[list[str], int]:
+        """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
+        resolution (images: area/bicubic, masks: nearest). Returns (ids, how many were resized)."""
+        from labelgen.data.io import list_images
+
+        if not self.config.can_encode_images:
+            raise LabelgenError(f"the {self.config.backend} generator needs an inversion method to use real images "
+                                "(not implemented); use a diffusion teacher (ddpm, stable-diffusion) or `labelgen sample`")
+        paths = list_images(Path(images_dir))
+        if not paths:
+            raise LabelgenError(f"{images_dir}: no images")
+        ids, resized = [], 0
+        for path in paths:
+            image = read_image(path)
+            mask = None
+            if masks_dir is not None:
+                for candidate in (Path(masks_dir) / f"{path.stem}.png", Path(masks_dir) / f"{path.stem}.mask.png"):
+                    if candidate.is_file() and candidate != path:
+                        pixels = read_mask_pixels(candidate)
+                        mask = pixels if pixels.ndim == 2 else self.classes.colour_to_index(pixels, candidate)
+                        check_mask(mask, image.shape, len(self.classes), candidate)
+                        break
+            if image.shape[:2] != self.resolution:
+                resized += 1
+                image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
+            annotation_id = self.add_annotation(image, {"source": "real", "file": path.name})
+            if mask is not None:
+                self.save_mask(annotation_id, mask)
+            ids.append(annotation_id)
+        return ids, resized
 
     # ---- annotation store ----
     def check_id(self, annotation_id: str) -> str:
@@ -168,3 +333,91 @@ class Workspace:
         write_png(self.image_path(annotation_id), image)
         atomic_write_json(self.recipe_path(annotation_id), recipe)  # written last: marks the entry complete
         return annotation_id
+
+
+# ---- generator loading ----
+def generator_class_of(backend: str):
+    """Backend name (labelgen.generators.BACKENDS) or "module:Class" -> the Generator subclass."""
+    if ":" in backend:
+        module_name, class_name = backend.split(":", 1)
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as e:
+            raise LabelgenError(f"generator {backend!r} not importable ({e})") from None
+        return cls
+    from labelgen.generators import generator_class
+
+    return generator_class(backend)
+
+
+def load_workspace_generator(backend: str, checkpoint: Path | None, options: dict[str, Any]):
+    try:
+        generator = generator_class_of(backend).from_checkpoint(checkpoint, **options)
+    except LabelgenError:
+        raise
+    except Exception as e:  # a backend that let a loader error through: still one line
+        raise LabelgenError(f"{checkpoint or backend}: cannot load the {backend} generator "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    return generator.eval()
+
+
+def create_workspace(root: Path | str, backend: str, class_names: list[str], checkpoint: Path | str | None = None,
+                     head: dict[str, Any] | None = None, timesteps: list[int] | None = None,
+                     feature_layers: list[int] | None = None,
+                     generator_options: dict[str, Any] | None = None) -> Workspace:
+    """``labelgen init``: load the generator once (a bad checkpoint is refused before anything is
+    written), record its resolution and feature channels, write workspace.json."""
+    root = Path(root)
+    if (root / CONFIG_NAME).exists():
+        raise LabelgenError(f"{root}: already a workspace")
+    classes = ClassList.from_names([c for c in class_names if c.strip()])
+    checkpoint_path = None if checkpoint is None else Path(checkpoint).resolve()
+    if checkpoint_path is not None and not checkpoint_path.exists():
+        raise LabelgenError(f"{checkpoint}: checkpoint not found")
+    generator = load_workspace_generator(backend, checkpoint_path, dict(generator_options or {}))
+    channels = [int(c) for c in generator.feature_channels]
+    if feature_layers is not None:
+        bad = [i for i in feature_layers if not 0 <= i < len(channels)]
+        if bad:
+            raise LabelgenError(f"--feature-layers {bad}: the generator has levels 0..{len(channels) - 1}")
+    config = WorkspaceConfig(
+        backend=backend, checkpoint=None if checkpoint_path is None else str(checkpoint_path),
+        classes=classes.to_json()["classes"], resolution=[int(v) for v in generator.resolution],
+        generator_options=dict(generator_options or {}), feature_layers=feature_layers,
+        timesteps=list(timesteps) if timesteps else [50, 150, 250],
+        head=dict(head or {"type": "pixel-mlp", "ensemble": 3}), feature_channels=channels,
+        can_encode_images=bool(generator.can_encode_images))
+    workspace = Workspace.create(root, config)
+    workspace._generator = generator
+    return workspace
+
+
+# ---- image conversions ----
+def images_to_tensor(images: np.ndarray):
+    """uint8 [N, H, W, 3] -> float32 tensor [N, 3, H, W] in [-1, 1]."""
+    import torch
+
+    assert images.ndim == 4 and images.shape[-1] == 3, images.shape
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_uint8(images) -> np.ndarray:
+    """float tensor [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    assert images.ndim == 4 and images.shape[1] == 3, tuple(images.shape)
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> size_hw: area averaging when shrinking, bicubic when enlarging."""
+    from PIL import Image
+
+    shrinking = size_hw[0] * size_hw[1] < image.shape[0] * image.shape[1]
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), resample), dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Index mask uint8 [H, W] -> size_hw, nearest neighbour (never invents class ids)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST), dtype=np.uint8)

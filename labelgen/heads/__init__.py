@@ -1,0 +1,46 @@
+"""Task heads (feature maps -> per-pixel class logits) behind one interface (see heads/base.py).
+
+    create_head("pixel-mlp", in_channels=[512, 256], num_classes=8, output_size=(64, 64), ensemble=3)
+    create_head("conv", in_channels=[...], num_classes=8, output_size=(64, 64))
+    load_head("W/heads")              rebuild a saved head from head_config.json + head.safetensors
+
+Every head maps a list of feature levels [N, C_i, h_i, w_i] to logits [N, K, C, H, W].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labelgen.errors import LabelgenError
+from labelgen.heads.base import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, TaskHead, head_id, read_head_config
+from labelgen.heads.conv import ConvInterpreter
+from labelgen.heads.pixel_mlp import PixelMLPEnsemble
+
+HEADS: dict[str, type[TaskHead]] = {"pixel-mlp": PixelMLPEnsemble, "conv": ConvInterpreter}
+
+__all__ = ["HEADS", "TaskHead", "create_head", "load_head", "head_id", "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME"]
+
+
+def head_class(name: str) -> type[TaskHead]:
+    if name not in HEADS:
+        raise LabelgenError(f"unknown head type {name!r} (one of {', '.join(HEADS)})")
+    return HEADS[name]
+
+
+def create_head(name: str, in_channels: list[int], num_classes: int, output_size=(64, 64), **options: Any) -> TaskHead:
+    """A new head of type ``name`` (options: ensemble, hidden, ... — see each head's constructor)."""
+    return head_class(name)(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
+
+
+def load_head(folder: Path | str, device: str = "cpu") -> TaskHead:
+    """Rebuild a saved head (eval mode); a LabelgenError if the folder holds none or it does not fit."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_head_config(folder)
+    head = head_class(config.get("type", "")).from_config(config)
+    try:
+        head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS_NAME), device=device))
+    except (RuntimeError, OSError) as e:
+        raise LabelgenError(f"{folder / HEAD_WEIGHTS_NAME}: weights do not fit the head config ({str(e)[:200]})") from None
+    return head.to(device).eval()

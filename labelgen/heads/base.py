@@ -1,0 +1,103 @@
+"""Task heads: small networks that turn generator features into per-pixel class logits.
+
+Common interface (every head)::
+
+    head(features)               -> logits [N, K, C, H, W]   (K ensemble members, C classes, H x W = output_size)
+    head.predict_proba(features) -> probabilities [N, K, C, H, W] (softmax over C, eval mode, no grad)
+    head.save_pretrained(dir)    -> dir/head_config.json + dir/head.safetensors
+    load_head(dir)               -> the same head, without any training code
+
+``features`` is a list of float tensors [N, C_i, h_i, w_i], one per feature level, in the order of
+``in_channels``; each level may have its own (native) resolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from labelgen.errors import LabelgenError
+
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHTS_NAME = "head.safetensors"
+
+
+class TaskHead(nn.Module):
+    """Base class of heads; subclasses set ``head_type`` and implement ``forward``."""
+
+    head_type: ClassVar[str]
+
+    def __init__(self, in_channels: list[int], num_classes: int, output_size: tuple[int, int] | list[int],
+                 ensemble: int, **options: Any):
+        super().__init__()
+        if not in_channels or any(int(c) <= 0 for c in in_channels):
+            raise LabelgenError(f"head needs at least one feature level with channels > 0, got {in_channels}")
+        if num_classes < 1:
+            raise LabelgenError(f"head needs at least one class, got {num_classes}")
+        self.in_channels = [int(c) for c in in_channels]
+        self.num_classes = int(num_classes)
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.ensemble = int(ensemble)
+        self.config: dict[str, Any] = {"type": self.head_type, "in_channels": self.in_channels,
+                                       "num_classes": self.num_classes, "output_size": list(self.output_size),
+                                       "ensemble": self.ensemble, **options}
+
+    def check_features(self, features: list[torch.Tensor]) -> None:
+        if len(features) != len(self.in_channels):
+            raise LabelgenError(f"head expects {len(self.in_channels)} feature levels, got {len(features)}")
+        for level, (f, c) in enumerate(zip(features, self.in_channels)):
+            if f.ndim != 4 or f.shape[1] != c:
+                raise LabelgenError(f"feature level {level}: expected [N, {c}, h, w], got {list(f.shape)}")
+
+    @torch.no_grad()
+    def predict_proba(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Per-member class probabilities [N, K, C, H, W] (eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.softmax(self(features), dim=2)
+        finally:
+            self.train(was_training)
+
+    # ---- persistence ----
+    def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
+        """Write head_config.json (+ ``extra`` metadata under "meta") and head.safetensors, atomically."""
+        from safetensors.torch import save_file
+
+        from labelgen.data.io import atomic_write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = folder / (HEAD_WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(folder / HEAD_WEIGHTS_NAME)
+        atomic_write_json(folder / HEAD_CONFIG_NAME, {**self.config, "meta": extra or {}})
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "TaskHead":
+        options = {k: v for k, v in config.items() if k not in ("type", "meta")}
+        return cls(**options)
+
+
+def head_id(folder: Path | str) -> str:
+    """Short content id of a saved head (sha256 of its weights + config, 12 hex digits)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def read_head_config(folder: Path | str) -> dict[str, Any]:
+    path = Path(folder) / HEAD_CONFIG_NAME
+    if not path.is_file():
+        raise LabelgenError(f"{folder}: no trained head ({HEAD_CONFIG_NAME} missing; run `labelgen train-heads`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LabelgenError(f"{path}: invalid JSON ({e.msg})") from None

@@ -1,0 +1,238 @@
+"""Training task heads on a few annotated images, with memory flat in the number of images.
+
+Examples come from a ``load_example(i) -> (features, mask)`` callback (features: native-resolution
+levels [1, C_i, h_i, w_i], e.g. read from the workspace's disk cache; mask: [1, H, W] int64, 255 =
+ignore), so only one mini-batch of ``images_per_step`` images is ever in memory:
+
+* pixel-MLP: each step samples ``pixels_per_image`` labelled pixels per image *per ensemble member*
+  and reads the features only at those pixels (bilinear lookup, heads/sampling.py): the working set
+  is images_per_step x K x pixels_per_image x sum(C_i) floats, whatever the image size or count.
+  (DatasetGAN materialised every upsampled pixel: ~160 GB for 16 images at 512^2.)
+* conv: a mini-batch forward at the output resolution; loss CE + 3 * Dice.
+
+One epoch = one pass over the annotated images in random mini-batches; the pixel MLP takes
+``steps_per_batch`` optimiser steps (fresh pixels each) per loaded mini-batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from labelgen.data.io import IGNORE_INDEX
+from labelgen.errors import LabelgenError
+from labelgen.heads.base import TaskHead
+from labelgen.heads.conv import ConvInterpreter, dice_loss
+from labelgen.heads.pixel_mlp import PixelMLPEnsemble
+from labelgen.metrics import ConfusionMatrix, Scores
+
+Example = tuple[list[torch.Tensor], torch.Tensor]  # (levels [1, C_i, h_i, w_i], mask [1, H, W] int64)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    images_per_step: int = 2
+    pixels_per_image: int = 2048  # pixel-MLP: sampled labelled pixels per image per member per step
+    steps_per_batch: int = 4  # pixel-MLP optimiser steps per loaded mini-batch
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 3.0  # conv head: loss = CE + dice_weight * Dice
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # mean loss per epoch
+    val_miou: list[float]  # per epoch (empty without validation)
+    peak_step_bytes: int  # largest per-step working set of feature tensors (loaded + sampled)
+    steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _collate(examples: list[Example]) -> Example:
+    levels = [torch.cat([ex[0][i] for ex in examples]) for i in range(len(examples[0][0]))]  # [B, C_i, h_i, w_i]
+    return levels, torch.cat([ex[1] for ex in examples])  # [B, H, W]
+
+
+def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _sample_pixels(mask: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random labelled pixels of each image: mask [B, H, W] -> ys, xs [B, count] (with replacement)."""
+    width = mask.shape[2]
+    ys, xs = [], []
+    for image_mask in mask:
+        labelled = torch.nonzero(image_mask.flatten() != IGNORE_INDEX).squeeze(1)  # [L]
+        pick = labelled[torch.randint(len(labelled), (count,), generator=generator)]
+        ys.append(pick // width)
+        xs.append(pick % width)
+    return torch.stack(ys), torch.stack(xs)
+
+
+def _pixel_mlp_step(head: PixelMLPEnsemble, levels: list[torch.Tensor], mask: torch.Tensor, config: TrainConfig,
+                    rng: torch.Generator) -> tuple[torch.Tensor, int]:
+    batch, members, pixels = mask.shape[0], head.ensemble, config.pixels_per_image
+    ys, xs = _sample_pixels(mask, members * pixels, rng)  # [B, K*P]
+    inputs = head.features_at(levels, ys, xs)  # [B, K*P, D]
+    labels = mask[torch.arange(batch)[:, None], ys, xs]  # [B, K*P]
+    inputs = inputs.view(batch, members, pixels, -1).transpose(0, 1).reshape(members, batch * pixels, -1)  # [K, B*P, D]
+    labels = labels.view(batch, members, pixels).transpose(0, 1).reshape(members, batch * pixels)  # [K, B*P]
+    logits = head.forward_members(inputs)  # [K, B*P, C]
+    loss = F.cross_entropy(logits.reshape(-1, head.num_classes), labels.reshape(-1).to(logits.device))
+    return loss, _tensor_bytes([inputs, logits])
+
+
+def _conv_step(head: ConvInterpreter, levels: list[torch.Tensor], mask: torch.Tensor,
+               config: TrainConfig) -> tuple[torch.Tensor, int]:
+    logits = head(levels)  # [B, K, C, H, W]
+    target = mask.to(logits.device)
+    loss = sum(F.cross_entropy(logits[:, k], target, ignore_index=IGNORE_INDEX)
+               + config.dice_weight * dice_loss(logits[:, k], target) for k in range(head.ensemble))
+    return loss / head.ensemble, _tensor_bytes([logits])
+
+
+def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examples: int,
+               config: TrainConfig = TrainConfig(), validate: Callable[[TaskHead], Scores] | None = None,
+               on_epoch: Callable[[int, float, Scores | None], None] | None = None,
+               on_step: Callable[[], None] | None = None, device: str = "cpu") -> TrainResult:
+    """Train ``head`` in place on examples 0..num_examples-1 (see module docstring)."""
+    if num_examples < 1:
+        raise LabelgenError("no annotated images to train on (annotate some: W/annotations/<id>.mask.png)")
+    torch.manual_seed(config.seed)
+    rng = torch.Generator().manual_seed(config.seed)
+    order_rng = random.Random(config.seed)
+    head.to(device).train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    is_mlp = isinstance(head, PixelMLPEnsemble)
+    steps_per_batch = config.steps_per_batch if is_mlp else 1
+    losses, val_miou, peak, steps = [], [], 0, 0
+    for epoch in range(config.epochs):
+        order = list(range(num_examples))
+        order_rng.shuffle(order)
+        epoch_loss, epoch_steps = 0.0, 0
+        for start in range(0, num_examples, config.images_per_step):
+            levels, mask = _collate([load_example(i) for i in order[start:start + config.images_per_step]])
+            levels = [level.to(device) for level in levels]
+            if not bool((mask != IGNORE_INDEX).any()):
+                continue
+            for _ in range(steps_per_batch):
+                if is_mlp:
+                    loss, step_bytes = _pixel_mlp_step(head, levels, mask, config, rng)  # type: ignore[arg-type]
+                else:
+                    loss, step_bytes = _conv_step(head, levels, mask, config)  # type: ignore[arg-type]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                peak = max(peak, step_bytes + _tensor_bytes(levels))
+                epoch_loss += float(loss.detach())
+                epoch_steps += 1
+                steps += 1
+                if on_step:
+                    on_step()
+        losses.append(epoch_loss / max(1, epoch_steps))
+        scores = validate(head) if validate else None
+        if scores is not None:
+            val_miou.append(scores.miou)
+            head.train()
+        if on_epoch:
+            on_epoch(epoch, losses[-1], scores)
+    head.eval()
+    return TrainResult(losses, val_miou, peak, steps)
+
+
+def steps_per_epoch(head_type: str, num_examples: int, config: TrainConfig) -> int:
+    batches = math.ceil(num_examples / config.images_per_step)
+    return batches * (config.steps_per_batch if head_type == "pixel-mlp" else 1)
+
+
+@torch.no_grad()
+def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu") -> Scores:
+    """mIoU (labelgen.metrics.ConfusionMatrix) of the ensemble-mean prediction over (levels, mask) pairs."""
+    matrix = ConfusionMatrix(num_classes)
+    for levels, mask in examples:
+        probs = head.predict_proba([level.to(device) for level in levels])  # [N, K, C, H, W]
+        matrix.update(probs.mean(dim=1).argmax(dim=1).cpu(), mask)
+    return matrix.compute()
+
+
+def train_workspace_heads(workspace, config: TrainConfig | None = None, val_folder=None, device: str = "cpu",
+                          log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
+    """``labelgen train-heads``: train the workspace's head type on its annotated images, save it to W/heads/.
+
+    Features are computed once per annotation (native resolution, disk cache W/cache/features) and
+    read back one mini-batch at a time. ``val_folder``: real images + masks (project folder format,
+    diffusion teachers), resized to the generator resolution; mIoU printed per epoch."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    from labelgen.data.folder import open_labelled
+    from labelgen.heads import create_head
+    from labelgen.workspace import resize_image, resize_mask
+
+    config = config or TrainConfig()
+    ids = workspace.annotated_ids()
+    if not ids:
+        raise LabelgenError(f"{workspace.annotations_dir}: no annotated images (no <id>.mask.png yet)")
+    num_classes = len(workspace.classes)
+    masks: dict[str, torch.Tensor] = {}
+    for annotation_id in tqdm(ids, desc="features", unit="image", disable=not progress):
+        workspace.annotation_features(annotation_id)  # fills the disk cache
+        mask = workspace.read_mask(annotation_id, (*workspace.resolution, 3))
+        masks[annotation_id] = torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
+
+    def load_example(i: int) -> Example:
+        return workspace.annotation_features(ids[i]), masks[ids[i]]
+
+    validate = None
+    if val_folder is not None:
+        folder = open_labelled(val_folder, require_masks=True)
+        if len(folder.classes) != num_classes:
+            raise LabelgenError(f"{val_folder}: {len(folder.classes)} classes, the workspace has {num_classes}")
+        if not workspace.config.can_encode_images:
+            raise LabelgenError(f"--val needs features of real images: the {workspace.config.backend} generator "
+                                "cannot compute them (use a diffusion teacher)")
+        val_keys = []
+        for item in tqdm(folder, desc="val features", unit="image", disable=not progress):
+            image, mask = item.image, item.mask
+            if image.shape[:2] != workspace.resolution:
+                image, mask = resize_image(image, workspace.resolution), resize_mask(mask, workspace.resolution)
+            key = "val/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16]
+            workspace.image_features(image, cache_key=key)
+            val_keys.append((key, image, torch.from_numpy(mask.astype("int64"))[None]))
+
+        def validate(head: TaskHead) -> Scores:
+            examples = ((workspace.image_features(image, cache_key=key), mask) for key, image, mask in val_keys)
+            return evaluate_head(head, examples, num_classes, device)
+
+    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"}
+    head = create_head(workspace.config.head.get("type", "pixel-mlp"), workspace.head_in_channels, num_classes,
+                       workspace.resolution, **head_options)
+    total = config.epochs * steps_per_epoch(head.head_type, len(ids), config)
+    bar = tqdm(total=total, desc=f"train {head.head_type} x{head.ensemble}", unit="step", disable=not progress)
+
+    def on_epoch(epoch: int, loss: float, scores: Scores | None) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if scores is not None:
+            (bar.write if progress else log)(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {scores.miou:.4f}")
+
+    try:
+        result = train_head(head, load_example, len(ids), config, validate, on_epoch, on_step=lambda: bar.update(1),
+                            device=device)
+    finally:
+        bar.close()
+    head.cpu().save_pretrained(workspace.heads_dir, extra={
+        "generator": workspace.generator_id(), "feature_layers": workspace.layer_indices,
+        "classes": list(workspace.classes.names), "annotations": ids, "train": asdict(config),
+        "final_loss": result.losses[-1] if result.losses else None,
+        "val_miou": result.val_miou[-1] if result.val_miou else None})
+    return result

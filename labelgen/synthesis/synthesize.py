@@ -1,0 +1,333 @@
+"""Batched synthesis into WebDataset shards, resumable and splittable across workers.
+
+Shard plan (deterministic, from the config alone):
+  * S = ``shard_size`` kept samples per shard, F = ``drop_uncertain``. Shard i is made from
+    C_i = ceil(S_i / (1 - F)) *candidates* (S_i = S, or what is left for the last shard), candidate
+    indices i*C .. i*C + C_i - 1 with C = ceil(S / (1 - F)); the C_i - S_i candidates with the highest
+    uncertainty score are dropped (ties: the higher index is dropped).
+  * candidate j has seed ``seed_base + j`` and key ``f"{j:09d}"``; kept samples are stored in key order.
+  * ``from_images``: candidate j is the j-th image of the folder (sorted by name); shard i holds
+    candidates i*C .. (i+1)*C - 1 and keeps all but floor(count * F) of them.
+So a shard's content depends only on the config and the shard id: one run, a resumed run (finished
+shards are skipped; ShardWriter.clean_partial removes what a kill left) and K workers under
+torchrun (shard i -> rank i % world) write the same samples.
+
+Per sample (tar members): <key>.png, <key>.mask.png (argmax of the ensemble mean), <key>.json
+(seed/recipe or source image, generator id, head id, uncertainty score and measure), and with
+``soft_labels="uint8"`` <key>.soft.npz: array "probs" uint8 [C, H, W] = round(255 * mean
+probability), deflate-compressed (C*H*W bytes before compression; see docs/benchmarks.md).
+PNG/npz encoding runs in a thread pool (PIL and zlib release the GIL) while the next batch computes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelgen.data.io import atomic_write_json, list_images, read_image, read_json
+from labelgen.data.shards import ShardSample, ShardWriter, encode_sample
+from labelgen.errors import LabelgenError
+from labelgen.synthesis.uncertainty import TOP_FRACTION, image_scores, pixel_uncertainty, uncertainty_measure
+
+PLAN_NAME = "synthesis.json"  # the config a shard set was started with (resume must match it)
+
+
+@dataclass
+class SynthesisConfig:
+    n: int | None = 1000  # kept samples (sampling); with from_images: at most this many images (None = all)
+    shard_size: int = 1000  # kept samples per shard
+    batch_size: int = 16
+    drop_uncertain: float = 0.0  # fraction F of candidates dropped (most uncertain)
+    seed_base: int = 1_000_000  # candidate j uses seed seed_base + j (annotation seeds start at 0)
+    soft_labels: str = "none"  # "none" | "uint8"
+    from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
+    top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
+    encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)
+
+    def plan_key(self) -> dict[str, Any]:
+        """What decides the content of each shard (a resumed run must agree on all of it)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers")}
+
+
+@dataclass
+class ShardPlan:
+    shard_id: int
+    candidates: list[int]
+    keep: int
+
+
+@dataclass
+class SynthesisSummary:
+    kept: int
+    dropped: int
+    shards: int
+    shards_written: int  # by this run (all ranks)
+    seconds: float
+    samples_per_second: float  # candidates processed per second by this run (all ranks)
+    bytes: int
+    manifest: dict = field(default_factory=dict)
+
+
+def _candidates_per_shard(shard_size: int, drop: float) -> int:
+    return math.ceil(shard_size / (1 - drop) - 1e-9)
+
+
+def plan_shards(config: SynthesisConfig, num_images: int | None = None) -> list[ShardPlan]:
+    """The shard plan (see module docstring). ``num_images``: folder size in from-images mode."""
+    if not 0 <= config.drop_uncertain < 1:
+        raise LabelgenError(f"--drop-uncertain must be in [0, 1), got {config.drop_uncertain}")
+    if config.shard_size < 1:
+        raise LabelgenError(f"--shard-size must be at least 1, got {config.shard_size}")
+    per_shard = _candidates_per_shard(config.shard_size, config.drop_uncertain)
+    plans = []
+    if num_images is None:
+        if config.n is None or config.n < 1:
+            raise LabelgenError(f"--n must be at least 1, got {config.n}")
+        for shard_id in range(math.ceil(config.n / config.shard_size)):
+            keep = min(config.shard_size, config.n - shard_id * config.shard_size)
+            count = _candidates_per_shard(keep, config.drop_uncertain)
+            start = shard_id * per_shard
+            plans.append(ShardPlan(shard_id, list(range(start, start + count)), keep))
+    else:
+        total = num_images if config.n is None else min(config.n, num_images)
+        for shard_id in range(math.ceil(total / per_shard)):
+            candidates = list(range(shard_id * per_shard, min(total, (shard_id + 1) * per_shard)))
+            plans.append(ShardPlan(shard_id, candidates,
+                                   len(candidates) - math.floor(len(candidates) * config.drop_uncertain + 1e-9)))
+    return plans
+
+
+def sample_key(candidate: int) -> str:
+    return f"{candidate:09d}"
+
+
+def soft_npz_bytes(probs_uint8: np.ndarray) -> bytes:
+    """Deterministic .npz (fixed zip timestamps) holding "probs" uint8 [C, H, W]."""
+    array_buf = io.BytesIO()
+    np.lib.format.write_array(array_buf, np.ascontiguousarray(probs_uint8), allow_pickle=False)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        info = zipfile.ZipInfo("probs.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, array_buf.getvalue(), compresslevel=1)
+    return out.getvalue()
+
+
+# ---- distributed ----
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    active: bool = False
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        if not self.active:
+            return obj
+        holder = [obj]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def sum(self, value: int) -> int:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+
+
+def _init_dist() -> tuple[_Dist, str]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, nccl on GPU. Returns (dist, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        # gloo collectives on CPU tensors even with nccl: object broadcasts use the current device
+        return _Dist(rank, world, True), device
+    return _Dist(), device
+
+
+# ---- the run ----
+class _Source:
+    """Makes (images [B, 3, H, W] in [-1, 1], selected features, per-sample meta) for candidate ids."""
+
+    def __init__(self, workspace, config: SynthesisConfig, device: str):
+        self.workspace = workspace
+        self.config = config
+        self.generator = workspace.generator().to(device)
+        self.device = device
+        self.image_paths: list[Path] = []
+        if config.from_images is not None:
+            if not workspace.config.can_encode_images:
+                raise LabelgenError(f"--from-images needs features of real images: the {workspace.config.backend} "
+                                    "generator needs an inversion method (use a diffusion teacher)")
+            self.image_paths = list_images(Path(config.from_images))
+            if not self.image_paths:
+                raise LabelgenError(f"{config.from_images}: no images")
+
+    @torch.no_grad()
+    def batch(self, candidates: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], list[dict]]:
+        from labelgen.workspace import images_to_tensor, resize_image
+
+        if self.image_paths:
+            arrays, metas = [], []
+            for j in candidates:
+                image = read_image(self.image_paths[j])
+                metas.append({"source_image": self.image_paths[j].name, "source_size": list(image.shape[:2])})
+                if image.shape[:2] != self.workspace.resolution:
+                    image = resize_image(image, self.workspace.resolution)
+                arrays.append(image)
+            images = images_to_tensor(np.stack(arrays)).to(self.device)
+            features = self.generator.features_of_images(images, seed=0)
+            return images, self.workspace.select_levels(features), metas
+        seeds = [self.config.seed_base + j for j in candidates]
+        out = self.generator.sample(seeds)
+        metas = []
+        for k, seed in enumerate(seeds):
+            recipe = dict(out.recipes[k]) if k < len(out.recipes) else {"seed": seed}
+            metas.append({"seed": seed, "recipe": recipe})
+        return out.images, self.workspace.select_levels(out.features), metas
+
+
+def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
+               log=print) -> SynthesisSummary:
+    """``labelgen synthesize`` (see module docstring). Under torchrun each rank writes its shards;
+    rank 0 writes manifest.json after a barrier and returns the summary (other ranks too, same numbers)."""
+    from tqdm import tqdm
+
+    from labelgen.heads import head_id, load_head
+    from labelgen.workspace import tensor_to_uint8
+
+    dist, device = _init_dist()
+    out_dir = Path(out_dir)
+    writer = ShardWriter(out_dir, workspace.classes)
+    head = load_head(workspace.heads_dir, device=device)
+    meta_head = json.loads((workspace.heads_dir / "head_config.json").read_text()).get("meta", {})
+    error = ""
+    if meta_head.get("generator") not in (None, workspace.generator_id()):
+        error = (f"the head in {workspace.heads_dir} was trained on {meta_head['generator']} features, the workspace "
+                 f"now uses {workspace.generator_id()}: run `labelgen train-heads` again")
+    elif head.num_classes != len(workspace.classes):
+        error = f"the head predicts {head.num_classes} classes, the workspace has {len(workspace.classes)}"
+    source = None
+    if not error:
+        try:
+            source = _Source(workspace, config, device)
+        except LabelgenError as e:
+            error = str(e)
+    plan: list[ShardPlan] = []
+    if not error:
+        try:
+            plan = plan_shards(config, len(source.image_paths) if config.from_images else None)
+        except LabelgenError as e:
+            error = str(e)
+    this_head = head_id(workspace.heads_dir)
+    run_config = {**config.plan_key(), "from_images": None if config.from_images is None else str(Path(config.from_images).resolve()),
+                  "generator": workspace.generator_id(), "head": this_head, "head_type": head.head_type,
+                  "ensemble": head.ensemble, "uncertainty": uncertainty_measure(head.ensemble),
+                  "resolution": list(workspace.resolution)}
+    if dist.rank == 0 and not error:
+        plan_path = out_dir / PLAN_NAME
+        if plan_path.is_file():
+            previous = read_json(plan_path)
+            if previous != run_config:
+                changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
+                error = (f"{out_dir}: holds a synthesis with other settings ({', '.join(changed)} differ); "
+                         "use a new --out or the same command to resume")
+        else:
+            atomic_write_json(plan_path, run_config)
+        if not error:
+            writer.clean_partial()
+    error = dist.broadcast(error)
+    if error:
+        raise LabelgenError(error)
+    dist.barrier()  # rank 0 has cleaned up partial shards before anybody writes
+
+    done = writer.done_shards()
+    mine = [p for p in plan if p.shard_id % dist.world == dist.rank and p.shard_id not in done]
+    base_meta = {"generator": workspace.generator_id(), "head": this_head,
+                 "uncertainty_measure": uncertainty_measure(head.ensemble)}
+    pool = ThreadPoolExecutor(max_workers=config.encode_workers) if config.encode_workers > 0 else None
+    bar = tqdm(total=sum(len(p.candidates) for p in mine), unit="sample", desc=f"synthesize (rank {dist.rank})"
+               if dist.world > 1 else "synthesize", disable=not progress or dist.rank != 0, smoothing=0.1)
+    started = time.perf_counter()
+    processed = 0
+    try:
+        for shard in mine:
+            scored: list[tuple[float, int, Future | list]] = []
+            for start in range(0, len(shard.candidates), config.batch_size):
+                candidates = shard.candidates[start:start + config.batch_size]
+                images, features, metas = source.batch(candidates)
+                probs = head.predict_proba(features)  # [B, K, C, H, W]
+                mean_probs = probs.mean(dim=1)  # [B, C, H, W]
+                masks = mean_probs.argmax(dim=1).to(torch.uint8).cpu().numpy()  # [B, H, W]
+                scores = image_scores(pixel_uncertainty(probs), config.top_fraction).cpu().tolist()  # [B]
+                soft = ((mean_probs * 255).round().to(torch.uint8).cpu().numpy()
+                        if config.soft_labels == "uint8" else None)  # [B, C, H, W]
+                images_u8 = tensor_to_uint8(images)  # [B, H, W, 3]
+                for k, candidate in enumerate(candidates):
+                    meta = {"key": sample_key(candidate), "candidate": candidate, **metas[k], **base_meta,
+                            "uncertainty": round(float(scores[k]), 6)}
+                    sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta)
+                    job = (lambda s=sample, p=None if soft is None else soft[k]: _encode_with_soft(s, p))
+                    scored.append((round(float(scores[k]), 6), candidate, pool.submit(job) if pool else job()))
+                processed += len(candidates)
+                bar.update(len(candidates))
+            ranked = sorted(scored, key=lambda item: (item[0], item[1]))
+            kept = sorted(ranked[:shard.keep], key=lambda item: item[1])
+            dropped = sorted(ranked[shard.keep:], key=lambda item: item[1])
+            for _, _, job in dropped:
+                if isinstance(job, Future):
+                    job.cancel()
+            encoded = [job.result() if isinstance(job, Future) else job for _, _, job in kept]
+            writer.write_shard(shard.shard_id, encoded=encoded, info={
+                "candidates": len(shard.candidates), "kept": len(kept), "dropped": len(dropped),
+                "dropped_keys": [sample_key(c) for _, c, _ in dropped],
+                "dropped_scores": [s for s, _, _ in dropped]})
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.perf_counter() - started
+    written = dist.sum(len(mine))
+    processed_all = dist.sum(processed)
+    dist.barrier()  # every rank has finished its shards
+    manifest: dict = {}
+    if dist.rank == 0:
+        indexes = [read_json(out_dir / f"{i:06d}.json") for i in sorted(writer.done_shards())]
+        kept_total = sum(ix.get("kept", ix["count"]) for ix in indexes)
+        dropped_total = sum(ix.get("dropped", 0) for ix in indexes)
+        manifest = writer.write_manifest({**run_config, "kept": kept_total, "dropped": dropped_total,
+                                          "shards_planned": len(plan)})
+    manifest = dist.broadcast(manifest)
+    if dist.active:
+        torch.distributed.destroy_process_group()
+    config_out = manifest.get("config", {})
+    return SynthesisSummary(kept=config_out.get("kept", 0), dropped=config_out.get("dropped", 0),
+                            shards=len(manifest.get("shards", [])), shards_written=written, seconds=seconds,
+                            samples_per_second=processed_all / seconds if seconds > 0 else 0.0,
+                            bytes=manifest.get("bytes", 0), manifest=manifest)
+
+
+def _encode_with_soft(sample: ShardSample, soft: np.ndarray | None) -> list[tuple[str, bytes]]:
+    if soft is not None:
+        sample.extras["soft.npz"] = soft_npz_bytes(soft)  # uint8 [C, H, W]
+    return encode_sample(sample)

@@ -1,0 +1,175 @@
+"""Teacher commands: ``labelgen init | sample | import | train-heads | synthesize``.
+
+Every command takes ``-w/--workspace`` (default: $LABELGEN_WORKSPACE, else the current folder).
+Registered on the main group in labelgen/cli.py.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from labelgen.errors import LabelgenError
+
+BACKEND_NAMES = ("stylegan2", "ddpm", "stable-diffusion", "dcgan")
+HEAD_TYPES = ("pixel-mlp", "conv")
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LabelgenError(f"{option} {text!r}: expected comma-separated integers, e.g. 50,150,250") from None
+
+
+def _backend(value: str) -> str:
+    if value in BACKEND_NAMES or ":" in value:  # "module:Class": a Generator subclass on PYTHONPATH
+        return value
+    raise LabelgenError(f"--generator {value!r}: one of {', '.join(BACKEND_NAMES)} (or module:Class)")
+
+
+workspace_option = click.option(
+    "-w", "--workspace", "workspace_dir", type=click.Path(path_type=Path), default=None,
+    help="Workspace folder [default: $LABELGEN_WORKSPACE or the current folder].")
+
+
+def _open(workspace_dir: Path | None):
+    from labelgen.workspace import Workspace, default_workspace_path
+
+    return Workspace(workspace_dir or default_workspace_path())
+
+
+@click.command("init")
+@click.argument("workspace_arg", required=False, type=click.Path(path_type=Path))
+@workspace_option
+@click.option("--generator", "backend", type=str, required=True,
+              help=f"Generator backend: {', '.join(BACKEND_NAMES)}.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Generator checkpoint (.pkl, diffusers folder, state dict); dcgan: default = installed weights.")
+@click.option("--classes", "class_names", type=str, required=True, help="Comma-separated class names, e.g. bg,hair,skin.")
+@click.option("--head", "head_type", type=click.Choice(HEAD_TYPES), default="pixel-mlp", show_default=True,
+              help="Task head: DatasetGAN pixel-MLP ensemble or DreamTeacher conv interpreter.")
+@click.option("--ensemble", type=click.IntRange(1, 32), default=None,
+              help="Head ensemble members K [default: 3 for pixel-mlp, 1 for conv].")
+@click.option("--timesteps", type=str, default="50,150,250", show_default=True, help="Diffusion feature timesteps.")
+@click.option("--feature-layers", type=str, default=None,
+              help="Comma-separated generator feature levels the head uses [default: all].")
+def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
+             feature_layers):
+    """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
+    from labelgen.workspace import create_workspace, default_workspace_path
+
+    root = workspace_arg or workspace_dir or default_workspace_path()
+    names = [c.strip() for c in class_names.split(",") if c.strip()]
+    if len(names) < 2:
+        raise LabelgenError(f"--classes {class_names!r}: need at least two comma-separated class names")
+    head = {"type": head_type, "ensemble": ensemble or (3 if head_type == "pixel-mlp" else 1)}
+    ws = create_workspace(root, _backend(backend), names, checkpoint, head,
+                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"))
+    h, w = ws.resolution
+    click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
+               f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "
+               f"classes {', '.join(names)}")
+
+
+@click.command("sample")
+@workspace_option
+@click.option("--n", "count", type=click.IntRange(1), required=True, help="Images to generate for annotation.")
+@click.option("--seed-start", type=int, default=None, help="First seed [default: after the largest seed used].")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+def sample_cmd(workspace_dir, count, seed_start, batch_size):
+    """Generate N images to annotate: W/annotations/<id>.png + <id>.json (mask <id>.mask.png comes later)."""
+    ws = _open(workspace_dir)
+    ids = ws.sample_annotations(count, seed_start, batch_size)
+    click.echo(f"added {len(ids)} images to annotate ({ids[0]}..{ids[-1]}) in {ws.annotations_dir}; draw masks as "
+               f"<id>.mask.png (index or class-colour PNG, 255 = ignore)")
+
+
+@click.command("import")
+@workspace_option
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), required=True, help="Folder of real images.")
+@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of masks <stem>.png / <stem>.mask.png (index or class-colour PNGs).")
+def import_cmd(workspace_dir, images_dir, masks_dir):
+    """Add real images (+ masks) to annotate; diffusion teachers only (GANs need an inversion method)."""
+    ws = _open(workspace_dir)
+    if masks_dir is not None and not Path(masks_dir).is_dir():
+        raise LabelgenError(f"{masks_dir}: masks folder not found")
+    ids, resized = ws.import_images(images_dir, masks_dir)
+    with_masks = sum(ws.mask_path(i).is_file() for i in ids)
+    h, w = ws.resolution
+    click.echo(f"imported {len(ids)} images ({with_masks} with masks)"
+               + (f"; resized {resized} to the generator resolution {h}x{w} (images: area, masks: nearest)"
+                  if resized else ""))
+
+
+@click.command("train-heads")
+@workspace_option
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None,
+              help="Real images + masks (project folder format) to print mIoU per epoch (diffusion teachers).")
+@click.option("--images-per-step", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--pixels-per-image", type=click.IntRange(1), default=2048, show_default=True,
+              help="pixel-mlp: labelled pixels sampled per image per member per step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed):
+    """Train the workspace's task head on its annotated images; saves W/heads/."""
+    import torch
+
+    from labelgen.heads.train import TrainConfig, train_workspace_heads
+
+    ws = _open(workspace_dir)
+    config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
+                         seed=seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo)
+    msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids())} annotated images " \
+          f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
+    if result.val_miou:
+        msg += f", val mIoU {result.val_miou[-1]:.4f}"
+    click.echo(msg + f" -> {ws.heads_dir}")
+
+
+@click.command("synthesize")
+@workspace_option
+@click.option("--n", "count", type=click.IntRange(1), default=None,
+              help="Samples to keep (required unless --from-images: then at most this many images).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Shard folder.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--drop-uncertain", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Drop this fraction of the most uncertain samples (over-generates per shard).")
+@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True, help="Kept samples per shard.")
+@click.option("--from-images", type=click.Path(path_type=Path), default=None,
+              help="Pseudo-label these real images instead of sampling (diffusion teachers).")
+@click.option("--soft-labels", type=click.Choice(["none", "uint8"]), default="none", show_default=True,
+              help="Also store uint8-quantised class probabilities as <key>.soft.npz.")
+@click.option("--seed-base", type=int, default=1_000_000, show_default=True, help="Sample k uses seed seed-base + k.")
+@click.option("--encode-workers", type=click.IntRange(0), default=2, show_default=True,
+              help="Threads encoding PNGs (0 = main thread).")
+def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
+                   seed_base, encode_workers):
+    """Label generated (or given real) images with the trained head into resumable WebDataset shards.
+
+    Multi-worker: torchrun --nproc-per-node K -m labelgen.cli synthesize ... (shard i -> rank i % K)."""
+    from labelgen.synthesis import SynthesisConfig, synthesize
+
+    if count is None and from_images is None:
+        raise LabelgenError("--n is required (or --from-images DIR)")
+    ws = _open(workspace_dir)
+    config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
+                             seed_base=seed_base, soft_labels=soft_labels,
+                             from_images=None if from_images is None else str(from_images),
+                             encode_workers=encode_workers)
+    summary = synthesize(ws, config, out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        disk = summary.bytes
+        click.echo(f"kept {summary.kept} samples, dropped {summary.dropped} (most uncertain), {summary.shards} shards "
+                   f"({summary.shards_written} written now) in {summary.seconds:.1f} s, "
+                   f"{summary.samples_per_second:.1f} samples/s, {disk / 2**20:.1f} MiB on disk -> {out_dir}")
+
+
+TEACHER_COMMANDS = [init_cmd, sample_cmd, import_cmd, train_heads_cmd, synthesize_cmd]

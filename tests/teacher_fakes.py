@@ -1,0 +1,96 @@
+"""Tiny deterministic generators for the teacher tests (heads, workspace, synthesis).
+
+Images are a coloured disc and bar on a noisy background; the class of a pixel shows in its colour,
+and the features are fixed random projections of the (average-pooled) image at three resolutions,
+so a head can learn the segmentation from few images. ``layout(seed)`` gives the true mask
+(0 background, 1 disc, 2 bar). Used as workspace backends "teacher_fakes:FakeGAN" /
+"teacher_fakes:FakeDiffusion" (tests/ on PYTHONPATH).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelgen.errors import LabelgenError
+from labelgen.generators.base import Generator, GeneratorOutput
+
+CLASS_COLOURS = np.array([[40, 150, 40], [210, 50, 40], [40, 60, 210]], dtype=np.float32)
+CLASSES = "background,disc,bar"
+
+
+def layout(seed: int, size: int = 32) -> np.ndarray:
+    """True index mask uint8 [size, size] of seed's image."""
+    rng = np.random.default_rng(seed)
+    cy, cx = rng.uniform(0.3, 0.7, 2) * size
+    radius = rng.uniform(0.15, 0.28) * size
+    bar_row = int(rng.uniform(0.05, 0.85) * size)
+    yy, xx = np.mgrid[:size, :size]
+    mask = np.zeros((size, size), np.uint8)
+    mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 1
+    mask[bar_row:bar_row + max(2, size // 8)] = 2
+    return mask
+
+
+def render(seed: int, size: int = 32) -> np.ndarray:
+    """uint8 [size, size, 3] image of seed."""
+    rng = np.random.default_rng(seed + 7_000_000)
+    image = CLASS_COLOURS[layout(seed, size)] + rng.normal(0, 12, (size, size, 3))
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+class FakeGAN(Generator):
+    backend = "fake-gan"
+
+    def __init__(self, size: int = 32, channels: tuple[int, ...] = (8, 8, 4), delay: float = 0.0):
+        super().__init__({"size": size, "channels": list(channels), "delay": delay})
+        self.size = size
+        self.delay = delay
+        torch.manual_seed(1234)
+        self.projections = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(c, 3) / 60.0) for c in channels)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return [p.shape[0] for p in self.projections]
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:  # images [N, 3, H, W] in [-1, 1]
+        if self.delay:
+            import time
+            time.sleep(self.delay * images.shape[0])
+        pixels = (images + 1) * 127.5 - 128
+        out = []
+        for level, proj in enumerate(self.projections):  # level 0: H/4, level 1: H/2, level 2: H
+            pooled = F.avg_pool2d(pixels, 2 ** (len(self.projections) - 1 - level))
+            out.append(torch.tanh(torch.einsum("oc,nchw->nohw", proj.detach(), pooled)))
+        return out
+
+    def sample(self, seeds: list[int], **options) -> GeneratorOutput:
+        images = torch.from_numpy(np.stack([render(s, self.size) for s in seeds])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return GeneratorOutput(images, self._features(images), [{"seed": int(s)} for s in seeds])
+
+    def features_from_recipes(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
+        return self.sample([int(r["seed"]) for r in recipes])
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, **options) -> "FakeGAN":
+        if checkpoint is None:
+            return cls(**options).eval()
+        path = Path(checkpoint)
+        if not path.is_dir() or not (path / "generator_config.json").is_file():
+            raise LabelgenError(f"{path}: not a {cls.backend} checkpoint (expected a saved generator folder)")
+        return cls.from_pretrained(path)
+
+
+class FakeDiffusion(FakeGAN):
+    backend = "fake-diffusion"
+    can_encode_images = True
+
+    def features_of_images(self, images: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
+        return self._features(images)
