@@ -1,0 +1,285 @@
+"""The Streamlit app: page logic (streamlit.testing AppTest) and its path/upload/mask safety."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelgen.app import core, jobs
+from labelgen.app.testing import make_workspace
+from labelgen.errors import LabelgenError
+
+APP_FILE = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return make_workspace(tmp_path / "ws", n_images=3, synthetic=6)
+
+
+@pytest.fixture
+def app(ws, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LABELGEN_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(APP_FILE, default_timeout=60)
+    return at
+
+
+def canvas_value(at, mask: np.ndarray) -> tuple[str, dict]:
+    """What the browser component would send for ``mask`` on the canvas the page shows now."""
+    canvas = at.session_state["canvas"]
+    return canvas["key"], {"doc": canvas["doc"], "seq": 1, "width": mask.shape[1], "height": mask.shape[0],
+                           "rle": core.rle_encode(mask)}
+
+
+def status(at) -> str:
+    """The annotator's status line under the canvas."""
+    return next(c.value for c in at.main.caption if "recipe" in c.value)
+
+
+def button(at, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+# ------------------------------------------------------------------ pure logic
+def test_rle_round_trip_and_validation():
+    mask = np.full((5, 7), 255, np.uint8)
+    mask[1:3, 2:6] = 2
+    mask[4, 0] = 0
+    rle = core.rle_encode(mask)
+    assert sum(rle[1::2]) == 35
+    np.testing.assert_array_equal(core.rle_decode(rle, (5, 7), 3), mask)
+    with pytest.raises(core.AppError, match="out of range"):
+        core.rle_decode([3, 35], (5, 7), 3)  # class 3 of 3 classes
+    with pytest.raises(core.AppError, match="pixels"):
+        core.rle_decode([0, 34], (5, 7), 3)
+    with pytest.raises(core.AppError):
+        core.rle_decode([0, -1, 1, 36], (5, 7), 3)
+    with pytest.raises(core.AppError):
+        core.rle_decode("0,35", (5, 7), 3)
+    # a value for another document (image) is ignored, never saved onto the wrong image
+    assert core.mask_from_component({"doc": "a:0", "width": 7, "height": 5, "rle": rle}, "b:0", (5, 7), 3) is None
+
+
+def test_paths_never_leave_the_workspace(ws, tmp_path):
+    (ws.root / "inside").mkdir()
+    assert core.resolve_inside(ws.root, "inside") == ws.root / "inside"
+    assert core.resolve_inside(ws.root, str(ws.root / "inside")) == ws.root / "inside"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws.root / "link").symlink_to(outside)
+    for bad in ("../outside", "inside/../../outside", str(outside), "link", "/etc", "~", ""):
+        with pytest.raises(core.AppError):
+            core.resolve_inside(ws.root, bad)
+    # annotation ids from the browser are checked before any path is built
+    for bad_id in ("../x", "a/b", "..", "g1.mask", ""):
+        with pytest.raises(LabelgenError):
+            ws.mask_path(bad_id)
+    # the review page resolves set names and shard names the same way
+    with pytest.raises(core.AppError):
+        core.load_sample(ws.synthetic_dir, core.SampleInfo("k", "../../workspace.json", 0, {}))
+
+
+def test_folder_import_only_inside_allowed_roots(ws, tmp_path, monkeypatch):
+    outside = tmp_path / "photos"
+    outside.mkdir()
+    Image.new("RGB", (80, 40), (200, 10, 10)).save(outside / "a.png")
+    roots = core.allowed_roots(ws)
+    with pytest.raises(core.AppError, match="not inside the allowed folders"):
+        core.folder_images(ws, roots, str(outside))
+    with pytest.raises(core.AppError):
+        core.folder_images(ws, roots, "../photos")
+    monkeypatch.setenv("LABELGEN_APP_IMPORT_ROOTS", str(outside))
+    roots = core.allowed_roots(ws)
+    images = core.folder_images(ws, roots, str(outside))
+    assert [n for n, _ in images] == ["a.png"] and images[0][1].shape == (40, 80, 3)
+    # the dcgan teacher cannot use real images: refused with a reason, nothing written
+    assert not core.can_import_real(ws)
+    with pytest.raises(core.AppError, match="diffusion"):
+        core.import_real_images(ws, images)
+    assert ws.annotation_ids() == ["g000001", "g000002", "g000003"]
+
+
+def test_uploads_are_size_limited_and_validated():
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 60), (1, 2, 3)).save(buf, format="PNG")
+    image = core.decode_image_bytes(buf.getvalue(), "ok.png")
+    assert image.shape == (60, 120, 3)
+    fitted = core.fit_to_resolution(image, (64, 64))
+    assert fitted.shape == (64, 64, 3) and fitted.dtype == np.uint8
+    with pytest.raises(core.AppError, match="limit"):
+        core.decode_image_bytes(buf.getvalue(), "big.png", max_bytes=100)
+    with pytest.raises(core.AppError, match="not a readable image"):
+        core.decode_image_bytes(b"<html>not an image</html>", "evil.png")
+    with pytest.raises(core.AppError, match="empty"):
+        core.decode_image_bytes(b"", "empty.png")
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(bomb, format="PNG")  # 64 Mpx in a few kB
+    with pytest.raises(core.AppError, match="too large"):
+        core.decode_image_bytes(bomb.getvalue(), "bomb.png")
+
+
+def test_review_store_is_atomic_json(ws):
+    store = core.ReviewStore(ws)
+    store.set("synthetic", "s00001", core.ACCEPTED)
+    store.set("synthetic", "s00002", core.REJECTED)
+    store.set("synthetic", "s00002", None)
+    assert json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"] == {"s00001": "accepted"}
+    assert not list(ws.root.glob(".review.json.*"))  # no temp files left
+    with pytest.raises(core.AppError):
+        store.set("synthetic", "s00001", "maybe")
+    (ws.root / "review.json").write_text("{broken")
+    assert core.ReviewStore(ws).decisions("synthetic") == {}
+
+
+def test_synthetic_listing_fix_and_uncertainty(ws):
+    assert core.synthetic_sets(ws) == ["synthetic"]
+    samples = core.list_samples(ws.synthetic_dir)
+    assert [s.key for s in samples] == [f"s{k:05d}" for k in range(6)]
+    assert samples[5].uncertainty == pytest.approx(5 / 6)
+    sample = core.load_sample(ws.synthetic_dir, samples[4])
+    new_id = core.fix_sample(ws, sample)
+    image, recipe, mask = ws.read_annotation(new_id)
+    np.testing.assert_array_equal(image, sample.image)
+    np.testing.assert_array_equal(mask, sample.mask)
+    assert recipe["seed"] == 5004 and recipe["from_synthetic"] == "s00004"
+    probs = np.stack([np.full((4, 4), 0.5), np.full((4, 4), 0.5)])
+    assert np.allclose(core.entropy_map(probs), 1.0)
+    assert np.allclose(core.entropy_map(np.stack([np.ones((4, 4)), np.zeros((4, 4))])), 0.0, atol=1e-5)
+
+
+def test_training_job_runs_in_background_with_progress(ws):
+    script = "import time,sys\nfor i in range(1, 4):\n    print(f'epoch {i}/3', flush=True); time.sleep(0.2)\n"
+    record = jobs.start(ws, "train", [sys.executable, "-c", script])
+    assert record["pid"] > 0
+    with pytest.raises(LabelgenError, match="already running"):
+        jobs.start(ws, "train", [sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while (status := jobs.status(ws, "train"))["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not status["running"] and status["returncode"] == 0
+    assert status["progress"] == pytest.approx(1.0)
+    assert "epoch 3/3" in status["log_tail"]
+    assert jobs.parse_progress("loss 0.3\r 45%|####  ") == pytest.approx(0.45)
+    assert jobs.parse_progress("nothing here") is None
+
+
+# ------------------------------------------------------------------ pages (AppTest)
+def test_no_workspace_gives_a_clear_message(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("LABELGEN_WORKSPACE", raising=False)
+    at = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    assert not at.exception
+    assert "no workspace given" in at.error[0].value
+
+
+def test_annotate_page_sidebar_and_explicit_save(app, ws):
+    at = app.run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == "Annotate"
+    assert at.sidebar.radio[0].value == "annotate"
+    assert at.sidebar.metric[0].value == "0 / 3"
+    assert at.selectbox(key="ann_id").value == "g000001"
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[10:20, 5:30] = 2
+    mask[40:, :] = 0
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    assert "unsaved changes" in status(at)
+    assert not ws.mask_path("g000001").exists()
+    button(at, "Save").click().run()
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+    assert at.sidebar.metric[0].value == "1 / 3"
+    assert "saved mask" in status(at)
+    assert any("saved g000001" in s.value for s in at.success)
+    # a class id outside the palette from the browser is refused, the file keeps the good mask
+    bad = mask.copy()
+    bad[0, 0] = 7
+    key, value = canvas_value(at, bad)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Save").click().run()
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+
+
+def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):
+    at = app.run()
+    mask = np.full((64, 64), 1, np.uint8)
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Next ▶").click().run()  # navigation saves without pressing Save
+    assert at.selectbox(key="ann_id").value == "g000002"
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+    # switching page autosaves too
+    mask2 = np.zeros((64, 64), np.uint8)
+    key, value = canvas_value(at, mask2)
+    at.session_state[key] = value
+    at.run()
+    at.sidebar.radio[0].set_value("review").run()
+    np.testing.assert_array_equal(ws.read_mask("g000002"), mask2)
+    # back on the first image: the canvas is given the saved mask
+    at.sidebar.radio[0].set_value("annotate").run()
+    at.selectbox(key="ann_id").set_value("g000001").run()
+    assert at.session_state["canvas"]["ann_id"] == "g000001"
+    assert "saved mask" in status(at)
+
+
+def test_generate_more_samples_from_the_generator(app, ws):
+    at = app.run()
+    at.number_input(key="n_generate").set_value(2).run()
+    button(at, "Generate more").click().run(timeout=120)
+    assert not at.exception, at.exception
+    assert ws.annotation_ids() == ["g000001", "g000002", "g000003", "g000004", "g000005"]
+    recipes = [json.loads(ws.recipe_path(i).read_text()) for i in ("g000004", "g000005")]
+    assert [r["seed"] for r in recipes] == [1003, 1004]  # continues after the used seeds
+    assert at.selectbox(key="ann_id").value == "g000004"
+
+
+def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
+    at = app.run()
+    at.sidebar.radio[0].set_value("review").run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == "Review synthetic samples"
+    assert len(at.get("image")) == 6
+    # most uncertain first
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert captions[0].startswith("s00005") and captions[-1].startswith("s00000")
+    at.button(key="acc-s00005").click().run()
+    at.button(key="rej-s00001").click().run()
+    decisions = json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"]
+    assert decisions == {"s00005": "accepted", "s00001": "rejected"}
+    at.selectbox(key="review_filter").set_value("accepted").run()
+    assert len(at.get("image")) == 1
+    at.selectbox(key="review_filter").set_value("all").run()
+    # the suggestions skip reviewed samples: s00004 is the most uncertain unreviewed one
+    assert at.button(key="sug-s00004") is not None
+    at.button(key="fix-s00003").click().run()
+    assert at.sidebar.radio[0].value == "annotate"
+    new_id = at.selectbox(key="ann_id").value
+    assert new_id == "g000004" and ws.read_mask(new_id) is not None
+    assert json.loads(ws.recipe_path(new_id).read_text())["from_synthetic"] == "s00003"
+
+
+def test_train_page_shows_iou_from_the_training_log(app, ws):
+    ws.heads_dir.mkdir(exist_ok=True)
+    (ws.heads_dir / "train_log.json").write_text(json.dumps(
+        {"epochs": 3, "holdout": {"ids": ["g000003"], "per_class_iou": [0.9, 0.5, None]}}))
+    at = app.run()
+    at.sidebar.radio[0].set_value("train").run()
+    assert not at.exception, at.exception
+    assert at.header[0].value == "Train heads"
+    table = at.dataframe[0].value
+    assert list(table["class"]) == ["background", "skin", "hair"]
+    assert table["IoU"].tolist()[:2] == [0.9, 0.5]
+    assert at.metric[0].value == "0.700"
