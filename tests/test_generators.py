@@ -15,11 +15,15 @@ from labelgen.generators import create_generator, from_checkpoint, load_generato
 # ------------------------------------------------------------------------------------------------
 # tiny configurations of every backend: name -> (constructor kwargs, sample options)
 # ------------------------------------------------------------------------------------------------
+DDPM_UNET = {"sample_size": [16, 24], "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+             "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
 SG2_TINY = {"img_resolution": 32, "z_dim": 32, "w_dim": 32, "mapping_kwargs": {"num_layers": 2},
             "synthesis_kwargs": {"channel_base": 256, "channel_max": 32}}
 TINY = {
     "dcgan": ({"ngf": 8, "nz": 16}, {}),
     "stylegan2": (SG2_TINY, {"truncation_psi": 0.7}),
+    "ddpm": ({"unet_config": DDPM_UNET, "timesteps": [50, 400]}, {"ddim_steps": 3}),
 }
 
 
@@ -97,11 +101,14 @@ class TestGeneratorContract:
         _assert_same(again.sample([1], **_options(backend)), gen.sample([1], **_options(backend)))
 
     def test_feature_layers_select_levels(self, gen, backend):
-        sub = _make(backend, feature_layers=[0, -1])
-        assert sub.feature_channels == [gen.feature_channels[0], gen.feature_channels[-1]]
+        T = len(getattr(gen, "timesteps", [None]))  # diffusion: levels x timesteps, level-major
+        levels = len(gen.feature_channels) // T
+        sub = _make(backend, feature_layers=[-1])
+        assert sub.feature_channels == gen.feature_channels[(levels - 1) * T:]
         full, part = gen.sample([4], **_options(backend)), sub.sample([4], **_options(backend))
-        torch.testing.assert_close(part.features[0], full.features[0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(part.features[1], full.features[-1], atol=1e-5, rtol=0)
+        assert len(part.features) == T
+        for ti in range(T):
+            torch.testing.assert_close(part.features[ti], full.features[(levels - 1) * T + ti], atol=1e-5, rtol=0)
         with pytest.raises(LabelgenError, match="out of range"):
             _make(backend, feature_layers=[99])
 
@@ -343,3 +350,43 @@ def test_stylegan2_bad_checkpoints(tmp_path):
         from_checkpoint("stylegan2", tmp_path / "nog.pkl")
     with pytest.raises(LabelgenError, match="no default weights"):
         from_checkpoint("stylegan2", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# DDPM
+# ------------------------------------------------------------------------------------------------
+def test_ddpm_folder_is_a_diffusers_ddpm_pipeline(tmp_path):
+    from diffusers import DDPMPipeline
+
+    g = _make("ddpm")
+    g.save_pretrained(tmp_path / "m")
+    for name in ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                 "scheduler/scheduler_config.json", "generator_config.json"]:
+        assert (tmp_path / "m" / name).is_file(), name
+    assert json.loads((tmp_path / "m/generator_config.json").read_text())["timesteps"] == [50, 400]
+    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "m"))  # plain diffusers reads it
+    torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], g.unet.state_dict()["conv_in.weight"])
+    # a plain diffusers folder (no labelgen json) loads with options given at load time
+    (tmp_path / "m/generator_config.json").unlink()
+    loaded = from_checkpoint("ddpm", tmp_path / "m", timesteps=[10], feature_layers=[1])
+    assert loaded.feature_channels == [8] and loaded.timesteps == [10]
+    with pytest.raises(LabelgenError, match="not a DDPM folder"):
+        from_checkpoint("ddpm", tmp_path)
+    with pytest.raises(LabelgenError, match="timesteps"):
+        from_checkpoint("ddpm", tmp_path / "m", timesteps=[5000])
+
+
+def test_ddpm_features_are_those_of_the_sampled_image_per_timestep():
+    g = _make("ddpm")
+    out = g.sample([3], ddim_steps=3)
+    assert out.recipes == [{"seed": 3, "ddim_steps": 3}]
+    again = g.features_of_images(out.images)
+    for a, b in zip(again, out.features):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # same level at two timesteps differs (noise level matters); strides: level 0 is half resolution
+    assert out.features[0].shape[2:] == (8, 12) and out.features[2].shape[2:] == (16, 24)
+    assert (out.features[0] - out.features[1]).abs().max() > 1e-3
+    other_noise = g.features_of_images(out.images, seed=1)
+    assert (other_noise[0] - out.features[0]).abs().max() > 1e-4
+    with pytest.raises(LabelgenError, match=r"images must be \[N, 3, 16, 24\]"):
+        g.features_of_images(torch.zeros(1, 3, 16, 16))

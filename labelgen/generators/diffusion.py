@@ -1,0 +1,195 @@
+"""Machinery shared by the diffusion backends (DDPM pixel space, Stable Diffusion latent space).
+
+Features of an image (DDPM-seg / DreamTeacher style): encode it to the UNet's space (identity for DDPM,
+VAE mean latent for SD), noise it to each timestep t in ``timesteps`` with noise drawn from a fixed seed
+(``noise_seed``, the same for every image, so features are a deterministic function of the image alone),
+run ONE batched UNet pass over all (image, t) pairs and capture, with forward hooks, the output of each
+decoder up-block *before its upsampler* (level i = ``unet.up_blocks[i]``, coarse to fine).
+
+Flat feature order: level-major, then timestep — ``features[li * len(timesteps) + ti]`` is level
+``feature_layers[li]`` at ``timesteps[ti]`` (``feature_channels`` is in the same order).
+
+Sampling: DDIM (eta 0, ``ddim_steps`` steps, built from the model's scheduler config) from x_T drawn per
+seed, so an image never depends on its batch; ``sample`` returns the decoded images and
+``features_of_images`` of them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from labelgen.errors import LabelgenError
+from labelgen.generators.base import (
+    Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, module_device, seeded_randn,
+)
+
+DEFAULT_TIMESTEPS = [50, 150, 250]
+
+
+def plain_config(config) -> dict[str, Any]:
+    """A diffusers config (FrozenDict) as JSON-able dict without private ``_`` keys (tuples -> lists)."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dict(config).items() if not k.startswith("_")}
+
+
+class DiffusionGenerator(Generator):
+    """Base of the diffusion backends: subclasses set ``self.unet`` and ``self.scheduler_config`` and
+    implement :meth:`encode`, :meth:`decode`, :meth:`unet_eps` and :attr:`latent_shape`."""
+
+    can_encode_images = True
+    unet: torch.nn.Module
+
+    def _setup_features(self, timesteps, feature_layers, num_train_timesteps: int) -> None:
+        try:
+            self.timesteps = [int(t) for t in (DEFAULT_TIMESTEPS if timesteps is None else timesteps)]
+        except (TypeError, ValueError):
+            raise LabelgenError(f"{self.backend}: timesteps must be a list of integers, got {timesteps!r}") from None
+        if not self.timesteps or any(not 0 <= t < num_train_timesteps for t in self.timesteps):
+            raise LabelgenError(f"{self.backend}: timesteps must be a non-empty list in 0..{num_train_timesteps - 1}, "
+                                f"got {self.timesteps}")
+        self.layers = check_feature_layers(feature_layers, len(self.unet.up_blocks), self.backend)
+
+    # ---- to implement ----
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the UNet denoises."""
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [-1, 1] -> x0 in UNet space [N, *latent_shape]."""
+        raise NotImplementedError
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 in UNet space -> images [N, 3, H, W] in [-1, 1]."""
+        raise NotImplementedError
+
+    def unet_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output for noisy x [B, *latent_shape] at timesteps t [B]."""
+        raise NotImplementedError
+
+    # ---- feature layout ----
+    def _level_channels_and_strides(self) -> list[tuple[int, int]]:
+        """(channels, stride in the UNet's space) of each up block's pre-upsample output."""
+        out = []
+        blocks = list(self.unet.up_blocks)
+        for i, block in enumerate(blocks):
+            ups = sum(1 for b in blocks[i:] if getattr(b, "upsamplers", None))
+            out.append((block.resnets[-1].out_channels, 2**ups))
+        return out
+
+    @property
+    def feature_channels(self) -> list[int]:
+        levels = self._level_channels_and_strides()
+        return [levels[i][0] for i in self.layers for _ in self.timesteps]
+
+    # ---- options ----
+    def _autocast(self, device: torch.device):
+        if self.config.get("bf16") and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.get("channels_last") and x.device.type == "cuda":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.config.get("max_batch") or 16)
+
+    # ---- features ----
+    def _capture_pass(self, x0: torch.Tensor, noise_seed: int) -> list[torch.Tensor]:
+        """One UNet pass over all (image, timestep) pairs; features in the documented flat order."""
+        N, T = x0.shape[0], len(self.timesteps)
+        device = x0.device
+        noise = torch.stack([seeded_randn([noise_seed], self.latent_shape, device, salt=1 + t)[0]
+                             for t in self.timesteps])  # [T, C, h, w], shared by every image
+        t_all = torch.tensor(self.timesteps, device=device).repeat_interleave(N)  # [T*N] (t-major)
+        x_all = x0.repeat(T, 1, 1, 1)  # [T*N, C, h, w]
+        noisy = self.noise_scheduler.add_noise(x_all, noise.repeat_interleave(N, dim=0), t_all)
+
+        captured: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
+        hooks = []
+        for i in self.layers:
+            block = self.unet.up_blocks[i]
+            if getattr(block, "upsamplers", None):
+                hooks.append(block.upsamplers[0].register_forward_pre_hook(
+                    lambda m, args, i=i: captured[i].append(args[0].float())))
+            else:
+                hooks.append(block.register_forward_hook(
+                    lambda m, args, out, i=i: captured[i].append((out[0] if isinstance(out, tuple) else out).float())))
+        try:
+            with self._autocast(device):
+                for start in range(0, T * N, self.max_batch):
+                    self.unet_eps(self._prepare(noisy[start:start + self.max_batch]), t_all[start:start + self.max_batch])
+        finally:
+            for h in hooks:
+                h.remove()
+        features = []
+        for i in self.layers:
+            per_t = torch.cat(captured[i]).reshape(T, N, *captured[i][0].shape[1:])  # [T, N, C_i, h_i, w_i]
+            features += [per_t[ti].contiguous(memory_format=torch.contiguous_format) for ti in range(T)]
+        return features
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        H, W = self.resolution
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (H, W):
+            raise LabelgenError(f"{self.backend}: images must be [N, 3, {H}, {W}] in [-1, 1], "
+                                f"got {list(images.shape)}")
+        return images.to(module_device(self), torch.float32)
+
+    @inference
+    def features_of_images(self, images: torch.Tensor, seed: int | None = None) -> list[torch.Tensor]:
+        x0 = self.encode(self._check_images(images))
+        return self._capture_pass(x0, int(self.config.get("noise_seed", 0) if seed is None else seed))
+
+    # ---- sampling ----
+    def _ddim(self, seeds: list[int], steps: int) -> torch.Tensor:
+        from diffusers import DDIMScheduler
+
+        if steps < 1 or steps > self.noise_scheduler.config.num_train_timesteps:
+            raise LabelgenError(f"{self.backend}: ddim_steps must be in 1..{self.noise_scheduler.config.num_train_timesteps}")
+        device = module_device(self)
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps, device=device)
+        x = seeded_randn(seeds, self.latent_shape, device) * scheduler.init_noise_sigma  # [N, C, h, w]
+        with self._autocast(device):
+            for t in scheduler.timesteps:
+                out = torch.cat([self.unet_eps(self._prepare(x[s:s + self.max_batch]),
+                                               t.expand(min(self.max_batch, x.shape[0] - s)).to(device)).float()
+                                 for s in range(0, x.shape[0], self.max_batch)])
+                x = scheduler.step(out, t, x, eta=0.0).prev_sample
+        return x
+
+    @inference
+    def _run(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
+        seeds = check_seeds([r["seed"] for r in recipes])
+        steps = [int(r.get("ddim_steps") or self.config["ddim_steps"]) for r in recipes]
+        images = [None] * len(recipes)
+        for n in sorted(set(steps)):  # one DDIM run per distinct step count
+            idx = [k for k, s in enumerate(steps) if s == n]
+            decoded = self.decode(self._ddim([seeds[k] for k in idx], n)).clamp(-1, 1).float()
+            for j, k in enumerate(idx):
+                images[k] = decoded[j]
+        images = torch.stack(images)
+        features = self._capture_pass(self.encode(images), int(self.config.get("noise_seed", 0)))
+        return GeneratorOutput(images, features, [{"seed": s, "ddim_steps": n} for s, n in zip(seeds, steps)])
+
+    def sample(self, seeds: list[int], ddim_steps: int | None = None, **options) -> GeneratorOutput:
+        if options:
+            raise LabelgenError(f"{self.backend}: unknown sampling options {sorted(options)} (it takes ddim_steps)")
+        return self._run([{"seed": s, "ddim_steps": ddim_steps} for s in check_seeds(seeds)])
+
+    def features_from_recipes(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
+        for r in recipes:
+            if "seed" not in r:
+                raise LabelgenError(f"{self.backend}: recipe {r!r} has no seed (real images: use features_of_images)")
+        return self._run(list(recipes))
