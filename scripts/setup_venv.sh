@@ -40,7 +40,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   pip_install "torch==$TORCH_VERSION"
 fi
 "$VPY" -c "import torch" || { echo "[setup] error: torch could not be installed" >&2; exit 1; }
-echo "torch==$("$VPY" -c 'import torch;print(torch.__version__.split("+")[0])')" > "$VENV/constraints.txt"
+echo "torch==$("$VPY" -W ignore -c 'import torch;print(torch.__version__.split("+")[0])' 2>/dev/null)" > "$VENV/constraints.txt"
 
 # Re-install only when the package metadata changed.
 STAMP="$VENV/.labelgen-$EXTRAS-$(cat pyproject.toml setup.py scripts/setup_venv.sh | sha1sum | cut -c1-16)"
@@ -54,4 +54,4 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.labelgen-"$EXTRAS"-*
   touch "$STAMP"
 fi
-echo "[setup] environment ready: $VENV ($("$VPY" -c 'import torch;print("torch", torch.__version__)'))"
+echo "[setup] environment ready: $VENV ($("$VPY" -W ignore -c 'import torch;print("torch", torch.__version__)' 2>/dev/null))"
