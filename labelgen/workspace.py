@@ -38,6 +38,7 @@ from labelgen.errors import LabelgenError
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
+DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion")
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -170,7 +171,7 @@ class Workspace:
             generator = self.generator()
             device = next(generator.parameters(), torch.empty(0)).device
             with torch.no_grad():
-                features = generator.features_of_images(images_to_tensor(image[None]).to(device), seed=0)
+                features = generator.features_of_images(images_to_tensor(image[None]).to(device))
             return [f.detach().float().cpu() for f in self.select_levels(features)]
 
         if cache_key is None:
@@ -211,7 +212,7 @@ class Workspace:
         with torch.no_grad():
             if generator.can_encode_images:
                 image = images_to_tensor(read_image(self.image_path(annotation_id))[None]).to(device)
-                features = generator.features_of_images(image, seed=int(recipe.get("seed", 0)))
+                features = generator.features_of_images(image)  # a function of the image alone
             elif recipe.get("source") == "real":
                 raise LabelgenError(f"annotation {annotation_id} is a real image: the {self.config.backend} "
                                     "generator needs an inversion method to compute its features")
@@ -374,7 +375,14 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
     checkpoint_path = None if checkpoint is None else Path(checkpoint).resolve()
     if checkpoint_path is not None and not checkpoint_path.exists():
         raise LabelgenError(f"{checkpoint}: checkpoint not found")
-    generator = load_workspace_generator(backend, checkpoint_path, dict(generator_options or {}))
+    generator_options = dict(generator_options or {})
+    if ":" not in backend:  # the built-in backends select levels (and diffusion timesteps) themselves
+        if feature_layers is not None:
+            generator_options["feature_layers"] = list(feature_layers)
+            feature_layers = None
+        if backend in DIFFUSION_BACKENDS and timesteps:
+            generator_options["timesteps"] = list(timesteps)
+    generator = load_workspace_generator(backend, checkpoint_path, generator_options)
     channels = [int(c) for c in generator.feature_channels]
     if feature_layers is not None:
         bad = [i for i in feature_layers if not 0 <= i < len(channels)]
@@ -383,7 +391,7 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
     config = WorkspaceConfig(
         backend=backend, checkpoint=None if checkpoint_path is None else str(checkpoint_path),
         classes=classes.to_json()["classes"], resolution=[int(v) for v in generator.resolution],
-        generator_options=dict(generator_options or {}), feature_layers=feature_layers,
+        generator_options=generator_options, feature_layers=feature_layers,
         timesteps=list(timesteps) if timesteps else [50, 150, 250],
         head=dict(head or {"type": "pixel-mlp", "ensemble": 3}), feature_channels=channels,
         can_encode_images=bool(generator.can_encode_images))
@@ -398,7 +406,7 @@ def images_to_tensor(images: np.ndarray):
     import torch
 
     assert images.ndim == 4 and images.shape[-1] == 3, images.shape
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def tensor_to_uint8(images) -> np.ndarray:

@@ -94,3 +94,31 @@ class FakeDiffusion(FakeGAN):
 
     def features_of_images(self, images: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
         return self._features(images)
+
+
+# ---- helpers shared by the teacher tests ----
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: fakes importable, one thread each (2 shared cores)."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(TESTS_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LABELGEN_WORKSPACE="")
+    return env
+
+
+def annotated_workspace(root: Path, backend: str = "FakeGAN", head: str = "pixel-mlp", count: int = 3,
+                        ensemble: int | None = None, generator_options: dict | None = None):
+    """A workspace on a fake generator with ``count`` generated images annotated with their true masks."""
+    from labelgen.workspace import create_workspace
+
+    ws = create_workspace(root, f"teacher_fakes:{backend}", CLASSES.split(","),
+                          head={"type": head, "ensemble": ensemble or (3 if head == "pixel-mlp" else 1)},
+                          generator_options=generator_options)
+    for annotation_id in ws.sample_annotations(count, seed_start=0):
+        ws.save_mask(annotation_id, layout(ws.read_annotation(annotation_id)[1]["seed"]))
+    return ws

@@ -196,7 +196,7 @@ class _Source:
                     image = resize_image(image, self.workspace.resolution)
                 arrays.append(image)
             images = images_to_tensor(np.stack(arrays)).to(self.device)
-            features = self.generator.features_of_images(images, seed=0)
+            features = self.generator.features_of_images(images)
             return images, self.workspace.select_levels(features), metas
         seeds = [self.config.seed_base + j for j in candidates]
         out = self.generator.sample(seeds)

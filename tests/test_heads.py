@@ -1,0 +1,105 @@
+"""Task heads: pixel lookup = upsampling, both heads overfit a tiny annotated set, save/load round
+trip, training working set independent of the number of annotated images, uncertainty."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelgen.errors import LabelgenError
+from labelgen.heads import create_head, head_id, load_head
+from labelgen.heads.sampling import features_at_pixels
+from labelgen.heads.train import TrainConfig, evaluate_head, train_head, train_workspace_heads
+from labelgen.synthesis.uncertainty import image_scores, pixel_uncertainty
+from teacher_fakes import annotated_workspace, layout
+
+torch.set_num_threads(1)
+
+
+def _levels(n=2):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, 5, 4, 4, generator=g), torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, 2, 16, 16, generator=g)]
+
+
+def test_pixel_lookup_equals_bilinear_upsampling():
+    levels = _levels()
+    full = torch.cat([F.interpolate(l, size=(16, 16), mode="bilinear", align_corners=False) for l in levels], 1)
+    ys, xs = torch.randint(16, (2, 50)), torch.randint(16, (2, 50))
+    picked = features_at_pixels(levels, ys, xs, (16, 16))  # [N, P, D]
+    expected = full[torch.arange(2)[:, None], :, ys, xs]  # [N, P, D]
+    torch.testing.assert_close(picked, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_mlp_banded_forward_matches_full_upsampling():
+    levels = _levels()
+    head = create_head("pixel-mlp", [5, 3, 2], 4, (16, 16), ensemble=2, max_chunk_floats=300).eval()
+    full = torch.cat([F.interpolate(l, size=(16, 16), mode="bilinear", align_corners=False) for l in levels], 1)
+    expected = head.forward_pixels(full.permute(0, 2, 3, 1).reshape(-1, 10)).view(2, 16, 16, 2, 4).permute(0, 3, 4, 1, 2)
+    logits = head(levels)
+    assert logits.shape == (2, 2, 4, 16, 16)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_type", ["pixel-mlp", "conv"])
+def test_head_save_load_round_trip(tmp_path, head_type):
+    head = create_head(head_type, [5, 3, 2], 4, (16, 16), ensemble=2).eval()
+    head.save_pretrained(tmp_path / "h", extra={"note": "x"})
+    again = load_head(tmp_path / "h")
+    assert type(again) is type(head) and again.config == head.config
+    torch.testing.assert_close(again.predict_proba(_levels()), head.predict_proba(_levels()))
+    assert len(head_id(tmp_path / "h")) == 12
+    with pytest.raises(LabelgenError, match="expects 3 feature levels"):
+        again(_levels()[:2])
+
+
+@pytest.mark.parametrize("head_type,epochs", [("pixel-mlp", 10), ("conv", 25)])
+def test_heads_overfit_tiny_annotated_set(tmp_path, head_type, epochs):
+    ws = annotated_workspace(tmp_path / "w", head=head_type)
+    result = train_workspace_heads(ws, TrainConfig(epochs=epochs, pixels_per_image=512), progress=False)
+    assert result.losses[-1] < result.losses[0]
+    head = load_head(ws.heads_dir)  # reloaded without training code
+    assert head.head_type == head_type
+    ids = ws.annotated_ids()
+    train_set = [(ws.annotation_features(i), torch.from_numpy(ws.read_mask(i).astype(np.int64))[None]) for i in ids]
+    assert evaluate_head(head, train_set, 3).miou > 0.9
+    held_out = [(ws.select_levels(ws.generator().sample([s]).features), torch.from_numpy(layout(s).astype(np.int64))[None])
+                for s in (500, 501)]
+    assert evaluate_head(head, held_out, 3).miou > 0.8
+
+
+def test_training_working_set_does_not_grow_with_annotated_images():
+    """Only one mini-batch of native-resolution features is loaded at a time, and the per-step
+    working set (loaded levels + sampled pixel features) is the same for 3 or 12 images."""
+    peaks, max_loaded = {}, {}
+    for count in (3, 12):
+        loaded_now = []
+
+        def load_example(i):
+            loaded_now.append(i)
+            g = torch.Generator().manual_seed(i)
+            levels = [torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 4, 32, 32, generator=g)]
+            return levels, torch.randint(0, 3, (1, 32, 32), generator=g)
+
+        head = create_head("pixel-mlp", [8, 4], 3, (32, 32), ensemble=2, hidden=[16, 8])
+        seen_per_step = []
+        result = train_head(head, load_example, count, TrainConfig(epochs=1, images_per_step=2, pixels_per_image=64),
+                            on_step=lambda: (seen_per_step.append(len(loaded_now)), loaded_now.clear()))
+        peaks[count] = result.peak_step_bytes
+        max_loaded[count] = max(seen_per_step)
+    assert peaks[3] == peaks[12] > 0
+    assert max_loaded[3] == max_loaded[12] == 2
+
+
+def test_uncertainty_js_divergence_and_entropy():
+    agree = torch.softmax(torch.randn(1, 1, 3, 4, 4), 2).expand(1, 3, 3, 4, 4)  # K = 3 identical members
+    assert pixel_uncertainty(agree).abs().max() < 1e-6
+    disagree = torch.zeros(1, 2, 2, 4, 4)
+    disagree[:, 0, 0], disagree[:, 1, 1] = 1, 1  # confident members, opposite classes
+    assert torch.allclose(pixel_uncertainty(disagree), torch.full((1, 4, 4), float(np.log(2))), atol=1e-5)
+    single = torch.full((1, 1, 2, 4, 4), 0.5)  # K = 1: entropy
+    assert torch.allclose(pixel_uncertainty(single), torch.full((1, 4, 4), float(np.log(2))), atol=1e-5)
+    unc = torch.zeros(2, 10, 10)
+    unc[1, :1, :] = 1.0  # 10 % of pixels maximally uncertain
+    scores = image_scores(unc, top_fraction=0.1)
+    assert scores[0] == 0 and scores[1] == 1
