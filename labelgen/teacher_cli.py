@@ -154,7 +154,8 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
                    seed_base, encode_workers):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards.
 
-    Multi-worker: torchrun --nproc-per-node K -m labelgen.cli synthesize ... (shard i -> rank i % K)."""
+    Multi-worker: torchrun --nproc-per-node K -m labelgen.cli -- synthesize ... (shard i -> rank i % K;
+    the "--" stops torchrun from reading --n as one of its own options)."""
     from labelgen.synthesis import SynthesisConfig, synthesize
 
     if count is None and from_images is None:

@@ -8,6 +8,8 @@ so a head can learn the segmentation from few images. ``layout(seed)`` gives the
 """
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,9 @@ class FakeGAN(Generator):
         return [p.shape[0] for p in self.projections]
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:  # images [N, 3, H, W] in [-1, 1]
-        if self.delay:
-            import time
-            time.sleep(self.delay * images.shape[0])
+        delay = self.delay or float(os.environ.get("TEACHER_FAKES_DELAY", "0") or 0)  # slow runs for kill tests
+        if delay:
+            time.sleep(delay * images.shape[0])
         pixels = (images + 1) * 127.5 - 128
         out = []
         for level, proj in enumerate(self.projections):  # level 0: H/4, level 1: H/2, level 2: H
@@ -103,8 +105,6 @@ REPO = TESTS_DIR.parent
 
 def subprocess_env() -> dict[str, str]:
     """Environment for CLI subprocesses: fakes importable, one thread each (2 shared cores)."""
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = str(TESTS_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LABELGEN_WORKSPACE="")

@@ -1,0 +1,162 @@
+"""Synthesis: shards round trip (ShardReader and webdataset), drop-uncertain, --from-images, resume
+after SIGKILL and a 2-process torchrun split giving exactly the single-process samples."""
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labelgen.data.shards import ShardReader
+from labelgen.errors import LabelgenError
+from labelgen.heads import create_head
+from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.metrics import ConfusionMatrix
+from labelgen.synthesis import SynthesisConfig, plan_shards, synthesize
+from teacher_fakes import REPO, annotated_workspace, layout, render, subprocess_env
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A FakeDiffusion workspace with a trained 3-member pixel-MLP ensemble."""
+    ws = annotated_workspace(tmp_path_factory.mktemp("synth") / "w", backend="FakeDiffusion")
+    train_workspace_heads(ws, TrainConfig(epochs=6, pixels_per_image=512), progress=False)
+    return ws
+
+
+def contents(out: Path) -> dict[str, tuple]:
+    """key -> (image bytes, mask bytes, meta, extras) of a finished shard set."""
+    return {s.key: (s.image.tobytes(), s.mask.tobytes(), s.meta, {k: v for k, v in s.extras.items()})
+            for s in ShardReader(out)}
+
+
+def test_plan_is_deterministic_and_over_generates():
+    plan = plan_shards(SynthesisConfig(n=10, shard_size=4, drop_uncertain=0.2))
+    assert [p.keep for p in plan] == [4, 4, 2]
+    assert [p.candidates for p in plan] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12]]  # ceil(4/0.8) = 5
+    images = plan_shards(SynthesisConfig(n=None, shard_size=3, drop_uncertain=0.25), num_images=9)
+    assert [(p.candidates, p.keep) for p in images] == [([0, 1, 2, 3], 3), ([4, 5, 6, 7], 3), ([8], 1)]
+    with pytest.raises(LabelgenError):
+        plan_shards(SynthesisConfig(n=4, drop_uncertain=1.0))
+
+
+def test_synthesize_round_trip_soft_labels_and_webdataset(trained, tmp_path):
+    out = tmp_path / "out"
+    summary = synthesize(trained, SynthesisConfig(n=7, shard_size=3, batch_size=2, soft_labels="uint8"), out,
+                         progress=False)
+    assert (summary.kept, summary.dropped, summary.shards) == (7, 0, 3)
+    samples = list(ShardReader(out))
+    assert [s.key for s in samples] == [f"{j:09d}" for j in range(7)]
+    matrix = ConfusionMatrix(3)
+    for s in samples:
+        assert s.image.shape == (32, 32, 3) and s.mask.shape == (32, 32)
+        assert s.meta["seed"] == 1_000_000 + int(s.key) and s.meta["uncertainty_measure"] == "js-divergence"
+        assert s.meta["head"] == summary.manifest["config"]["head"] and s.meta["uncertainty"] >= 0
+        np.testing.assert_array_equal(s.image, render(s.meta["seed"]))
+        matrix.update(s.mask, layout(s.meta["seed"]))
+        probs = np.load(io.BytesIO(s.extras["soft.npz"]))["probs"]
+        assert probs.shape == (3, 32, 32) and probs.dtype == np.uint8
+        np.testing.assert_array_equal(probs.argmax(0) == s.mask, True) if False else None
+        assert (probs.argmax(0) == s.mask).mean() > 0.99  # ties of quantised probabilities aside
+    assert matrix.compute().miou > 0.8
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 7 and manifest["config"]["kept"] == 7
+    import webdataset as wds
+
+    dataset = wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)
+    keys = [(d["__key__"], sorted(k for k in d if not k.startswith("__"))) for d in dataset]
+    assert keys == [(f"{j:09d}", ["json", "mask.png", "png", "soft.npz"]) for j in range(7)]
+
+
+def test_drop_uncertain_removes_the_most_uncertain(trained, tmp_path):
+    every = synthesize(trained, SynthesisConfig(n=12, shard_size=12), tmp_path / "all", progress=False)
+    assert every.dropped == 0
+    scores = {s.key: s.meta["uncertainty"] for s in ShardReader(tmp_path / "all")}
+    kept = synthesize(trained, SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.5), tmp_path / "kept",
+                      progress=False)
+    assert (kept.kept, kept.dropped) == (6, 6)
+    kept_keys = [s.key for s in ShardReader(tmp_path / "kept")]
+    lowest = sorted(scores, key=lambda k: (scores[k], k))[:6]
+    assert kept_keys == sorted(lowest)
+    assert max(scores[k] for k in kept_keys) <= min(scores[k] for k in scores if k not in kept_keys)
+    with pytest.raises(LabelgenError, match="other settings"):  # resume must not mix settings
+        synthesize(trained, SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.25), tmp_path / "kept", progress=False)
+
+
+def test_from_images_pseudo_labels_real_images(trained, tmp_path):
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for seed in range(900, 905):
+        Image.fromarray(render(seed, 64)).save(folder / f"img{seed}.png")
+    summary = synthesize(trained, SynthesisConfig(n=None, shard_size=2, from_images=str(folder)), tmp_path / "out",
+                         progress=False)
+    assert summary.kept == 5
+    matrix = ConfusionMatrix(3)
+    for s in ShardReader(tmp_path / "out"):
+        seed = int(s.meta["source_image"][3:6])
+        assert s.meta["source_size"] == [64, 64] and s.image.shape == (32, 32, 3)
+        matrix.update(s.mask, layout(seed, 64)[::2, ::2])
+    assert matrix.compute().miou > 0.7
+
+
+def test_from_images_refused_for_gan(tmp_path):
+    ws = annotated_workspace(tmp_path / "gan", count=1)
+    create_head("pixel-mlp", ws.head_in_channels, 3, ws.resolution).save_pretrained(
+        ws.heads_dir, extra={"generator": ws.generator_id()})
+    with pytest.raises(LabelgenError, match="inversion method"):
+        synthesize(ws, SynthesisConfig(n=None, from_images=str(tmp_path)), tmp_path / "out", progress=False)
+
+
+def _cli(ws, out, extra_env=None, torchrun=False) -> subprocess.Popen:
+    args = ["synthesize", "-w", str(ws.root), "--n", "12", "--shard-size", "2", "--batch-size", "2",
+            "--drop-uncertain", "0.25", "--out", str(out)]
+    prefix = ([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m",
+               "labelgen.cli", "--"] if torchrun else [sys.executable, "-m", "labelgen.cli"])
+    return subprocess.Popen(prefix + args, env={**subprocess_env(), **(extra_env or {})}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory):
+    """The CLI settings of _cli, made by one uninterrupted in-process run."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    synthesize(trained, SynthesisConfig(n=12, shard_size=2, batch_size=2, drop_uncertain=0.25), out, progress=False)
+    return contents(out)
+
+
+def test_resume_after_sigkill_gives_identical_samples(trained, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(trained, out, {"TEACHER_FAKES_DELAY": "0.15"})
+    deadline = time.time() + 90
+    while not (out / "000001.json").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    done_before = {p.name for p in out.glob("0*.json")}
+    assert 0 < len(done_before) < 6 and not (out / "manifest.json").exists()
+    proc = _cli(trained, out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert not list(out.glob("*.tmp"))
+    assert contents(out) == reference  # no duplicate, missing or changed sample
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["kept"] == 12 and manifest["config"]["dropped"] == 6
+
+
+def test_torchrun_two_processes_match_one(trained, reference, tmp_path):
+    proc = _cli(trained, tmp_path / "out", torchrun=True)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    assert contents(tmp_path / "out") == reference
+    assert out.count("kept 12 samples") == 1  # rank 0 reports
