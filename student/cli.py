@@ -1,9 +1,19 @@
-"""``student``: train, evaluate, predict with and export the student segmentation network."""
+"""``student``: train, evaluate, predict with and export the student segmentation network.
+
+    student train --mode {supervised,label-distill,feature-distill,dreamteacher} --data PATH --out RUN_DIR
+    student eval --checkpoint RUN_DIR --data FOLDER [--out DIR]
+    student predict --checkpoint RUN_DIR --images DIR --out DIR
+    student export --checkpoint RUN_DIR --onnx FILE
+
+Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click).
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from labelgen.cli import run_click
+from labelgen.cli import parse_size, run_click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -11,5 +21,118 @@ def cli():
     """student: a segmentation-models-pytorch network trained from the teacher's synthetic data."""
 
 
+MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "dreamteacher"])
+
+
+@cli.command("train")
+@click.option("--mode", type=MODE_CHOICE, required=True, help="What to learn from (see docs in labelgen.student.distill).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Synthesis output (tar shards) or a labelled folder (DIR/<split> with images/ + masks/).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (resumed if it has last.pt).")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Labelled folder scored (mIoU) at the end.")
+@click.option("--arch", type=str, default="unet", help="smp architecture: unet, fpn, deeplabv3plus, upernet, ...")
+@click.option("--encoder", type=str, default="resnet18", help="smp/timm encoder name.")
+@click.option("--encoder-weights", type=str, default="none", help="Pretrained encoder weights ('none' = random init).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs (when --max-steps is not given).")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Workspace whose generator provides features (feature-distill, dreamteacher).")
+@click.option("--feature-cache/--no-feature-cache", default=False, help="Keep teacher features in RAM (recipe data).")
+@click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+              help="Previous student run folder or .safetensors: load tensors with matching names/shapes.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=4.0, help="Distillation temperature.")
+@click.option("--hard-weight", type=click.FloatRange(min=0), default=0.0, help="Weight of hard-label CE (label modes).")
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=1.0, help="Weight of the feature loss.")
+@click.option("--label-weight", type=click.FloatRange(min=0), default=1.0, help="Weight of the soft-label loss.")
+@click.option("--at-weight", type=click.FloatRange(min=0), default=10.0, help="Attention-transfer weight in the feature loss.")
+@click.option("--uncertainty-weighting/--no-uncertainty-weighting", default=False,
+              help="Weight samples by 1/(1 + u/mean u) from meta 'uncertainty'.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Peak learning rate (AdamW).")
+@click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", help="LR decay after warm-up.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warm-up (default 5% of steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Images per step per process.")
+@click.option("--image-size", type=str, default="64x64", help="Training size HxW.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")
+@click.option("--augment/--no-augment", default=True, help="Flip/affine/colour augmentation.")
+@click.option("--amp/--no-amp", default=True, help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
+@click.option("--seed", type=int, default=0, help="Seed of init, data order and augmentation.")
+@click.option("--save-every", type=click.IntRange(min=1), default=200, help="Checkpoint every N steps.")
+@click.option("--resume/--no-resume", default=True, help="Continue from RUN_DIR/last.pt when present.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar (images/s).")
+def train_cmd(**kw):
+    """Train a student (any mode may start from --init, e.g. feature-distill -> supervised fine-tune)."""
+    from labelgen.student.train import TrainOptions, train
+
+    kw["image_size"] = parse_size(kw["image_size"])
+    kw["encoder_weights"] = None if kw["encoder_weights"] in ("none", "") else kw["encoder_weights"]
+    kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
+    result = train(TrainOptions(**kw), log=click.echo)
+    if result.losses:
+        first, last = result.losses[0], result.losses[-1]
+        click.echo(f"trained {result.steps} steps ({len(result.losses)} logged), loss {first:.4f} -> {last:.4f}, "
+                   f"{result.images_per_s:.1f} images/s -> {result.run_dir}")
+
+
+def _load(checkpoint: Path):
+    from labelgen.student.models import load_student
+
+    return load_student(checkpoint)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled folder (images + masks).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where the PNGs go (default RUN_DIR/eval).")
+@click.option("--grid", type=click.IntRange(min=1), default=8, help="Images in the overlay grid.")
+def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int):
+    """mIoU + per-class IoU table; writes confusion.png and overlays.png (image | truth | prediction)."""
+    from labelgen.data.io import atomic_write_json
+    from labelgen.student.evaluate import evaluate_folder, write_eval_outputs
+
+    model, config = _load(checkpoint)
+    scores, kept = evaluate_folder(model, config, data, keep=grid)
+    names = [c["name"] for c in config.classes]
+    click.echo(f"mIoU: {scores.miou:.4f}")
+    click.echo(scores.table(names))
+    out = out or checkpoint / "eval"
+    cm_path, grid_path = write_eval_outputs(out, scores, kept, config)
+    atomic_write_json(out / "scores.json", scores.to_json(names))
+    click.echo(f"wrote {cm_path} and {grid_path}")
+
+
+@cli.command("predict")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for index-mask PNGs (class palette).")
+def predict_cmd(checkpoint: Path, images: Path, out: Path):
+    """Predict an index mask PNG per image."""
+    from labelgen.student.evaluate import predict_folder
+
+    model, config = _load(checkpoint)
+    n = predict_folder(model, config, images, out)
+    click.echo(f"wrote {n} masks -> {out}")
+
+
+@cli.command("export")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@click.option("--opset", type=click.IntRange(min=11), default=17, help="ONNX opset.")
+@click.option("--tolerance", type=float, default=1e-3, help="Largest accepted |onnxruntime - PyTorch| on the logits.")
+def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float):
+    """Export to ONNX and verify with onnxruntime against PyTorch."""
+    from labelgen.errors import LabelgenError
+    from labelgen.student.evaluate import export_onnx
+
+    model, config = _load(checkpoint)
+    diff = export_onnx(model, config, onnx_path, opset)
+    click.echo(f"wrote {onnx_path}; onnxruntime vs PyTorch max abs diff: {diff:.3g}")
+    if diff > tolerance:
+        raise LabelgenError(f"ONNX output differs from PyTorch by {diff:.3g} (> {tolerance})")
+
+
 def main(argv: list[str] | None = None) -> None:
     run_click(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

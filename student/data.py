@@ -1,0 +1,279 @@
+"""Training data for the student: synthetic shard sets (random access) and real labelled folders.
+
+Soft labels (what label distillation consumes), decoded by :func:`decode_soft_labels` from a
+sample's extras, first match wins:
+
+    <key>.soft.npz   numpy npz with one array:
+                       "probs"  [C, H, W] (or [H, W, C]) probabilities: uint8 (p = q / 255,
+                                renormalised per pixel) or float16/float32
+                       "logits" [C, H, W] (or [H, W, C]) float logits (softmax is applied)
+    <key>.soft.npy   one array, read like "probs"
+
+A pixel whose probabilities sum to 0 (e.g. filtered as uncertain) counts as ignored. Samples without
+soft labels fall back to the one-hot of the hard mask (a warning says so once).
+Per-sample uncertainty: ``meta["uncertainty"]`` (a number), optional sample weighting.
+
+Augmentation (albumentations, applied jointly): image, hard mask (nearest) and soft labels (as an
+extra float image target: bilinear, zero fill) go through the same geometric transforms; colour
+jitter touches the image only. Each sample's augmentation is seeded by (seed, epoch, index), so a
+resumed run sees exactly the batches it would have seen. Feature-distillation modes use only the
+resize + colour jitter (geometric augmentation would misalign the generator's features).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from labelgen.data.classes import ClassList
+from labelgen.data.io import IGNORE_INDEX
+from labelgen.data.shards import MANIFEST, ShardReader, _sample
+from labelgen.errors import DataError, LabelgenError
+
+SOFT_EXTS = ("soft.npz", "soft.npy")
+
+
+def decode_soft_labels(extras: dict[str, bytes], num_classes: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """Soft labels of a sample as float32 probabilities [H, W, C] (see module docstring), or None."""
+    for ext in SOFT_EXTS:
+        if ext in extras:
+            break
+    else:
+        return None
+    try:
+        loaded = np.load(io.BytesIO(extras[ext]), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            array, kind = loaded, "probs"
+        else:
+            names = list(loaded.files)
+            kind = "logits" if "logits" in names else "probs" if "probs" in names else names[0]
+            array = loaded[kind]
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise DataError(f"soft labels ({ext}) unreadable: {e}") from None
+    if array.ndim != 3:
+        raise DataError(f"soft labels ({ext}) have shape {array.shape}, expected [C, H, W]")
+    if array.shape[0] == num_classes and array.shape[1:] == tuple(hw):
+        array = np.moveaxis(array, 0, -1)
+    if array.shape != (*hw, num_classes):
+        raise DataError(f"soft labels ({ext}) have shape {array.shape}, expected [{num_classes}, {hw[0]}, {hw[1]}]")
+    if kind == "logits":
+        z = array.astype(np.float32)
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+    p = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
+    total = p.sum(-1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+
+
+def one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """[H, W] ids (255 = ignore -> all zeros) -> float32 [H, W, C]."""
+    out = np.zeros((*mask.shape, num_classes), np.float32)
+    valid = mask != IGNORE_INDEX
+    out[valid, mask[valid]] = 1.0
+    return out
+
+
+@dataclass
+class RawSample:
+    key: str
+    image: np.ndarray  # [H, W, 3] uint8
+    mask: np.ndarray  # [H, W] uint8 (255 = ignore / unlabelled)
+    meta: dict[str, Any]
+    soft: np.ndarray | None  # [H, W, C] float32 or None
+
+
+class ShardSource:
+    """Random access to a shard set: an index of every sample's tar members (offset, size)."""
+
+    def __init__(self, path: Path):
+        reader = ShardReader(path, decode=False)  # validates manifest / finished shards
+        self.path = Path(path)
+        self.classes = reader.classes
+        self.shard_paths = [p for p, _ in reader.shards]
+        self.entries: list[tuple[int, str, dict[str, tuple[int, int]]]] = []  # (shard, key, {ext: (offset, size)})
+        self.metas: list[dict[str, Any]] = []
+        for s, shard in enumerate(self.shard_paths):
+            try:
+                with tarfile.open(shard, mode="r") as tar:
+                    groups: dict[str, dict[str, tuple[int, int]]] = {}
+                    for m in tar:
+                        if m.isfile():
+                            key, ext = m.name.split(".", 1)
+                            groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
+            except (tarfile.TarError, OSError) as e:
+                raise DataError(f"{shard}: unreadable shard ({e})") from None
+            for key, members in groups.items():
+                self.entries.append((s, key, members))
+        with_soft = 0
+        for s, key, members in self.entries:
+            self.metas.append(json.loads(self._read(s, members["json"])) if "json" in members else {})
+            with_soft += any(e in members for e in SOFT_EXTS)
+        self.soft_fraction = with_soft / max(1, len(self.entries))
+
+    def _read(self, shard: int, where: tuple[int, int]) -> bytes:
+        with open(self.shard_paths[shard], "rb") as f:
+            f.seek(where[0])
+            return f.read(where[1])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, i: int, num_classes: int) -> RawSample:
+        s, key, members = self.entries[i]
+        group = {ext: self._read(s, where) for ext, where in members.items()}
+        sample = _sample(key, group, True, self.shard_paths[s])
+        soft = decode_soft_labels(sample.extras, num_classes, sample.mask.shape)
+        return RawSample(key, sample.image, sample.mask, sample.meta, soft)
+
+
+class FolderSource:
+    """A real labelled folder (open_labelled); unlabelled images get an all-ignore mask."""
+
+    def __init__(self, path: Path, require_masks: bool):
+        from labelgen.data.folder import open_labelled
+
+        self.folder = open_labelled(path, require_masks=require_masks)
+        self.classes = self.folder.classes
+        self.metas = [{"source": "real"} for _ in range(len(self.folder))]
+        self.soft_fraction = 0.0
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def load(self, i: int, num_classes: int) -> RawSample:
+        item = self.folder[i]
+        mask = item.mask if item.mask is not None else np.full(item.image.shape[:2], IGNORE_INDEX, np.uint8)
+        return RawSample(item.key, item.image, mask, {"source": "real"}, None)
+
+
+def is_shard_set(path: Path) -> bool:
+    return (path / MANIFEST).is_file() or any(path.glob("*.tar"))
+
+
+def open_source(path: Path | str, require_masks: bool = True) -> ShardSource | FolderSource:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: training data not found")
+    if path.is_dir() and is_shard_set(path):
+        return ShardSource(path)
+    return FolderSource(path, require_masks)
+
+
+def build_augment(image_size: tuple[int, int], geometric: bool, colour: bool):
+    """(geometric Compose over image + mask + soft, colour Compose over the image only)."""
+    import albumentations as A
+    import cv2
+
+    h, w = image_size
+    geo = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    if geometric:
+        geo += [A.HorizontalFlip(p=0.5),
+                A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5,
+                         border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX)]
+    col = [A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5)] if colour else []
+    return A.Compose(geo, additional_targets={"soft": "image"}), A.Compose(col)
+
+
+class StudentDataset(Dataset):
+    """Items for training/validation (indexed by (index, epoch) from :class:`ResumableSampler`, or an int).
+
+    Returns dict: image float [3, H, W] (normalised), image_pm1 float [3, H, W] in [-1, 1],
+    mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long."""
+
+    def __init__(self, source, num_classes: int, image_size: tuple[int, int], mean, std, seed: int = 0,
+                 augment: bool = True, geometric: bool = True, want_soft: bool = False,
+                 uncertainty_weighting: bool = False):
+        self.source, self.num_classes, self.image_size = source, num_classes, tuple(image_size)
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.std = np.asarray(std, np.float32) * 255.0
+        self.seed, self.want_soft = seed, want_soft
+        self.geo, self.col = build_augment(self.image_size, geometric and augment, augment)
+        self.weights = np.ones(len(source), np.float32)
+        if uncertainty_weighting:
+            u = np.asarray([float(m.get("uncertainty", 0.0)) for m in source.metas], np.float32)
+            if u.mean() > 0:
+                self.weights = 1.0 / (1.0 + u / u.mean())  # mean-uncertainty sample gets weight 1/2
+                self.weights /= self.weights.mean()
+        if want_soft and source.soft_fraction < 1.0:
+            warnings.warn(f"{1 - source.soft_fraction:.0%} of the training samples carry no soft labels "
+                          "(<key>.soft.npz); using the one-hot of their hard masks instead", stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item) -> dict[str, torch.Tensor]:
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        raw = self.source.load(index, self.num_classes)
+        soft = None
+        if self.want_soft:
+            soft = raw.soft if raw.soft is not None else one_hot(raw.mask, self.num_classes)
+        seed = (self.seed * 1_000_003 + epoch * 7919 + index) % (2 ** 31)
+        self.geo.set_random_seed(seed)
+        self.col.set_random_seed(seed + 1)
+        data = {"image": raw.image, "mask": raw.mask}
+        if soft is not None:
+            data["soft"] = soft
+        out = self.geo(**data)
+        image = self.col(image=out["image"])["image"]  # [H, W, 3] uint8
+        h, w = self.image_size
+        assert image.shape == (h, w, 3), image.shape
+        x = (image.astype(np.float32) - self.mean) / self.std
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "image_pm1": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1.0,
+            "mask": torch.from_numpy(out["mask"].astype(np.int64)),
+            "weight": torch.tensor(float(self.weights[index])),
+            "index": torch.tensor(index),
+        }
+        if soft is not None:
+            s = np.asarray(out["soft"], np.float32).reshape(h, w, self.num_classes)
+            item["soft"] = torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1)))
+        return item
+
+
+class ResumableSampler(Sampler):
+    """Deterministic shuffled order per epoch, split across ranks; ``set_epoch(epoch, start_batch)``
+    skips the batches a resumed run already trained on. Yields (index, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
+        self.n, self.batch_size, self.rank, self.world, self.seed, self.shuffle = n, batch_size, rank, world, seed, shuffle
+        self.per_rank = n // world  # drop the tail so every rank has the same count
+        self.batches_per_epoch = self.per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise LabelgenError(f"{n} training samples cannot fill one batch of {batch_size} on each of {world} "
+                                "process(es); lower --batch-size")
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            perm = list(range(self.n))
+        mine = perm[self.rank: self.per_rank * self.world: self.world]
+        return mine[self.start_batch * self.batch_size: self.batches_per_epoch * self.batch_size]
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in self.order()])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def classes_of(source, fallback: ClassList | None = None) -> ClassList:
+    if source.classes is not None:
+        return source.classes
+    if fallback is not None:
+        return fallback
+    raise DataError(f"{getattr(source, 'path', 'data')}: no class list (manifest without classes)")

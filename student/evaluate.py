@@ -1,0 +1,153 @@
+"""Evaluate, predict with and export a trained student (run folder: see labelgen.student.models).
+
+Inference: the image is resized to the training size, normalised, and the logits are resized
+(bilinear) back to the image's own size before the argmax, so masks and metrics are at full size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from labelgen.data.io import list_images, read_image, write_png
+from labelgen.errors import LabelgenError
+from labelgen.metrics import ConfusionMatrix, Scores
+from labelgen.student.models import StudentConfig
+
+
+def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [1, 3, h, w] at the training size, normalised."""
+    x = torch.tensor(image).permute(2, 0, 1)[None].float()  # [1, 3, H, W]
+    h, w = config.image_size
+    if tuple(x.shape[-2:]) != (h, w):
+        shrink = x.shape[-2] > h or x.shape[-1] > w
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    mean = torch.tensor(config.mean)[None, :, None, None] * 255
+    std = torch.tensor(config.std)[None, :, None, None] * 255
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_image(model, config: StudentConfig, image: np.ndarray, device="cpu") -> np.ndarray:
+    """uint8 [H, W, 3] -> class ids uint8 [H, W]."""
+    logits = model(preprocess(image, config).to(device)).float()  # [1, C, h, w]
+    if tuple(logits.shape[-2:]) != image.shape[:2]:
+        logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+
+def evaluate_folder(model, config: StudentConfig, folder, device="cpu", keep: int = 0
+                    ) -> tuple[Scores, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Scores over a labelled folder, and the first ``keep`` (image, target, prediction) triples."""
+    from labelgen.data.folder import open_labelled
+
+    data = open_labelled(folder, require_masks=True)
+    names = list(data.classes.names)
+    if names != [c["name"] for c in config.classes]:
+        raise LabelgenError(f"{folder}: classes {names} differ from the student's {[c['name'] for c in config.classes]}")
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(len(names))
+    kept = []
+    try:
+        for item in data:
+            pred = predict_image(model, config, item.image, device)
+            cm.update(pred, item.mask)
+            if len(kept) < keep:
+                kept.append((item.image, item.mask, pred))
+    finally:
+        model.train(was_training)
+    return cm.compute(), kept
+
+
+def colourise(mask: np.ndarray, palette) -> np.ndarray:
+    """ids [H, W] -> RGB [H, W, 3] (ignore = white)."""
+    lut = np.full((256, 3), 255, np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[mask]
+
+
+def overlay_grid(triples, palette, alpha: float = 0.5) -> np.ndarray:
+    """Rows of [image | ground truth over image | prediction over image] -> uint8 [rows*H, 3*W, 3]."""
+    rows = []
+    h, w = triples[0][0].shape[:2]
+    for image, target, pred in triples:
+        image = np.asarray(Image.fromarray(image).resize((w, h)))
+        target = np.asarray(Image.fromarray(target).resize((w, h), Image.NEAREST))
+        pred = np.asarray(Image.fromarray(pred).resize((w, h), Image.NEAREST))
+        blend = lambda m: (image * (1 - alpha) + colourise(m, palette) * alpha).astype(np.uint8)  # noqa: E731
+        rows.append(np.concatenate([image, blend(target), blend(pred)], 1))
+    return np.concatenate(rows, 0)
+
+
+def confusion_image(confusion: np.ndarray, names, cell: int = 28) -> np.ndarray:
+    """Row-normalised confusion matrix (rows = ground truth, cols = prediction) as an RGB heat map with
+    class names and per-cell percentages. uint8 [H, W, 3]."""
+    c = len(names)
+    rows = confusion.sum(1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, np.float64), where=rows > 0)
+    label_w = 8 + 7 * max(len(n) for n in names)
+    top = 20
+    im = Image.new("RGB", (label_w + c * cell + 4, top + c * cell + 4), "white")
+    draw = ImageDraw.Draw(im)
+    draw.text((label_w, 4), "prediction ->  (rows: ground truth)", fill=(0, 0, 0))
+    for i, name in enumerate(names):
+        draw.text((4, top + i * cell + cell // 3), name, fill=(0, 0, 0))
+        for j in range(c):
+            v = norm[i, j]
+            shade = int(255 * (1 - v))
+            x0, y0 = label_w + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            draw.text((x0 + 2, y0 + cell // 3), f"{100 * v:.0f}", fill=(0, 0, 0) if v < 0.5 else (255, 255, 255))
+    return np.asarray(im)
+
+
+def write_eval_outputs(out: Path, scores: Scores, kept, config: StudentConfig) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in config.classes]
+    cm_path, grid_path = out / "confusion.png", out / "overlays.png"
+    write_png(cm_path, confusion_image(scores.confusion, names))
+    write_png(grid_path, overlay_grid(kept, config.class_list.palette))
+    return cm_path, grid_path
+
+
+def predict_folder(model, config: StudentConfig, images: Path, out: Path, device="cpu") -> int:
+    paths = list_images(Path(images))
+    if not paths:
+        raise LabelgenError(f"{images}: no images")
+    out.mkdir(parents=True, exist_ok=True)
+    palette = config.class_list.palette
+    for p in paths:
+        write_png(out / f"{p.stem}.png", predict_image(model, config, read_image(p), device), palette)
+    return len(paths)
+
+
+def export_onnx(model, config: StudentConfig, path: Path, opset: int = 17) -> float:
+    """Export to ONNX (batch dim dynamic, fixed training size) and check against PyTorch with
+    onnxruntime. Returns the max abs difference of the logits."""
+    import onnxruntime as ort
+
+    model = model.eval()
+    h, w = config.image_size
+    g = torch.Generator().manual_seed(0)
+    dummy = torch.randn(2, 3, h, w, generator=g)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check = torch.randn(3, 3, h, w, generator=g)
+    with torch.no_grad():
+        expected = model(check).numpy()
+    got = session.run(["logits"], {"image": check.numpy()})[0]
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    return float(np.abs(got - expected).max())
+

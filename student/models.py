@@ -1,0 +1,183 @@
+"""Student networks (segmentation-models-pytorch) and the run-folder checkpoint format.
+
+    RUN_DIR/student_config.json   arch, encoder, classes (names + colours), image size [H, W],
+                                  normalisation, mode, training options (see :class:`StudentConfig`)
+    RUN_DIR/model.safetensors     the student's weights (smp state dict; eval/predict/export read this)
+    RUN_DIR/regressor.safetensors feature-distillation regressor (feature modes only; not needed later)
+    RUN_DIR/last.pt               training state for resume (see labelgen.student.train)
+
+Every file is written atomically (temp name beside it, then rename), so a kill never leaves a
+half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import labelgen  # noqa: F401  (installs the torchvision shim before smp/timm import torchvision)
+import torch
+from torch import nn
+
+from labelgen.data.classes import ClassList
+from labelgen.errors import LabelgenError
+
+CONFIG_NAME = "student_config.json"
+WEIGHTS_NAME = "model.safetensors"
+REGRESSOR_NAME = "regressor.safetensors"
+STATE_NAME = "last.pt"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# CLI name -> smp class name. Any smp architecture works; these are the ones the CLI offers.
+ARCHITECTURES: dict[str, str] = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "upernet": "UPerNet",
+    "pspnet": "PSPNet",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+}
+
+
+def create_student(arch: str, encoder: str, num_classes: int, encoder_weights: str | None = None) -> nn.Module:
+    """A smp segmentation network: images [N, 3, H, W] -> logits [N, num_classes, H, W].
+
+    Random init by default (``encoder_weights=None``: nothing is downloaded)."""
+    import segmentation_models_pytorch as smp
+
+    key = arch.lower().replace("-", "").replace("_", "")
+    if key not in ARCHITECTURES:
+        raise LabelgenError(f"unknown student architecture {arch!r} (one of {', '.join(ARCHITECTURES)})")
+    weights = None if encoder_weights in (None, "none", "") else encoder_weights
+    try:
+        return getattr(smp, ARCHITECTURES[key])(encoder_name=encoder, encoder_weights=weights, classes=num_classes)
+    except (KeyError, ValueError) as e:
+        raise LabelgenError(f"cannot build {arch} with encoder {encoder!r}: {str(e).splitlines()[0][:200]}") from None
+    except (OSError, RuntimeError) as e:  # a weights download that cannot happen here
+        raise LabelgenError(f"encoder weights {encoder_weights!r} for {encoder!r} unavailable "
+                            f"({type(e).__name__}); use --encoder-weights none") from None
+
+
+def encoder_channels(model: nn.Module) -> list[int]:
+    """Channels of each encoder output (smp: index 0 is the input itself, then strides 2, 4, ... 32)."""
+    return list(model.encoder.out_channels)
+
+
+@dataclass
+class StudentConfig:
+    arch: str
+    encoder: str
+    classes: list[dict]  # [{"id", "name", "color"}] (ClassList.to_json()["classes"])
+    image_size: list[int]  # [H, W] the network is trained at
+    mode: str = "supervised"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    train: dict[str, Any] = field(default_factory=dict)  # the training options (for the record)
+
+    @property
+    def class_list(self) -> ClassList:
+        return ClassList.from_json({"classes": self.classes})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def atomic_save(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path`` (the same folder, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path: Path, module_or_state) -> None:
+    from safetensors.torch import save_file
+
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_save(path, lambda tmp: save_file(state, tmp))
+
+
+def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
+    from labelgen.data.io import atomic_write_json
+
+    save_tensors(Path(run_dir) / WEIGHTS_NAME, model)
+    atomic_write_json(Path(run_dir) / CONFIG_NAME, asdict(config))
+
+
+def read_config(run_dir: Path) -> StudentConfig:
+    from labelgen.data.io import read_json
+
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise LabelgenError(f"{run_dir}: not a student run folder (no {CONFIG_NAME})")
+    try:
+        return StudentConfig(**read_json(path))
+    except TypeError as e:
+        raise LabelgenError(f"{path}: bad student config ({e})") from None
+
+
+def load_student(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, StudentConfig]:
+    """The trained student of a run folder (eval mode) and its config."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    if not (run_dir / WEIGHTS_NAME).is_file():
+        raise LabelgenError(f"{run_dir}: no {WEIGHTS_NAME} (training has not saved a checkpoint yet)")
+    model = create_student(config.arch, config.encoder, config.num_classes)
+    try:
+        model.load_state_dict(load_file(str(run_dir / WEIGHTS_NAME)))
+    except (RuntimeError, OSError) as e:
+        raise LabelgenError(f"{run_dir / WEIGHTS_NAME}: weights do not fit {config.arch}/{config.encoder} "
+                            f"({' '.join(str(e).split())[:200]})") from None
+    return model.to(device).eval(), config
+
+
+def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, list[str]]:
+    """Initialise ``model`` from a previous student (run folder or .safetensors file): copy every
+    tensor whose name and shape match. Returns {"loaded", "skipped" (shape differs), "missing"}."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise LabelgenError(f"{checkpoint}: no student checkpoint ({WEIGHTS_NAME}) to initialise from")
+    try:
+        source = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types on corrupt files
+        raise LabelgenError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
+    target = model.state_dict()
+    loaded = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    skipped = sorted(k for k, v in source.items() if k in target and target[k].shape != v.shape)
+    missing = sorted(k for k in target if k not in loaded)
+    if not loaded:
+        raise LabelgenError(f"{path}: no tensor matches the student's names and shapes (different encoder?)")
+    model.load_state_dict(loaded, strict=False)
+    return {"loaded": sorted(loaded), "skipped": skipped, "missing": missing}
+
+
+def describe_init(report: dict[str, list[str]]) -> str:
+    """'loaded 120 tensors (encoder 102, decoder 18); skipped 2 (shape), 0 left at random init'."""
+    groups: dict[str, int] = {}
+    for k in report["loaded"]:
+        groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + 1
+    parts = ", ".join(f"{g} {n}" for g, n in sorted(groups.items()))
+    return (f"loaded {len(report['loaded'])} tensors ({parts}); skipped {len(report['skipped'])} "
+            f"(shape differs); {len(report['missing'])} left at random init")
+

@@ -1,0 +1,410 @@
+"""Student training: supervised, label-distill, feature-distill, dreamteacher (see labelgen.student.distill).
+
+One process, or several under ``torchrun`` (DDP: gloo on CPU, nccl on GPU; each rank reads its own
+slice of a deterministic per-epoch order). bf16 autocast + channels_last on GPU only.
+
+Resume: ``RUN_DIR/last.pt`` holds model (+ regressor), optimizer, LR scheduler, step, RNG states
+and loss history; it is written atomically every ``save_every`` steps and at the end. A run started
+again on the same RUN_DIR continues from it and computes exactly the steps an uninterrupted run
+would have (same data order, same augmentation, same optimizer state).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from labelgen.errors import LabelgenError
+from labelgen.student.data import ResumableSampler, StudentDataset, classes_of, open_source
+from labelgen.student.distill import (
+    FeatureRegressor, TeacherFeatures, feature_distill_loss, hard_label_loss, match_levels, recipe_of, resize_to,
+    soft_label_loss, student_level_sizes,
+)
+from labelgen.student.models import (
+    IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, atomic_save, create_student, describe_init, encoder_channels,
+    load_matching, save_student, save_tensors,
+)
+
+MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
+FEATURE_MODES = ("feature-distill", "dreamteacher")
+LABEL_MODES = ("label-distill", "dreamteacher")
+
+
+@dataclass
+class TrainOptions:
+    mode: str
+    data: str
+    out: str
+    val: str | None = None
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    image_size: tuple[int, int] = (64, 64)
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    max_steps: int | None = None
+    schedule: str = "cosine"  # cosine | poly
+    warmup_steps: int | None = None  # None: 5% of the steps (at most 500)
+    tau: float = 4.0
+    hard_weight: float = 0.0
+    label_weight: float = 1.0
+    feature_weight: float = 1.0
+    at_weight: float = 10.0
+    uncertainty_weighting: bool = False
+    teacher: str | None = None
+    feature_cache: bool = False
+    init: str | None = None
+    workers: int = 0
+    augment: bool = True
+    amp: bool | None = None  # None: on for CUDA
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 1
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    losses: list[float]
+    images_per_s: float
+    val_miou: float | None = None
+    init_report: str | None = None
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    """Raised by ``stop_after`` (tests simulate a kill at a step boundary)."""
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_lambda(total: int, warmup: int, schedule: str):
+    """Linear warm-up to 1, then cosine (to 0) or poly (power 0.9) decay over the remaining steps."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else (1 - t) ** 0.9
+    return f
+
+
+class StudentTrainModule(nn.Module):
+    """Student + optional feature regressor, one module so DDP wraps both.
+
+    forward(x) -> (logits [N, C, H, W] or None, regressed features list or None)."""
+
+    def __init__(self, student: nn.Module, regressor: FeatureRegressor | None, need_logits: bool):
+        super().__init__()
+        self.student, self.regressor, self.need_logits = student, regressor, need_logits
+
+    def forward(self, x: torch.Tensor):
+        features = self.student.encoder(x)
+        logits = self.student.segmentation_head(self.student.decoder(features)) if self.need_logits else None
+        regressed = self.regressor(features) if self.regressor is not None else None
+        return logits, regressed
+
+
+def _check(options: TrainOptions) -> None:
+    if options.mode not in MODES:
+        raise LabelgenError(f"unknown mode {options.mode!r} (one of {', '.join(MODES)})")
+    if options.mode in FEATURE_MODES and not options.teacher:
+        raise LabelgenError(f"--mode {options.mode} needs --teacher WORKSPACE (the generator in the loop)")
+    if options.max_steps is not None and options.max_steps <= 0:
+        raise LabelgenError("--max-steps must be positive")
+    if options.tau <= 0:
+        raise LabelgenError("--tau must be positive")
+    if options.schedule not in ("cosine", "poly"):
+        raise LabelgenError(f"unknown schedule {options.schedule!r} (cosine or poly)")
+
+
+def _load_teacher(options: TrainOptions, device, use_recipes: bool) -> TeacherFeatures:
+    from labelgen.workspace import Workspace
+
+    workspace = Workspace(options.teacher)
+    generator = workspace.generator().to(device)
+    return TeacherFeatures(generator, use_recipes=use_recipes, cache=options.feature_cache, seed=options.seed,
+                           levels=workspace.layer_indices if workspace.config.feature_channels else None)
+
+
+def train(options: TrainOptions, stop_after: int | None = None, teacher: TeacherFeatures | None = None,
+          log=print) -> TrainResult:
+    """Train (or resume) a student into ``options.out``; ``teacher`` overrides --teacher (tests)."""
+    _check(options)
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if distributed and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    amp = cuda if options.amp is None else (options.amp and cuda)
+    is_main = rank == 0
+    run_dir = Path(options.out)
+    if not is_main:
+        log = lambda *a, **k: None  # noqa: E731
+    _set_seed(options.seed + rank)
+
+    # ---- data
+    mode = options.mode
+    source = open_source(options.data, require_masks=mode == "supervised")
+    classes = classes_of(source, _teacher_classes(options))
+    if mode == "supervised" and hasattr(source, "shard_paths"):
+        log("note: --mode supervised on a shard set trains on its hard masks")
+    dataset = StudentDataset(source, len(classes), options.image_size, IMAGENET_MEAN, IMAGENET_STD, seed=options.seed,
+                             augment=options.augment, geometric=mode not in FEATURE_MODES,
+                             want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting)
+    sampler = ResumableSampler(len(dataset), options.batch_size, rank, world, options.seed)
+    loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.workers,
+                        pin_memory=cuda, persistent_workers=False, drop_last=True)
+    steps_per_epoch = sampler.batches_per_epoch
+    total = options.max_steps or options.epochs * steps_per_epoch
+    warmup = options.warmup_steps if options.warmup_steps is not None else min(500, max(1, total // 20))
+
+    # ---- model
+    student = create_student(options.arch, options.encoder, len(classes), options.encoder_weights)
+    init_report = None
+    if options.init:
+        init_report = describe_init(load_matching(student, options.init))
+        log(f"init from {options.init}: {init_report}")
+    regressor, teacher_feats = None, None
+    if mode in FEATURE_MODES:
+        use_recipes = all(recipe_of(m) is not None for m in source.metas)
+        teacher_feats = teacher or _load_teacher(options, device, use_recipes)
+        probe = dataset[0]
+        t = teacher_feats(probe["image_pm1"][None].to(device), [recipe_of(source.metas[0])] if use_recipes else None)
+        sizes = student_level_sizes(options.image_size)
+        levels = match_levels(sizes, [tuple(f.shape[-2:]) for f in t])
+        regressor = FeatureRegressor(encoder_channels(student), teacher_feats.channels, levels)
+        log("feature levels: " + ", ".join(f"teacher {tuple(f.shape[1:])} -> student stride {4 * 2 ** lv} "
+                                         f"{sizes[lv]}" for f, lv in zip(t, levels)))
+    module = StudentTrainModule(student, regressor, need_logits=mode != "feature-distill").to(device)
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=options.lr,
+                                  weight_decay=options.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, options.schedule))
+
+    config = StudentConfig(arch=options.arch, encoder=options.encoder, classes=classes.to_json()["classes"],
+                           image_size=list(options.image_size), mode=mode,
+                           train={k: v for k, v in asdict(options).items() if k not in ("progress",)})
+    config.train["image_size"] = list(options.image_size)
+
+    # ---- resume
+    step, losses, resumed_from = 0, [], 0
+    state_path = run_dir / STATE_NAME
+    if options.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        _check_compatible(run_dir, state, config)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses = int(state["step"]), list(state["losses"])
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        resumed_from = step
+        log(f"resumed {run_dir} at step {step}/{total}")
+    elif is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    train_module = module
+    if distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[local_rank] if cuda else None, find_unused_parameters=mode == "feature-distill")
+
+    writer, csv_file, csv_writer = None, None, None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        new_csv = not (run_dir / "log.csv").is_file() or step == 0
+        csv_file = open(run_dir / "log.csv", "w" if new_csv else "a", newline="")
+        csv_writer = csv.writer(csv_file)
+        if new_csv:
+            csv_writer.writerow(["step", "epoch", "loss", "lr", "images_per_s", "parts"])
+
+    def save() -> None:
+        rngs = _gather_rng(distributed)  # every rank takes part; only rank 0 writes
+        if not is_main:
+            return
+        payload = {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "step": step, "losses": losses, "rng": rngs,
+                   "config": asdict(config), "total": total}
+        atomic_save(state_path, lambda tmp: torch.save(payload, tmp))
+        save_student(run_dir, module.student, config)
+        if module.regressor is not None:
+            save_tensors(run_dir / REGRESSOR_NAME, module.regressor)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, disable=not (is_main and options.progress), unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    images_seen, t0 = 0, time.perf_counter()
+    module.train()
+    if teacher_feats is not None:
+        teacher_feats.generator.eval()
+    try:
+        while step < total:
+            epoch, start_batch = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch, start_batch)
+            for batch in loader:
+                if step >= total:
+                    break
+                loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise LabelgenError(f"loss became {value} at step {step}; lower --lr")
+                losses.append(value)
+                images_seen += batch["image"].shape[0] * world
+                rate = images_seen / max(1e-9, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
+                if is_main and step % options.log_every == 0:
+                    lr = scheduler.get_last_lr()[0]
+                    writer.add_scalar("train/loss", value, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/images_per_s", rate, step)
+                    for k, v in parts.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    csv_writer.writerow([step, epoch, f"{value:.6f}", f"{lr:.6g}", f"{rate:.2f}",
+                                         " ".join(f"{k}={v:.5f}" for k, v in parts.items())])
+                if step % options.save_every == 0 or step == total:
+                    save()
+                if stop_after is not None and step >= stop_after:
+                    raise _Stop
+    except _Stop:
+        pass
+    finally:
+        bar.close()
+        if csv_file is not None:
+            csv_file.close()
+    elapsed = time.perf_counter() - t0
+    rate = images_seen / max(1e-9, elapsed)
+    result = TrainResult(run_dir, step, losses, rate, init_report=init_report, resumed_from=resumed_from)
+    if stop_after is None or step >= total:
+        save()
+        if options.val and is_main and mode != "feature-distill":
+            from labelgen.student.evaluate import evaluate_folder
+
+            scores, _ = evaluate_folder(module.student, config, options.val, device)
+            result.val_miou = scores.miou
+            writer.add_scalar("val/miou", scores.miou, step)
+            log(f"validation mIoU on {options.val}: {scores.miou:.4f}")
+    if writer is not None:
+        writer.close()
+    if distributed:
+        dist.barrier()
+    return result
+
+
+def _teacher_classes(options: TrainOptions):
+    if not options.teacher:
+        return None
+    try:
+        from labelgen.workspace import Workspace
+
+        return Workspace(options.teacher).classes
+    except LabelgenError:
+        return None
+
+
+def _gather_rng(distributed: bool) -> list[dict]:
+    """RNG states of every rank (rank order), so each rank resumes its own streams."""
+    mine = _rng_state()
+    if not distributed:
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None:
+    saved = state.get("config", {})
+    for key in ("arch", "encoder", "mode", "image_size"):
+        if saved.get(key) != getattr(config, key):
+            raise LabelgenError(f"{run_dir}: holds a {saved.get('mode')} run of {saved.get('arch')}/{saved.get('encoder')} "
+                                f"at {saved.get('image_size')}; {key} differs (use a new --out or --no-resume)")
+    if [c["name"] for c in saved.get("classes", [])] != [c["name"] for c in config.classes]:
+        raise LabelgenError(f"{run_dir}: the saved run has other classes; use a new --out or --no-resume")
+
+
+def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherFeatures | None, metas, device, amp: bool):
+    """One forward + loss. Returns (loss, {part: value})."""
+    x = batch["image"].to(device, non_blocking=True)  # [N, 3, H, W]
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = batch["mask"].to(device)  # [N, H, W]
+    weights = batch["weight"].to(device) if options.uncertainty_weighting else None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        logits, regressed = module(x)
+    parts: dict[str, float] = {}
+    loss = x.new_zeros(())
+    if mode == "supervised":
+        loss = hard_label_loss(logits, mask, weights)
+        parts["ce"] = float(loss.detach())
+    if mode in LABEL_MODES:
+        soft = batch["soft"].to(device)  # [N, C, H, W]
+        valid = (mask != 255) & (soft.sum(1) > 0)
+        label = soft_label_loss(logits, soft, options.tau, valid, weights)
+        parts["kd"] = float(label.detach())
+        if options.hard_weight > 0:
+            hard = hard_label_loss(logits, mask, weights)
+            parts["ce"] = float(hard.detach())
+            label = label + options.hard_weight * hard
+        loss = loss + options.label_weight * label
+    if mode in FEATURE_MODES:
+        indices = batch["index"].tolist()
+        recipes = [recipe_of(metas[i]) for i in indices] if teacher.use_recipes else None
+        keys = [str(i) for i in indices]
+        targets = teacher(batch["image_pm1"].to(device), recipes, keys)
+        targets = [resize_to(t, tuple(r.shape[-2:])) for t, r in zip(targets, regressed)]
+        feat, fparts = feature_distill_loss(regressed, targets, options.at_weight)
+        parts.update(fparts)
+        loss = loss + options.feature_weight * feat
+    return loss, parts

@@ -1,0 +1,280 @@
+"""Student: losses, soft-label decoding, feature regressor shapes, every training mode, resume, CLI
+(eval / predict / export), bad input. Tiny data (32x32 scenes from labelgen.student.testing)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import labelgen  # noqa: F401
+from labelgen.student.data import decode_soft_labels, one_hot
+from labelgen.student.distill import (
+    FeatureRegressor, TeacherFeatures, attention_map, channel_layer_norm, feature_distill_loss, match_levels,
+    soft_label_loss, student_level_sizes,
+)
+from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene
+from labelgen.student.train import TrainOptions, train
+
+SIZE = (32, 32)
+ENCODER = "resnet18"
+
+
+def _options(tmp: Path, mode: str, data: Path, out: str, **kw) -> TrainOptions:
+    base = dict(mode=mode, data=str(data), out=str(tmp / out), encoder=ENCODER, image_size=SIZE, batch_size=4,
+                max_steps=5, lr=3e-3, progress=False, warmup_steps=0)
+    return TrainOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("student")
+    real = make_folder(root / "real", 8, SIZE, split="train")
+    make_folder(root / "real", 4, SIZE, split="val", seed0=100)
+    shards = make_shards(root / "shards", 8, SIZE)
+    return {"root": root, "real": real, "val": root / "real" / "val", "shards": shards}
+
+
+@pytest.fixture(scope="module")
+def supervised_run(tiny) -> tuple[Path, list[float]]:
+    result = train(_options(tiny["root"], "supervised", tiny["real"], "sup", val=str(tiny["val"])))
+    return result.run_dir, result.losses
+
+
+# ------------------------------------------------------------------ losses and decoding (fast)
+def test_soft_label_loss_equals_ce_for_one_hot_at_tau_1():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6)
+    mask = torch.randint(0, 3, (2, 5, 6))
+    mask[0, 0, 0] = 255
+    probs = torch.from_numpy(one_hot(mask.numpy().astype(np.uint8), 3)).permute(0, 3, 1, 2)  # [2, 3, 5, 6]
+    valid = mask != 255
+    ce = F.cross_entropy(logits, mask, ignore_index=255)
+    assert torch.allclose(soft_label_loss(logits, probs, tau=1.0, valid=valid), ce, atol=1e-6)
+    # at tau = 4 the teacher is softened, the loss differs and carries the tau^2 scale
+    soft4 = soft_label_loss(logits, probs, tau=4.0, valid=valid)
+    assert not torch.allclose(soft4, ce)
+    # it is minimised (to 0) by logits equal to tau-softened teacher log-probabilities
+    target = torch.log(probs.clamp_min(1e-6))
+    assert float(soft_label_loss(target, probs, tau=4.0, valid=valid)) < 1e-5
+
+
+def test_decode_soft_labels_formats():
+    mask = scene(3, (8, 10))[1]
+    probs = np.stack([(mask == k).astype(np.float32) * 0.7 + 0.1 for k in range(3)])  # [3, 8, 10], sums 1
+    buf = io.BytesIO()
+    np.savez(buf, probs=np.round(probs * 255).astype(np.uint8))
+    got = decode_soft_labels({"soft.npz": buf.getvalue()}, 3, (8, 10))  # [8, 10, 3]
+    assert got.shape == (8, 10, 3) and np.allclose(got.sum(-1), 1, atol=1e-5)
+    assert np.array_equal(got.argmax(-1), mask) and abs(got.max() - 0.8) < 0.01
+    buf = io.BytesIO()
+    np.savez(buf, logits=np.log(probs).transpose(1, 2, 0))  # [H, W, C] logits
+    assert np.allclose(decode_soft_labels({"soft.npz": buf.getvalue()}, 3, (8, 10)), probs.transpose(1, 2, 0), atol=1e-5)
+    assert decode_soft_labels({}, 3, (8, 10)) is None
+    from labelgen.errors import DataError
+    with pytest.raises(DataError, match="shape"):
+        decode_soft_labels({"soft.npz": buf.getvalue()}, 4, (8, 10))
+
+
+def test_feature_loss_parts():
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 4, 4) * 3 + 1
+    ln = channel_layer_norm(t)
+    assert torch.allclose(ln.mean(1), torch.zeros(2, 4, 4), atol=1e-5)
+    assert torch.allclose(attention_map(t).norm(dim=1), torch.ones(2))
+    loss, parts = feature_distill_loss([ln.clone()], [t])
+    assert float(loss) < 1e-6 and parts["feat_mse"] < 1e-6
+    loss, parts = feature_distill_loss([torch.zeros_like(t)], [t])
+    assert parts["feat_mse"] > 0.5 and float(loss) > parts["feat_mse"]
+
+
+def _tiny_generator(backend: str):
+    """Randomly initialised small real backends (no downloads)."""
+    from labelgen.generators import create_generator
+
+    torch.manual_seed(0)
+    if backend == "dcgan":
+        return create_generator("dcgan", ngf=8, nz=16).eval(), {}
+    unet = {"sample_size": [32, 32], "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+            "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+    return create_generator("ddpm", unet_config=unet, timesteps=[50]).eval(), {"ddim_steps": 2}
+
+
+def _regressor_shapes(generator, options, image_size, encoder="resnet18"):
+    from labelgen.student.models import create_student, encoder_channels
+
+    student = create_student("unet", encoder, 3)
+    out = generator.sample([0, 1], **options)
+    teacher_sizes = [tuple(f.shape[-2:]) for f in out.features]
+    levels = match_levels(student_level_sizes(image_size), teacher_sizes)
+    reg = FeatureRegressor(encoder_channels(student), list(generator.feature_channels), levels).eval()
+    with torch.no_grad():
+        regressed = reg(student.encoder(torch.randn(2, 3, *image_size)))
+    for r, f, lv in zip(regressed, out.features, levels):
+        assert r.shape[:2] == f.shape[:2]  # batch + generator channels
+        assert tuple(r.shape[-2:]) == student_level_sizes(image_size)[lv]
+    return levels
+
+
+@pytest.mark.parametrize("backend", ["fake", "dcgan", "ddpm"])
+def test_regressor_matches_generator_feature_shapes(backend):
+    if backend == "fake":
+        levels = _regressor_shapes(FakeGenerator(32), {}, (32, 32))
+        assert levels == [1, 0, 0]  # 4x4 -> stride 8 (4x4); 8x8 and 16x16 -> stride 4 (8x8), the finest
+    else:
+        levels = _regressor_shapes(*_tiny_generator(backend), (64, 64))
+    assert all(0 <= lv < 4 for lv in levels)
+
+
+def test_match_levels_nearest_in_log_size():
+    student = student_level_sizes((64, 64))  # strides 4..32 -> 16, 8, 4, 2
+    assert student == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert match_levels(student, [(4, 4), (8, 8), (16, 16), (32, 32), (1, 1)]) == [2, 1, 0, 0, 3]
+    assert match_levels(student, [(6, 6)]) == [1]  # log2 36 is nearer 64 than 16
+
+
+# ------------------------------------------------------------------ training modes
+def _falls(losses: list[float]) -> bool:
+    return len(losses) >= 4 and np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_supervised_trains_and_checkpoints(supervised_run):
+    run_dir, losses = supervised_run
+    assert _falls(losses), losses
+    config = json.loads((run_dir / "student_config.json").read_text())
+    assert config["arch"] == "unet" and config["image_size"] == [32, 32]
+    assert [c["name"] for c in config["classes"]] == list(CLASSES.names)
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "last.pt").is_file()
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 1 + len(losses)
+    assert any((run_dir / "tb").iterdir())
+
+
+def test_label_distill_loss_falls(tiny):
+    result = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld", hard_weight=0.5,
+                            uncertainty_weighting=True))
+    assert _falls(result.losses), result.losses
+
+
+def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
+    hard_only = make_shards(tiny["root"] / "hard_shards", 4, SIZE, soft=False)
+    with pytest.warns(UserWarning, match="no soft labels"):
+        result = train(_options(tiny["root"], "label-distill", hard_only, "ld_hard", max_steps=1))
+    assert result.steps == 1
+
+
+@pytest.mark.parametrize("mode", ["feature-distill", "dreamteacher"])
+def test_feature_modes_loss_falls(tiny, mode):
+    teacher = TeacherFeatures(FakeGenerator(32), use_recipes=True)
+    result = train(_options(tiny["root"], mode, tiny["shards"], mode, teacher="unused"), teacher=teacher)
+    assert _falls(result.losses), result.losses
+    assert (result.run_dir / "regressor.safetensors").is_file()
+
+
+def test_feature_distill_from_workspace_on_real_images_then_finetune(tiny):
+    """--teacher WORKSPACE (generator that encodes images) on a real folder, then --init fine-tune."""
+    from labelgen.workspace import create_workspace
+
+    ws = create_workspace(tiny["root"] / "ws", "labelgen.student.testing:FakeGenerator", list(CLASSES.names))
+    pre = train(_options(tiny["root"], "feature-distill", tiny["real"], "fd_real", teacher=str(ws.root), max_steps=3))
+    assert len(pre.losses) == 3
+    fine = train(_options(tiny["root"], "supervised", tiny["real"], "ft", init=str(pre.run_dir), max_steps=1))
+    assert fine.init_report.startswith("loaded ") and "encoder" in fine.init_report
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_reproduces_next_step_loss(tiny):
+    kw = dict(max_steps=4, save_every=2, hard_weight=0.5)
+    full = train(_options(tiny["root"], "label-distill", tiny["shards"], "full", **kw))
+    first = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw), stop_after=2)
+    assert first.steps == 2
+    state = torch.load(first.run_dir / "last.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    resumed = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw))
+    assert resumed.resumed_from == 2
+    assert resumed.losses[:2] == full.losses[:2]
+    assert resumed.losses[2] == pytest.approx(full.losses[2], rel=1e-5, abs=1e-6)
+    assert resumed.losses[3] == pytest.approx(full.losses[3], rel=1e-5, abs=1e-6)
+
+
+# ------------------------------------------------------------------ CLI
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    from labelgen.student.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_eval_prints_table_and_writes_pngs(tiny, supervised_run, capsys, tmp_path):
+    run_dir, _ = supervised_run
+    code, out, err = _cli(["eval", "--checkpoint", str(run_dir), "--data", str(tiny["val"]), "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "mIoU:" in out and "| square |" in out and "| **mIoU** |" in out
+    from PIL import Image
+    cm = Image.open(tmp_path / "confusion.png")
+    grid = Image.open(tmp_path / "overlays.png")
+    assert cm.size[0] > 3 * 28 and grid.size == (3 * 32, 4 * 32)
+    assert json.loads((tmp_path / "scores.json").read_text())["miou"] >= 0
+
+
+def test_predict_writes_palette_masks(tiny, supervised_run, capsys, tmp_path):
+    run_dir, _ = supervised_run
+    code, out, err = _cli(["predict", "--checkpoint", str(run_dir), "--images", str(tiny["val"] / "images"),
+                           "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    from PIL import Image
+    masks = sorted(tmp_path.glob("*.png"))
+    assert len(masks) == 4
+    im = Image.open(masks[0])
+    assert im.mode == "P" and im.size == (32, 32) and np.asarray(im).max() < 3
+
+
+def test_export_onnx_matches(supervised_run, capsys, tmp_path):
+    run_dir, _ = supervised_run
+    code, out, err = _cli(["export", "--checkpoint", str(run_dir), "--onnx", str(tmp_path / "s.onnx")], capsys)
+    assert code == 0, err
+    diff = float(out.strip().rsplit(":", 1)[1])
+    assert diff < 1e-3 and (tmp_path / "s.onnx").stat().st_size > 1e6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--mode", "supervised", "--data", "/nonexistent", "--out", "x"], "not found"),
+    (["train", "--mode", "feature-distill", "--data", "DATA", "--out", "x"], "--teacher"),
+    (["eval", "--checkpoint", "/nonexistent", "--data", "DATA"], "not a student run folder"),
+    (["train", "--mode", "supervised", "--data", "DATA", "--out", "x", "--batch-size", "64"], "lower --batch-size"),
+])
+def test_bad_input_one_line_exit_2(tiny, capsys, argv, message, tmp_path):
+    argv = [str(tiny["real"]) if a == "DATA" else str(tmp_path / a) if a == "x" else a for a in argv]
+    code, out, err = _cli(argv, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+# ------------------------------------------------------------------ DDP
+@pytest.mark.slow
+def test_two_process_ddp(tiny, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "labelgen.student.cli", "train", "--mode", "label-distill", "--data", str(tiny["shards"]),
+           "--out", str(out), "--encoder", ENCODER, "--image-size", "32x32", "--batch-size", "2",
+           "--max-steps", "2", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states
+    assert "trained 2 steps" in proc.stdout
