@@ -88,6 +88,11 @@ for _command in TEACHER_COMMANDS:
     cli.add_command(_command)
 
 
+from labelgen.training.cli import train_generator_cmd  # noqa: E402
+
+cli.add_command(train_generator_cmd)
+
+
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
     try:

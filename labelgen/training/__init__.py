@@ -1,0 +1,12 @@
+"""Own-domain generator training (``labelgen train-generator``).
+
+    labelgen.training.common            image loading (whole set as one uint8 tensor), checkpoints,
+                                        EMA, sample grids, time limit / signal handling
+    labelgen.training.train_generator   DDPM training -> a diffusers DDPMPipeline folder that the
+                                        ``ddpm`` backend loads; dispatch by backend
+    labelgen.training.stylegan2_trainer StyleGAN2 training (residual D, R1, DiffAugment)
+    labelgen.training.cli               the ``train-generator`` click command
+
+Nothing here imports torch at module import time except the trainers themselves, so the CLI stays
+fast to start.
+"""

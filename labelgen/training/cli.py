@@ -1,0 +1,89 @@
+"""``labelgen train-generator``: train a DDPM or StyleGAN2 on a folder of unlabeled images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from labelgen.errors import LabelgenError
+
+
+def _parse_channels(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+        if not values or min(values) <= 0:
+            raise ValueError
+        return values
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated positive integers, e.g. 32,64,128,128") from None
+
+
+@click.command("train-generator")
+@click.option("--backend", type=click.Choice(["ddpm", "stylegan2"]), default="ddpm", help="What to train.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Folder of images, or a split folder with images/ (e.g. CCP96/unlabeled).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output folder (loadable model + train/ checkpoint); rerun to resume.")
+@click.option("--resolution", type=str, default=None, help="HxW to train at [default: the images' size].")
+@click.option("--channels", type=str, default=None,
+              help="ddpm: UNet block channels [32,64,128,128]; stylegan2: max channels of G and D [256].")
+@click.option("--layers-per-block", type=int, default=None, help="ddpm: ResNet layers per UNet block [1].")
+@click.option("--attention/--no-attention", default=None, help="ddpm: self-attention in the UNet mid block [on].")
+@click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None, help="ddpm: betas [linear].")
+@click.option("--z-dim", type=int, default=None, help="stylegan2: latent size [256].")
+@click.option("--r1-gamma", type=float, default=None, help="stylegan2: R1 weight [auto from resolution].")
+@click.option("--diffaug/--no-diffaug", default=None, help="stylegan2: DiffAugment colour/translation/cutout [on].")
+@click.option("--batch-size", type=int, default=None, help="Images per step [ddpm 16, stylegan2 16].")
+@click.option("--steps", type=int, default=None, help="Total optimiser steps [ddpm 10000, stylegan2 10000].")
+@click.option("--lr", type=float, default=None, help="Learning rate [ddpm 2e-4, stylegan2 2e-3].")
+@click.option("--ema", type=float, default=None, help="EMA decay of the exported weights [ddpm 0.999].")
+@click.option("--warmup", type=int, default=None, help="Linear LR warm-up steps [200].")
+@click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip, 0 = off [1.0].")
+@click.option("--sample-every", type=int, default=None, help="Steps between sample grids, 0 = never [1000].")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints/exports [500].")
+@click.option("--time-limit", "time_limit_min", type=float, default=None,
+              help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
+@click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--device", type=str, default=None, help="auto, cpu or cuda [auto].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, beta_schedule, z_dim,
+                        r1_gamma, diffaug, batch_size, steps, lr, ema, warmup, grad_clip, sample_every,
+                        checkpoint_every, time_limit_min, seed, device, quiet):
+    """Train a generator of your own domain on unlabeled images (resumable; see --time-limit).
+
+    \b
+    ddpm:      diffusers UNet2DModel + 1000-step DDPM -> OUT in DDPMPipeline layout (EMA weights),
+               loadable by the ddpm backend.
+    stylegan2: labelgen's StyleGAN2 + residual discriminator, R1, DiffAugment -> OUT loadable by the
+               stylegan2 backend (save_pretrained folder).
+    """
+    from labelgen.cli import parse_size
+    from labelgen.training.train_generator import train_generator
+
+    options = {
+        "resolution": parse_size(resolution) if resolution else None,
+        "batch_size": batch_size, "steps": steps, "lr": lr, "ema": ema, "warmup": warmup, "grad_clip": grad_clip,
+        "sample_every": sample_every, "checkpoint_every": checkpoint_every, "time_limit_min": time_limit_min,
+        "seed": seed, "device": device,
+    }
+    ch = _parse_channels(channels)
+    if backend == "ddpm":
+        bad = [n for n, v in (("--z-dim", z_dim), ("--r1-gamma", r1_gamma), ("--diffaug", diffaug)) if v is not None]
+        options.update(channels=ch, layers_per_block=layers_per_block, attention=attention, beta_schedule=beta_schedule)
+    else:
+        bad = [n for n, v in (("--layers-per-block", layers_per_block), ("--attention", attention),
+                              ("--beta-schedule", beta_schedule)) if v is not None]
+        if ch is not None and len(ch) != 1:
+            raise LabelgenError("stylegan2: --channels takes one number (the maximum channel count), e.g. 256")
+        options.update(max_channels=ch[0] if ch else None, z_dim=z_dim, r1_gamma=r1_gamma, diffaug=diffaug)
+    if bad:
+        raise LabelgenError(f"{', '.join(bad)}: not an option of the {backend} trainer")
+    if options["time_limit_min"] is not None and options["time_limit_min"] <= 0:
+        raise LabelgenError("--time-limit must be positive (minutes)")
+    # explicitly given values only: the rest are the trainer's defaults (or the resumed run's settings)
+    options = {k: v for k, v in options.items() if v is not None}
+    summary = train_generator(backend, data, out, echo=click.echo, show_progress=not quiet, **options)
+    if summary.get("stopped"):
+        raise SystemExit(0)

@@ -1,0 +1,247 @@
+"""Pieces shared by the generator trainers: data in memory, checkpoints, EMA, grids, stopping."""
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelgen.data.io import atomic_write_bytes, list_images, read_image, write_png
+from labelgen.errors import DataError, LabelgenError
+
+CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/
+TRAIN_DIR = "train"  # OUT/train/: checkpoint, log, sample grids (not needed to load the model)
+
+
+# ---------------------------------------------------------------- data
+def image_folder(path: Path) -> Path:
+    """A folder of images, or a project split folder (``DIR/images``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: training data folder not found")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder (expected a folder of images or a split folder with images/)")
+    return path / "images" if (path / "images").is_dir() else path
+
+
+def load_images(path: Path, resolution: tuple[int, int] | None = None, progress: bool = False) -> torch.Tensor:
+    """All images of a folder as one uint8 tensor [N, 3, H, W] (read once, kept in memory).
+
+    Without ``resolution`` every image must have the same size; with it, images of another size are
+    resized (area averaging when shrinking, bicubic when enlarging)."""
+    from PIL import Image
+
+    folder = image_folder(path)
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"{folder}: no images (.png/.jpg/...) to train on")
+    iterator = files
+    if progress and len(files) > 200:
+        from tqdm import tqdm
+
+        iterator = tqdm(files, desc="load images", unit="img", leave=False)
+    arrays: list[np.ndarray] = []
+    for f in iterator:
+        arr = read_image(f)
+        if resolution is not None and arr.shape[:2] != tuple(resolution):
+            h, w = resolution
+            resample = Image.Resampling.BOX if (arr.shape[0] >= h and arr.shape[1] >= w) else Image.Resampling.BICUBIC
+            arr = np.asarray(Image.fromarray(arr).resize((w, h), resample), dtype=np.uint8)
+        elif arrays and arr.shape != arrays[0].shape:
+            raise DataError(f"{f}: size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from {files[0].name} "
+                            f"({arrays[0].shape[1]}x{arrays[0].shape[0]}); pass --resolution HxW to resize")
+        arrays.append(arr)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def check_divisible(resolution: tuple[int, int], factor: int, what: str) -> None:
+    h, w = resolution
+    if h % factor or w % factor:
+        raise LabelgenError(f"resolution {h}x{w} (HxW) must be divisible by {factor} ({what}); "
+                            f"pass --resolution with multiples of {factor}, e.g. "
+                            f"{max(factor, h // factor * factor)}x{max(factor, w // factor * factor)}")
+
+
+def augment_batch(images_u8: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """uint8 images -> float [-1, 1] with random horizontal flips (randomness from ``gen`` only)."""
+    x = images_u8[index].float().div_(127.5).sub_(1.0)
+    flip = torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+# ---------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a module's parameters (``shadow`` is a full copy, eval mode).
+
+    The effective decay warms up as min(decay, (1 + step) / (10 + step)) so short runs are not
+    dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        ema_p = list(self.shadow.parameters())
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for eb, b in zip(self.shadow.buffers(), model.buffers()):
+            eb.copy_(b)
+
+
+# ---------------------------------------------------------------- stopping
+class StopControl:
+    """Stops a loop when ``time_limit_min`` has passed or on SIGTERM/SIGINT (checked once per step)."""
+
+    def __init__(self, time_limit_min: float | None):
+        self.start = time.monotonic()
+        self.limit_s = None if time_limit_min is None else time_limit_min * 60.0
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def reason(self) -> str | None:
+        if self.signal:
+            return f"received {self.signal}"
+        if self.limit_s is not None and self.elapsed >= self.limit_s:
+            return f"time limit ({self.limit_s / 60:g} min) reached"
+        return None
+
+
+# ---------------------------------------------------------------- checkpoints
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one user-facing error
+        raise LabelgenError(f"{path}: unreadable training checkpoint ({type(e).__name__}); "
+                            "delete it to start over") from None
+
+
+def check_resume_config(saved: dict[str, Any], requested: dict[str, Any], keys: list[str], out: Path) -> None:
+    """Refuse to resume when an explicitly requested architecture setting differs from the saved one."""
+    for k in keys:
+        if requested.get(k) is not None and _norm(requested[k]) != _norm(saved.get(k)):
+            raise LabelgenError(f"{out}: has a checkpoint trained with {k}={saved.get(k)!r}, not {requested[k]!r}; "
+                                "use the same settings to resume, or a new --out")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place (old one renamed away first, then removed)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------- grids / logging
+def save_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
+    """images float [N, 3, H, W] in [-1, 1] -> one PNG grid (2-px gaps)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    n, _, h, w = x.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = x[i].transpose(1, 2, 0)
+    write_png(path, grid)
+
+
+@dataclass
+class RunningMean:
+    values: list[float] = field(default_factory=list)
+    size: int = 100
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+        if len(self.values) > self.size:
+            self.values.pop(0)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / max(1, len(self.values))
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LabelgenError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    import sys
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if tty else 30.0, smoothing=0.05)

@@ -1,0 +1,317 @@
+"""Train a generator on a folder of unlabeled images of the target domain.
+
+DDPM (``backend="ddpm"``): a diffusers ``UNet2DModel`` with a 1000-step DDPM schedule (linear or
+cosine betas), epsilon prediction, MSE loss, AdamW with linear warm-up, gradient clipping, an EMA
+copy, random horizontal flips; bf16 autocast + channels_last on GPU only. The whole data set lives
+in memory as one uint8 tensor. All training randomness (batch indices, flips, noise, timesteps)
+comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly
+where an uninterrupted one would have been.
+
+Output folder::
+
+    OUT/model_index.json  OUT/unet/  OUT/scheduler/    diffusers DDPMPipeline layout, EMA weights
+    OUT/train/checkpoint.pt                            model, EMA, optimizer, step, RNG (resume)
+    OUT/train/log.jsonl  OUT/train/samples/step_*.png  loss log, DDIM sample grids
+
+Running the same command again resumes from ``OUT/train/checkpoint.pt`` (``--steps`` may be raised);
+``time_limit_min`` stops gracefully with a checkpoint and a loadable export.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from labelgen.errors import LabelgenError
+from labelgen.training.common import (
+    CHECKPOINT_NAME,
+    EMA,
+    TRAIN_DIR,
+    RunningMean,
+    StopControl,
+    append_log,
+    augment_batch,
+    check_divisible,
+    check_resume_config,
+    load_checkpoint,
+    load_images,
+    pick_device,
+    progress_bar,
+    replace_dir,
+    rng_state,
+    save_checkpoint,
+    save_grid,
+    set_rng_state,
+)
+
+DDPM_ARCH_KEYS = ["resolution", "channels", "layers_per_block", "attention", "beta_schedule", "num_train_timesteps"]
+DDPM_ARCH_DEFAULTS = {"resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
+                      "beta_schedule": "linear", "num_train_timesteps": 1000}
+
+
+@dataclass
+class DDPMTrainConfig:
+    # architecture / schedule (fixed for a run; checked on resume). None = the resumed run's value,
+    # else DDPM_ARCH_DEFAULTS (resolution: the images' size)
+    resolution: tuple[int, int] | None = None  # (H, W)
+    channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    attention: bool | None = None  # self-attention in the UNet's mid block (lowest resolution only)
+    beta_schedule: str | None = None  # "linear" | "cosine"
+    num_train_timesteps: int | None = None
+    # optimisation (may change between resumes)
+    batch_size: int = 16
+    steps: int = 10000
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    # bookkeeping
+    sample_every: int = 1000
+    sample_steps: int = 25  # DDIM steps for the grids
+    num_samples: int = 16
+    checkpoint_every: int = 500
+    log_every: int = 50
+    time_limit_min: float | None = None
+    seed: int = 0
+    device: str = "auto"
+
+
+def build_unet(cfg: dict[str, Any]):
+    from diffusers import UNet2DModel
+
+    channels = tuple(cfg["channels"])
+    n = len(channels)
+    groups = math.gcd(*channels) if n > 1 else channels[0]
+    groups = max(g for g in range(1, min(32, groups) + 1) if groups % g == 0)
+    return UNet2DModel(
+        sample_size=list(cfg["resolution"]),
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=channels,
+        layers_per_block=cfg["layers_per_block"],
+        down_block_types=("DownBlock2D",) * n,
+        up_block_types=("UpBlock2D",) * n,
+        add_attention=bool(cfg["attention"]),
+        attention_head_dim=min(channels[-1], 32),
+        norm_num_groups=groups,
+    )
+
+
+def build_scheduler(cfg: dict[str, Any]):
+    from diffusers import DDPMScheduler
+
+    betas = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+    if cfg["beta_schedule"] not in betas:
+        raise LabelgenError(f"unknown beta schedule {cfg['beta_schedule']!r} (linear or cosine)")
+    return DDPMScheduler(num_train_timesteps=cfg["num_train_timesteps"], beta_schedule=betas[cfg["beta_schedule"]],
+                         prediction_type="epsilon", clip_sample=True)
+
+
+@torch.no_grad()
+def ddim_sample(unet, scheduler, n: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` images [-1, 1] with a few DDIM steps (eta 0) from the DDPM schedule of ``scheduler``."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    h, w = unet.config.sample_size if not isinstance(unet.config.sample_size, int) else (unet.config.sample_size,) * 2
+    gen = torch.Generator("cpu").manual_seed(seed)
+    x = torch.randn((n, 3, h, w), generator=gen).to(device)
+    dtype = next(unet.parameters()).dtype
+    for t in ddim.timesteps:
+        eps = unet(x.to(dtype), t.to(device)).sample.float()
+        x = ddim.step(eps, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def export_pipeline(unet, scheduler, out: Path) -> None:
+    """Write OUT/model_index.json, OUT/unet/, OUT/scheduler/ (DDPMPipeline layout) atomically per part."""
+    from diffusers import DDPMPipeline
+
+    tmp = out / ".export.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    unet_cpu = unet
+    if next(unet.parameters()).device.type != "cpu" or next(unet.parameters()).dtype != torch.float32:
+        import copy
+
+        unet_cpu = copy.deepcopy(unet).to("cpu", torch.float32)
+    unet_cpu = unet_cpu.to(memory_format=torch.contiguous_format)
+    DDPMPipeline(unet=unet_cpu, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+    for part in ("unet", "scheduler"):
+        replace_dir(tmp / part, out / part)
+    (tmp / "model_index.json").replace(out / "model_index.json")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # labelgen's marker (backend name; feature options stay the ddpm backend's defaults), so that
+    # labelgen.generators.load_generator(OUT) works as well as from_checkpoint("ddpm", OUT)
+    from labelgen.data.io import atomic_write_json
+    from labelgen.generators.base import CONFIG_NAME
+
+    if not (out / CONFIG_NAME).is_file():
+        atomic_write_json(out / CONFIG_NAME, {"backend": "ddpm"})
+
+
+def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str], None] = print,
+               show_progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a DDPM on the images in ``data``; returns a summary dict."""
+    out = Path(out)
+    ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
+    device = pick_device(cfg.device)
+    requested = asdict(cfg)
+    saved_state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if saved_state is not None:
+        arch = saved_state["config"]
+        if saved_state.get("backend", "ddpm") != "ddpm":
+            raise LabelgenError(f"{out}: holds a {saved_state['backend']} training run, not ddpm")
+        check_resume_config(arch, requested, DDPM_ARCH_KEYS, out)
+        run = {**requested, **{k: arch[k] for k in DDPM_ARCH_KEYS}}
+    else:
+        run = {**requested, **{k: requested[k] if requested[k] is not None else DDPM_ARCH_DEFAULTS[k]
+                               for k in DDPM_ARCH_KEYS}}
+    if out.exists() and not out.is_dir():
+        raise LabelgenError(f"{out}: exists and is not a folder")
+
+    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
+    data_res = tuple(images.shape[2:])
+    if run["resolution"] is None:
+        run["resolution"] = data_res
+    run["resolution"] = tuple(run["resolution"])
+    check_divisible(run["resolution"], 2 ** (len(run["channels"]) - 1),
+                    f"the UNet downsamples {len(run['channels']) - 1} times")
+    if cfg.batch_size < 1 or cfg.steps < 1:
+        raise LabelgenError("--batch-size and --steps must be positive")
+
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(run)
+    scheduler = build_scheduler(run)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    step = 0
+    prior_seconds = 0.0
+    if saved_state is not None:
+        unet.load_state_dict(saved_state["model"])
+    unet.to(device)
+    ema = EMA(unet, cfg.ema)
+    if saved_state is not None:
+        ema.shadow.load_state_dict(saved_state["ema"])
+        opt.load_state_dict(saved_state["optimizer"])
+        step = int(saved_state["step"])
+        prior_seconds = float(saved_state.get("seconds", 0.0))
+        set_rng_state(gen, saved_state["rng"])
+        echo(f"resuming {out} from step {step}")
+    cuda = device.type == "cuda"
+    if cuda:
+        unet.to(memory_format=torch.channels_last)
+        ema.shadow.to(memory_format=torch.channels_last)
+    images = images.to(device)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    n_params = sum(p.numel() for p in unet.parameters())
+    echo(f"ddpm: {len(images)} images {run['resolution'][0]}x{run['resolution'][1]}, UNet {list(run['channels'])} "
+         f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}")
+
+    def checkpoint(export: bool = True) -> None:
+        state = {
+            "backend": "ddpm", "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
+            "model": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in ema.shadow.state_dict().items()},
+            "optimizer": opt.state_dict(), "step": step, "rng": rng_state(gen),
+            "seconds": prior_seconds + stop.elapsed,
+        }
+        save_checkpoint(ckpt_path, state)
+        if export:
+            export_pipeline(ema.shadow, scheduler, out)
+
+    def sample_grid() -> None:
+        grid = ddim_sample(ema.shadow, scheduler, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
+        save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    losses = RunningMean()
+    stopped: str | None = None
+    unet.train()
+    with StopControl(cfg.time_limit_min) as stop:
+        if step >= cfg.steps:
+            echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
+        bar = progress_bar(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
+        t_last = time.monotonic()
+        while step < cfg.steps:
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
+            x0 = augment_batch(images, idx, gen)
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            t = torch.randint(0, run["num_train_timesteps"], (cfg.batch_size,), generator=gen, device=device)
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            if cuda:
+                xt = xt.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                pred = unet(xt, t).sample
+            loss = F.mse_loss(pred.float(), noise)
+            if not torch.isfinite(loss):
+                raise LabelgenError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            ema.update(unet, step)
+            step += 1
+            loss_v = loss.item()
+            losses.add(loss_v)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.monotonic()
+                append_log(out / TRAIN_DIR / "log.jsonl", {"step": step, "loss": round(losses.mean, 5), "lr": lr,
+                                                            "seconds": round(prior_seconds + stop.elapsed, 1)})
+                t_last = now
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                sample_grid()
+            stopped = stop.reason()
+            if stopped or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint(export=True)
+            if stopped:
+                break
+        if bar is not None:
+            bar.close()
+        if step >= cfg.steps and not (out / "unet").is_dir():
+            checkpoint(export=True)
+        if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
+            sample_grid()
+        del t_last
+    summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
+               "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params}
+    if stopped:
+        echo(f"stopped at step {step}/{cfg.steps} ({stopped}); checkpoint saved; run the same command to continue")
+    else:
+        echo(f"done: step {step}, loss {summary['loss'] if summary['loss'] is not None else float('nan'):.4f}, "
+             f"{summary['seconds'] / 60:.1f} min in total -> {out}")
+    return summary
+
+
+def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str, Any]:
+    """Dispatch to the backend's trainer (``ddpm`` or ``stylegan2``)."""
+    if backend == "ddpm":
+        echo = options.pop("echo", print)
+        show = options.pop("show_progress", True)
+        return train_ddpm(data, out, DDPMTrainConfig(**options), echo=echo, show_progress=show)
+    if backend == "stylegan2":
+        from labelgen.training.stylegan2_trainer import StyleGAN2TrainConfig, train_stylegan2
+
+        echo = options.pop("echo", print)
+        show = options.pop("show_progress", True)
+        return train_stylegan2(data, out, StyleGAN2TrainConfig(**options), echo=echo, show_progress=show)
+    raise LabelgenError(f"train-generator: unsupported backend {backend!r} (ddpm or stylegan2)")

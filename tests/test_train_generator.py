@@ -1,0 +1,169 @@
+"""labelgen train-generator: DDPM (and StyleGAN2) training on tiny images, resume, export, errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import labelgen  # noqa: F401  (torchvision shim before diffusers)
+from labelgen.cli import main
+from labelgen.data.io import write_png
+from labelgen.training.common import CHECKPOINT_NAME, TRAIN_DIR, load_checkpoint
+from labelgen.training.train_generator import train_generator
+
+H, W = 16, 24
+TINY = {"channels": (8, 16), "batch_size": 8, "sample_every": 0, "checkpoint_every": 1000, "log_every": 1,
+        "warmup": 1, "device": "cpu"}
+
+
+def _images(folder: Path, n: int = 8, seed: int = 0, same: bool = False) -> Path:
+    """n RGB images H x W: smooth colour gradients (all the same one with ``same``)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    for i in range(n):
+        if i == 0 or not same:
+            c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            image = (c0 * (xx[..., None] / (W - 1)) + c1 * (yy[..., None] / (H - 1))) / 2
+        write_png(folder / f"{i:03d}.png", image.astype(np.uint8))
+    return folder
+
+
+def _train(data: Path, out: Path, **kw):
+    return train_generator("ddpm", data, out, echo=lambda s: None, show_progress=False, **{**TINY, **kw})
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / TRAIN_DIR / "log.jsonl").read_text().splitlines()]
+
+
+def test_ddpm_loss_finite_and_falls(tmp_path):
+    data = _images(tmp_path / "imgs", n=8, same=True)
+    out = tmp_path / "run"
+    # log_every=1 logs the running mean of the last <=100 losses; compare raw per-step losses instead
+    summary = _train(data, out, steps=60, lr=3e-3)
+    assert summary["step"] == 60 and summary["stopped"] is None
+    means = _losses(out)
+    assert len(means) == 60 and all(np.isfinite(means))
+    # recover per-step losses from running means (window 100 > 60 steps: plain cumulative means)
+    raw = [means[0]] + [means[i] * (i + 1) - means[i - 1] * i for i in range(1, len(means))]
+    first, last = np.mean(raw[:10]), np.mean(raw[-10:])
+    assert last < 0.6 * first, (first, last)
+
+
+def test_ddpm_resume_is_exact(tmp_path):
+    data = _images(tmp_path / "imgs")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _train(data, straight, steps=6, lr=1e-3)
+    s1 = _train(data, split, steps=3, lr=1e-3)
+    assert s1["step"] == 3
+    assert load_checkpoint(split / TRAIN_DIR / CHECKPOINT_NAME)["step"] == 3
+    s2 = _train(data, split, steps=6, lr=1e-3)
+    assert s2["step"] == 6
+    a = load_checkpoint(straight / TRAIN_DIR / CHECKPOINT_NAME)
+    b = load_checkpoint(split / TRAIN_DIR / CHECKPOINT_NAME)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert torch.equal(a["rng"]["gen"], b["rng"]["gen"])
+    assert [r for r in _losses(split)] and len(_losses(split)) == 6  # steps 1-3, then 4-6 appended
+
+
+def test_ddpm_resume_after_sigkill(tmp_path):
+    """A CLI run killed with SIGKILL resumes from its last checkpoint and continues from that step."""
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "labelgen.cli", "train-generator", "--data", str(data), "--out", str(out),
+           "--channels", "8,16", "--batch-size", "4", "--steps", "100000", "--checkpoint-every", "2",
+           "--sample-every", "0", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / TRAIN_DIR / CHECKPOINT_NAME
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.is_file() and load_checkpoint(ckpt)["step"] >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    saved = load_checkpoint(ckpt)
+    k = saved["step"]
+    assert k >= 4 and k % 2 == 0
+    summary = train_generator("ddpm", data, out, steps=k + 2, batch_size=4, sample_every=0, echo=lambda s: None,
+                              show_progress=False, device="cpu")
+    assert summary["step"] == k + 2
+    resumed = load_checkpoint(ckpt)
+    assert resumed["step"] == k + 2 and resumed["config"]["channels"] == [8, 16]
+    assert any(not torch.equal(resumed["model"][n], saved["model"][n]) for n in saved["model"])
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_time_limit_stops_with_checkpoint_and_loadable_export(tmp_path):
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    summary = _train(data, out, steps=1000, time_limit_min=1e-6, sample_every=1)
+    assert summary["stopped"] and "time limit" in summary["stopped"]
+    assert summary["step"] == 1
+    assert load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)["step"] == 1
+    assert (out / TRAIN_DIR / "samples" / "step_0000001.png").is_file()
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+
+
+def test_output_loads_in_ddpm_backend_and_diffusers(tmp_path):
+    from diffusers import DDPMPipeline
+
+    from labelgen.generators import from_checkpoint, load_generator
+
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    _train(data, out, steps=3, ema=0.9)
+    pipe = DDPMPipeline.from_pretrained(str(out))
+    assert tuple(pipe.unet.config.sample_size) == (H, W)
+    ckpt = load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)
+    for k, v in pipe.unet.state_dict().items():  # the export holds the EMA weights
+        assert torch.equal(v, ckpt["ema"][k]), k
+    for gen in (from_checkpoint("ddpm", out), load_generator(out)):
+        assert gen.resolution == (H, W)
+        images = torch.rand(2, 3, H, W) * 2 - 1
+        feats = gen.features_of_images(images)
+        assert len(feats) == len(gen.feature_channels)
+        assert [f.shape[1] for f in feats] == gen.feature_channels
+        assert all(torch.isfinite(f).all() for f in feats)
+        sample = gen.sample([0], ddim_steps=2)
+        assert sample.images.shape == (1, 3, H, W)
+
+
+def _cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_inputs_one_line_error_exit_2(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    err = _cli_error(capsys, ["train-generator", "--data", str(tmp_path / "missing"), "--out", out])
+    assert "not found" in err
+    (tmp_path / "empty").mkdir()
+    err = _cli_error(capsys, ["train-generator", "--data", str(tmp_path / "empty"), "--out", out])
+    assert "no images" in err
+    data = _images(tmp_path / "imgs", n=2)
+    # 5 UNet levels downsample 4 times: 16x24 is not a multiple of 16
+    err = _cli_error(capsys, ["train-generator", "--data", str(data), "--out", out, "--channels", "8,8,8,8,8"])
+    assert "divisible by 16" in err
+    write_png(data / "odd.png", np.zeros((10, 10, 3), np.uint8))
+    err = _cli_error(capsys, ["train-generator", "--data", str(data), "--out", out])
+    assert "differs" in err and "--resolution" in err
+    assert not (tmp_path / "out" / "unet").exists()
