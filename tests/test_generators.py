@@ -174,6 +174,11 @@ def test_dcgan_state_dict_checkpoint_and_bad_ones(tmp_path):
     loaded = from_checkpoint("dcgan", tmp_path / "g.pth")
     assert (loaded.nz, loaded.ngf) == (16, 8)
     _assert_same(loaded.sample([0, 1]), g.sample([0, 1]))
+    shrunk = from_checkpoint("dcgan", tmp_path / "g.pth", truncation=0.5)  # workspace generator_options
+    assert shrunk.sample([0]).recipes == [{"seed": 0, "truncation": 0.5}]
+    _assert_same(shrunk.sample([0]), g.sample([0], truncation=0.5))
+    with pytest.raises(LabelgenError, match="unknown options"):
+        from_checkpoint("dcgan", tmp_path / "g.pth", ddim_steps=3)
 
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(LabelgenError, match="not a loadable DCGAN state dict"):

@@ -70,8 +70,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 class DCGANGenerator(Generator):
     backend = "dcgan"
 
-    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, feature_layers: list[int] | None = None):
-        super().__init__({"nz": nz, "ngf": ngf, "nc": nc, "feature_layers": feature_layers})
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, feature_layers: list[int] | None = None,
+                 truncation: float = 1.0):
+        super().__init__({"nz": nz, "ngf": ngf, "nc": nc, "feature_layers": feature_layers,
+                          "truncation": float(truncation)})
         if nc != 3:
             raise LabelgenError(f"dcgan: only RGB generators are supported (nc=3), got nc={nc}")
         self.nz, self.ngf, self.nc = int(nz), int(ngf), int(nc)
@@ -120,10 +122,11 @@ class DCGANGenerator(Generator):
             self.train(was_training)
         return GeneratorOutput(images.float().clamp(-1, 1), [f.float() for f in features], [dict(r) for r in recipes])
 
-    def sample(self, seeds: list[int], truncation: float = 1.0, **options) -> GeneratorOutput:
+    def sample(self, seeds: list[int], truncation: float | None = None, **options) -> GeneratorOutput:
         if options:
             raise LabelgenError(f"dcgan: unknown sampling options {sorted(options)} (it takes truncation)")
-        return self._run([{"seed": int(s), "truncation": float(truncation)} for s in check_seeds(seeds)])
+        truncation = self.config["truncation"] if truncation is None else float(truncation)
+        return self._run([{"seed": int(s), "truncation": truncation} for s in check_seeds(seeds)])
 
     def features_from_recipes(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
         for r in recipes:
@@ -134,17 +137,22 @@ class DCGANGenerator(Generator):
     @classmethod
     def from_checkpoint(cls, checkpoint: Path | str | None, feature_layers: list[int] | None = None,
                         **options) -> "DCGANGenerator":
-        if options:
-            raise LabelgenError(f"dcgan: unknown options {sorted(options)} (it takes feature_layers)")
+        """Default weights (None), a .pt/.pth state dict or a save_pretrained folder; options:
+        feature_layers, truncation (default z scale for sample())."""
+        if set(options) - {"truncation"}:
+            raise LabelgenError(f"dcgan: unknown options {sorted(set(options) - {'truncation'})} "
+                                "(it takes feature_layers, truncation)")
         if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():  # a save_pretrained folder
             model = cls.from_pretrained(checkpoint)
-            return model if feature_layers is None else model.with_options(feature_layers=feature_layers)
+            if feature_layers is not None:
+                options["feature_layers"] = feature_layers
+            return model.with_options(**options) if options else model
         path = default_weights_path() if checkpoint is None else Path(checkpoint)
         state = _read_state_dict(path)
         first = state.get("main.0.weight")
         if first is None or first.ndim != 4 or first.shape[2:] != (4, 4) or first.shape[1] % 8:
             raise LabelgenError(f"{path}: not a DCGAN generator state dict (no 4x4 main.0.weight [nz, 8*ngf, 4, 4])")
-        model = cls(nz=int(first.shape[0]), ngf=int(first.shape[1]) // 8, feature_layers=feature_layers)
+        model = cls(nz=int(first.shape[0]), ngf=int(first.shape[1]) // 8, feature_layers=feature_layers, **options)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
