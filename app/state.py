@@ -51,8 +51,11 @@ def flash(message: str, kind: str = "success") -> None:
 
 
 def show_flash() -> None:
+    """Messages from callbacks, inside one container that is always there: elements after it keep their
+    place in the page, so the canvas iframe is not remounted (which would drop its undo history)."""
+    slot = st.container()
     for kind, message in st.session_state.get("flash", []):
-        getattr(st, kind)(message)
+        getattr(slot, kind)(message)
     st.session_state["flash"] = []
 
 

@@ -115,8 +115,9 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     if st.session_state.get("ann_id") not in ids:
         st.session_state["ann_id"] = next((i for i in ids if i not in annotated), ids[0])
     nav = st.columns([3, 1, 1, 1, 1, 2])
-    nav[0].selectbox("Image", ids, key="ann_id", on_change=state.on_navigate,
-                     format_func=lambda i: f"{i} {'✓' if i in annotated else '·'}")
+    # (keep the selectbox's label/options independent of what is annotated: a changed identity of an
+    # earlier widget remounts the canvas iframe and drops its undo history)
+    nav[0].selectbox("Image", ids, key="ann_id", on_change=state.on_navigate)
     nav[1].button("◀ Previous", on_click=_step, args=(ids, -1), key="prev", use_container_width=True)
     nav[2].button("Next ▶", on_click=_step, args=(ids, 1), key="next", use_container_width=True)
     nav[3].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
@@ -152,6 +153,6 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
         st.error(str(e))
         pending = None
     source = recipe.get("source", "generated")
-    status = "unsaved changes" if pending else ("saved mask" if saved is not None else "not annotated yet")
+    status = "unsaved changes" if pending else ("✓ saved mask" if saved is not None else "not annotated yet")
     st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{recipe}` · **{status}**"
                + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))

@@ -105,18 +105,18 @@ def render(ws: Workspace) -> None:
             with col.container(border=True):
                 factor = max(1, 192 // max(sample.image.shape[:2]))
                 decision = decisions.get(info.key)
-                badge = {"accepted": "✅ accepted", "rejected": "❌ rejected"}.get(decision, "unreviewed")
+                badge = {"accepted": "ACCEPTED", "rejected": "REJECTED"}.get(decision, "unreviewed")
                 u = "" if info.uncertainty is None else f" · unc {info.uncertainty:.3f}"
                 st.image(upscale(overlay(sample.image, sample.mask, palette), factor),
                          caption=f"{info.key}{u} · {badge}")
-                b = st.columns(3)
+                b = st.columns(2)
                 b[0].button("Accept", key=f"acc-{info.key}", on_click=_decide,
                             args=(set_name, info.key, None if decision == ACCEPTED else ACCEPTED),
                             type="primary" if decision == ACCEPTED else "secondary", use_container_width=True)
                 b[1].button("Reject", key=f"rej-{info.key}", on_click=_decide,
                             args=(set_name, info.key, None if decision == REJECTED else REJECTED),
                             type="primary" if decision == REJECTED else "secondary", use_container_width=True)
-                b[2].button("Fix", key=f"fix-{info.key}", on_click=_fix, args=(str(set_dir), info),
+                st.button("Fix → annotate", key=f"fix-{info.key}", on_click=_fix, args=(str(set_dir), info),
                             use_container_width=True, help="Copy into the annotations and open it in the annotator.")
                 if st.toggle("uncertainty map", key=f"unc-{info.key}"):
                     umap, source = _uncertainty_map(ws, sample)

@@ -1,0 +1,206 @@
+"""End-to-end: the app in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Paints with the real mouse on a generated DCGAN image and checks the saved index mask file; checks
+that accept/reject survive a page reload. Screenshots of every page go to test-output/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelgen.app.testing import make_workspace
+
+CHROMIUM = "/usr/bin/chromium"
+OUT = Path(__file__).resolve().parents[1] / "test-output"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing (scripts/setup_browser.sh installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("app") / "ws", n_images=0, synthetic=6)
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "labelgen.cli", "app", "--workspace", str(ws.root), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"app server did not start: {Path(log.name).read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield url, ws
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    yield p
+    context.close()
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def canvas_frame(page):
+    """The painter's iframe (a Frame, for evaluating its JS state)."""
+    handle = page.wait_for_selector("iframe[title*='mask_canvas']")
+    frame = handle.content_frame()
+    frame.wait_for_function("window.labelgenCanvas && window.labelgenCanvas.doc")
+    return frame
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.mode == "P"  # an index PNG, not colours
+        return np.asarray(im).copy()
+
+
+def test_paint_tools_on_a_generated_image_save_exact_class_ids(server, page):
+    url, ws = server
+    OUT.mkdir(exist_ok=True)
+    page.goto(url)
+    page.get_by_role("button", name="Generate more").click()
+    wait_until(lambda: len(ws.annotation_ids()) == 4, 60, "generated images")
+    frame = page.frame_locator("iframe[title*='mask_canvas']")
+    overlay = frame.locator("#overlay")
+    overlay.wait_for()
+    state = canvas_frame(page)
+    wait_until(lambda: state.evaluate("window.labelgenCanvas.doc") == "g000001:0", what="canvas loaded")
+    zoom = state.evaluate("window.labelgenCanvas.zoom")
+    def at(x, y):  # screen position of image pixel (x, y); re-measured (clicks may scroll the page)
+        box = overlay.bounding_box()
+        z = state.evaluate("window.labelgenCanvas.zoom")
+        return box["x"] + (x + 0.5) * z, box["y"] + (y + 0.5) * z
+
+    # brush, class "hair" (id 2): a horizontal stroke along row 20
+    frame.locator("#class-2").click()
+    page.mouse.move(*at(10, 20))
+    page.mouse.down()
+    page.mouse.move(*at(50, 20), steps=12)
+    page.mouse.up()
+    wait_until(lambda: state.evaluate("window.labelgenCanvas.seq") >= 1, what="stroke sent")
+    page.get_by_role("button", name="Save", exact=True).click()
+    mask_file = ws.mask_path("g000001")
+    wait_until(mask_file.is_file, what="saved mask")
+    mask = read_mask(mask_file)
+    assert mask.shape == (64, 64)
+    assert set(np.unique(mask).tolist()) <= {2, 255}  # only the chosen class id and "unlabelled"
+    assert (mask[20, 10:51] == 2).all()  # the stroke's pixels
+    assert (mask[:15] == 255).all() and (mask[26:] == 255).all()  # nothing far from it
+    page.screenshot(path=str(OUT / "app_annotate.png"), full_page=True)
+
+    def js_mask():
+        return np.array(state.evaluate("Array.from(window.labelgenCanvas.mask)"), np.uint8).reshape(64, 64)
+
+    # polygon, class "skin" (1): four clicks + Enter
+    frame.locator("#class-1").click()
+    frame.locator("#t-polygon").click()
+    for x, y in ((5, 30), (30, 30), (30, 50), (5, 50)):
+        page.mouse.click(*at(x, y))
+    page.keyboard.press("Enter")
+    m = js_mask()
+    assert (m[32:49, 7:29] == 1).all() and m[55, 40] == 255
+    # flood fill with "background" (0) from an unlabelled pixel: the whole unlabelled region
+    frame.locator("#class-0").click()
+    frame.locator("#t-fill").click()
+    page.mouse.click(*at(60, 60))
+    m = js_mask()
+    assert m[60, 60] == 0 and m[0, 0] == 0 and m[40, 15] == 1 and m[20, 30] == 2 and (m != 255).all()
+    # undo restores the unlabelled region; eraser clears the polygon's centre
+    frame.locator("#undo").click()
+    m = js_mask()
+    assert m[60, 60] == 255 and m[40, 15] == 1
+    frame.locator("#t-eraser").click()
+    page.mouse.click(*at(15, 40))
+    m = js_mask()
+    assert m[40, 15] == 255 and m[32, 8] == 1
+    # zoom in: the same image pixel is twice as far from the corner
+    frame.locator("#zoom-in").click()
+    assert state.evaluate("window.labelgenCanvas.zoom") == 2 * zoom
+    assert overlay.bounding_box()["width"] == pytest.approx(64 * 2 * zoom, abs=1)
+    expected = js_mask()
+    page.screenshot(path=str(OUT / "app_annotate_tools.png"), full_page=True)
+    # navigating away saves automatically
+    page.get_by_role("button", name="Next ▶").click()
+    wait_until(lambda: np.array_equal(read_mask(mask_file), expected), what="autosave on navigation")
+    saved = read_mask(mask_file)
+    assert set(np.unique(saved).tolist()) <= {1, 2, 255}
+    # reopening shows the saved mask
+    page.goto(f"{url}/?page=annotate&id=g000001")
+    page.screenshot(path=str(OUT / "app_annotate_reopened.png"), full_page=True)
+    state = canvas_frame(page)
+    wait_until(lambda: state.evaluate("window.labelgenCanvas.doc") == "g000001:0", what="canvas reloaded")
+    np.testing.assert_array_equal(js_mask(), saved)
+
+
+def test_review_decisions_survive_reload(server, page):
+    url, ws = server
+    OUT.mkdir(exist_ok=True)
+    page.goto(f"{url}/?page=review")
+    page.locator(".st-key-acc-s00005 button").click()
+    wait_until(lambda: (ws.root / "review.json").is_file(), what="review.json")
+    page.locator(".st-key-rej-s00002 button").click()
+    wait_until(lambda: json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"]
+               == {"s00005": "accepted", "s00002": "rejected"}, what="both decisions")
+    page.reload()
+    page.get_by_text("s00005 · unc 0.833 · ACCEPTED").wait_for()
+    page.get_by_text("s00002 · unc 0.333 · REJECTED").wait_for()
+    page.locator(".st-key-unc-s00004 label").click()  # per-pixel uncertainty on demand (no heads yet)
+    page.get_by_text("no uncertainty map").wait_for()
+    page.screenshot(path=str(OUT / "app_review.png"), full_page=True)
+    page.goto(f"{url}/?page=train")
+    page.get_by_role("heading", name="Train heads").wait_for()
+    page.screenshot(path=str(OUT / "app_train.png"), full_page=True)
