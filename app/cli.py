@@ -16,6 +16,15 @@ MAX_UPLOAD_MB = 20
 
 def default_workspace_copy() -> Path:
     """A writable copy of the embedded default workspace (made once, then reused)."""
+    target = Path(os.environ.get("LABELGEN_APP_HOME", Path.home() / ".cache" / "labelgen")) / "default-workspace"
+    try:
+        from labelgen.default_teacher import copy_default_workspace  # type: ignore[import-not-found]
+    except ImportError:
+        copy_default_workspace = None
+    if copy_default_workspace is not None:
+        if (target / "workspace.json").is_file():
+            return target
+        return Path(copy_default_workspace(target).root)
     try:
         from labelgen import defaults  # type: ignore[attr-defined]  (lands with the embedded workspace)
     except ImportError:
@@ -33,7 +42,6 @@ def default_workspace_copy() -> Path:
     if source is None or not (source / "workspace.json").is_file():
         raise LabelgenError("no --workspace given and no embedded default workspace in this build; "
                             "create one with `labelgen init W` and run `labelgen app --workspace W`")
-    target = Path(os.environ.get("LABELGEN_APP_HOME", Path.home() / ".cache" / "labelgen")) / "default-workspace"
     if not (target / "workspace.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, target, dirs_exist_ok=True)

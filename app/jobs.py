@@ -33,10 +33,9 @@ def _job_file(ws: Workspace, name: str) -> Path:
     return job_dir(ws) / f"{name}.json"
 
 
-def train_command(ws: Workspace, holdout: int = 0, extra: list[str] | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root)]
-    if holdout:
-        cmd += ["--holdout", str(int(holdout))]
+def train_command(ws: Workspace, epochs: int = 30, extra: list[str] | None = None) -> list[str]:
+    """`labelgen train-heads` on the workspace (the teacher CLI; no leave-some-out option there yet)."""
+    cmd = [sys.executable, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root), "--epochs", str(int(epochs))]
     return cmd + list(extra or [])
 
 

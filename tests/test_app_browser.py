@@ -203,4 +203,5 @@ def test_review_decisions_survive_reload(server, page):
     page.screenshot(path=str(OUT / "app_review.png"), full_page=True)
     page.goto(f"{url}/?page=train")
     page.get_by_role("heading", name="Train heads").wait_for()
+    page.get_by_text("No training run yet").wait_for()
     page.screenshot(path=str(OUT / "app_train.png"), full_page=True)

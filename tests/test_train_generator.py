@@ -167,3 +167,80 @@ def test_bad_inputs_one_line_error_exit_2(tmp_path, capsys):
     err = _cli_error(capsys, ["train-generator", "--data", str(data), "--out", out])
     assert "differs" in err and "--resolution" in err
     assert not (tmp_path / "out" / "unet").exists()
+
+
+# ---------------------------------------------------------------- stylegan2
+SG = {"max_channels": 16, "z_dim": 16, "batch_size": 8, "sample_every": 0, "checkpoint_every": 1000,
+      "log_every": 1, "device": "cpu"}
+
+
+def _train_sg(data: Path, out: Path, **kw):
+    return train_generator("stylegan2", data, out, echo=lambda s: None, show_progress=False, **{**SG, **kw})
+
+
+def _red(folder: Path) -> tuple[Path, torch.Tensor]:
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[..., 0], image[..., 1:] = 220, 40
+    for i in range(8):
+        write_png(folder / f"{i}.png", image)
+    return folder, torch.tensor([220.0, 40.0, 40.0]) / 127.5 - 1
+
+
+def test_stylegan2_learns_colour_and_loads_in_backend(tmp_path):
+    from labelgen.generators import load_generator
+
+    data, target = _red(tmp_path / "red")
+    out = tmp_path / "sg"
+    _train_sg(data, out, steps=1)
+    err0 = (load_generator(out).sample(list(range(8))).images.mean([0, 2, 3]) - target).abs().mean()
+    summary = _train_sg(data, out, steps=30)
+    assert summary["step"] == 30 and np.isfinite(summary["loss_d"]) and np.isfinite(summary["loss_g"])
+    gen = load_generator(out)  # G_ema.save_pretrained folder
+    assert gen.backend == "stylegan2" and gen.resolution == (16, 16)
+    output = gen.sample([0, 1])
+    assert [f.shape[1] for f in output.features] == gen.feature_channels
+    err1 = (gen.sample(list(range(8))).images.mean([0, 2, 3]) - target).abs().mean()
+    assert err1 < 0.5 * err0, (err0, err1)
+
+
+def test_stylegan2_resume_is_exact(tmp_path):
+    data, _ = _red(tmp_path / "red")
+    a, b = tmp_path / "a", tmp_path / "b"
+    _train_sg(data, a, steps=4, r1_every=2)
+    _train_sg(data, b, steps=2, r1_every=2)
+    _train_sg(data, b, steps=4, r1_every=2)
+    ca = load_checkpoint(a / TRAIN_DIR / CHECKPOINT_NAME)
+    cb = load_checkpoint(b / TRAIN_DIR / CHECKPOINT_NAME)
+    assert ca["step"] == cb["step"] == 4
+    for part in ("G", "D", "G_ema"):
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), (part, k)
+
+
+def test_stylegan2_needs_square_power_of_two(tmp_path, capsys):
+    data = _images(tmp_path / "imgs", n=2)  # 16x24
+    err = _cli_error(capsys, ["train-generator", "--backend", "stylegan2", "--data", str(data),
+                              "--out", str(tmp_path / "o")])
+    assert "square" in err and "--resolution" in err
+    err = _cli_error(capsys, ["train-generator", "--backend", "stylegan2", "--data", str(data),
+                              "--out", str(tmp_path / "o"), "--beta-schedule", "cosine"])
+    assert "--beta-schedule" in err
+
+
+def test_diff_augment_is_differentiable_and_translates():
+    from labelgen.training.stylegan2_trainer import diff_augment
+
+    x = torch.ones(64, 3, 16, 16, requires_grad=True)
+    y = diff_augment(x * 1.0, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # a constant image keeps its value under saturation/contrast; cutout zeros >= 4x4 pixels of each
+    assert ((y == 0).all(1).flatten(1).sum(1) >= 16).all()
+    assert len(set(y.amax([1, 2, 3]).tolist())) > 32  # per-sample brightness
+    # translation only (colour on a zero image adds a constant; cutout zeros a block): a bright dot moves
+    dot = torch.zeros(64, 3, 16, 16)
+    dot[:, :, 8, 8] = 10.0
+    moved = diff_augment(dot, torch.Generator().manual_seed(1))
+    peaks = moved.flatten(2).argmax(2)[:, 0]
+    assert len(set(peaks.tolist())) > 4

@@ -43,11 +43,11 @@ def training_log(ws: Workspace) -> dict | None:
     return None
 
 
-def _start(holdout: int) -> None:
+def _start(epochs: int) -> None:
     ws = state.workspace()
     state.on_navigate()
     try:
-        jobs.start(ws, JOB, jobs.train_command(ws, holdout))
+        jobs.start(ws, JOB, jobs.train_command(ws, epochs))
         state.flash("training started")
     except LabelgenError as e:
         state.flash(str(e), "error")
@@ -63,10 +63,9 @@ def render(ws: Workspace) -> None:
     n = len(ws.annotated_ids())
     st.write(f"{n} annotated image(s). Head: `{ws.config.head}`.")
     cols = st.columns([1, 1, 3])
-    holdout = cols[0].number_input("Hold out (images)", min_value=0, max_value=max(0, n - 1), value=min(1, max(0, n - 1)),
-                                   key="holdout", help="Leave-some-out: images kept out of training to measure IoU.")
+    epochs = cols[0].number_input("Epochs", min_value=1, max_value=500, value=30, key="epochs")
     running = bool((jobs.status(ws, JOB) or {}).get("running"))
-    cols[1].button("Train heads", on_click=_start, args=(int(holdout),), type="primary", disabled=running or n == 0,
+    cols[1].button("Train heads", on_click=_start, args=(int(epochs),), type="primary", disabled=running or n == 0,
                    key="train_btn")
     _progress(ws)
 

@@ -168,12 +168,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                             "delete it to start over") from None
 
 
-def check_resume_config(saved: dict[str, Any], requested: dict[str, Any], keys: list[str], out: Path) -> None:
-    """Refuse to resume when an explicitly requested architecture setting differs from the saved one."""
-    for k in keys:
-        if requested.get(k) is not None and _norm(requested[k]) != _norm(saved.get(k)):
-            raise LabelgenError(f"{out}: has a checkpoint trained with {k}={saved.get(k)!r}, not {requested[k]!r}; "
-                                "use the same settings to resume, or a new --out")
+def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any]):
+    """(run settings, saved checkpoint or None) for a run in ``out``.
+
+    Resuming: the architecture keys (those of ``arch_defaults``) come from the checkpoint, and an
+    explicitly requested value that differs is refused. New run: unset architecture keys take
+    ``arch_defaults``. Other settings (steps, lr, ...) are always the requested ones."""
+    ckpt_path = Path(out) / TRAIN_DIR / CHECKPOINT_NAME
+    if Path(out).exists() and not Path(out).is_dir():
+        raise LabelgenError(f"{out}: exists and is not a folder")
+    saved = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if saved is None:
+        return {**requested, **{k: requested[k] if requested[k] is not None else d
+                                for k, d in arch_defaults.items()}}, None
+    if saved.get("backend") != backend:
+        raise LabelgenError(f"{out}: holds a {saved.get('backend')} training run, not {backend}")
+    for k in arch_defaults:
+        if requested.get(k) is not None and _norm(requested[k]) != _norm(saved["config"].get(k)):
+            raise LabelgenError(f"{out}: has a checkpoint trained with {k}={saved['config'].get(k)!r}, not "
+                                f"{requested[k]!r}; use the same settings to resume, or a new --out")
+    return {**requested, **{k: saved["config"][k] for k in arch_defaults}}, saved
 
 
 def _norm(v):

@@ -39,8 +39,6 @@ from labelgen.training.common import (
     append_log,
     augment_batch,
     check_divisible,
-    check_resume_config,
-    load_checkpoint,
     load_images,
     pick_device,
     progress_bar,
@@ -49,9 +47,9 @@ from labelgen.training.common import (
     save_checkpoint,
     save_grid,
     set_rng_state,
+    start_or_resume,
 )
 
-DDPM_ARCH_KEYS = ["resolution", "channels", "layers_per_block", "attention", "beta_schedule", "num_train_timesteps"]
 DDPM_ARCH_DEFAULTS = {"resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
                       "beta_schedule": "linear", "num_train_timesteps": 1000}
 
@@ -166,19 +164,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     out = Path(out)
     ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
     device = pick_device(cfg.device)
-    requested = asdict(cfg)
-    saved_state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if saved_state is not None:
-        arch = saved_state["config"]
-        if saved_state.get("backend", "ddpm") != "ddpm":
-            raise LabelgenError(f"{out}: holds a {saved_state['backend']} training run, not ddpm")
-        check_resume_config(arch, requested, DDPM_ARCH_KEYS, out)
-        run = {**requested, **{k: arch[k] for k in DDPM_ARCH_KEYS}}
-    else:
-        run = {**requested, **{k: requested[k] if requested[k] is not None else DDPM_ARCH_DEFAULTS[k]
-                               for k in DDPM_ARCH_KEYS}}
-    if out.exists() and not out.is_dir():
-        raise LabelgenError(f"{out}: exists and is not a folder")
+    run, saved_state = start_or_resume(out, "ddpm", asdict(cfg), DDPM_ARCH_DEFAULTS)
 
     images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
     data_res = tuple(images.shape[2:])
