@@ -244,3 +244,26 @@ def test_diff_augment_is_differentiable_and_translates():
     moved = diff_augment(dot, torch.Generator().manual_seed(1))
     peaks = moved.flatten(2).argmax(2)[:, 0]
     assert len(set(peaks.tolist())) > 4
+
+
+def test_finished_run_reexports_fp16_that_loads_as_float32(tmp_path):
+    from safetensors import safe_open
+
+    from labelgen.generators import load_generator
+
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    _train(data, out, steps=2, ema=0.5)
+    fp32 = load_generator(out).features_of_images(torch.zeros(1, 3, H, W))
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    size32 = weights.stat().st_size
+    summary = _train(data, out, steps=2, export_fp16=True)  # already at --steps: re-export only
+    assert summary["step"] == 2
+    with safe_open(str(weights), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert weights.stat().st_size < 0.6 * size32
+    gen = load_generator(out)
+    assert next(gen.parameters()).dtype == torch.float32
+    fp16 = gen.features_of_images(torch.zeros(1, 3, H, W))
+    for a, b in zip(fp32, fp16):
+        assert torch.allclose(a, b, atol=2e-2, rtol=2e-2)

@@ -31,6 +31,8 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
               help="ddpm: UNet block channels [32,64,128,128]; stylegan2: max channels of G and D [256].")
 @click.option("--layers-per-block", type=int, default=None, help="ddpm: ResNet layers per UNet block [1].")
 @click.option("--attention/--no-attention", default=None, help="ddpm: self-attention in the UNet mid block [on].")
+@click.option("--export-fp16", is_flag=True, default=None,
+              help="ddpm: store the exported UNet weights as float16 (half the size; loads as float32).")
 @click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None, help="ddpm: betas [linear].")
 @click.option("--z-dim", type=int, default=None, help="stylegan2: latent size [256].")
 @click.option("--r1-gamma", type=float, default=None, help="stylegan2: R1 weight [auto from resolution].")
@@ -48,7 +50,8 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--device", type=str, default=None, help="auto, cpu or cuda [auto].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, beta_schedule, z_dim,
+def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, export_fp16,
+                        beta_schedule, z_dim,
                         r1_gamma, diffaug, batch_size, steps, lr, ema, warmup, grad_clip, sample_every,
                         checkpoint_every, time_limit_min, seed, device, quiet):
     """Train a generator of your own domain on unlabeled images (resumable; see --time-limit).
@@ -69,12 +72,14 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
         "seed": seed, "device": device,
     }
     ch = _parse_channels(channels)
+    export_fp16 = export_fp16 or None  # a flag: unset = False; None = "not given"
     if backend == "ddpm":
         bad = [n for n, v in (("--z-dim", z_dim), ("--r1-gamma", r1_gamma), ("--diffaug", diffaug)) if v is not None]
-        options.update(channels=ch, layers_per_block=layers_per_block, attention=attention, beta_schedule=beta_schedule)
+        options.update(channels=ch, layers_per_block=layers_per_block, attention=attention, beta_schedule=beta_schedule,
+                       export_fp16=export_fp16)
     else:
         bad = [n for n, v in (("--layers-per-block", layers_per_block), ("--attention", attention),
-                              ("--beta-schedule", beta_schedule)) if v is not None]
+                              ("--beta-schedule", beta_schedule), ("--export-fp16", export_fp16)) if v is not None]
         if ch is not None and len(ch) != 1:
             raise LabelgenError("stylegan2: --channels takes one number (the maximum channel count), e.g. 256")
         options.update(max_channels=ch[0] if ch else None, z_dim=z_dim, r1_gamma=r1_gamma, diffaug=diffaug)

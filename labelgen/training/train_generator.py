@@ -77,6 +77,7 @@ class DDPMTrainConfig:
     sample_steps: int = 25  # DDIM steps for the grids
     num_samples: int = 16
     checkpoint_every: int = 500
+    export_fp16: bool = False  # UNet weights of the export in float16
     log_every: int = 50
     time_limit_min: float | None = None
     seed: int = 0
@@ -131,18 +132,21 @@ def ddim_sample(unet, scheduler, n: int, steps: int, seed: int, device: torch.de
     return x.clamp(-1, 1)
 
 
-def export_pipeline(unet, scheduler, out: Path) -> None:
-    """Write OUT/model_index.json, OUT/unet/, OUT/scheduler/ (DDPMPipeline layout) atomically per part."""
+def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
+    """Write OUT/model_index.json, OUT/unet/, OUT/scheduler/ (DDPMPipeline layout) atomically per part.
+
+    ``fp16``: store the UNet weights as float16 (half the size; diffusers and the ddpm backend load
+    them back into a float32 model)."""
     from diffusers import DDPMPipeline
 
     tmp = out / ".export.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     unet_cpu = unet
-    if next(unet.parameters()).device.type != "cpu" or next(unet.parameters()).dtype != torch.float32:
+    if fp16 or next(unet.parameters()).device.type != "cpu" or next(unet.parameters()).dtype != torch.float32:
         import copy
 
-        unet_cpu = copy.deepcopy(unet).to("cpu", torch.float32)
+        unet_cpu = copy.deepcopy(unet).to("cpu", torch.float16 if fp16 else torch.float32)
     unet_cpu = unet_cpu.to(memory_format=torch.contiguous_format)
     DDPMPipeline(unet=unet_cpu, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
     for part in ("unet", "scheduler"):
@@ -214,7 +218,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         }
         save_checkpoint(ckpt_path, state)
         if export:
-            export_pipeline(ema.shadow, scheduler, out)
+            export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
 
     def sample_grid() -> None:
         grid = ddim_sample(ema.shadow, scheduler, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
@@ -225,7 +229,8 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     stopped: str | None = None
     unet.train()
     with StopControl(cfg.time_limit_min) as stop:
-        if step >= cfg.steps:
+        done_before = step >= cfg.steps
+        if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
         bar = progress_bar(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
         t_last = time.monotonic()
@@ -273,7 +278,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 break
         if bar is not None:
             bar.close()
-        if step >= cfg.steps and not (out / "unet").is_dir():
+        if step >= cfg.steps and (done_before or not (out / "unet").is_dir()):
             checkpoint(export=True)
         if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
