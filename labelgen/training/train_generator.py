@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -233,7 +232,6 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
         bar = progress_bar(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
-        t_last = time.monotonic()
         while step < cfg.steps:
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
             x0 = augment_batch(images, idx, gen)
@@ -265,10 +263,8 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.monotonic()
                 append_log(out / TRAIN_DIR / "log.jsonl", {"step": step, "loss": round(losses.mean, 5), "lr": lr,
                                                             "seconds": round(prior_seconds + stop.elapsed, 1)})
-                t_last = now
             if cfg.sample_every and step % cfg.sample_every == 0:
                 sample_grid()
             stopped = stop.reason()
@@ -282,7 +278,6 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
             checkpoint(export=True)
         if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
-        del t_last
     summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
                "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params}
     if stopped:
