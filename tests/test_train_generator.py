@@ -108,6 +108,29 @@ def test_ddpm_resume_after_sigkill(tmp_path):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_sigterm_stops_gracefully_with_checkpoint(tmp_path):
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "labelgen.cli", "train-generator", "--data", str(data), "--out", str(out),
+           "--channels", "8,16", "--batch-size", "2", "--steps", "100000", "--checkpoint-every", "100000",
+           "--sample-every", "0", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / TRAIN_DIR).is_dir():  # first log line (step 50): the signal handler is installed
+            break
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "received SIGTERM" in stdout and "checkpoint saved" in stdout
+    step = load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)["step"]
+    assert step >= 1 and f"stopped at step {step}/" in stdout
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_time_limit_stops_with_checkpoint_and_loadable_export(tmp_path):
     data = _images(tmp_path / "imgs")
     out = tmp_path / "run"
