@@ -2,14 +2,16 @@
 
 Each member: D -> 256 -> 128 -> C with ReLU + BatchNorm1d (D = sum of feature channels, every level
 bilinearly upsampled to the output resolution). DatasetGAN used K = 10; the default here is 3.
-Inference reads features band by band (``max_chunk_floats``), so a full-resolution [N, D, H, W]
-tensor is never built.
+Inference projects each level with the members' first layer at native resolution and upsamples the
+projections band by band (``max_chunk_floats``), so a full-resolution [N, D, H, W] tensor is never
+built (see ``forward``).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from labelgen.heads.base import TaskHead
@@ -29,7 +31,7 @@ class PixelMLPEnsemble(TaskHead):
     head_type = "pixel-mlp"
 
     def __init__(self, in_channels: list[int], num_classes: int, output_size, ensemble: int = 3,
-                 hidden: list[int] | tuple[int, ...] = (256, 128), max_chunk_floats: int = 2 ** 24, **_: Any):
+                 hidden: list[int] | tuple[int, ...] = (256, 128), max_chunk_floats: int = 2 ** 25, **_: Any):
         super().__init__(in_channels, num_classes, output_size, ensemble, hidden=list(hidden),
                          max_chunk_floats=int(max_chunk_floats))
         self.in_dim = sum(self.in_channels)
@@ -51,16 +53,47 @@ class PixelMLPEnsemble(TaskHead):
         return features_at_pixels(features, ys, xs, self.output_size)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Full-resolution logits [N, K, C, H, W], band by band.
+
+        The first Linear of every member is applied per level at native resolution, then upsampled:
+        exact, because bilinear upsampling is linear with weights summing to 1, so
+        W @ concat_i(up(f_i)) + b = sum_i up(W_i @ f_i) + b. Per output pixel this costs
+        L * K * hidden adds instead of D * K * hidden multiply-adds (D = sum C_i, e.g. 960 -> 4 levels)."""
         self.check_features(features)
         n = features[0].shape[0]
         height, width = self.output_size
-        rows_per_chunk = max(1, self.max_chunk_floats // max(1, n * width * self.in_dim))
-        bands = []
-        for row_start in range(0, height, rows_per_chunk):
-            row_stop = min(height, row_start + rows_per_chunk)
-            band = features_of_rows(features, row_start, row_stop, self.output_size)  # [N, D, rows, W]
-            pixels = band.permute(0, 2, 3, 1).reshape(-1, self.in_dim)  # [N*rows*W, D]
-            logits = self.forward_pixels(pixels)  # [N*rows*W, K, C]
-            bands.append(logits.view(n, row_stop - row_start, width, self.ensemble, self.num_classes))
-        logits = torch.cat(bands, dim=1)  # [N, H, W, K, C]
-        return logits.permute(0, 3, 4, 1, 2).contiguous()  # [N, K, C, H, W]
+        first_layers = [member[0] for member in self.members]
+        weight = torch.cat([layer.weight for layer in first_layers])  # [K*H1, D]
+        bias = torch.cat([layer.bias for layer in first_layers])  # [K*H1]
+        hidden = weight.shape[0] // self.ensemble
+        projected, offset = [], 0
+        for level, channels in zip(features, self.in_channels):
+            projected.append(F.conv2d(level.float(), weight[:, offset:offset + channels, None, None])
+                             .contiguous(memory_format=torch.channels_last))  # [N, K*H1, h_i, w_i], NHWC in memory
+            offset += channels
+        logits = projected[0].new_empty(n, self.ensemble, self.num_classes, height, width)  # [N, K, C, H, W]
+        floats_per_image = height * width * weight.shape[0]
+        if floats_per_image <= self.max_chunk_floats:  # whole images at a time: F.interpolate (fast on CPU)
+            step = max(1, self.max_chunk_floats // floats_per_image)
+            for start in range(0, n, step):
+                summed = None
+                for level in projected:
+                    up = F.interpolate(level[start:start + step], size=self.output_size, mode="bilinear",
+                                       align_corners=False)  # [n', K*H1, H, W]
+                    summed = up if summed is None else summed.add_(up)
+                logits[start:start + step] = self._classify(summed, bias, hidden)
+        else:  # very large outputs: bands of rows, bilinear lookup with grid_sample (same values)
+            rows_per_chunk = max(1, self.max_chunk_floats // max(1, n * width * weight.shape[0]))
+            for row_start in range(0, height, rows_per_chunk):
+                row_stop = min(height, row_start + rows_per_chunk)
+                summed = sum(features_of_rows([level], row_start, row_stop, self.output_size)
+                             for level in projected)  # [N, K*H1, rows, W]
+                logits[:, :, :, row_start:row_stop] = self._classify(summed, bias, hidden)
+        return logits
+
+    def _classify(self, summed: torch.Tensor, bias: torch.Tensor, hidden: int) -> torch.Tensor:
+        """Upsampled first-layer outputs [N, K*H1, h, w] (+ bias [K*H1]) -> logits [N, K, C, h, w]."""
+        n, _, h, w = summed.shape
+        pixels = (summed.permute(0, 2, 3, 1) + bias).reshape(-1, self.ensemble, hidden)  # [N*h*w, K, H1]
+        out = torch.stack([member[1:](pixels[:, k]) for k, member in enumerate(self.members)], dim=1)  # [P, K, C]
+        return out.view(n, h, w, self.ensemble, self.num_classes).permute(0, 3, 4, 1, 2)
