@@ -2,6 +2,8 @@
 trip, training working set independent of the number of annotated images, uncertainty."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,29 @@ def test_uncertainty_js_divergence_and_entropy():
     unc[1, :1, :] = 1.0  # 10 % of pixels maximally uncertain
     scores = image_scores(unc, top_fraction=0.1)
     assert scores[0] == 0 and scores[1] == 1
+
+
+def test_train_heads_cli_prints_val_miou_per_epoch(tmp_path, capsys):
+    """--val FOLDER (real images + masks, project format; here 64x64, resized to the generator's 32x32)."""
+    from PIL import Image
+
+    from labelgen.cli import main
+    from labelgen.data.classes import ClassList
+    from teacher_fakes import CLASSES, render
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeDiffusion", head="conv")
+    val = tmp_path / "val"
+    (val / "images").mkdir(parents=True), (val / "masks").mkdir()
+    ClassList.from_names(CLASSES.split(",")).save(val / "classes.json")
+    for seed in (300, 301):
+        Image.fromarray(render(seed, 64)).save(val / "images" / f"{seed}.png")
+        Image.fromarray(layout(seed, 64)).save(val / "masks" / f"{seed}.png")
+    try:
+        main(["train-heads", "-w", str(ws.root), "--epochs", "12", "--val", str(val)])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out = capsys.readouterr()
+    epoch_lines = [line for line in (out.out + out.err).splitlines() if "val mIoU" in line and line.startswith("epoch")]
+    assert len(epoch_lines) == 12, out
+    assert float(epoch_lines[-1].rsplit(" ", 1)[1]) > 0.8
+    assert json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]["val_miou"] > 0.8
