@@ -56,6 +56,7 @@ MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "d
 @click.option("--augment/--no-augment", default=True, help="Flip/affine/colour augmentation.")
 @click.option("--amp/--no-amp", default=True, help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=0, help="Seed of init, data order and augmentation.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0 = torch default).")
 @click.option("--save-every", type=click.IntRange(min=1), default=200, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from RUN_DIR/last.pt when present.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (images/s).")
@@ -63,11 +64,16 @@ def train_cmd(**kw):
     """Train a student (any mode may start from --init, e.g. feature-distill -> supervised fine-tune)."""
     from labelgen.student.train import TrainOptions, train
 
+    threads = kw.pop("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     kw["image_size"] = parse_size(kw["image_size"])
     kw["encoder_weights"] = None if kw["encoder_weights"] in ("none", "") else kw["encoder_weights"]
     kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
     result = train(TrainOptions(**kw), log=click.echo)
-    if result.losses:
+    if result.losses and result.extra.get("rank", 0) == 0:
         first, last = result.losses[0], result.losses[-1]
         click.echo(f"trained {result.steps} steps ({len(result.losses)} logged), loss {first:.4f} -> {last:.4f}, "
                    f"{result.images_per_s:.1f} images/s -> {result.run_dir}")

@@ -264,7 +264,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         if new_csv:
             csv_writer.writerow(["step", "epoch", "loss", "lr", "images_per_s", "parts"])
 
+    saved_at = [-1]
+
     def save() -> None:
+        if saved_at[0] == step:
+            return
+        saved_at[0] = step
         rngs = _gather_rng(distributed)  # every rank takes part; only rank 0 writes
         if not is_main:
             return
@@ -281,6 +286,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     bar = tqdm(total=total, initial=step, disable=not (is_main and options.progress), unit="step",
                dynamic_ncols=True, file=sys.stderr)
     images_seen, t0 = 0, time.perf_counter()
+    step_times: list[float] = []  # wall seconds of each step (data wait included)
+    t_last = t0
     module.train()
     if teacher_feats is not None:
         teacher_feats.generator.eval()
@@ -301,6 +308,9 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
                 if not math.isfinite(value):
                     raise LabelgenError(f"loss became {value} at step {step}; lower --lr")
                 losses.append(value)
+                now = time.perf_counter()
+                step_times.append(now - t_last)
+                t_last = now
                 images_seen += batch["image"].shape[0] * world
                 rate = images_seen / max(1e-9, time.perf_counter() - t0)
                 bar.update(1)
@@ -326,7 +336,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
             csv_file.close()
     elapsed = time.perf_counter() - t0
     rate = images_seen / max(1e-9, elapsed)
-    result = TrainResult(run_dir, step, losses, rate, init_report=init_report, resumed_from=resumed_from)
+    result = TrainResult(run_dir, step, losses, rate, init_report=init_report, resumed_from=resumed_from,
+                         extra={"step_times": step_times, "images_per_step": options.batch_size * world, "rank": rank})
     if stop_after is None or step >= total:
         save()
         if options.val and is_main and mode != "feature-distill":

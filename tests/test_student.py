@@ -33,6 +33,15 @@ def _options(tmp: Path, mode: str, data: Path, out: str, **kw) -> TrainOptions:
     return TrainOptions(**{**base, **kw})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI box is 2 shared cores: intra-op threads oversubscribe it and run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("student")
@@ -265,11 +274,10 @@ def test_bad_input_one_line_exit_2(tiny, capsys, argv, message, tmp_path):
 
 
 # ------------------------------------------------------------------ DDP
-@pytest.mark.slow
 def test_two_process_ddp(tiny, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "labelgen.student.cli", "train", "--mode", "label-distill", "--data", str(tiny["shards"]),
            "--out", str(out), "--encoder", ENCODER, "--image-size", "32x32", "--batch-size", "2",
            "--max-steps", "2", "--no-progress"]
@@ -277,4 +285,4 @@ def test_two_process_ddp(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states
-    assert "trained 2 steps" in proc.stdout
+    assert proc.stdout.count("trained 2 steps") == 1  # rank 0 reports
