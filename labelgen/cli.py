@@ -77,20 +77,14 @@ def data_info(path: Path):
                f"classes: {', '.join(folder.classes.names)}")
 
 
-from labelgen.app.cli import app_cmd  # noqa: E402
-
-cli.add_command(app_cmd)
-
-
+# ---- the commands, in pipeline order (each defined beside the code it drives) ----
 from labelgen.teacher_cli import TEACHER_COMMANDS  # noqa: E402  (init, sample, import, train-heads, synthesize)
-
-for _command in TEACHER_COMMANDS:
-    cli.add_command(_command)
-
-
 from labelgen.training.cli import train_generator_cmd  # noqa: E402
+from labelgen.app.cli import app_cmd  # noqa: E402
+from labelgen.demo import demo_cmd  # noqa: E402
 
-cli.add_command(train_generator_cmd)
+for _command in (*TEACHER_COMMANDS, train_generator_cmd, app_cmd, demo_cmd):
+    cli.add_command(_command)
 
 
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
