@@ -131,3 +131,13 @@ def test_train_heads_cli_prints_val_miou_per_epoch(tmp_path, capsys):
     assert len(epoch_lines) == 12, out
     assert float(epoch_lines[-1].rsplit(" ", 1)[1]) > 0.8
     assert json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]["val_miou"] > 0.8
+
+
+def test_predict_annotation_for_review(tmp_path):
+    from labelgen.heads.predict import predict_annotation
+
+    ws = annotated_workspace(tmp_path / "w", count=2)
+    train_workspace_heads(ws, TrainConfig(epochs=8, pixels_per_image=512), progress=False)
+    pred = predict_annotation(ws, load_head(ws.heads_dir), "g000002")
+    assert pred.mask.shape == (32, 32) and pred.probs.shape == (3, 32, 32) and pred.uncertainty.shape == (32, 32)
+    assert (pred.mask == ws.read_mask("g000002")).mean() > 0.95 and pred.score >= 0
