@@ -42,6 +42,15 @@ def _open(workspace_dir: Path | None):
     return Workspace(workspace_dir or default_workspace_path())
 
 
+def _generator_to_best_device(ws) -> str:
+    """Move the workspace's generator to the GPU when there is one; returns the device."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ws.generator().to(device)
+    return device
+
+
 @click.command("init")
 @click.argument("workspace_arg", required=False, type=click.Path(path_type=Path))
 @workspace_option
@@ -83,6 +92,7 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
 def sample_cmd(workspace_dir, count, seed_start, batch_size):
     """Generate N images to annotate: W/annotations/<id>.png + <id>.json (mask <id>.mask.png comes later)."""
     ws = _open(workspace_dir)
+    _generator_to_best_device(ws)
     ids = ws.sample_annotations(count, seed_start, batch_size)
     click.echo(f"added {len(ids)} images to annotate ({ids[0]}..{ids[-1]}) in {ws.annotations_dir}; draw masks as "
                f"<id>.mask.png (index or class-colour PNG, 255 = ignore)")
@@ -118,14 +128,12 @@ def import_cmd(workspace_dir, images_dir, masks_dir):
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed):
     """Train the workspace's task head on its annotated images; saves W/heads/."""
-    import torch
-
     from labelgen.heads.train import TrainConfig, train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
                          seed=seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _generator_to_best_device(ws)
     result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo)
     msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids())} annotated images " \
           f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
