@@ -186,7 +186,7 @@ def recipe_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     carries a seed (older writers); None for real images."""
     if isinstance(meta.get("recipe"), dict):
         return meta["recipe"]
-    if "seed" in meta and meta.get("source") != "real":
+    if "seed" in meta and meta.get("source") != "real" and "source_image" not in meta:
         keep = {k: v for k, v in meta.items() if k in ("seed", "truncation", "latent", "noise_seed", "timestep", "class")}
         return keep
     return None

@@ -159,11 +159,14 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError(f"unknown schedule {options.schedule!r} (cosine or poly)")
 
 
-def _load_teacher(options: TrainOptions, device, use_recipes: bool) -> TeacherFeatures:
+def _load_teacher(options: TrainOptions, device, have_recipes: bool) -> TeacherFeatures:
+    """GAN teachers recompute features from the shard recipes; teachers that encode images
+    (diffusion) compute features of the student's (augmented) input images, real or generated."""
     from labelgen.workspace import Workspace
 
     workspace = Workspace(options.teacher)
     generator = workspace.generator().to(device)
+    use_recipes = have_recipes and not generator.can_encode_images
     return TeacherFeatures(generator, use_recipes=use_recipes, cache=options.feature_cache, seed=options.seed,
                            levels=workspace.layer_indices if workspace.config.feature_channels else None)
 
@@ -211,8 +214,9 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         log(f"init from {options.init}: {init_report}")
     regressor, teacher_feats = None, None
     if mode in FEATURE_MODES:
-        use_recipes = all(recipe_of(m) is not None for m in source.metas)
-        teacher_feats = teacher or _load_teacher(options, device, use_recipes)
+        have_recipes = all(recipe_of(m) is not None for m in source.metas)
+        teacher_feats = teacher or _load_teacher(options, device, have_recipes)
+        use_recipes = teacher_feats.use_recipes
         probe = dataset[0]
         t = teacher_feats(probe["image_pm1"][None].to(device), [recipe_of(source.metas[0])] if use_recipes else None)
         sizes = student_level_sizes(options.image_size)
