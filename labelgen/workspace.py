@@ -39,6 +39,7 @@ from labelgen.errors import LabelgenError
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
 DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion")
+WORKSPACE_RECIPE_KEYS = ("source", "generator", "file")  # added to recipes by the workspace, not the backend
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -217,7 +218,8 @@ class Workspace:
                 raise LabelgenError(f"annotation {annotation_id} is a real image: the {self.config.backend} "
                                     "generator needs an inversion method to compute its features")
             else:
-                features = generator.features_from_recipes([recipe]).features
+                backend_recipe = {k: v for k, v in recipe.items() if k not in WORKSPACE_RECIPE_KEYS}
+                features = generator.features_from_recipes([backend_recipe]).features
         return [f.detach().float().cpu() for f in self.select_levels(features)]
 
     # ---- adding images ----

@@ -141,3 +141,12 @@ def test_predict_annotation_for_review(tmp_path):
     pred = predict_annotation(ws, load_head(ws.heads_dir), "g000002")
     assert pred.mask.shape == (32, 32) and pred.probs.shape == (3, 32, 32) and pred.uncertainty.shape == (32, 32)
     assert (pred.mask == ws.read_mask("g000002")).mean() > 0.95 and pred.score >= 0
+
+
+def test_conv_fuse_per_level_equals_concat_then_fuse():
+    head = create_head("conv", [5, 3, 2], 4, (16, 16), hidden=8).eval()
+    member, levels = head.members[0], _levels()
+    upsampled = [F.interpolate(p(l), size=(16, 16), mode="bilinear", align_corners=False)
+                 for p, l in zip(member.project, levels)]
+    expected = member.classify(member.blocks(member.fuse(torch.cat(upsampled, 1))))
+    torch.testing.assert_close(head(levels)[:, 0], expected, atol=1e-5, rtol=1e-4)

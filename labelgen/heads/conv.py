@@ -2,7 +2,7 @@
 
     per level i: 1x1 conv C_i -> hidden, GroupNorm, SiLU           (native resolution, cheap)
     bilinear upsample every level to the output resolution, concat -> [N, L*hidden, H, W]
-    1x1 conv fuse -> hidden, then ``blocks`` x (depthwise 3x3 conv, pointwise 1x1 conv, GroupNorm,
+    1x1 conv fuse -> hidden (computed per level before upsampling: same result, L x less memory), then ``blocks`` x (depthwise 3x3 conv, pointwise 1x1 conv, GroupNorm,
     SiLU, Dropout2d(0.1)) -> 1x1 conv -> C logits
 
 Trained with cross-entropy + 3 * soft Dice. ``ensemble`` K independent interpreters (default 1):
@@ -40,9 +40,16 @@ class _Interpreter(nn.Module):
         self.classify = nn.Conv2d(hidden, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
-        upsampled = [F.interpolate(proj(level.float()), size=output_size, mode="bilinear", align_corners=False)
-                     for proj, level in zip(self.project, features)]  # each [N, hidden, H, W]
-        x = self.fuse(torch.cat(upsampled, dim=1))  # [N, hidden, H, W]
+        # fuse(concat_i up(a_i)) computed as sum_i up(fuse_i(a_i)) + bias: exact (1x1 conv and bilinear
+        # upsampling are both linear, upsampling weights sum to 1) and never holds L upsampled maps.
+        hidden = self.fuse.out_channels
+        x = None
+        for i, (proj, level) in enumerate(zip(self.project, features)):
+            weight_i = self.fuse.weight[:, i * hidden:(i + 1) * hidden]  # [hidden, hidden, 1, 1]
+            fused = F.conv2d(proj(level.float()), weight_i)  # [N, hidden, h_i, w_i]
+            up = F.interpolate(fused, size=output_size, mode="bilinear", align_corners=False)  # [N, hidden, H, W]
+            x = up if x is None else x + up
+        x = x + self.fuse.bias.view(1, -1, 1, 1)
         return self.classify(self.blocks(x))  # [N, C, H, W]
 
 
