@@ -129,6 +129,7 @@ class _Dist:
     rank: int = 0
     world: int = 1
     active: bool = False
+    device: str = "cpu"  # where collective tensors live (cuda for nccl)
 
     def barrier(self) -> None:
         if self.active:
@@ -144,7 +145,7 @@ class _Dist:
     def sum(self, value: int) -> int:
         if not self.active:
             return value
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         torch.distributed.all_reduce(t)
         return int(t.item())
 
@@ -160,8 +161,7 @@ def _init_dist() -> tuple[_Dist, str]:
     if world > 1:
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        # gloo collectives on CPU tensors even with nccl: object broadcasts use the current device
-        return _Dist(rank, world, True), device
+        return _Dist(rank, world, True, device), device
     return _Dist(), device
 
 
