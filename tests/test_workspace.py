@@ -135,3 +135,12 @@ def test_feature_cache_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, second))
     ws.config.feature_layers = [0, 2]  # another selection: recomputed
     assert [f.shape[1] for f in ws.annotation_features("g000001")] == [8, 4] and len(calls) == 2
+
+
+def test_cli_synthesize_and_train_refuse_unready_workspace(tmp_path, run_cli):
+    create_workspace(tmp_path / "w", "teacher_fakes:FakeGAN", CLASSES.split(","))
+    for args, message in [(["synthesize", "--n", "2", "--out", tmp_path / "o"], "no trained head"),
+                          (["synthesize", "--out", tmp_path / "o"], "--n is required"),
+                          (["train-heads"], "no annotated images")]:
+        result = run_cli(*args, "-w", tmp_path / "w")
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
