@@ -184,14 +184,14 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     if not ids:
         raise LabelgenError(f"{workspace.annotations_dir}: no annotated images (no <id>.mask.png yet)")
     num_classes = len(workspace.classes)
-    masks: dict[str, torch.Tensor] = {}
+    image_shape = (*workspace.resolution, 3)
     for annotation_id in tqdm(ids, desc="features", unit="image", disable=not progress):
+        workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
         workspace.annotation_features(annotation_id)  # fills the disk cache
-        mask = workspace.read_mask(annotation_id, (*workspace.resolution, 3))
-        masks[annotation_id] = torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
 
-    def load_example(i: int) -> Example:
-        return workspace.annotation_features(ids[i]), masks[ids[i]]
+    def load_example(i: int) -> Example:  # from disk each time: nothing per image stays in memory
+        mask = workspace.read_mask(ids[i], image_shape)
+        return workspace.annotation_features(ids[i]), torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
 
     validate = None
     if val_folder is not None:
