@@ -289,6 +289,9 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
                     sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta)
                     job = (lambda s=sample, p=None if soft is None else soft[k]: _encode_with_soft(s, p))
                     scored.append((round(float(scores[k]), 6), candidate, pool.submit(job) if pool else job()))
+                if pool:  # back-pressure: at most ~4 batches of raw arrays wait for the encoders
+                    for _, _, pending in scored[:max(0, len(scored) - 4 * config.batch_size)]:
+                        pending.result()
                 processed += len(candidates)
                 bar.update(len(candidates))
             ranked = sorted(scored, key=lambda item: (item[0], item[1]))
