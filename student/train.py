@@ -253,6 +253,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         run_dir.mkdir(parents=True, exist_ok=True)
 
     train_module = module
+    if distributed and cuda:
+        train_module = module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if distributed:
         train_module = nn.parallel.DistributedDataParallel(
             module, device_ids=[local_rank] if cuda else None, find_unused_parameters=mode == "feature-distill")
@@ -263,6 +265,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
         new_csv = not (run_dir / "log.csv").is_file() or step == 0
+        if not new_csv:  # drop rows of steps logged after the checkpoint we resume from
+            _truncate_csv(run_dir / "log.csv", step)
         csv_file = open(run_dir / "log.csv", "w" if new_csv else "a", newline="")
         csv_writer = csv.writer(csv_file)
         if new_csv:
@@ -367,6 +371,15 @@ def _teacher_classes(options: TrainOptions):
         return Workspace(options.teacher).classes
     except LabelgenError:
         return None
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 def _gather_rng(distributed: bool) -> list[dict]:

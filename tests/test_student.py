@@ -169,7 +169,7 @@ def test_supervised_trains_and_checkpoints(supervised_run):
 
 def test_label_distill_loss_falls(tiny):
     result = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld", hard_weight=0.5,
-                            uncertainty_weighting=True))
+                            uncertainty_weighting=True, workers=2))
     assert _falls(result.losses), result.losses
 
 
@@ -182,9 +182,11 @@ def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
 
 @pytest.mark.parametrize("mode", ["feature-distill", "dreamteacher"])
 def test_feature_modes_loss_falls(tiny, mode):
-    teacher = TeacherFeatures(FakeGenerator(32), use_recipes=True)
+    teacher = TeacherFeatures(FakeGenerator(32), use_recipes=True, cache=mode == "dreamteacher")
     result = train(_options(tiny["root"], mode, tiny["shards"], mode, teacher="unused"), teacher=teacher)
     assert _falls(result.losses), result.losses
+    if teacher.cache is not None:  # 5 steps x 4 images went through all 8 samples
+        assert len(teacher.cache) == 8 and teacher.cache["0"][0].dtype == torch.float16
     assert (result.run_dir / "regressor.safetensors").is_file()
 
 
@@ -203,12 +205,15 @@ def test_feature_distill_from_workspace_on_real_images_then_finetune(tiny):
 def test_resume_reproduces_next_step_loss(tiny):
     kw = dict(max_steps=4, save_every=2, hard_weight=0.5)
     full = train(_options(tiny["root"], "label-distill", tiny["shards"], "full", **kw))
-    first = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw), stop_after=2)
-    assert first.steps == 2
+    # killed after step 3: the last checkpoint is step 2 (save_every=2), step 3 is lost and redone
+    first = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw), stop_after=3)
+    assert first.steps == 3
     state = torch.load(first.run_dir / "last.pt", weights_only=False)
     assert state["step"] == 2 and len(state["losses"]) == 2
     resumed = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw))
     assert resumed.resumed_from == 2
+    steps_logged = [line.split(",")[0] for line in (resumed.run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert steps_logged == ["1", "2", "3", "4"]
     assert resumed.losses[:2] == full.losses[:2]
     assert resumed.losses[2] == pytest.approx(full.losses[2], rel=1e-5, abs=1e-6)
     assert resumed.losses[3] == pytest.approx(full.losses[3], rel=1e-5, abs=1e-6)
