@@ -291,3 +291,46 @@ def test_two_process_ddp(tiny, tmp_path):
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states
     assert proc.stdout.count("trained 2 steps") == 1  # rank 0 reports
+
+
+# ------------------------------------------------------------------ registry
+@pytest.mark.parametrize("arch", ["unet", "fpn", "deeplabv3plus", "upernet"])
+def test_create_student_architectures(arch):
+    from labelgen.student.models import create_student
+
+    model = create_student(arch, "resnet18", 3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_create_student_refuses_unknown_names():
+    from labelgen.errors import LabelgenError
+    from labelgen.student.models import create_student
+
+    with pytest.raises(LabelgenError, match="unknown student architecture"):
+        create_student("segnet", "resnet18", 3)
+    with pytest.raises(LabelgenError, match="encoder"):
+        create_student("unet", "no-such-encoder", 3)
+
+
+def test_augmentation_moves_image_mask_and_soft_labels_together(tiny):
+    from labelgen.student.data import StudentDataset, open_source
+    from labelgen.student.models import IMAGENET_MEAN, IMAGENET_STD
+
+    source = open_source(tiny["shards"])
+    plain = StudentDataset(source, 3, (48, 48), IMAGENET_MEAN, IMAGENET_STD, augment=False, want_soft=True)
+    aug = StudentDataset(source, 3, (48, 48), IMAGENET_MEAN, IMAGENET_STD, augment=True, want_soft=True)
+    moved = 0
+    for epoch in range(4):
+        a, p = aug[(1, epoch)], plain[(1, epoch)]
+        assert a["soft"].shape == (3, 48, 48) and a["mask"].shape == (48, 48)
+        valid = (a["mask"] != 255) & (a["soft"].sum(0) > 0.5)
+        agree = (a["soft"].argmax(0) == a["mask"])[valid].float().mean()
+        assert agree > 0.95, float(agree)
+        moved += not torch.equal(a["mask"], p["mask"])
+        # the disc's pixels (class 2) are blue in the augmented image too
+        disc = a["mask"] == 2
+        assert a["image_pm1"][2][disc].mean() > a["image_pm1"][0][disc].mean()
+    assert moved >= 1  # some epochs flip / shift the sample
+    again = aug[(1, 0)]
+    assert torch.equal(again["image"], aug[(1, 0)]["image"])  # seeded by (seed, epoch, index)
