@@ -1,0 +1,278 @@
+"""The CCP-8 quality table: teacher, students and supervised baselines on Clothing Co-Parsing at 96x64.
+
+    .venv/bin/python bench/ccp_quality.py --ccp CCP96 [--teacher WORKSPACE] [--preset cpu] [--out RUN_DIR]
+
+``CCP96`` is the output of ``labelgen data import-ccp --size 96x64`` (made here with ``--src`` if
+missing). Metric and splits as in the dataset's DATACARD: mean IoU over the 8 classes from one
+confusion matrix over the split; students are selected on ``val`` (best checkpoint) and reported once
+on ``test``. Rows:
+
+    supervised-20        smp U-Net (resnet18, scratch) on annotated-20
+    supervised-full      same on train-full (upper bound)
+    teacher-pixel-mlp    the teacher's pixel-MLP ensemble on generator features, trained on annotated-20
+    teacher-conv         the conv interpreter on the same features and labels
+    label-distill        student from synthetic samples + pseudo-labelled `unlabeled` + annotated-20,
+                         soft labels at tau=4
+    dreamteacher         the same data, feature distillation (teacher in the loop) + label distillation
+    finetuned-20         the better of the two students, fine-tuned on annotated-20
+
+Prints a markdown table and writes ``bench/results/ccp_quality.json`` (one object per row: name,
+miou, per_class, device, seconds, trained_on, command). Every step is a CLI command (recorded per row),
+and finished rows are kept in RUN_DIR/rows/, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Preset:
+    supervised_steps: int
+    full_steps: int
+    distill_steps: int
+    dreamteacher_steps: int
+    finetune_steps: int
+    val_every: int
+    batch_size: int
+    synthetic_n: int  # DDIM samples labelled by the teacher
+    ddim_steps: int
+    unlabeled_limit: int | None  # real unlabeled photos pseudo-labelled (None = all 1,498)
+    head_epochs: int
+    real_weight: float  # how much more often an annotated-20 image is drawn than a synthetic one
+
+
+PRESETS = {
+    # the test suite's version: minutes -> seconds, on tiny data
+    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 4.0),
+    # what runs on the 2-core CPU machine in well under an hour
+    "cpu": Preset(500, 1000, 1000, 500, 150, 250, 8, 500, 20, None, 20, 20.0),
+    # the full protocol for a GPU machine
+    "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20.0),
+}
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run one CLI step, its output to ``log``; returns seconds. Fails loudly with the log's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(command) + "\n")
+        f.flush()
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if result.returncode != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise click.ClickException(f"step failed ({' '.join(command[:4])} ...), see {log}:\n" + "\n".join(tail))
+    return time.perf_counter() - start
+
+
+def labelgen(*args) -> list[str]:
+    return [PY, "-m", "labelgen.cli", *map(str, args)]
+
+
+def student(*args) -> list[str]:
+    return [PY, "-m", "labelgen.student.cli", *map(str, args)]
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+class Bench:
+    def __init__(self, ccp: Path, teacher: Path, out: Path, preset: Preset, threads: int, seed: int):
+        self.ccp, self.teacher_src, self.out, self.p = ccp, teacher, out, preset
+        self.threads, self.seed = threads, seed
+        self.device = device_name()
+        (out / "rows").mkdir(parents=True, exist_ok=True)
+
+    # ---- shared pieces ----
+    def row_done(self, name: str) -> dict | None:
+        path = self.out / "rows" / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_row(self, row: dict) -> dict:
+        from labelgen.data.io import atomic_write_json
+
+        atomic_write_json(self.out / "rows" / f"{row['name']}.json", row)
+        return row
+
+    def workspace(self, name: str, head_type: str | None = None) -> Path:
+        """A copy of the teacher workspace (heads retrained when ``head_type`` differs)."""
+        from labelgen.workspace import Workspace
+
+        dest = self.out / name
+        if not (dest / "workspace.json").is_file():
+            if self.teacher_src is None:
+                from labelgen.default_teacher import copy_default_workspace
+
+                copy_default_workspace(dest)
+            else:
+                shutil.copytree(self.teacher_src, dest)
+                ws = Workspace(dest)
+                if ws.config.checkpoint and not Path(ws.config.checkpoint).is_absolute():
+                    ws.config.checkpoint = str((self.teacher_src / ws.config.checkpoint).resolve())
+                    ws.save_config()
+            ws = Workspace(dest)
+            if ws.config.backend in ("ddpm", "stable-diffusion"):  # sampling cost of the synthetic rows
+                ws.config.generator_options["ddim_steps"] = self.p.ddim_steps
+            if head_type and ws.config.head.get("type") != head_type:
+                ws.config.head = {"type": head_type}
+                ws.save_config()
+                shutil.rmtree(ws.heads_dir, ignore_errors=True)
+            ws.save_config()
+        return dest
+
+    def teacher_row(self, name: str, head_type: str | None) -> dict:
+        from labelgen.training.evaluate_teacher import evaluate_teacher
+        from labelgen.workspace import Workspace
+
+        if row := self.row_done(name):
+            return row
+        ws_dir = self.workspace(f"ws-{name}", head_type)
+        seconds, command = 0.0, "(heads shipped with the teacher)"
+        ws = Workspace(ws_dir)
+        if not (ws.heads_dir / "head_config.json").is_file():
+            cmd = labelgen("train-heads", "-w", ws_dir, "--epochs", self.p.head_epochs, "--seed", self.seed)
+            seconds += run(cmd, self.out / "logs" / f"{name}.log")
+            command = " ".join(map(str, cmd[2:]))
+        result = evaluate_teacher(ws_dir, self.ccp / "test", progress=False)
+        return self.save_row({
+            "name": name, "trained_on": "annotated-20 (generator features)", "miou": result["miou"],
+            "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
+            "device": self.device, "seconds": round(seconds + result["seconds"], 1), "command": command,
+            "selection": "fixed epochs (no val selection)",
+        })
+
+    def student_row(self, name: str, mode: str, data: list[tuple[Path, float]], steps: int, trained_on: str,
+                    extra: tuple = (), init: Path | None = None, lr: float = 1e-3) -> dict:
+        if row := self.row_done(name):
+            return row
+        run_dir = self.out / "students" / name
+        cmd = student("train", "--mode", mode, "--out", run_dir, "--val", self.ccp / "val",
+                      "--val-every", self.p.val_every, "--max-steps", steps, "--batch-size", self.p.batch_size,
+                      "--image-size", "96x64", "--arch", "unet", "--encoder", "resnet18", "--seed", self.seed,
+                      "--threads", self.threads, "--lr", lr, *extra)
+        for path, _ in data:
+            cmd += ["--data", str(path)]
+        if len(data) > 1:
+            cmd += ["--data-weights", ",".join(f"{w:g}" for _, w in data)]
+        if init is not None:
+            cmd += ["--init", str(init)]
+        seconds = run(cmd, self.out / "logs" / f"{name}.log")
+        seconds += run(student("eval", "--checkpoint", run_dir, "--data", self.ccp / "test", "--out", run_dir / "test"),
+                       self.out / "logs" / f"{name}-eval.log")
+        scores = json.loads((run_dir / "test" / "scores.json").read_text())
+        best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
+        return self.save_row({
+            "name": name, "trained_on": trained_on, "miou": scores["miou"], "per_class": scores["per_class"],
+            "pixel_accuracy": scores["pixel_accuracy"], "device": self.device, "seconds": round(seconds, 1),
+            "command": " ".join(map(str, cmd[2:])), "selection": f"best val mIoU {best.get('miou', float('nan')):.4f} "
+                                                              f"at step {best.get('step', '?')}",
+        })
+
+    def distill_data(self) -> tuple[list[tuple[Path, float]], float]:
+        """Synthetic samples + pseudo-labelled unlabeled photos (soft labels), + annotated-20."""
+        ws_dir = self.workspace("ws-teacher-pixel-mlp")
+        synthetic, pseudo = self.out / "data" / "synthetic", self.out / "data" / "pseudo"
+        seconds = 0.0
+        if not (synthetic / "manifest.json").is_file():
+            seconds += run(labelgen("synthesize", "-w", ws_dir, "--n", self.p.synthetic_n, "--out", synthetic,
+                                    "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500),
+                           self.out / "logs" / "synthesize.log")
+        if not (pseudo / "manifest.json").is_file():
+            images = self.ccp / "unlabeled" / "images"
+            cmd = labelgen("synthesize", "-w", ws_dir, "--from-images", images, "--out", pseudo,
+                           "--soft-labels", "uint8", "--shard-size", 500)
+            if self.p.unlabeled_limit:
+                cmd += ["--n", str(self.p.unlabeled_limit)]
+            seconds += run(cmd, self.out / "logs" / "pseudo-label.log")
+        n_syn = json.loads((synthetic / "manifest.json").read_text())["num_samples"]
+        n_pseudo = json.loads((pseudo / "manifest.json").read_text())["num_samples"]
+        data = [(synthetic, 1.0), (pseudo, 1.0), (self.ccp / "annotated-20", self.p.real_weight)]
+        self.data_note = f"{n_syn} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos + annotated-20"
+        return data, seconds
+
+    def all_rows(self) -> list[dict]:
+        p = self.p
+        rows = [
+            self.student_row("supervised-20", "supervised", [(self.ccp / "annotated-20", 1)], p.supervised_steps,
+                             "annotated-20"),
+            self.student_row("supervised-full", "supervised", [(self.ccp / "train-full", 1)], p.full_steps,
+                             "train-full (upper bound)"),
+            self.teacher_row("teacher-pixel-mlp", None),
+            self.teacher_row("teacher-conv", "conv"),
+        ]
+        data, data_seconds = self.distill_data()
+        label = self.student_row("label-distill", "label-distill", data, p.distill_steps,
+                                 f"{self.data_note}; soft labels tau=4", extra=("--tau", 4))
+        teacher_ws = self.workspace("ws-teacher-pixel-mlp")
+        dream = self.student_row("dreamteacher", "dreamteacher", data, p.dreamteacher_steps,
+                                 f"{self.data_note}; features + soft labels tau=4",
+                                 extra=("--tau", 4, "--teacher", teacher_ws))
+        for row in (label, dream):
+            row.setdefault("data_seconds", round(data_seconds, 1))
+        best = max((label, dream), key=lambda r: r["miou"])
+        finetuned = self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], p.finetune_steps,
+                                     f"{best['name']} + annotated-20", init=self.out / "students" / best["name"],
+                                     lr=2e-4)
+        return rows + [label, dream, finetuned]
+
+
+def markdown(rows: list[dict]) -> str:
+    classes = list(rows[0]["per_class"])
+    head = "| row | trained on | mIoU | " + " | ".join(classes) + " | seconds | device |"
+    lines = [head, "|" + "---|" * (len(classes) + 5)]
+    for r in rows:
+        per = " | ".join("n/a" if r["per_class"][c] is None else f"{r['per_class'][c]:.2f}" for c in classes)
+        lines.append(f"| {r['name']} | {r['trained_on']} | **{r['miou']:.3f}** | {per} | {r['seconds']:.0f} | {r['device']} |")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--ccp", type=click.Path(path_type=Path), required=True, help="CCP imported at 96x64 (project format).")
+@click.option("--src", type=click.Path(path_type=Path), default=None, help="Raw CCP layout, to import --ccp if missing.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Teacher workspace (default: the embedded default teacher).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cpu", help="Training budget.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench" / "runs" / "ccp_quality",
+              help="Working folder (resumable).")
+@click.option("--results", type=click.Path(path_type=Path), default=ROOT / "bench" / "results" / "ccp_quality.json",
+              help="Where the table's JSON goes.")
+@click.option("--threads", type=int, default=1, help="Torch threads per training process.")
+@click.option("--seed", type=int, default=0)
+def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Path, results: Path, threads: int,
+         seed: int):
+    """Run (or resume) every row, print the markdown table, write the JSON."""
+    from labelgen.data.io import atomic_write_json
+
+    if not (ccp / "classes.json").is_file():
+        if src is None:
+            raise click.ClickException(f"{ccp}: not an imported CCP folder (pass --src to import it)")
+        run(labelgen("data", "import-ccp", "--src", src, "--out", ccp, "--size", "96x64"), out / "logs" / "import.log")
+    start = time.perf_counter()
+    bench = Bench(ccp, teacher, out, PRESETS[preset], threads, seed)
+    rows = bench.all_rows()
+    for r in rows:
+        r["preset"] = preset
+    atomic_write_json(results, rows)
+    click.echo(markdown(rows))
+    click.echo(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s -> {results}")
+
+
+if __name__ == "__main__":
+    main()
