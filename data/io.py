@@ -134,3 +134,19 @@ def decode_png(payload: bytes, mask: bool = False) -> np.ndarray:
         if mask:
             return np.asarray(im if im.mode in ("P", "L") else im.convert("L"), dtype=np.uint8)
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def save_safetensors(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a state dict (tensors detached, contiguous, on CPU) as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -183,7 +183,9 @@ class Workspace:
         """``compute()`` (a list of tensors) stored at W/cache/features/<key>.safetensors; reused while
         the generator id, selected layers and ``fingerprint_parts`` stay the same."""
         from safetensors import safe_open
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+
+        from labelgen.data.io import save_safetensors
 
         fingerprint = hashlib.sha256(json.dumps([self.generator_id(), self.layer_indices, fingerprint_parts],
                                                 sort_keys=True).encode()).hexdigest()
@@ -198,11 +200,7 @@ class Workspace:
             except Exception:  # unreadable cache file: recompute it
                 pass
         features = compute()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        save_file({f"level{i}": f.detach().float().contiguous().cpu() for i, f in enumerate(features)}, str(tmp),
-                  metadata={"fingerprint": fingerprint})
-        tmp.replace(cache)
+        save_safetensors(cache, {f"level{i}": f.float() for i, f in enumerate(features)}, {"fingerprint": fingerprint})
         return features
 
     def _compute_annotation_features(self, annotation_id: str, recipe: dict) -> list:

@@ -100,16 +100,10 @@ class Generator(nn.Module, ABC):
 
     # ---- persistence (diffusers-style) ----
     def save_pretrained(self, folder: Path | str) -> None:
-        from safetensors.torch import save_file
-
-        from labelgen.data.io import atomic_write_bytes
+        from labelgen.data.io import atomic_write_bytes, save_safetensors
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(folder / WEIGHTS_NAME)
+        save_safetensors(folder / WEIGHTS_NAME, self.state_dict())
         atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": self.backend, **self.config}, indent=2).encode())
 
 

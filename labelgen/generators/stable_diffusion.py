@@ -140,16 +140,14 @@ class StableDiffusionGenerator(DiffusionGenerator):
     def save_pretrained(self, folder: Path | str) -> None:
         import diffusers
         from diffusers import DDIMScheduler
-        from safetensors.torch import save_file
-
-        from labelgen.data.io import atomic_write_bytes
+        from labelgen.data.io import atomic_write_bytes, save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
         self.vae.save_pretrained(folder / "vae", safe_serialization=True)
         DDIMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
-        save_file({EMBEDS_KEY: self.empty_prompt_embeds.detach().cpu().contiguous()}, str(folder / EMBEDS_FILE))
+        save_safetensors(folder / EMBEDS_FILE, {EMBEDS_KEY: self.empty_prompt_embeds})
         index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
                  "vae": ["diffusers", "AutoencoderKL"]}

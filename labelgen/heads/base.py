@@ -66,16 +66,10 @@ class TaskHead(nn.Module):
     # ---- persistence ----
     def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
         """Write head_config.json (+ ``extra`` metadata under "meta") and head.safetensors, atomically."""
-        from safetensors.torch import save_file
-
-        from labelgen.data.io import atomic_write_json
+        from labelgen.data.io import atomic_write_json, save_safetensors
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / (HEAD_WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(folder / HEAD_WEIGHTS_NAME)
+        save_safetensors(folder / HEAD_WEIGHTS_NAME, self.state_dict())
         atomic_write_json(folder / HEAD_CONFIG_NAME, {**self.config, "meta": extra or {}})
 
     @classmethod
