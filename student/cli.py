@@ -1,9 +1,10 @@
 """``student``: train, evaluate, predict with and export the student segmentation network.
 
-    student train --mode {supervised,label-distill,feature-distill,dreamteacher} --data PATH --out RUN_DIR
-    student eval --checkpoint RUN_DIR --data FOLDER [--out DIR]
-    student predict --checkpoint RUN_DIR --images DIR --out DIR
-    student export --checkpoint RUN_DIR --onnx FILE
+    student train --mode {supervised,label-distill,feature-distill,dreamteacher} --data PATH [--data PATH ...]
+                  [--data-weights 1,1,4] --out RUN_DIR [--val FOLDER --val-every N]
+    student eval --checkpoint RUN_DIR --data FOLDER [--out DIR] [--weights best|last]
+    student predict --checkpoint RUN_DIR --images DIR --out DIR [--weights best|last]
+    student export --checkpoint RUN_DIR --onnx FILE [--weights best|last]
 
 Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click).
 """
@@ -26,10 +27,17 @@ MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "d
 
 @cli.command("train")
 @click.option("--mode", type=MODE_CHOICE, required=True, help="What to learn from (see docs in labelgen.student.distill).")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Synthesis output (tar shards) or a labelled folder (DIR/<split> with images/ + masks/).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="Synthesis output (tar shards) or a labelled folder (DIR/<split> with images/ + masks/). "
+                   "Repeat for several sources (concatenated; same classes).")
+@click.option("--data-weights", type=str, default=None,
+              help="Comma-separated, one per --data: how often a source's samples are drawn relative to its size "
+                   "(e.g. 1,1,4 oversamples the third 4x). Default: in proportion to size.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (resumed if it has last.pt).")
-@click.option("--val", type=click.Path(path_type=Path), default=None, help="Labelled folder scored (mIoU) at the end.")
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="Labelled folder scored (mIoU) at the end (and every --val-every steps); the best weights are "
+                   "kept as RUN_DIR/best.safetensors + best.json.")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Score --val every N steps.")
 @click.option("--arch", type=str, default="unet", help="smp architecture: unet, fpn, deeplabv3plus, upernet, ...")
 @click.option("--encoder", type=str, default="resnet18", help="smp/timm encoder name.")
 @click.option("--encoder-weights", type=str, default="none", help="Pretrained encoder weights ('none' = random init).")
@@ -56,12 +64,14 @@ MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "d
 @click.option("--augment/--no-augment", default=True, help="Flip/affine/colour augmentation.")
 @click.option("--amp/--no-amp", default=True, help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=0, help="Seed of init, data order and augmentation.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch intra-op threads (0 = torch default).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch intra-op threads (0 = torch default: all cores). On a busy 2-core box --threads 1 is faster.")
 @click.option("--save-every", type=click.IntRange(min=1), default=200, help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=True, help="Continue from RUN_DIR/last.pt when present.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (images/s).")
 def train_cmd(**kw):
     """Train a student (any mode may start from --init, e.g. feature-distill -> supervised fine-tune)."""
+    from labelgen.student.data import parse_weights
     from labelgen.student.train import TrainOptions, train
 
     threads = kw.pop("threads")
@@ -71,18 +81,32 @@ def train_cmd(**kw):
         torch.set_num_threads(threads)
     kw["image_size"] = parse_size(kw["image_size"])
     kw["encoder_weights"] = None if kw["encoder_weights"] in ("none", "") else kw["encoder_weights"]
+    data = [str(d) for d in kw["data"]]
+    kw["data"] = data[0] if len(data) == 1 else data
+    kw["data_weights"] = parse_weights(kw["data_weights"], len(data))
     kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
     result = train(TrainOptions(**kw), log=click.echo)
     if result.losses and result.extra.get("rank", 0) == 0:
         first, last = result.losses[0], result.losses[-1]
         click.echo(f"trained {result.steps} steps ({len(result.losses)} logged), loss {first:.4f} -> {last:.4f}, "
                    f"{result.images_per_s:.1f} images/s -> {result.run_dir}")
+        if result.best_miou is not None:
+            click.echo(f"best val mIoU {result.best_miou:.4f} at step {result.best_step} -> "
+                       f"{result.run_dir / 'best.safetensors'}")
 
 
-def _load(checkpoint: Path):
-    from labelgen.student.models import load_student
+WEIGHTS_OPTION = click.option("--weights", type=click.Choice(["best", "last"]), default=None,
+                              help="best.safetensors (selected on --val) or model.safetensors (last step). "
+                                   "[default: best if the run has it, else last]")
 
-    return load_student(checkpoint)
+
+def _load(checkpoint: Path, weights: str | None):
+    from labelgen.student.models import describe_weights, load_student, weights_file
+
+    model, config = load_student(checkpoint, weights=weights)
+    path = weights_file(checkpoint, weights)
+    click.echo(f"weights: {describe_weights(path)}")
+    return model, config, path
 
 
 @cli.command("eval")
@@ -90,19 +114,20 @@ def _load(checkpoint: Path):
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled folder (images + masks).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where the PNGs go (default RUN_DIR/eval).")
 @click.option("--grid", type=click.IntRange(min=1), default=8, help="Images in the overlay grid.")
-def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int):
+@WEIGHTS_OPTION
+def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, weights: str | None):
     """mIoU + per-class IoU table; writes confusion.png and overlays.png (image | truth | prediction)."""
     from labelgen.data.io import atomic_write_json
     from labelgen.student.evaluate import evaluate_folder, write_eval_outputs
 
-    model, config = _load(checkpoint)
+    model, config, weights_path = _load(checkpoint, weights)
     scores, kept = evaluate_folder(model, config, data, keep=grid)
     names = [c["name"] for c in config.classes]
     click.echo(f"mIoU: {scores.miou:.4f}")
     click.echo(scores.table(names))
     out = out or checkpoint / "eval"
     cm_path, grid_path = write_eval_outputs(out, scores, kept, config)
-    atomic_write_json(out / "scores.json", scores.to_json(names))
+    atomic_write_json(out / "scores.json", {**scores.to_json(names), "weights": str(weights_path)})
     click.echo(f"wrote {cm_path} and {grid_path}")
 
 
@@ -110,11 +135,12 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int):
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for index-mask PNGs (class palette).")
-def predict_cmd(checkpoint: Path, images: Path, out: Path):
+@WEIGHTS_OPTION
+def predict_cmd(checkpoint: Path, images: Path, out: Path, weights: str | None):
     """Predict an index mask PNG per image."""
     from labelgen.student.evaluate import predict_folder
 
-    model, config = _load(checkpoint)
+    model, config, weights_path = _load(checkpoint, weights)
     n = predict_folder(model, config, images, out)
     click.echo(f"wrote {n} masks -> {out}")
 
@@ -124,12 +150,13 @@ def predict_cmd(checkpoint: Path, images: Path, out: Path):
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @click.option("--opset", type=click.IntRange(min=11), default=17, help="ONNX opset.")
 @click.option("--tolerance", type=float, default=1e-3, help="Largest accepted |onnxruntime - PyTorch| on the logits.")
-def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float):
+@WEIGHTS_OPTION
+def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float, weights: str | None):
     """Export to ONNX and verify with onnxruntime against PyTorch."""
     from labelgen.errors import LabelgenError
     from labelgen.student.evaluate import export_onnx
 
-    model, config = _load(checkpoint)
+    model, config, weights_path = _load(checkpoint, weights)
     diff = export_onnx(model, config, onnx_path, opset)
     click.echo(f"wrote {onnx_path}; onnxruntime vs PyTorch max abs diff: {diff:.3g}")
     if diff > tolerance:

@@ -18,11 +18,21 @@ extra float image target: bilinear, zero fill) go through the same geometric tra
 jitter touches the image only. Each sample's augmentation is seeded by (seed, epoch, index), so a
 resumed run sees exactly the batches it would have seen. Feature-distillation modes use only the
 resize + colour jitter (geometric augmentation would misalign the generator's features).
+
+Several sources in one run (``--data A --data B``): :class:`MultiSource` concatenates them (one
+class list, checked by name; every image is resized to the training size anyway). With
+``--data-weights`` the :class:`ResumableSampler` draws each source's samples ``weight`` times as
+often as its size alone would: every epoch keeps the length of the concatenation, each source gets a
+fixed quota (largest remainder of n * w_k n_k / sum_j w_j n_j), filled by cycling through shuffled
+copies of the source, then the whole epoch is shuffled. A repeated draw gets its own augmentation
+(the copy number is part of the seed). Everything is seeded by (seed, epoch), so resume and the
+per-rank slicing work exactly as with one source.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 import warnings
 from dataclasses import dataclass
@@ -140,6 +150,7 @@ class FolderSource:
     def __init__(self, path: Path, require_masks: bool):
         from labelgen.data.folder import open_labelled
 
+        self.path = Path(path)
         self.folder = open_labelled(path, require_masks=require_masks)
         self.classes = self.folder.classes
         self.metas = [{"source": "real"} for _ in range(len(self.folder))]
@@ -167,6 +178,56 @@ def open_source(path: Path | str, require_masks: bool = True) -> ShardSource | F
     return FolderSource(path, require_masks)
 
 
+class MultiSource:
+    """Several sources back to back (global index = offset of its source + local index)."""
+
+    def __init__(self, parts: list, fallback: ClassList | None = None):
+        self.parts = parts
+        self.sizes = [len(p) for p in parts]
+        self.offsets = np.cumsum([0] + self.sizes).tolist()
+        self.path = Path(getattr(parts[0], "path", "data"))
+        self.classes = _agree_on_classes(parts, fallback)
+        self.metas = [m for p in parts for m in p.metas]
+        self.soft_fraction = sum(p.soft_fraction * n for p, n in zip(parts, self.sizes)) / max(1, sum(self.sizes))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Global index -> (source number, index inside it)."""
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return k, i - self.offsets[k]
+
+    def load(self, i: int, num_classes: int) -> RawSample:
+        k, j = self.locate(i)
+        return self.parts[k].load(j, num_classes)
+
+
+def source_name(source) -> str:
+    return str(getattr(source, "path", None) or getattr(getattr(source, "folder", None), "root", None) or "data")
+
+
+def _agree_on_classes(parts: list, fallback: ClassList | None) -> ClassList | None:
+    first = next((p for p in parts if p.classes is not None), None)
+    for p in parts:
+        if first is not None and p.classes is not None and list(p.classes.names) != list(first.classes.names):
+            raise DataError(f"{source_name(p)}: classes {list(p.classes.names)} differ from {source_name(first)}'s "
+                            f"{list(first.classes.names)}; every --data source needs the same class list")
+    return first.classes if first is not None else fallback
+
+
+def open_sources(paths, require_masks: bool = True):
+    """One path (str/Path or a one-item list) -> that source, unchanged; several -> :class:`MultiSource`."""
+    if isinstance(paths, (str, Path)):
+        return open_source(paths, require_masks)
+    paths = list(paths)
+    if not paths:
+        raise LabelgenError("no training data (--data)")
+    if len(paths) == 1:
+        return open_source(paths[0], require_masks)
+    return MultiSource([open_source(path, require_masks) for path in paths])
+
+
 def build_augment(image_size: tuple[int, int], geometric: bool, colour: bool):
     """(geometric Compose over image + mask + soft, colour Compose over the image only)."""
     import albumentations as A
@@ -190,7 +251,7 @@ class StudentDataset(Dataset):
 
     def __init__(self, source, num_classes: int, image_size: tuple[int, int], mean, std, seed: int = 0,
                  augment: bool = True, geometric: bool = True, want_soft: bool = False,
-                 uncertainty_weighting: bool = False):
+                 uncertainty_weighting: bool = False, warn: bool = True):
         self.source, self.num_classes, self.image_size = source, num_classes, tuple(image_size)
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.std = np.asarray(std, np.float32) * 255.0
@@ -202,20 +263,20 @@ class StudentDataset(Dataset):
             if u.mean() > 0:
                 self.weights = 1.0 / (1.0 + u / u.mean())  # mean-uncertainty sample gets weight 1/2
                 self.weights /= self.weights.mean()
-        if want_soft and source.soft_fraction < 1.0:
-            warnings.warn(f"{1 - source.soft_fraction:.0%} of the training samples carry no soft labels "
-                          "(<key>.soft.npz); using the one-hot of their hard masks instead", stacklevel=2)
+        if want_soft and warn:
+            _warn_missing_soft(source)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, item) -> dict[str, torch.Tensor]:
-        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        """``item``: index, (index, epoch) or (index, epoch, copy) (copy: a repeated draw in one epoch)."""
+        index, epoch, copy = (tuple(item) + (0, 0))[:3] if isinstance(item, tuple) else (item, 0, 0)
         raw = self.source.load(index, self.num_classes)
         soft = None
         if self.want_soft:
             soft = raw.soft if raw.soft is not None else one_hot(raw.mask, self.num_classes)
-        seed = (self.seed * 1_000_003 + epoch * 7919 + index) % (2 ** 31)
+        seed = (self.seed * 1_000_003 + epoch * 7919 + index + copy * 104_729) % (2 ** 31)
         self.geo.set_random_seed(seed)
         self.col.set_random_seed(seed + 1)
         data = {"image": raw.image, "mask": raw.mask}
@@ -239,12 +300,64 @@ class StudentDataset(Dataset):
         return item
 
 
+def _warn_missing_soft(source) -> None:
+    """One warning per source whose samples lack soft labels (a labelled folder: its one-hot masks)."""
+    if not hasattr(source, "parts"):
+        if source.soft_fraction < 1.0:
+            warnings.warn(f"{1 - source.soft_fraction:.0%} of the training samples carry no soft labels "
+                          "(<key>.soft.npz); using the one-hot of their hard masks instead", stacklevel=3)
+        return
+    for part in source.parts:
+        if isinstance(part, FolderSource):
+            warnings.warn(f"{source_name(part)}: labelled folder, no soft labels; its masks are used as one-hot "
+                          "targets", stacklevel=3)
+        elif part.soft_fraction < 1.0:
+            warnings.warn(f"{source_name(part)}: {1 - part.soft_fraction:.0%} of its samples carry no soft labels "
+                          "(<key>.soft.npz); using the one-hot of their hard masks instead", stacklevel=3)
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """'1,1,4' -> [1.0, 1.0, 4.0] (one per --data source), None -> None."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        weights = [float(t) for t in str(text).split(",")]
+    except ValueError:
+        raise LabelgenError(f"--data-weights {text!r}: expected comma-separated numbers, e.g. 1,1,4") from None
+    if len(weights) != count:
+        raise LabelgenError(f"--data-weights has {len(weights)} value(s) for {count} --data source(s)")
+    if any(not np.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise LabelgenError(f"--data-weights {text!r}: weights must be >= 0 and not all 0")
+    return weights
+
+
+def source_quotas(sizes: list[int], weights: list[float], total: int | None = None) -> list[int]:
+    """Draws per source per epoch: ``total`` (default sum of sizes) split in proportion to
+    weight x size, rounded by largest remainder (ties -> earlier source)."""
+    total = sum(sizes) if total is None else total
+    mass = [w * n for w, n in zip(weights, sizes)]
+    exact = [total * m / sum(mass) for m in mass]
+    quotas = [int(math.floor(e)) for e in exact]
+    for k in sorted(range(len(sizes)), key=lambda k: (-(exact[k] - quotas[k]), k))[: total - sum(quotas)]:
+        quotas[k] += 1
+    return quotas
+
+
 class ResumableSampler(Sampler):
     """Deterministic shuffled order per epoch, split across ranks; ``set_epoch(epoch, start_batch)``
-    skips the batches a resumed run already trained on. Yields (index, epoch)."""
+    skips the batches a resumed run already trained on. Yields (index, epoch, copy).
 
-    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
+    ``sizes`` + ``weights`` (several sources, concatenated in that order): weighted draws with a
+    fixed quota per source and epoch (see the module docstring); equal weights = the plain order."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
+                 sizes: list[int] | None = None, weights: list[float] | None = None):
         self.n, self.batch_size, self.rank, self.world, self.seed, self.shuffle = n, batch_size, rank, world, seed, shuffle
+        self.sizes, self.weights = None, None
+        if weights is not None and sizes is not None and len(set(weights)) > 1:
+            if sum(sizes) != n or len(sizes) != len(weights):
+                raise LabelgenError(f"sampler: {len(weights)} weights for sources of sizes {sizes} (n = {n})")
+            self.sizes, self.weights = list(sizes), list(weights)
         self.per_rank = n // world  # drop the tail so every rank has the same count
         self.batches_per_epoch = self.per_rank // batch_size
         if self.batches_per_epoch == 0:
@@ -255,17 +368,36 @@ class ResumableSampler(Sampler):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def order(self) -> list[int]:
+    def epoch_draws(self) -> list[tuple[int, int]]:
+        """The whole epoch (all ranks): (index, copy) pairs, ``n`` of them."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            perm = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+            return [(i, 0) for i in perm]
+        draws: list[tuple[int, int]] = []
+        offset = 0
+        for size, quota in zip(self.sizes, source_quotas(self.sizes, self.weights, self.n)):
+            copy = 0
+            while quota > 0 and size > 0:
+                perm = torch.randperm(size, generator=g).tolist() if self.shuffle else list(range(size))
+                draws += [(offset + i, copy) for i in perm[:quota]]
+                quota -= min(quota, size)
+                copy += 1
+            offset += size
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            perm = torch.randperm(self.n, generator=g).tolist()
-        else:
-            perm = list(range(self.n))
-        mine = perm[self.rank: self.per_rank * self.world: self.world]
+            draws = [draws[i] for i in torch.randperm(len(draws), generator=g).tolist()]
+        return draws
+
+    def draws(self) -> list[tuple[int, int]]:
+        """This rank's (index, copy) pairs for the current epoch, from ``start_batch`` on."""
+        mine = self.epoch_draws()[self.rank: self.per_rank * self.world: self.world]
         return mine[self.start_batch * self.batch_size: self.batches_per_epoch * self.batch_size]
 
+    def order(self) -> list[int]:
+        return [i for i, _ in self.draws()]
+
     def __iter__(self):
-        return iter([(i, self.epoch) for i in self.order()])
+        return iter([(i, self.epoch, copy) for i, copy in self.draws()])
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size

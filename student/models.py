@@ -5,6 +5,11 @@
     RUN_DIR/model.safetensors     the student's weights (smp state dict; eval/predict/export read this)
     RUN_DIR/regressor.safetensors feature-distillation regressor (feature modes only; not needed later)
     RUN_DIR/last.pt               training state for resume (see labelgen.student.train)
+    RUN_DIR/best.safetensors      the weights that scored best on --val (metadata: step, miou)
+    RUN_DIR/best.json             {"step", "miou", "val", "per_class"} of those weights
+
+eval / predict / export / --init take ``best`` when it exists, else ``model`` (the last step);
+``weights="best"|"last"`` picks explicitly.
 
 Every file is written atomically (temp name beside it, then rename), so a kill never leaves a
 half-written checkpoint behind.
@@ -28,6 +33,9 @@ CONFIG_NAME = "student_config.json"
 WEIGHTS_NAME = "model.safetensors"
 REGRESSOR_NAME = "regressor.safetensors"
 STATE_NAME = "last.pt"
+BEST_NAME = "best.safetensors"
+BEST_JSON = "best.json"
+WEIGHT_CHOICES = ("best", "last")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -104,12 +112,12 @@ def atomic_save(path: Path, write) -> None:
         raise
 
 
-def save_tensors(path: Path, module_or_state) -> None:
+def save_tensors(path: Path, module_or_state, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_save(path, lambda tmp: save_file(state, tmp))
+    atomic_save(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
@@ -131,31 +139,67 @@ def read_config(run_dir: Path) -> StudentConfig:
         raise LabelgenError(f"{path}: bad student config ({e})") from None
 
 
-def load_student(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, StudentConfig]:
-    """The trained student of a run folder (eval mode) and its config."""
+def read_best(run_dir: Path | str) -> dict | None:
+    """RUN_DIR/best.json ({"step", "miou", ...}) or None when absent or unreadable."""
+    import json
+
+    path = Path(run_dir) / BEST_JSON
+    try:
+        best = json.loads(path.read_text())
+        return best if isinstance(best, dict) and {"step", "miou"} <= set(best) else None
+    except (OSError, ValueError):
+        return None
+
+
+def weights_file(run_dir: Path | str, weights: str | None = None) -> Path:
+    """The weights of a run folder: ``best`` (best.safetensors), ``last`` (model.safetensors) or
+    None = best when it exists, else last."""
+    run_dir = Path(run_dir)
+    if weights not in (None, *WEIGHT_CHOICES):
+        raise LabelgenError(f"--weights {weights!r}: one of {', '.join(WEIGHT_CHOICES)}")
+    if weights == "best" and not (run_dir / BEST_NAME).is_file():
+        raise LabelgenError(f"{run_dir}: no {BEST_NAME} (train with --val FOLDER to select one), or use --weights last")
+    if weights == "best" or (weights is None and (run_dir / BEST_NAME).is_file()):
+        return run_dir / BEST_NAME
+    if not (run_dir / WEIGHTS_NAME).is_file():
+        raise LabelgenError(f"{run_dir}: no {WEIGHTS_NAME} (training has not saved a checkpoint yet)")
+    return run_dir / WEIGHTS_NAME
+
+
+def describe_weights(path: Path) -> str:
+    """'RUN/best.safetensors (step 40, val mIoU 0.8123)' or 'RUN/model.safetensors (last step)'."""
+    if path.name != BEST_NAME:
+        return f"{path} (last step)"
+    best = read_best(path.parent)
+    return f"{path} (step {best['step']}, val mIoU {best['miou']:.4f})" if best else str(path)
+
+
+def load_student(run_dir: Path | str, device: str | torch.device = "cpu", weights: str | None = None
+                 ) -> tuple[nn.Module, StudentConfig]:
+    """The trained student of a run folder (eval mode) and its config; ``weights``: see :func:`weights_file`."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    if not (run_dir / WEIGHTS_NAME).is_file():
-        raise LabelgenError(f"{run_dir}: no {WEIGHTS_NAME} (training has not saved a checkpoint yet)")
+    path = weights_file(run_dir, weights)
     model = create_student(config.arch, config.encoder, config.num_classes)
     try:
-        model.load_state_dict(load_file(str(run_dir / WEIGHTS_NAME)))
-    except (RuntimeError, OSError) as e:
-        raise LabelgenError(f"{run_dir / WEIGHTS_NAME}: weights do not fit {config.arch}/{config.encoder} "
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:  # torch's shape errors, safetensors' own error types on corrupt files
+        raise LabelgenError(f"{path}: weights do not fit {config.arch}/{config.encoder} "
                             f"({' '.join(str(e).split())[:200]})") from None
     return model.to(device).eval(), config
 
 
-def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, list[str]]:
-    """Initialise ``model`` from a previous student (run folder or .safetensors file): copy every
-    tensor whose name and shape match. Returns {"loaded", "skipped" (shape differs), "missing"}."""
+def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, Any]:
+    """Initialise ``model`` from a previous student (run folder: its best weights when it has them,
+    else the last; or a .safetensors file): copy every tensor whose name and shape match.
+    Returns {"loaded", "skipped" (shape differs), "missing", "path"}."""
     from safetensors.torch import load_file
 
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / WEIGHTS_NAME
+        path = path / (BEST_NAME if (path / BEST_NAME).is_file() else WEIGHTS_NAME)
     if not path.is_file():
         raise LabelgenError(f"{checkpoint}: no student checkpoint ({WEIGHTS_NAME}) to initialise from")
     try:
@@ -169,10 +213,10 @@ def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, list[st
     if not loaded:
         raise LabelgenError(f"{path}: no tensor matches the student's names and shapes (different encoder?)")
     model.load_state_dict(loaded, strict=False)
-    return {"loaded": sorted(loaded), "skipped": skipped, "missing": missing}
+    return {"loaded": sorted(loaded), "skipped": skipped, "missing": missing, "path": str(path)}
 
 
-def describe_init(report: dict[str, list[str]]) -> str:
+def describe_init(report: dict[str, Any]) -> str:
     """'loaded 120 tensors (encoder 102, decoder 18); skipped 2 (shape), 0 left at random init'."""
     groups: dict[str, int] = {}
     for k in report["loaded"]:

@@ -7,6 +7,11 @@ Resume: ``RUN_DIR/last.pt`` holds model (+ regressor), optimizer, LR scheduler, 
 and loss history; it is written atomically every ``save_every`` steps and at the end. A run started
 again on the same RUN_DIR continues from it and computes exactly the steps an uninterrupted run
 would have (same data order, same augmentation, same optimizer state).
+
+Model selection: with ``val`` the student is scored (mIoU over the labelled folder) every
+``val_every`` steps and at the end; the best-scoring weights go to ``RUN_DIR/best.safetensors``
+(step and mIoU also in its safetensors metadata) and ``RUN_DIR/best.json`` {"step", "miou", "val",
+"per_class"}, both written atomically; a resumed run reads best.json back and keeps competing with it.
 """
 from __future__ import annotations
 
@@ -27,14 +32,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from labelgen.errors import LabelgenError
-from labelgen.student.data import ResumableSampler, StudentDataset, classes_of, open_source
+from labelgen.student.data import ResumableSampler, StudentDataset, classes_of, open_sources, parse_weights
 from labelgen.student.distill import (
     FeatureRegressor, TeacherFeatures, feature_distill_loss, hard_label_loss, match_levels, recipe_of, resize_to,
     soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (
-    IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, atomic_save, create_student, describe_init, encoder_channels,
-    load_matching, save_student, save_tensors,
+    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, atomic_save, create_student,
+    describe_init, encoder_channels, load_matching, read_best, save_student, save_tensors,
 )
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
@@ -45,9 +50,11 @@ LABEL_MODES = ("label-distill", "dreamteacher")
 @dataclass
 class TrainOptions:
     mode: str
-    data: str
+    data: str | list[str]  # one source, or several concatenated (--data A --data B)
     out: str
     val: str | None = None
+    val_every: int | None = None  # score --val every N steps (and at the end); None: at the end only
+    data_weights: list[float] | None = None  # per source: draw rate relative to its size (several sources)
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
@@ -84,7 +91,9 @@ class TrainResult:
     steps: int
     losses: list[float]
     images_per_s: float
-    val_miou: float | None = None
+    val_miou: float | None = None  # at the last step
+    best_miou: float | None = None
+    best_step: int | None = None
     init_report: str | None = None
     resumed_from: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +166,13 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError("--tau must be positive")
     if options.schedule not in ("cosine", "poly"):
         raise LabelgenError(f"unknown schedule {options.schedule!r} (cosine or poly)")
+    if options.val_every is not None and options.val_every <= 0:
+        raise LabelgenError("--val-every must be positive")
+    if options.val_every is not None and not options.val:
+        raise LabelgenError("--val-every needs --val FOLDER (a labelled folder to score)")
+    if options.data_weights is not None:
+        sources = [options.data] if isinstance(options.data, (str, Path)) else list(options.data)
+        parse_weights(",".join(map(str, options.data_weights)), len(sources))
 
 
 def _load_teacher(options: TrainOptions, device, have_recipes: bool) -> TeacherFeatures:
@@ -192,14 +208,22 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
 
     # ---- data
     mode = options.mode
-    source = open_source(options.data, require_masks=mode == "supervised")
+    source = open_sources(options.data, require_masks=mode == "supervised")
     classes = classes_of(source, _teacher_classes(options))
-    if mode == "supervised" and hasattr(source, "shard_paths"):
+    parts = getattr(source, "parts", [source])
+    if len(parts) > 1:
+        log("data: " + ", ".join(f"{p.path} ({len(p)}{f', weight {w:g}' if options.data_weights else ''})"
+                                  for p, w in zip(parts, options.data_weights or [1.0] * len(parts))))
+    if mode == "supervised" and any(hasattr(p, "shard_paths") for p in parts):
         log("note: --mode supervised on a shard set trains on its hard masks")
+    if options.val and mode != "feature-distill":
+        _check_val_classes(options.val, classes)
     dataset = StudentDataset(source, len(classes), options.image_size, IMAGENET_MEAN, IMAGENET_STD, seed=options.seed,
                              augment=options.augment, geometric=mode not in FEATURE_MODES,
-                             want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting)
-    sampler = ResumableSampler(len(dataset), options.batch_size, rank, world, options.seed)
+                             want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting,
+                             warn=is_main)
+    sampler = ResumableSampler(len(dataset), options.batch_size, rank, world, options.seed,
+                               sizes=[len(p) for p in parts], weights=options.data_weights)
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.workers,
                         pin_memory=cuda, persistent_workers=False, drop_last=True)
     steps_per_epoch = sampler.batches_per_epoch
@@ -210,8 +234,9 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     student = create_student(options.arch, options.encoder, len(classes), options.encoder_weights)
     init_report = None
     if options.init:
-        init_report = describe_init(load_matching(student, options.init))
-        log(f"init from {options.init}: {init_report}")
+        loaded = load_matching(student, options.init)
+        init_report = describe_init(loaded)
+        log(f"init from {loaded['path']}: {init_report}")
     regressor, teacher_feats = None, None
     if mode in FEATURE_MODES:
         have_recipes = all(recipe_of(m) is not None for m in source.metas)
@@ -251,6 +276,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         log(f"resumed {run_dir} at step {step}/{total}")
     elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (BEST_JSON, BEST_NAME):  # a new run competes with nothing from an older one
+            (run_dir / stale).unlink(missing_ok=True)
+    validate = bool(options.val) and is_main and mode != "feature-distill"
+    if options.val and mode == "feature-distill":
+        log("note: --mode feature-distill trains no segmentation head; --val is not scored")
+    best = _resume_best(run_dir, options.val, log) if validate and step else None
 
     train_module = module
     if distributed and cuda:
@@ -270,7 +301,7 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         csv_file = open(run_dir / "log.csv", "w" if new_csv else "a", newline="")
         csv_writer = csv.writer(csv_file)
         if new_csv:
-            csv_writer.writerow(["step", "epoch", "loss", "lr", "images_per_s", "parts"])
+            csv_writer.writerow(["step", "epoch", "loss", "lr", "images_per_s", "parts", "val_miou"])
 
     saved_at = [-1]
 
@@ -288,6 +319,28 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         save_student(run_dir, module.student, config)
         if module.regressor is not None:
             save_tensors(run_dir / REGRESSOR_NAME, module.regressor)
+
+    last_val: dict[str, Any] = {}
+
+    def score_val() -> float:
+        """mIoU on --val at this step; new best -> best.safetensors + best.json (rank 0 only)."""
+        nonlocal best
+        from labelgen.student.evaluate import evaluate_folder
+
+        if last_val.get("step") == step:
+            return last_val["miou"]
+        scores, _ = evaluate_folder(module.student, config, options.val, device)
+        miou = float(scores.miou)
+        last_val.update(step=step, miou=miou)
+        writer.add_scalar("val/miou", miou, step)
+        if best is None or miou > best["miou"]:
+            names = [c["name"] for c in config.classes]
+            best = {"step": step, "miou": miou, "val": str(options.val),
+                    "per_class": scores.to_json(names).get("per_class")}
+            _write_best(run_dir, module.student, best)
+        writer.add_scalar("val/best_miou", best["miou"], step)
+        log(f"step {step}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
+        return miou
 
     from tqdm import tqdm
 
@@ -323,7 +376,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
                 rate = images_seen / max(1e-9, time.perf_counter() - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
-                if is_main and step % options.log_every == 0:
+                miou = None
+                if validate and options.val_every and (step % options.val_every == 0 or step == total):
+                    miou = score_val()
+                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", val=f"{miou:.3f}",
+                                    best=f"{best['miou']:.3f}")
+                if is_main and (step % options.log_every == 0 or miou is not None):
                     lr = scheduler.get_last_lr()[0]
                     writer.add_scalar("train/loss", value, step)
                     writer.add_scalar("train/lr", lr, step)
@@ -331,7 +389,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
                     for k, v in parts.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     csv_writer.writerow([step, epoch, f"{value:.6f}", f"{lr:.6g}", f"{rate:.2f}",
-                                         " ".join(f"{k}={v:.5f}" for k, v in parts.items())])
+                                         " ".join(f"{k}={v:.5f}" for k, v in parts.items()),
+                                         "" if miou is None else f"{miou:.6f}"])
                 if step % options.save_every == 0 or step == total:
                     save()
                 if stop_after is not None and step >= stop_after:
@@ -347,14 +406,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     result = TrainResult(run_dir, step, losses, rate, init_report=init_report, resumed_from=resumed_from,
                          extra={"step_times": step_times, "images_per_step": options.batch_size * world, "rank": rank})
     if stop_after is None or step >= total:
+        if validate:
+            result.val_miou = score_val()
+            log(f"validation mIoU on {options.val}: {result.val_miou:.4f}")
         save()
-        if options.val and is_main and mode != "feature-distill":
-            from labelgen.student.evaluate import evaluate_folder
-
-            scores, _ = evaluate_folder(module.student, config, options.val, device)
-            result.val_miou = scores.miou
-            writer.add_scalar("val/miou", scores.miou, step)
-            log(f"validation mIoU on {options.val}: {scores.miou:.4f}")
+    if best is not None:
+        result.best_miou, result.best_step = best["miou"], best["step"]
     if writer is not None:
         writer.close()
     if distributed:
@@ -371,6 +428,35 @@ def _teacher_classes(options: TrainOptions):
         return Workspace(options.teacher).classes
     except LabelgenError:
         return None
+
+
+def _check_val_classes(val: str, classes) -> None:
+    """Fail before training, not at the first --val-every step."""
+    from labelgen.data.folder import open_labelled
+
+    names = list(open_labelled(val, require_masks=True).classes.names)
+    if names != list(classes.names):
+        raise LabelgenError(f"{val}: --val classes {names} differ from the training data's {list(classes.names)}")
+
+
+def _write_best(run_dir: Path, student: nn.Module, best: dict) -> None:
+    """Weights first (step + mIoU in their own metadata), then best.json; each atomic."""
+    from labelgen.data.io import atomic_write_json
+
+    save_tensors(run_dir / BEST_NAME, student, metadata={"step": str(best["step"]), "miou": repr(best["miou"])})
+    atomic_write_json(run_dir / BEST_JSON, best)
+
+
+def _resume_best(run_dir: Path, val: str, log) -> dict | None:
+    """best.json of the run being resumed (None: none yet, or scored on another --val)."""
+    best = read_best(run_dir)
+    if best is None:
+        return None
+    if str(best.get("val")) != str(val):
+        log(f"note: {run_dir / BEST_JSON} was scored on {best.get('val')}, not {val}; best selection starts afresh")
+        return None
+    log(f"best so far: val mIoU {best['miou']:.4f} at step {best['step']}")
+    return best
 
 
 def _truncate_csv(path: Path, step: int) -> None:

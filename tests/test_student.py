@@ -28,7 +28,7 @@ ENCODER = "resnet18"
 
 
 def _options(tmp: Path, mode: str, data: Path, out: str, **kw) -> TrainOptions:
-    base = dict(mode=mode, data=str(data), out=str(tmp / out), encoder=ENCODER, image_size=SIZE, batch_size=4,
+    base = dict(mode=mode, data=data if isinstance(data, list) else str(data), out=str(tmp / out), encoder=ENCODER, image_size=SIZE, batch_size=4,
                 max_steps=5, lr=3e-3, progress=False, warmup_steps=0)
     return TrainOptions(**{**base, **kw})
 
@@ -334,3 +334,116 @@ def test_augmentation_moves_image_mask_and_soft_labels_together(tiny):
     assert moved >= 1  # some epochs flip / shift the sample
     again = aug[(1, 0)]
     assert torch.equal(again["image"], aug[(1, 0)]["image"])  # seeded by (seed, epoch, index)
+
+
+# ------------------------------------------------------------------ several sources, model selection on val
+def test_weighted_sampler_proportions_determinism_and_rank_slices(tiny):
+    from labelgen.student.data import ResumableSampler, StudentDataset, open_sources, source_quotas
+    from labelgen.student.models import IMAGENET_MEAN, IMAGENET_STD
+
+    sizes, weights = [40, 8], [1.0, 5.0]  # 8 "real" images drawn 5x as often as a synthetic one
+    assert source_quotas(sizes, weights) == [24, 24] and source_quotas([3000, 20], [1, 4]) == [2942, 78]
+    sampler = ResumableSampler(48, 4, seed=3, sizes=sizes, weights=weights)
+    counts = np.zeros(48, int)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        draws = sampler.epoch_draws()
+        assert len(draws) == 48 and len(set(draws)) == 48  # a repeated index gets a new copy number
+        for i, _ in draws:
+            counts[i] += 1
+    assert counts[40:].sum() == 72 and set(counts[40:]) == {9}  # exactly 3 copies per epoch each
+    assert counts[:40].sum() == 72
+    sampler.set_epoch(1)
+    again = ResumableSampler(48, 4, seed=3, sizes=sizes, weights=weights)
+    again.set_epoch(1)
+    assert again.draws() == sampler.draws()
+    sampler.set_epoch(0)
+    assert sampler.draws() != again.draws()
+    # the per-rank slices of two processes partition the epoch; start_batch skips whole batches
+    ranks = [ResumableSampler(48, 4, rank=r, world=2, seed=3, sizes=sizes, weights=weights) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(1)
+    assert sorted(ranks[0].draws() + ranks[1].draws()) == sorted(again.epoch_draws())
+    ranks[0].set_epoch(1, start_batch=2)
+    assert list(ranks[0]) == [(i, 1, c) for i, c in again.epoch_draws()[0::2][8:]]
+    # equal weights = the single-source order, unchanged
+    plain, equal = ResumableSampler(48, 4, seed=3), ResumableSampler(48, 4, seed=3, sizes=sizes, weights=[2, 2])
+    assert plain.order() == equal.order()
+    # a repeated draw is augmented differently
+    source = open_sources([str(tiny["shards"]), str(tiny["real"])], require_masks=False)
+    data = StudentDataset(source, 3, SIZE, IMAGENET_MEAN, IMAGENET_STD, want_soft=True, warn=False)
+    assert len(data) == 16 and data[(9, 0)]["soft"].shape == (3, *SIZE)  # a real image: one-hot soft labels
+    assert any(not torch.equal(data[(i, 0, 0)]["image"], data[(i, 0, 1)]["image"]) for i in range(8, 12))
+
+
+def test_two_sources_weighted_resume_exact_and_val_selection(tiny, capsys, tmp_path):
+    """label-distill on shards + a real folder (weights 1,3), --val-every 1; killed after step 3 of 4
+    (the last checkpoint is step 2, best.json may already hold step 3: it is read back and redone)."""
+    import warnings
+
+    data = [str(tiny["shards"]), str(tiny["real"])]
+    kw = dict(data_weights=[1.0, 3.0], max_steps=4, save_every=2, val=str(tiny["val"]), val_every=1, hard_weight=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = train(_options(tiny["root"], "label-distill", data, "multi_full", **kw))
+    soft_warnings = [str(w.message) for w in caught if "soft labels" in str(w.message)]
+    assert len(soft_warnings) == 1 and "labelled folder" in soft_warnings[0]  # once, for the real folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), stop_after=3)
+        state = torch.load(first.run_dir / "last.pt", weights_only=False)
+        assert state["step"] == 2
+        logs = []
+        resumed = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), log=logs.append)
+    assert resumed.resumed_from == 2 and any(line.startswith("best so far") for line in logs)
+    assert resumed.losses[:2] == full.losses[:2]
+    assert resumed.losses[2:] == pytest.approx(full.losses[2:], rel=1e-5, abs=1e-6)
+    assert (resumed.best_step, resumed.best_miou) == (full.best_step, pytest.approx(full.best_miou, abs=1e-6))
+
+    # best.json holds the step with the highest val mIoU of the log; eval (default: best) re-scores it
+    run = full.run_dir
+    best = json.loads((run / "best.json").read_text())
+    rows = [line.split(",") for line in (run / "log.csv").read_text().splitlines()]
+    assert rows[0][-1] == "val_miou"
+    val = {int(r[0]): float(r[-1]) for r in rows[1:]}
+    assert sorted(val) == [1, 2, 3, 4] and best["step"] == max(val, key=lambda s: (val[s], -s))
+    assert best["miou"] == pytest.approx(val[best["step"]], abs=1e-5) and best["miou"] == full.best_miou
+    code, out, err = _cli(["eval", "--checkpoint", str(run), "--data", str(tiny["val"]), "--out", str(tmp_path / "e")],
+                          capsys)
+    assert code == 0, err
+    assert "best.safetensors" in out and float(out.split("mIoU: ")[1].split()[0]) == pytest.approx(best["miou"], abs=1e-4)
+    assert json.loads((tmp_path / "e" / "scores.json").read_text())["weights"].endswith("best.safetensors")
+    code, out, err = _cli(["eval", "--checkpoint", str(run), "--data", str(tiny["val"]), "--out", str(tmp_path / "e"),
+                           "--weights", "last"], capsys)
+    assert code == 0 and float(out.split("mIoU: ")[1].split()[0]) == pytest.approx(full.val_miou, abs=1e-4)
+    # --init RUN_DIR starts from the best weights
+    from labelgen.student.models import create_student, load_matching
+
+    assert load_matching(create_student("unet", ENCODER, 3), run)["path"].endswith("best.safetensors")
+    # a run without selection: --weights best is a one-line error, the default falls back to the last weights
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("student_config.json", "model.safetensors"):
+        (bare / name).write_bytes((run / name).read_bytes())
+    code, out, err = _cli(["export", "--checkpoint", str(bare), "--onnx", str(tmp_path / "b.onnx"), "--weights", "best"],
+                          capsys)
+    assert code == 2 and err.count("\n") == 1 and "no best.safetensors" in err
+    code, out, err = _cli(["predict", "--checkpoint", str(bare), "--images", str(tiny["val"] / "images"),
+                           "--out", str(tmp_path / "p")], capsys)
+    assert code == 0 and "model.safetensors (last step)" in out
+
+
+def test_sources_must_share_classes_and_weights_must_fit(tiny, capsys, tmp_path):
+    from labelgen.data.classes import ClassList
+
+    other = make_folder(tmp_path / "other", 4, SIZE, split="train")
+    ClassList.from_names(["background", "shirt", "disc"]).save(tmp_path / "other" / "classes.json")
+    base = ["train", "--mode", "label-distill", "--out", str(tmp_path / "x"), "--data", str(tiny["shards"])]
+    for extra, message in [(["--data", str(other)], "differ from"),
+                           (["--data", str(tiny["real"]), "--data-weights", "1,2,3"], "3 value(s) for 2"),
+                           (["--data", str(tiny["real"]), "--data-weights", "1,x"], "comma-separated"),
+                           (["--val-every", "2"], "--val-every needs --val"),
+                           (["--val", str(other)], "--val classes")]:
+        code, out, err = _cli(base + extra, capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
