@@ -1,4 +1,4 @@
-"""The app's logic without Streamlit: mask codec, path safety, uploads, review store, overlays, sampling.
+"""The app's logic without Streamlit: mask codec, path safety, uploads, review store, sampling.
 
 Everything here is plain Python + numpy so it is tested directly; the pages (``labelgen.app.views``)
 only wire it to widgets. Paths and ids that come from the browser always go through
@@ -255,28 +255,11 @@ def class_pixel_counts(ws: Workspace) -> tuple[int, np.ndarray]:
     return n, counts
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
-    """Image with the mask's class colours blended in (255 = unlabelled stays clear)."""
-    lut = np.zeros((256, 3), np.float32)
-    lut[:len(palette)] = np.asarray(palette, np.float32)
-    colours = lut[mask]
-    labelled = (mask != IGNORE_INDEX)[..., None]
-    out = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * colours, image.astype(np.float32))
-    return out.round().clip(0, 255).astype(np.uint8)
-
-
 def heat(values: np.ndarray) -> np.ndarray:
     """A [H, W] map in [0, 1] as an RGB heat image (black -> red -> yellow -> white)."""
     v = np.clip(np.nan_to_num(values.astype(np.float32)), 0, 1)
     rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
     return (rgb * 255).round().astype(np.uint8)
-
-
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour enlargement (so 64x64 thumbnails stay crisp)."""
-    if factor <= 1:
-        return image
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 # ---------------------------------------------------------------- review store
@@ -326,15 +309,10 @@ class SampleInfo:
 
     @property
     def uncertainty(self) -> float | None:
-        for name in ("uncertainty", "mean_uncertainty", "entropy", "mean_entropy"):
-            value = self.meta.get(name)
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, dict):
-                for sub in ("mean", "value", "entropy"):
-                    if isinstance(value.get(sub), (int, float)):
-                        return float(value[sub])
-        return None
+        """The image score ``labelgen synthesize`` stored (meta ``uncertainty``: mean of the 10 % most
+        uncertain pixels, measure in ``uncertainty_measure``), or None."""
+        value = self.meta.get("uncertainty")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def synthetic_sets(ws: Workspace) -> list[str]:
@@ -376,43 +354,6 @@ def load_sample(set_dir: Path, info: SampleInfo):
                 break
             return sample
     raise AppError(f"sample {info.key} not found in {info.shard} (was the set rewritten?)")
-
-
-def stored_uncertainty(sample) -> np.ndarray | None:
-    """A per-pixel uncertainty map stored with a sample (extras ``uncertainty.png`` / ``*.npy`` / ``*.npz``)."""
-    for ext, payload in sample.extras.items():
-        if "uncert" not in ext and "entropy" not in ext and "soft" not in ext:
-            continue
-        try:
-            if ext.endswith(".png"):
-                with Image.open(io.BytesIO(payload)) as im:
-                    return np.asarray(im.convert("L"), np.float32) / 255.0
-            if ext.endswith(".npy"):
-                return _normalise(np.load(io.BytesIO(payload), allow_pickle=False))
-            if ext.endswith(".npz"):
-                with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-                    for name in z.files:
-                        arr = z[name]
-                        if arr.ndim in (2, 3):
-                            return _normalise(arr)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def _normalise(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr, np.float32)
-    if arr.ndim == 3:
-        return entropy_map(arr)
-    hi = float(arr.max(initial=0))
-    return arr / hi if hi > 1 else arr
-
-
-def entropy_map(probs: np.ndarray) -> np.ndarray:
-    """Normalised per-pixel entropy [H, W] in [0, 1] of class probabilities [C, H, W]."""
-    p = np.clip(probs, 1e-8, 1)
-    p = p / p.sum(axis=0, keepdims=True)
-    return (-(p * np.log(p)).sum(axis=0) / np.log(max(2, p.shape[0]))).astype(np.float32)
 
 
 def fix_sample(ws: Workspace, sample) -> str:

@@ -33,9 +33,11 @@ def _job_file(ws: Workspace, name: str) -> Path:
     return job_dir(ws) / f"{name}.json"
 
 
-def train_command(ws: Workspace, epochs: int = 30, extra: list[str] | None = None) -> list[str]:
-    """`labelgen train-heads` on the workspace (the teacher CLI; no leave-some-out option there yet)."""
-    cmd = [sys.executable, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root), "--epochs", str(int(epochs))]
+def train_command(ws: Workspace, epochs: int = 30, holdout: int = 0, extra: list[str] | None = None) -> list[str]:
+    """`labelgen train-heads` on the workspace (the teacher CLI): ``holdout`` = the last K annotated
+    images are not trained on and their per-class IoU goes to W/heads/train_log.json."""
+    cmd = [sys.executable, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root), "--epochs", str(int(epochs)),
+           "--holdout", str(int(holdout))]
     return cmd + list(extra or [])
 
 

@@ -126,19 +126,24 @@ def import_cmd(workspace_dir, images_dir, masks_dir):
               help="pixel-mlp: labelled pixels sampled per image per member per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed):
-    """Train the workspace's task head on its annotated images; saves W/heads/."""
+@click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
+              help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
+                   "W/heads/train_log.json.")
+def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, holdout):
+    """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)."""
     from labelgen.heads.train import TrainConfig, train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
                          seed=seed)
     device = _generator_to_best_device(ws)
-    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo)
-    msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids())} annotated images " \
+    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout)
+    msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids()) - holdout} annotated images " \
           f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
     if result.val_miou:
         msg += f", val mIoU {result.val_miou[-1]:.4f}"
+    if result.holdout is not None:
+        msg += f", held-out mIoU {result.holdout.miou:.4f} on {holdout} image(s)"
     click.echo(msg + f" -> {ws.heads_dir}")
 
 

@@ -151,9 +151,6 @@ def test_synthetic_listing_fix_and_uncertainty(ws):
     np.testing.assert_array_equal(image, sample.image)
     np.testing.assert_array_equal(mask, sample.mask)
     assert recipe["seed"] == 5004 and recipe["from_synthetic"] == "s00004"
-    probs = np.stack([np.full((4, 4), 0.5), np.full((4, 4), 0.5)])
-    assert np.allclose(core.entropy_map(probs), 1.0)
-    assert np.allclose(core.entropy_map(np.stack([np.ones((4, 4)), np.zeros((4, 4))])), 0.0, atol=1e-5)
 
 
 def test_training_job_runs_in_background_with_progress(ws):
@@ -271,15 +268,156 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
     assert json.loads(ws.recipe_path(new_id).read_text())["from_synthetic"] == "s00003"
 
 
-def test_train_page_shows_iou_from_the_training_log(app, ws):
+def test_train_page_without_holdout_says_so(app, ws):
     ws.heads_dir.mkdir(exist_ok=True)
     (ws.heads_dir / "train_log.json").write_text(json.dumps(
-        {"epochs": 3, "holdout": {"ids": ["g000003"], "per_class_iou": [0.9, 0.5, None]}}))
+        {"head": "pixel-mlp", "ensemble": 3, "train_ids": ["g000001"], "losses": [0.5], "holdout": None}))
     at = app.run()
     at.sidebar.radio[0].set_value("train").run()
     assert not at.exception, at.exception
     assert at.header[0].value == "Train heads"
+    assert at.number_input(key="holdout").value == 0  # < 5 annotated images: nothing held out by default
+    assert not at.dataframe
+    assert any("No held-out IoU" in c.value for c in at.main.caption)
+
+
+# ------------------------------------------------------------------ the real teacher behind the pages
+def _fake_teacher_env(monkeypatch, ws) -> None:
+    """The app (and the `labelgen train-heads` it starts) on a tests/teacher_fakes workspace, 1 thread."""
+    from teacher_fakes import subprocess_env
+
+    for name in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, subprocess_env()[name])
+    monkeypatch.setenv("LABELGEN_WORKSPACE", str(ws.root))
+
+
+def test_train_page_runs_the_real_train_heads_and_shows_held_out_iou(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from teacher_fakes import annotated_workspace
+
+    ws = annotated_workspace(tmp_path / "w", count=5)
+    _fake_teacher_env(monkeypatch, ws)
+    at = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    at.sidebar.radio[0].set_value("train").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="holdout").value == 1  # 20 % of 5 annotated images
+    at.number_input(key="epochs").set_value(4).run()
+    button(at, "Train heads").click().run()
+    record = jobs.status(ws, "train")
+    assert record["cmd"][2:4] == ["labelgen.cli", "train-heads"] and record["cmd"][-2:] == ["--holdout", "1"]
+    deadline = time.time() + 300
+    while (record := jobs.status(ws, "train"))["running"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert record["returncode"] == 0, record["log_tail"]
+    at.run()
+    assert not at.exception, at.exception
+    assert any("training finished" in s.value for s in at.success)
+    log = json.loads((ws.heads_dir / "train_log.json").read_text())
+    assert log["holdout"]["ids"] == ["g000005"] and "g000005" not in log["train_ids"]
     table = at.dataframe[0].value
-    assert list(table["class"]) == ["background", "skin", "hair"]
-    assert table["IoU"].tolist()[:2] == [0.9, 0.5]
-    assert at.metric[0].value == "0.700"
+    assert list(table["class"]) == ["background", "disc", "bar"]
+    assert table["IoU"].tolist() == [round(log["holdout"]["per_class"][c], 3) for c in ("background", "disc", "bar")]
+    assert at.metric[0].value == f"{log['holdout']['miou']:.3f}" and log["holdout"]["miou"] > 0.5
+    assert any("g000005" in c.value for c in at.main.caption)
+    assert "held-out mIoU" in record["log_tail"]
+
+
+@pytest.fixture
+def synthesized(tmp_path):
+    """A fake-GAN workspace with trained heads and the real `labelgen synthesize` output in W/synthetic."""
+    import torch
+
+    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.synthesis import SynthesisConfig, synthesize
+    from teacher_fakes import annotated_workspace
+
+    torch.set_num_threads(1)
+    ws = annotated_workspace(tmp_path / "w", count=3)
+    train_workspace_heads(ws, TrainConfig(epochs=4, pixels_per_image=256), progress=False)
+    synthesize(ws, SynthesisConfig(n=6, shard_size=3, batch_size=3, soft_labels="uint8", encode_workers=0),
+               ws.synthetic_dir, progress=False)
+    return ws
+
+
+def test_review_on_real_synthesis_output(synthesized, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from labelgen.app import heads_bridge
+    from labelgen.heads.predict import predict_annotation
+    from labelgen.heads import load_head
+    from labelgen.workspace import WORKSPACE_RECIPE_KEYS, tensor_to_uint8
+
+    ws = synthesized
+    _fake_teacher_env(monkeypatch, ws)
+    infos = core.list_samples(ws.synthetic_dir)
+    assert len(infos) == 6 and all(isinstance(i.meta["uncertainty"], float) for i in infos)
+    by_score = sorted(infos, key=lambda i: i.uncertainty, reverse=True)
+    at = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    at.sidebar.radio[0].set_value("review").run()
+    assert not at.exception, at.exception
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert [c.split(" · ")[0] for c in captions] == [i.key for i in by_score]  # the real meta, most uncertain first
+    assert captions[0] == f"{by_score[0].key} · unc {by_score[0].uncertainty:.3f} · unreviewed"
+
+    # the uncertainty map is the teacher's prediction (labelgen.heads.predict) of the sample's recipe
+    top = by_score[0]
+    at.toggle(key=f"unc-{top.key}").set_value(True).run()
+    assert not at.exception, at.exception
+    text = next(c for el in at.get("image") for c in el.captions if c.startswith("per-pixel"))
+    assert "js-divergence" in text and "the heads that labelled it" in text
+    assert f"score {top.uncertainty:.3f}" in text  # recomputed score = the score synthesis stored
+    sample = core.load_sample(ws.synthetic_dir, top)
+    pred = heads_bridge.predict_sample(ws, sample)
+    assert pred.score == pytest.approx(top.uncertainty, abs=1e-5)
+    np.testing.assert_array_equal(pred.mask, sample.mask)
+
+    # accept / reject persist across a fresh session
+    at.button(key=f"acc-{by_score[1].key}").click().run()
+    at.button(key=f"rej-{by_score[2].key}").click().run()
+    assert json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"] == {
+        by_score[1].key: "accepted", by_score[2].key: "rejected"}
+    again = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    again.sidebar.radio[0].set_value("review").run()
+    captions = [c for el in again.get("image") for c in el.captions]
+    assert f"{by_score[1].key} · unc {by_score[1].uncertainty:.3f} · ACCEPTED" in captions
+    assert f"{by_score[2].key} · unc {by_score[2].uncertainty:.3f} · REJECTED" in captions
+
+    # fix: a new annotation whose recipe recomputes the same image (and the same features)
+    at.button(key=f"fix-{top.key}").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.radio[0].value == "annotate"
+    new_id = at.selectbox(key="ann_id").value
+    assert new_id == "g000004"
+    image, recipe, mask = ws.read_annotation(new_id)
+    assert recipe["seed"] == sample.meta["seed"] and recipe["from_synthetic"] == top.key
+    backend_recipe = {k: v for k, v in recipe.items() if k not in WORKSPACE_RECIPE_KEYS}
+    np.testing.assert_array_equal(tensor_to_uint8(ws.generator().features_from_recipes([backend_recipe]).images)[0],
+                                  image)
+    np.testing.assert_array_equal(image, sample.image)
+    np.testing.assert_array_equal(mask, sample.mask)
+    assert predict_annotation(ws, load_head(ws.heads_dir), new_id).score == pytest.approx(top.uncertainty, abs=1e-5)
+
+
+def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from labelgen.heads import load_head
+    from labelgen.heads.predict import predict_annotation
+
+    ws = synthesized
+    _fake_teacher_env(monkeypatch, ws)
+    new_id = ws.sample_annotations(1)[0]
+    at = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    at.selectbox(key="ann_id").set_value(new_id).run()
+    button(at, "Pre-fill with heads").click().run()
+    assert not at.exception, at.exception
+    prefill_id, mask = at.session_state["prefill"]
+    assert prefill_id == new_id
+    np.testing.assert_array_equal(mask, predict_annotation(ws, load_head(ws.heads_dir), new_id).mask)
+    # the canvas is handed the prediction (and reports it back, so Save writes it)
+    canvas = at.session_state["canvas"]
+    at.session_state[canvas["key"]] = {"doc": canvas["doc"], "seq": 0, "width": 32, "height": 32,
+                                       "rle": core.rle_encode(mask)}
+    at.run()
+    button(at, "Save").click().run()
+    np.testing.assert_array_equal(ws.read_mask(new_id), mask)

@@ -1,7 +1,9 @@
 """End-to-end: the app in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
 Paints with the real mouse on a generated DCGAN image and checks the saved index mask file; checks
-that accept/reject survive a page reload. Screenshots of every page go to test-output/.
+that accept/reject survive a page reload; on a real dcgan workspace, trains from the Train page
+(`labelgen train-heads --holdout`), reviews `labelgen synthesize` output and pre-fills with the heads.
+Screenshots of every page go to test-output/ (app_*_real.png: real heads + synthesis).
 """
 from __future__ import annotations
 
@@ -35,32 +37,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("app") / "ws", n_images=0, synthetic=6)
+def _start_server(ws_root: Path, log_path: Path):
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "labelgen.cli", "app", "--workspace", str(ws.root), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "w")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "labelgen.cli", "app", "--workspace", str(ws_root), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
-                break
+                return proc, log, url
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            pytest.fail(f"app server did not start: {Path(log.name).read_text()[-2000:]}")
+            pytest.fail(f"app server did not start: {log_path.read_text()[-2000:]}")
         time.sleep(0.3)
-    yield url, ws
+
+
+def _stop_server(proc, log) -> None:
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("app") / "ws", n_images=0, synthetic=6)
+    proc, log, url = _start_server(ws.root, tmp_path_factory.mktemp("log") / "server.log")
+    yield url, ws
+    _stop_server(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +216,79 @@ def test_review_decisions_survive_reload(server, page):
     page.get_by_role("heading", name="Train heads").wait_for()
     page.get_by_text("No training run yet").wait_for()
     page.screenshot(path=str(OUT / "app_train.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ the real teacher behind the pages
+def _cli(*args: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LABELGEN_WORKSPACE="")
+    subprocess.run([sys.executable, "-m", "labelgen.cli", *args], check=True, env=env, capture_output=True)
+
+
+def test_pages_on_real_heads_and_synthesis(tmp_path, page):
+    """`labelgen init` (dcgan) + `sample` + masks; train from the Train page (the real `labelgen
+    train-heads --holdout`); `labelgen synthesize` into W/synthetic; review it with the heads'
+    uncertainty map; pre-fill a new image with the heads. Screenshots: test-output/app_*_real.png."""
+    from labelgen.workspace import Workspace
+
+    OUT.mkdir(exist_ok=True)
+    root = tmp_path / "W"
+    _cli("init", str(root), "--generator", "dcgan", "--classes", "background,face,hair")
+    _cli("sample", "-w", str(root), "--n", "5")
+    ws = Workspace(root)
+    yy, xx = np.mgrid[:64, :64]
+    for k, annotation_id in enumerate(ws.annotation_ids()):  # a rough face ellipse with hair above it
+        mask = np.zeros((64, 64), np.uint8)
+        mask[((yy - 36 - k) / 20) ** 2 + ((xx - 32) / 15) ** 2 <= 1] = 1
+        mask[(((yy - 26) / 16) ** 2 + ((xx - 32) / 20) ** 2 <= 1) & (yy < 26 + k)] = 2
+        ws.save_mask(annotation_id, mask)
+    proc, log, url = _start_server(root, tmp_path / "server.log")
+    try:
+        page.goto(f"{url}/?page=train")
+        page.get_by_role("heading", name="Train heads").wait_for()
+        epochs = page.get_by_role("spinbutton", name="Epochs")
+        epochs.fill("3")
+        epochs.press("Enter")
+        assert page.get_by_role("spinbutton", name="Hold out").input_value() == "1"
+        page.get_by_role("button", name="Train heads").click()
+        page.get_by_text("Held-out IoU per class").wait_for(timeout=240_000)
+        page.get_by_text("training finished").wait_for()
+        wait_until(lambda: page.get_by_role("button", name="Train heads").is_enabled(), what="Train button enabled again")
+        page.set_viewport_size({"width": 1400, "height": 1900})  # the app scrolls inside: show the whole page
+        log_json = json.loads((ws.heads_dir / "train_log.json").read_text())
+        assert log_json["holdout"]["ids"] == ["g000005"]
+        page.screenshot(path=str(OUT / "app_train_real.png"), full_page=True)
+
+        _cli("synthesize", "-w", str(root), "--n", "8", "--out", str(ws.synthetic_dir), "--soft-labels", "uint8",
+             "--encode-workers", "0")
+        page.goto(f"{url}/?page=review")
+        page.get_by_role("heading", name="Review synthetic samples").wait_for()
+        first = page.locator("[data-testid='stImage']").first
+        first.wait_for()
+        key = page.locator("[data-testid='stImageCaption']").first.inner_text().split(" · ")[0]
+        page.locator(f".st-key-unc-{key} label").click()
+        page.get_by_text("per-pixel js-divergence").wait_for(timeout=60_000)
+        page.locator(f".st-key-acc-{key} button").click()
+        wait_until(lambda: (ws.root / "review.json").is_file(), what="review.json")
+        page.get_by_text(f"{key} · unc").filter(has_text="ACCEPTED").wait_for()
+        page.screenshot(path=str(OUT / "app_review_real.png"), full_page=True)
+
+        _cli("sample", "-w", str(root), "--n", "1")
+        page.goto(f"{url}/?page=annotate&id=g000006")
+        canvas_frame(page)
+        page.get_by_role("button", name="Pre-fill with heads").click()
+
+        def prefilled_mask():  # the canvas iframe is replaced (new document): re-find it until it shows the prediction
+            try:
+                frame = canvas_frame(page)
+                if frame.evaluate("window.labelgenCanvas.doc") != "g000006:1":
+                    return None
+                return [np.array(frame.evaluate("Array.from(window.labelgenCanvas.mask)"), np.uint8)]
+            except Exception:  # noqa: BLE001  (a frame detached mid-call)
+                return None
+
+        mask = wait_until(prefilled_mask, 60, "pre-filled canvas")[0]
+        assert (mask != 255).all() and set(np.unique(mask).tolist()) <= {0, 1, 2}
+        page.mouse.move(5, 5)  # no tooltip in the picture
+        page.screenshot(path=str(OUT / "app_annotate_real.png"), full_page=True)
+    finally:
+        _stop_server(proc, log)

@@ -150,3 +150,66 @@ def test_conv_fuse_per_level_equals_concat_then_fuse():
                  for p, l in zip(member.project, levels)]
     expected = member.classify(member.blocks(member.fuse(torch.cat(upsampled, 1))))
     torch.testing.assert_close(head(levels)[:, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_path, monkeypatch, capsys):
+    """--holdout K: the last K annotated ids are never loaded for training; train_log.json (atomic) holds
+    their per-class IoU + mIoU (ConfusionMatrix of the ensemble-mean prediction), printed as a table."""
+    import labelgen.heads.train as train_module
+    from labelgen.cli import main
+    from labelgen.metrics import ConfusionMatrix
+
+    ws = annotated_workspace(tmp_path / "w", count=4)
+    trained_on, in_training = set(), []
+    real_features, real_train_head = ws.annotation_features, train_module.train_head
+
+    def spy_features(annotation_id):
+        if in_training:
+            trained_on.add(annotation_id)
+        return real_features(annotation_id)
+
+    def spy_train_head(*args, **kwargs):
+        in_training.append(True)
+        try:
+            return real_train_head(*args, **kwargs)
+        finally:
+            in_training.clear()
+
+    monkeypatch.setattr(ws, "annotation_features", spy_features)
+    monkeypatch.setattr(train_module, "train_head", spy_train_head)
+    lines = []
+    result = train_workspace_heads(ws, TrainConfig(epochs=6, pixels_per_image=512), progress=False, holdout=1,
+                                   log=lines.append)
+    assert trained_on == {"g000001", "g000002", "g000003"}  # g000004 is held out
+    log = json.loads((ws.heads_dir / "train_log.json").read_text())
+    assert log["train_ids"] == ["g000001", "g000002", "g000003"] and log["holdout"]["ids"] == ["g000004"]
+    assert list(log["holdout"]["per_class"]) == ["background", "disc", "bar"]
+    # the logged numbers are the ConfusionMatrix scores of the saved head on the held-out image
+    head = load_head(ws.heads_dir)
+    matrix = ConfusionMatrix(3)
+    probs = head.predict_proba(real_features("g000004"))
+    matrix.update(probs.mean(1).argmax(1), torch.from_numpy(ws.read_mask("g000004").astype(np.int64))[None])
+    scores = matrix.compute()
+    assert log["holdout"]["per_class"]["disc"] == pytest.approx(scores.per_class_iou[1])
+    assert log["holdout"]["miou"] == pytest.approx(scores.miou) == pytest.approx(result.holdout.miou)
+    assert log["holdout"]["miou"] > 0.6
+    assert "| disc |" in lines[-1] and "g000004" in lines[-1]
+    meta = json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]
+    assert meta["annotations"] == log["train_ids"] and meta["holdout"] == ["g000004"]
+    assert not list(ws.heads_dir.glob(".*tmp*"))
+
+    # the CLI: --holdout K prints the table; K must leave an image to train on; --holdout 0 clears it
+    for args, code in ((["--holdout", "4"], 2), (["--holdout", "2"], 0), ([], 0)):
+        try:
+            main(["train-heads", "-w", str(ws.root), "--epochs", "1", *args])
+        except SystemExit as e:
+            assert (e.code or 0) == code
+        out = capsys.readouterr()
+        log = json.loads((ws.heads_dir / "train_log.json").read_text())
+        if args == ["--holdout", "4"]:
+            assert "--holdout 4" in out.err and len(out.err.strip().splitlines()) == 1
+        elif args:
+            assert "| **mIoU** |" in out.out and "held-out mIoU" in out.out
+            assert log["holdout"]["ids"] == ["g000003", "g000004"] and log["train_ids"] == ["g000001", "g000002"]
+        else:
+            assert log["holdout"] is None and len(log["train_ids"]) == 4

@@ -51,12 +51,12 @@ def _prefill(ws: Workspace, annotation_id: str) -> None:
     from labelgen.app.heads_bridge import predict_annotation
 
     try:
-        mask, _ = predict_annotation(ws, annotation_id)
+        pred = predict_annotation(ws, annotation_id)
     except LabelgenError as e:
         state.flash(f"no prediction: {e}", "warning")
         return
     _revert(annotation_id)
-    st.session_state["prefill"] = (annotation_id, mask)
+    st.session_state["prefill"] = (annotation_id, pred.mask)
 
 
 def _import_section(ws: Workspace, import_roots: list[str]) -> None:

@@ -8,10 +8,11 @@ import streamlit as st
 
 from labelgen.app import state
 from labelgen.app.core import (
-    ACCEPTED, REJECTED, AppError, ReviewStore, fix_sample, heat, list_samples, load_sample, overlay,
-    resolve_inside, stored_uncertainty, synthetic_sets, upscale,
+    ACCEPTED, REJECTED, AppError, ReviewStore, fix_sample, heat, list_samples, load_sample, resolve_inside,
+    synthetic_sets,
 )
 from labelgen.errors import LabelgenError
+from labelgen.visualize import overlay, upscale
 from labelgen.workspace import Workspace
 
 PAGE_SIZE = 12
@@ -25,6 +26,11 @@ def _samples(set_dir: str, stamp: float):
 
 def _stamp(set_dir: Path) -> float:
     return max((p.stat().st_mtime for p in set_dir.glob("*.json")), default=0.0)
+
+
+def _head_stamp(ws: Workspace) -> str | None:
+    files = sorted(ws.heads_dir.glob("head*"))
+    return "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
 def _decide(set_name: str, key: str, decision: str | None) -> None:
@@ -42,20 +48,27 @@ def _fix(set_dir: str, info) -> None:
     state.flash(f"copied synthetic sample {info.key} into the annotations as {annotation_id}")
 
 
-def _uncertainty_map(ws: Workspace, sample) -> tuple[np.ndarray | None, str]:
-    stored = stored_uncertainty(sample)
-    if stored is not None:
-        return stored, "stored"
-    from labelgen.app.heads_bridge import predict_recipe
+@st.cache_data(show_spinner="computing the uncertainty map", max_entries=64)
+def _cached_uncertainty_map(set_dir: str, stamp: float, key: str, head: str | None, _ws: Workspace, _sample):
+    """:func:`_uncertainty_map`, once per sample and saved head (reruns do not recompute it)."""
+    return _uncertainty_map(_ws, _sample)
 
-    recipe = sample.meta.get("recipe") if isinstance(sample.meta.get("recipe"), dict) else sample.meta
-    if "seed" not in recipe:
-        return None, "no recipe to recompute it"
+
+def _uncertainty_map(ws: Workspace, sample) -> tuple[np.ndarray | None, str]:
+    """(heat image of the per-pixel uncertainty, caption) from the heads' prediction of the sample
+    (labelgen.heads.predict: JS divergence of the ensemble, entropy for one member), or (None, why)."""
+    from labelgen.app import heads_bridge
+
     try:
-        _, unc = predict_recipe(ws, recipe)
-        return unc, "recomputed with the current heads"
+        pred = heads_bridge.predict_sample(ws, sample)
+        same = sample.meta.get("head") in (None, heads_bridge.current_head_id(ws))
     except LabelgenError as e:
         return None, str(e)
+    measure = sample.meta.get("uncertainty_measure") or "uncertainty"
+    note = "the heads that labelled it" if same else "the CURRENT heads (retrained since synthesis)"
+    peak = float(pred.uncertainty.max())  # scaled per image: typical values are far below the bound ln K
+    return heat(pred.uncertainty / peak if peak > 0 else pred.uncertainty), (
+        f"per-pixel {measure} from {note}: score {pred.score:.3f} (white = this image's max, {peak:.3f} nats)")
 
 
 def render(ws: Workspace) -> None:
@@ -119,11 +132,12 @@ def render(ws: Workspace) -> None:
                 st.button("Fix → annotate", key=f"fix-{info.key}", on_click=_fix, args=(str(set_dir), info),
                             use_container_width=True, help="Copy into the annotations and open it in the annotator.")
                 if st.toggle("uncertainty map", key=f"unc-{info.key}"):
-                    umap, source = _uncertainty_map(ws, sample)
+                    umap, text = _cached_uncertainty_map(str(set_dir), _stamp(set_dir), info.key, _head_stamp(ws),
+                                                         ws, sample)
                     if umap is None:
-                        st.caption(f"no uncertainty map: {source}")
+                        st.caption(f"no uncertainty map: {text}")
                     else:
-                        st.image(upscale(heat(umap), factor), caption=f"per-pixel uncertainty ({source})")
+                        st.image(upscale(umap, factor), caption=text)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

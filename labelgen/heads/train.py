@@ -52,9 +52,10 @@ class TrainResult:
     val_miou: list[float]  # per epoch (empty without validation)
     peak_step_bytes: int  # largest per-step working set of feature tensors (loaded + sampled)
     steps: int
+    holdout: Scores | None = None  # train_workspace_heads(holdout=K): scores on the K held-out images
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "holdout"}
 
 
 def _collate(examples: list[Example]) -> Example:
@@ -164,13 +165,30 @@ def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu
     return matrix.compute()
 
 
+TRAIN_LOG_NAME = "train_log.json"
+
+
+def split_holdout(ids: list[str], holdout: int) -> tuple[list[str], list[str]]:
+    """(train ids, held-out ids): the last ``holdout`` annotated ids (sorted) are held out."""
+    if holdout < 0 or holdout >= len(ids):
+        raise LabelgenError(f"--holdout {holdout}: choose 0..{len(ids) - 1} (at least one of the {len(ids)} "
+                            "annotated images must stay for training)")
+    return ids[:len(ids) - holdout], ids[len(ids) - holdout:]
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def train_workspace_heads(workspace, config: TrainConfig | None = None, val_folder=None, device: str = "cpu",
-                          log: Callable[[str], None] = print, progress: bool = True) -> TrainResult:
+                          log: Callable[[str], None] = print, progress: bool = True, holdout: int = 0) -> TrainResult:
     """``labelgen train-heads``: train the workspace's head type on its annotated images, save it to W/heads/.
 
     Features are computed once per annotation (native resolution, disk cache W/cache/features) and
     read back one mini-batch at a time. ``val_folder``: real images + masks (project folder format,
-    diffusion teachers), resized to the generator resolution; mIoU printed per epoch."""
+    diffusion teachers), resized to the generator resolution; mIoU printed per epoch. ``holdout``: the
+    last K annotated ids are not trained on; their per-class IoU + mIoU (ensemble-mean prediction) is
+    logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic)."""
     import hashlib
 
     from tqdm import tqdm
@@ -179,19 +197,26 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     from labelgen.heads import create_head
     from labelgen.workspace import resize_image, resize_mask
 
+    from labelgen.data.io import atomic_write_json
+
     config = config or TrainConfig()
-    ids = workspace.annotated_ids()
-    if not ids:
+    annotated = workspace.annotated_ids()
+    if not annotated:
         raise LabelgenError(f"{workspace.annotations_dir}: no annotated images (no <id>.mask.png yet)")
+    ids, held_out = split_holdout(annotated, holdout)
     num_classes = len(workspace.classes)
+    names = list(workspace.classes.names)
     image_shape = (*workspace.resolution, 3)
-    for annotation_id in tqdm(ids, desc="features", unit="image", disable=not progress):
+    for annotation_id in tqdm(annotated, desc="features", unit="image", disable=not progress):
         workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
         workspace.annotation_features(annotation_id)  # fills the disk cache
 
-    def load_example(i: int) -> Example:  # from disk each time: nothing per image stays in memory
-        mask = workspace.read_mask(ids[i], image_shape)
-        return workspace.annotation_features(ids[i]), torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
+    def annotation_example(annotation_id: str) -> Example:  # from disk each time: nothing stays in memory
+        mask = workspace.read_mask(annotation_id, image_shape)
+        return workspace.annotation_features(annotation_id), torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
+
+    def load_example(i: int) -> Example:
+        return annotation_example(ids[i])
 
     validate = None
     if val_folder is not None:
@@ -230,9 +255,21 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
                             device=device)
     finally:
         bar.close()
+    holdout_log = None
+    if held_out:
+        result.holdout = evaluate_head(head, (annotation_example(i) for i in held_out), num_classes, device)
+        holdout_log = {"ids": held_out, "miou": _finite(result.holdout.miou),
+                       "pixel_accuracy": _finite(result.holdout.pixel_accuracy),
+                       "per_class": {n: _finite(v) for n, v in zip(names, result.holdout.per_class_iou)}}
+        log(f"held-out IoU on {len(held_out)} annotated image(s) not trained on ({', '.join(held_out)}):\n"
+            + result.holdout.table(names))
     head.cpu().save_pretrained(workspace.heads_dir, extra={
         "generator": workspace.generator_id(), "feature_layers": workspace.layer_indices,
-        "classes": list(workspace.classes.names), "annotations": ids, "train": asdict(config),
+        "classes": names, "annotations": ids, "holdout": held_out, "train": asdict(config),
         "final_loss": result.losses[-1] if result.losses else None,
         "val_miou": result.val_miou[-1] if result.val_miou else None})
+    atomic_write_json(workspace.heads_dir / TRAIN_LOG_NAME, {
+        "head": head.head_type, "ensemble": head.ensemble, "classes": names, "train_ids": ids,
+        "train": asdict(config), "steps": result.steps, "losses": result.losses, "val_miou": result.val_miou,
+        "holdout": holdout_log})
     return result
