@@ -37,6 +37,8 @@ from labelgen.data.io import (
 from labelgen.errors import LabelgenError
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
+# generator options that change how new images are sampled or how fast, not the features of a given image
+SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch"})
 CONFIG_NAME = "workspace.json"
 DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion")
 WORKSPACE_RECIPE_KEYS = ("source", "generator", "file")  # added to recipes by the workspace, not the backend
@@ -120,9 +122,11 @@ class Workspace:
         return self._generator
 
     def generator_id(self) -> str:
-        """What made the features: backend, checkpoint name and a hash of the options."""
+        """What made the features: backend, checkpoint name and a hash of the feature-affecting options
+        (sampling-only options such as the number of DDIM steps or bf16 do not change it, so heads stay valid)."""
         checkpoint = self.config.checkpoint or "default"
-        options = json.dumps([self.config.generator_options, self.config.timesteps], sort_keys=True)
+        feature_options = {k: v for k, v in self.config.generator_options.items() if k not in SAMPLING_ONLY_OPTIONS}
+        options = json.dumps([feature_options, self.config.timesteps], sort_keys=True)
         return f"{self.config.backend}:{Path(checkpoint).name}:{hashlib.sha256(options.encode()).hexdigest()[:8]}"
 
     @property
