@@ -274,7 +274,9 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 break
         if bar is not None:
             bar.close()
-        if step >= cfg.steps and (done_before or not (out / "unet").is_dir()):
+        if done_before:  # export only: the checkpoint keeps the run's own record
+            export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
+        elif step >= cfg.steps and not (out / "unet").is_dir():
             checkpoint(export=True)
         if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
@@ -282,6 +284,8 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params}
     if stopped:
         echo(f"stopped at step {step}/{cfg.steps} ({stopped}); checkpoint saved; run the same command to continue")
+    elif done_before:
+        echo(f"re-exported step {step} -> {out}")
     else:
         echo(f"done: step {step}, loss {summary['loss'] if summary['loss'] is not None else float('nan'):.4f}, "
              f"{summary['seconds'] / 60:.1f} min in total -> {out}")
