@@ -290,3 +290,19 @@ def test_finished_run_reexports_fp16_that_loads_as_float32(tmp_path):
     fp16 = gen.features_of_images(torch.zeros(1, 3, H, W))
     for a, b in zip(fp32, fp16):
         assert torch.allclose(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_resume_keeps_the_runs_own_settings_unless_given(tmp_path):
+    data = _images(tmp_path / "imgs")
+    out = tmp_path / "run"
+    train_generator("ddpm", data, out, channels=(8, 16), steps=2, batch_size=4, lr=1e-3, ema=0.9,
+                    sample_every=0, device="cpu", echo=lambda s: None, show_progress=False)
+    # only --data/--out (+ a new total): the rest continues as the run was started
+    summary = train_generator("ddpm", data, out, steps=3, echo=lambda s: None, show_progress=False)
+    assert summary["step"] == 3
+    config = load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)["config"]
+    assert (config["batch_size"], config["lr"], config["ema"], config["sample_every"]) == (4, 1e-3, 0.9, 0)
+    assert config["steps"] == 3
+    # "the same command" without --steps: the planned total is kept (nothing left to do)
+    summary = train_generator("ddpm", data, out, lr=5e-4, echo=lambda s: None, show_progress=False)
+    assert summary["step"] == 3

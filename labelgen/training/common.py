@@ -168,12 +168,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                             "delete it to start over") from None
 
 
-def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any]):
+NOT_CARRIED = ("time_limit_min", "device")  # per session: never taken from the resumed run
+
+
+def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any],
+                    explicit: set[str] | None = None):
     """(run settings, saved checkpoint or None) for a run in ``out``.
 
     Resuming: the architecture keys (those of ``arch_defaults``) come from the checkpoint, and an
-    explicitly requested value that differs is refused. New run: unset architecture keys take
-    ``arch_defaults``. Other settings (steps, lr, ...) are always the requested ones."""
+    explicitly requested value that differs is refused; the other settings (steps, lr, batch size,
+    ...) not in ``explicit`` are the resumed run's own, so rerunning with only --data/--out continues
+    the same run (``explicit`` None: every requested value counts as given). New run: unset
+    architecture keys take ``arch_defaults``."""
     ckpt_path = Path(out) / TRAIN_DIR / CHECKPOINT_NAME
     if Path(out).exists() and not Path(out).is_dir():
         raise LabelgenError(f"{out}: exists and is not a folder")
@@ -187,7 +193,9 @@ def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_def
         if requested.get(k) is not None and _norm(requested[k]) != _norm(saved["config"].get(k)):
             raise LabelgenError(f"{out}: has a checkpoint trained with {k}={saved['config'].get(k)!r}, not "
                                 f"{requested[k]!r}; use the same settings to resume, or a new --out")
-    return {**requested, **{k: saved["config"][k] for k in arch_defaults}}, saved
+    carried = {} if explicit is None else {k: v for k, v in saved["config"].items()
+                                           if k in requested and k not in explicit and k not in NOT_CARRIED}
+    return {**requested, **carried, **{k: saved["config"][k] for k in arch_defaults}}, saved
 
 
 def _norm(v):

@@ -15,7 +15,7 @@ state (G, D, G_ema, both optimisers, step, RNG) in ``OUT/train/checkpoint.pt``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -199,11 +199,12 @@ def _seeds(gen: torch.Generator, n: int) -> list[int]:
 
 
 def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Callable[[str], None] = print,
-                    show_progress: bool = True) -> dict[str, Any]:
+                    show_progress: bool = True, explicit: set[str] | None = None) -> dict[str, Any]:
     out = Path(out)
     ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
     device = pick_device(cfg.device)
-    run, saved = start_or_resume(out, "stylegan2", asdict(cfg), SG2_ARCH_DEFAULTS)
+    run, saved = start_or_resume(out, "stylegan2", asdict(cfg), SG2_ARCH_DEFAULTS, explicit)
+    cfg = replace(cfg, **{k: v for k, v in run.items() if k not in SG2_ARCH_DEFAULTS})
     images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
     run["resolution"] = tuple(run["resolution"] or images.shape[2:])
     h, w = run["resolution"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -162,12 +162,14 @@ def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
 
 
 def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str], None] = print,
-               show_progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a DDPM on the images in ``data``; returns a summary dict."""
+               show_progress: bool = True, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) a DDPM on the images in ``data``; returns a summary dict. ``explicit``: the
+    settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
     out = Path(out)
     ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
     device = pick_device(cfg.device)
-    run, saved_state = start_or_resume(out, "ddpm", asdict(cfg), DDPM_ARCH_DEFAULTS)
+    run, saved_state = start_or_resume(out, "ddpm", asdict(cfg), DDPM_ARCH_DEFAULTS, explicit)
+    cfg = replace(cfg, **{k: v for k, v in run.items() if k not in DDPM_ARCH_DEFAULTS})
 
     images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
     data_res = tuple(images.shape[2:])
@@ -297,11 +299,13 @@ def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str,
     if backend == "ddpm":
         echo = options.pop("echo", print)
         show = options.pop("show_progress", True)
-        return train_ddpm(data, out, DDPMTrainConfig(**options), echo=echo, show_progress=show)
+        return train_ddpm(data, out, DDPMTrainConfig(**options), echo=echo, show_progress=show,
+                          explicit=set(options))
     if backend == "stylegan2":
         from labelgen.training.stylegan2_trainer import StyleGAN2TrainConfig, train_stylegan2
 
         echo = options.pop("echo", print)
         show = options.pop("show_progress", True)
-        return train_stylegan2(data, out, StyleGAN2TrainConfig(**options), echo=echo, show_progress=show)
+        return train_stylegan2(data, out, StyleGAN2TrainConfig(**options), echo=echo, show_progress=show,
+                               explicit=set(options))
     raise LabelgenError(f"train-generator: unsupported backend {backend!r} (ddpm or stylegan2)")
