@@ -14,7 +14,7 @@ import click
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True,
               help="Output folder (workspace copy, shards, grid.png).")
-@click.option("--n", "count", type=click.IntRange(1), default=48, show_default=True, help="Synthetic samples.")
+@click.option("--n", "count", type=click.IntRange(1), default=32, show_default=True, help="Synthetic samples.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("-w", "--workspace", "workspace_dir", type=click.Path(path_type=Path), default=None,
               help="Use this workspace instead of the embedded default teacher.")
