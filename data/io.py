@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +75,31 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, ...], num_classes: int,
     return mask
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """The project's one atomic-write mechanism: ``write(tmp)`` to a temp file beside ``path``, then
+    rename over ``path`` (same folder, so readers see the old file or the new one, never half of one)."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` atomically (fsync'd before the rename)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -136,17 +143,10 @@ def decode_png(payload: bytes, mask: bool = False) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def save_safetensors(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write a state dict (tensors detached, contiguous, on CPU) as safetensors."""
+def save_safetensors(path: Path, state, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a module's state dict (or a state dict) as safetensors (detached, on CPU)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    state = state.state_dict() if hasattr(state, "state_dict") else state
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

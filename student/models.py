@@ -16,8 +16,6 @@ half-written checkpoint behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 from labelgen.data.classes import ClassList
+from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
 
 CONFIG_NAME = "student_config.json"
@@ -97,33 +96,10 @@ class StudentConfig:
         return len(self.classes)
 
 
-def atomic_save(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path`` (the same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_tensors(path: Path, module_or_state, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_save(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
 def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
     from labelgen.data.io import atomic_write_json
 
-    save_tensors(Path(run_dir) / WEIGHTS_NAME, model)
+    save_safetensors(Path(run_dir) / WEIGHTS_NAME, model)
     atomic_write_json(Path(run_dir) / CONFIG_NAME, asdict(config))
 
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from labelgen.data.io import atomic_write, save_safetensors
 from labelgen.errors import LabelgenError
 from labelgen.student.data import ResumableSampler, StudentDataset, classes_of, open_sources, parse_weights
 from labelgen.student.distill import (
@@ -38,8 +39,8 @@ from labelgen.student.distill import (
     soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (
-    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, atomic_save, create_student,
-    describe_init, encoder_channels, load_matching, read_best, save_student, save_tensors,
+    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, create_student,
+    describe_init, encoder_channels, load_matching, read_best, save_student,
 )
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
@@ -315,10 +316,10 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         payload = {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "step": step, "losses": losses, "rng": rngs,
                    "config": asdict(config), "total": total}
-        atomic_save(state_path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(state_path, lambda tmp: torch.save(payload, tmp))
         save_student(run_dir, module.student, config)
         if module.regressor is not None:
-            save_tensors(run_dir / REGRESSOR_NAME, module.regressor)
+            save_safetensors(run_dir / REGRESSOR_NAME, module.regressor)
 
     last_val: dict[str, Any] = {}
 
@@ -443,7 +444,7 @@ def _write_best(run_dir: Path, student: nn.Module, best: dict) -> None:
     """Weights first (step + mIoU in their own metadata), then best.json; each atomic."""
     from labelgen.data.io import atomic_write_json
 
-    save_tensors(run_dir / BEST_NAME, student, metadata={"step": str(best["step"]), "miou": repr(best["miou"])})
+    save_safetensors(run_dir / BEST_NAME, student, metadata={"step": str(best["step"]), "miou": repr(best["miou"])})
     atomic_write_json(run_dir / BEST_JSON, best)
 
 
