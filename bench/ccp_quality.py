@@ -57,7 +57,7 @@ PRESETS = {
     # the test suite's version: minutes -> seconds, on tiny data
     "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 4.0),
     # what runs on the 2-core CPU machine in well under an hour
-    "cpu": Preset(300, 600, 600, 300, 100, 100, 8, 256, 10, None, 10, 20.0),
+    "cpu": Preset(300, 600, 400, 150, 60, 100, 8, 256, 10, None, 10, 20.0),
     # the full protocol for a GPU machine
     "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20.0),
 }
