@@ -15,14 +15,17 @@ One epoch = one pass over the annotated images in random mini-batches; the pixel
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from labelgen.data.io import IGNORE_INDEX
 from labelgen.errors import LabelgenError
@@ -165,6 +168,30 @@ def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu
     return matrix.compute()
 
 
+def real_examples(workspace, folder_path, cache: bool = False, limit: int | None = None, progress: bool = False):
+    """(features, mask) of each labelled real image of a folder (project format), resized to the
+    generator's resolution (images area, masks nearest): what ``evaluate_head`` scores a teacher on.
+    ``cache``: keep the features in the workspace feature cache (validation during training)."""
+    from labelgen.data.folder import open_labelled
+    from labelgen.workspace import resize_image, resize_mask
+
+    folder = open_labelled(folder_path, require_masks=True)
+    num_classes = len(workspace.classes)
+    if len(folder.classes) != num_classes:
+        raise LabelgenError(f"{folder_path}: {len(folder.classes)} classes, the workspace has {num_classes}")
+    if not workspace.config.can_encode_images:
+        raise LabelgenError(f"{folder_path}: scoring on real images needs their features; the "
+                            f"{workspace.config.backend} generator cannot compute them (use a diffusion teacher)")
+    count = len(folder) if limit is None else min(limit, len(folder))
+    for i in tqdm(range(count), desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress):
+        item = folder[i]
+        image, mask = item.image, item.mask
+        if image.shape[:2] != workspace.resolution:
+            image, mask = resize_image(image, workspace.resolution), resize_mask(mask, workspace.resolution)
+        key = "val/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16] if cache else None
+        yield workspace.image_features(image, cache_key=key), torch.from_numpy(mask.astype("int64"))[None]
+
+
 TRAIN_LOG_NAME = "train_log.json"
 
 
@@ -189,15 +216,8 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     diffusion teachers), resized to the generator resolution; mIoU printed per epoch. ``holdout``: the
     last K annotated ids are not trained on; their per-class IoU + mIoU (ensemble-mean prediction) is
     logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic)."""
-    import hashlib
-
-    from tqdm import tqdm
-
-    from labelgen.data.folder import open_labelled
-    from labelgen.heads import create_head
-    from labelgen.workspace import resize_image, resize_mask
-
     from labelgen.data.io import atomic_write_json
+    from labelgen.heads import create_head
 
     config = config or TrainConfig()
     annotated = workspace.annotated_ids()
@@ -220,24 +240,11 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
 
     validate = None
     if val_folder is not None:
-        folder = open_labelled(val_folder, require_masks=True)
-        if len(folder.classes) != num_classes:
-            raise LabelgenError(f"{val_folder}: {len(folder.classes)} classes, the workspace has {num_classes}")
-        if not workspace.config.can_encode_images:
-            raise LabelgenError(f"--val needs features of real images: the {workspace.config.backend} generator "
-                                "cannot compute them (use a diffusion teacher)")
-        val_keys = []
-        for item in tqdm(folder, desc="val features", unit="image", disable=not progress):
-            image, mask = item.image, item.mask
-            if image.shape[:2] != workspace.resolution:
-                image, mask = resize_image(image, workspace.resolution), resize_mask(mask, workspace.resolution)
-            key = "val/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16]
-            workspace.image_features(image, cache_key=key)
-            val_keys.append((key, image, torch.from_numpy(mask.astype("int64"))[None]))
+        for _ in real_examples(workspace, val_folder, cache=True, progress=progress):
+            pass  # checks the folder now and caches its features (read back at every validation)
 
         def validate(head: TaskHead) -> Scores:
-            examples = ((workspace.image_features(image, cache_key=key), mask) for key, image, mask in val_keys)
-            return evaluate_head(head, examples, num_classes, device)
+            return evaluate_head(head, real_examples(workspace, val_folder, cache=True), num_classes, device)
 
     head_options = {k: v for k, v in workspace.config.head.items() if k != "type"}
     head = create_head(workspace.config.head.get("type", "pixel-mlp"), workspace.head_in_channels, num_classes,

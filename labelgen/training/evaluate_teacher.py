@@ -17,35 +17,18 @@ import click
 
 
 def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    import torch
-    from tqdm import tqdm
-
+    """Score the workspace's trained head on a labelled split (labelgen.heads.train.evaluate_head)."""
     from labelgen.data.folder import open_labelled
-    from labelgen.errors import LabelgenError
     from labelgen.heads import load_head
-    from labelgen.metrics import ConfusionMatrix
-    from labelgen.workspace import Workspace, resize_image, resize_mask
+    from labelgen.heads.train import evaluate_head, real_examples
+    from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
-    if not workspace.config.can_encode_images:
-        raise LabelgenError(f"{workspace_dir}: the {workspace.config.backend} teacher cannot label real images")
     head = load_head(workspace.heads_dir).eval()
-    folder = open_labelled(split, require_masks=True)
-    if len(folder.classes) != len(workspace.classes):
-        raise LabelgenError(f"{split}: {len(folder.classes)} classes, the workspace has {len(workspace.classes)}")
-    matrix = ConfusionMatrix(len(workspace.classes))
-    n = len(folder) if limit is None else min(limit, len(folder))
     start = time.monotonic()
-    with torch.no_grad():
-        for i in tqdm(range(n), desc=f"evaluate {split.name}", unit="image", disable=not progress):
-            item = folder[i]
-            image, mask = item.image, item.mask
-            if image.shape[:2] != workspace.resolution:
-                image, mask = resize_image(image, workspace.resolution), resize_mask(mask, workspace.resolution)
-            probs = head.predict_proba(workspace.image_features(image))  # [1, K, C, H, W]
-            matrix.update(probs.mean(dim=1).argmax(dim=1)[0].numpy(), mask)
-    scores = matrix.compute()
-    return {"split": str(split), "images": n, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+    scores = evaluate_head(head, real_examples(workspace, split, limit=limit, progress=progress), len(workspace.classes))
+    images = len(open_labelled(split, require_masks=True))
+    return {"split": str(split), "images": images if limit is None else min(limit, images), "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
             "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
             "seconds": round(time.monotonic() - start, 1)}
 
