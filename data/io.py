@@ -75,6 +75,10 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, ...], num_classes: int,
     return mask
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once (os.umask can only be read by setting it)
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """The project's one atomic-write mechanism: ``write(tmp)`` to a temp file beside ``path``, then
     rename over ``path`` (same folder, so readers see the old file or the new one, never half of one)."""
@@ -84,6 +88,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

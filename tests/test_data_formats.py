@@ -167,3 +167,15 @@ def test_corrupt_mat_file_is_named(ccp_mini, tmp_path):
     (root / "annotations" / "pixel-level" / "0002.mat").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"0002\.mat: unreadable \.mat file"):
         CCPDataset(root).read(2)
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    import os
+
+    from labelgen.data.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "x.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not list(tmp_path.glob(".*.tmp"))
