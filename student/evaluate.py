@@ -16,6 +16,7 @@ from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import LabelgenError
 from labelgen.metrics import ConfusionMatrix, Scores
 from labelgen.student.models import StudentConfig
+from labelgen.visualize import grid, overlay
 
 
 def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
@@ -63,24 +64,16 @@ def evaluate_folder(model, config: StudentConfig, folder, device="cpu", keep: in
     return cm.compute(), kept
 
 
-def colourise(mask: np.ndarray, palette) -> np.ndarray:
-    """ids [H, W] -> RGB [H, W, 3] (ignore = white)."""
-    lut = np.full((256, 3), 255, np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8)
-    return lut[mask]
-
-
 def overlay_grid(triples, palette, alpha: float = 0.5) -> np.ndarray:
     """Rows of [image | ground truth over image | prediction over image] -> uint8 [rows*H, 3*W, 3]."""
-    rows = []
     h, w = triples[0][0].shape[:2]
+    tiles = []
     for image, target, pred in triples:
         image = np.asarray(Image.fromarray(image).resize((w, h)))
         target = np.asarray(Image.fromarray(target).resize((w, h), Image.NEAREST))
         pred = np.asarray(Image.fromarray(pred).resize((w, h), Image.NEAREST))
-        blend = lambda m: (image * (1 - alpha) + colourise(m, palette) * alpha).astype(np.uint8)  # noqa: E731
-        rows.append(np.concatenate([image, blend(target), blend(pred)], 1))
-    return np.concatenate(rows, 0)
+        tiles += [image, overlay(image, target, palette, alpha), overlay(image, pred, palette, alpha)]
+    return grid(tiles, cols=3, gap=0)
 
 
 def confusion_image(confusion: np.ndarray, names, cell: int = 28) -> np.ndarray:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
 import shutil
 import signal
 import time
@@ -217,15 +216,10 @@ def replace_dir(tmp: Path, final: Path) -> None:
 # ---------------------------------------------------------------- grids / logging
 def save_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
     """images float [N, 3, H, W] in [-1, 1] -> one PNG grid (2-px gaps)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    n, _, h, w = x.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = x[i].transpose(1, 2, 0)
-    write_png(path, grid)
+    from labelgen.visualize import grid
+    from labelgen.workspace import tensor_to_uint8
+
+    write_png(path, grid(list(tensor_to_uint8(images)), cols=cols))
 
 
 @dataclass
