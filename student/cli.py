@@ -55,6 +55,9 @@ MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "d
 @click.option("--at-weight", type=click.FloatRange(min=0), default=10.0, help="Attention-transfer weight in the feature loss.")
 @click.option("--uncertainty-weighting/--no-uncertainty-weighting", default=False,
               help="Weight samples by 1/(1 + u/mean u) from meta 'uncertainty'.")
+@click.option("--class-balance", type=click.FloatRange(min=0), default=0.0,
+              help="Per-class loss weights ~ pixel frequency^-P (0 = off, 0.5 = 1/sqrt, 1 = 1/frequency; max 10x): "
+                   "rare classes (dress, accessories) count more.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Peak learning rate (AdamW).")
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", help="LR decay after warm-up.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warm-up (default 5% of steps).")

@@ -409,3 +409,27 @@ def classes_of(source, fallback: ClassList | None = None) -> ClassList:
     if fallback is not None:
         return fallback
     raise DataError(f"{getattr(source, 'path', 'data')}: no class list (manifest without classes)")
+
+
+def class_frequencies(source, num_classes: int, weights: list[float] | None = None, per_source: int = 256,
+                      seed: int = 0) -> np.ndarray:
+    """Each class's share [C] of the labelled pixels a run trains on (for ``--class-balance``).
+
+    Counts the hard masks (teacher argmax for shard sets) of at most ``per_source`` samples per source,
+    drawn with a fixed seed, and mixes the sources by their share of the draws (size x ``--data-weights``)."""
+    parts = getattr(source, "parts", [source])
+    weights = weights or [1.0] * len(parts)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(num_classes, np.float64)
+    for part, w in zip(parts, weights):
+        n = len(part)
+        picks = rng.choice(n, size=min(n, per_source), replace=False)
+        counts = np.zeros(num_classes, np.float64)
+        for i in picks:
+            mask = part.load(int(i), num_classes).mask
+            counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+        if counts.sum() > 0:
+            total += (counts / counts.sum()) * n * w
+    if total.sum() == 0:
+        raise DataError("--class-balance: the training data has no labelled pixels")
+    return total / total.sum()

@@ -47,7 +47,8 @@ def soft_label_loss(logits: torch.Tensor, probs: torch.Tensor, tau: float = 4.0,
                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """tau^2 * KL(q_tau || softmax(logits / tau)), mean over valid pixels.
 
-    logits, probs: [N, C, H, W]; valid: bool [N, H, W] (False = ignored); weights: [N] per sample."""
+    logits, probs: [N, C, H, W]; valid: bool [N, H, W] (False = ignored); weights: [N] per sample or
+    [N, H, W] per pixel (see ``loss_weights``)."""
     assert logits.shape == probs.shape, (logits.shape, probs.shape)
     q = teacher_targets(probs.float(), tau) if tau != 1.0 else probs.float()
     log_s = F.log_softmax(logits.float() / tau, dim=1)
@@ -56,17 +57,54 @@ def soft_label_loss(logits: torch.Tensor, probs: torch.Tensor, tau: float = 4.0,
         valid = torch.ones_like(kl, dtype=torch.bool)
     w = valid.float()
     if weights is not None:
-        w = w * weights.float()[:, None, None]
+        w = w * _per_pixel(weights, w)
     return (tau ** 2) * (kl * w).sum() / w.sum().clamp_min(1.0)
 
 
 def hard_label_loss(logits: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy with ignore index 255; logits [N, C, H, W], mask long [N, H, W]."""
+    """Cross-entropy with ignore index 255; logits [N, C, H, W], mask long [N, H, W]; weights [N] or [N, H, W]."""
     if weights is None:
         return F.cross_entropy(logits.float(), mask, ignore_index=IGNORE_INDEX)
     per_pixel = F.cross_entropy(logits.float(), mask, ignore_index=IGNORE_INDEX, reduction="none")  # [N, H, W]
-    w = (mask != IGNORE_INDEX).float() * weights.float()[:, None, None]
+    w = (mask != IGNORE_INDEX).float()
+    w = w * _per_pixel(weights, w)
     return (per_pixel * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _per_pixel(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample [N] or per-pixel [N, H, W] weights -> broadcastable to ``like`` [N, H, W]."""
+    weights = weights.float()
+    if weights.dim() == 1:
+        return weights[:, None, None]
+    assert weights.shape == like.shape, (weights.shape, like.shape)
+    return weights
+
+
+def class_balance_weights(frequencies: torch.Tensor, power: float, max_weight: float = 10.0) -> torch.Tensor:
+    """Per-class loss weights w_c ~ f_c^-power, scaled so the pixel-weighted mean sum_c f_c w_c is 1.
+
+    ``frequencies`` [C]: each class's share of the training pixels. power 0 = no balancing, 0.5 = inverse
+    square root of the frequency, 1 = inverse frequency. Classes absent from the data get weight 1, and no
+    weight exceeds ``max_weight`` (a class seen on a handful of pixels must not dominate)."""
+    f = frequencies.double().clamp_min(0)
+    f = f / f.sum().clamp_min(1e-12)
+    present = f > 0
+    w = torch.ones_like(f)
+    w[present] = f[present] ** -power
+    w = w / (f * w).sum()
+    w[~present] = 1.0
+    return w.clamp(max=max_weight).float()
+
+
+def loss_weights(mask: torch.Tensor, class_weights: torch.Tensor | None, sample_weights: torch.Tensor | None
+                 ) -> torch.Tensor | None:
+    """Per-pixel weights [N, H, W] = class weight of each pixel's label (mask [N, H, W], 255 = ignored)
+    x the sample's weight [N]; None when neither is used."""
+    if class_weights is None:
+        return sample_weights
+    ids = mask.clamp(max=len(class_weights) - 1)  # ignored pixels get any weight: their loss is masked out
+    w = class_weights.to(mask.device)[ids]  # [N, H, W]
+    return w if sample_weights is None else w * sample_weights.float()[:, None, None]
 
 
 # ---------------------------------------------------------------- feature distillation

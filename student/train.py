@@ -33,10 +33,12 @@ from torch.utils.data import DataLoader
 
 from labelgen.data.io import atomic_write, save_safetensors
 from labelgen.errors import LabelgenError
-from labelgen.student.data import ResumableSampler, StudentDataset, classes_of, open_sources, parse_weights
+from labelgen.student.data import (
+    ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
+)
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherFeatures, feature_distill_loss, hard_label_loss, match_levels, recipe_of, resize_to,
-    soft_label_loss, student_level_sizes,
+    FeatureRegressor, TeacherFeatures, class_balance_weights, feature_distill_loss, hard_label_loss, loss_weights,
+    match_levels, recipe_of, resize_to, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (
     BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, create_student,
@@ -73,6 +75,7 @@ class TrainOptions:
     feature_weight: float = 1.0
     at_weight: float = 10.0
     uncertainty_weighting: bool = False
+    class_balance: float = 0.0  # per-class loss weights ~ pixel frequency^-class_balance (0 = off, 0.5 = 1/sqrt)
     teacher: str | None = None
     feature_cache: bool = False
     init: str | None = None
@@ -223,6 +226,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
                              augment=options.augment, geometric=mode not in FEATURE_MODES,
                              want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting,
                              warn=is_main)
+    class_weights = None
+    if options.class_balance > 0 and mode != "feature-distill":
+        freq = class_frequencies(source, len(classes), options.data_weights, seed=options.seed)
+        class_weights = class_balance_weights(torch.from_numpy(freq), options.class_balance)  # [C]
+        log(f"class balance (frequency^-{options.class_balance:g}): " + ", ".join(
+            f"{name} {f:.3f}->x{w:.2f}" for name, f, w in zip(classes.names, freq, class_weights.tolist())))
     sampler = ResumableSampler(len(dataset), options.batch_size, rank, world, options.seed,
                                sizes=[len(p) for p in parts], weights=options.data_weights)
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.workers,
@@ -360,7 +369,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
             for batch in loader:
                 if step >= total:
                     break
-                loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp)
+                loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp,
+                                    class_weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -489,13 +499,15 @@ def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None
         raise LabelgenError(f"{run_dir}: the saved run has other classes; use a new --out or --no-resume")
 
 
-def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherFeatures | None, metas, device, amp: bool):
-    """One forward + loss. Returns (loss, {part: value})."""
+def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherFeatures | None, metas, device, amp: bool,
+          class_weights: torch.Tensor | None = None):
+    """One forward + loss. Returns (loss, {part: value}). ``class_weights`` [C]: --class-balance."""
     x = batch["image"].to(device, non_blocking=True)  # [N, 3, H, W]
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     mask = batch["mask"].to(device)  # [N, H, W]
-    weights = batch["weight"].to(device) if options.uncertainty_weighting else None
+    weights = batch["weight"].to(device) if options.uncertainty_weighting else None  # [N]
+    weights = loss_weights(mask, class_weights, weights)  # [N, H, W] with class balance, else [N] or None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits, regressed = module(x)
     parts: dict[str, float] = {}

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import labelgen  # noqa: F401
-from labelgen.student.data import decode_soft_labels, one_hot
+from labelgen.student.data import class_frequencies, decode_soft_labels, one_hot, open_sources
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherFeatures, attention_map, channel_layer_norm, feature_distill_loss, match_levels,
-    soft_label_loss, student_level_sizes,
+    FeatureRegressor, TeacherFeatures, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
+    hard_label_loss, loss_weights, match_levels, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene
 from labelgen.student.train import TrainOptions, train
@@ -73,6 +73,53 @@ def test_soft_label_loss_equals_ce_for_one_hot_at_tau_1():
     # it is minimised (to 0) by logits equal to tau-softened teacher log-probabilities
     target = torch.log(probs.clamp_min(1e-6))
     assert float(soft_label_loss(target, probs, tau=4.0, valid=valid)) < 1e-5
+
+
+def test_class_balance_weights():
+    freq = torch.tensor([0.80, 0.15, 0.05, 0.0])
+    w = class_balance_weights(freq, 0.5)
+    assert torch.allclose((freq * w).sum(), torch.tensor(1.0), atol=1e-6)  # pixel-weighted mean stays 1
+    assert w[0] < 1 < w[1] < w[2] and float(w[3]) == 1.0  # rarer -> heavier; an absent class keeps 1
+    assert torch.allclose(w[2] / w[0], torch.tensor((0.80 / 0.05) ** 0.5), atol=1e-4)
+    assert torch.allclose(class_balance_weights(freq, 0.0), torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    assert float(class_balance_weights(torch.tensor([0.999, 0.001]), 1.0).max()) == 10.0  # capped
+
+
+def test_class_weighted_losses_match_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    mask = torch.randint(0, 3, (2, 4, 5))
+    mask[1, 0, 0] = 255
+    cw = torch.tensor([0.5, 1.0, 3.0])
+    sample_w = torch.tensor([1.0, 2.0])
+    w = loss_weights(mask, cw, sample_w)  # [2, 4, 5]
+    assert w.shape == mask.shape and float(w[1, 1, 1]) == float(cw[mask[1, 1, 1]] * 2.0)
+    per_pixel = F.cross_entropy(logits, mask, ignore_index=255, reduction="none")
+    valid = (mask != 255).float()
+    expected = (per_pixel * w * valid).sum() / (w * valid).sum()
+    assert torch.allclose(hard_label_loss(logits, mask, w), expected, atol=1e-6)
+    # the soft loss weighs each pixel the same way (one-hot targets at tau 1 = that CE)
+    probs = torch.from_numpy(one_hot(mask.numpy().astype(np.uint8), 3)).permute(0, 3, 1, 2)
+    assert torch.allclose(soft_label_loss(logits, probs, 1.0, mask != 255, w), expected, atol=1e-5)
+    assert loss_weights(mask, None, sample_w) is sample_w
+
+
+def test_class_frequencies_count_masks_and_follow_data_weights(tiny):
+    folder = open_sources(str(tiny["real"]))
+    freq = class_frequencies(folder, len(CLASSES.names))
+    counts = np.zeros(len(CLASSES.names))
+    for i in range(len(folder)):
+        m = folder.load(i, len(CLASSES.names)).mask
+        counts += np.bincount(m[m != 255].ravel(), minlength=len(CLASSES.names))
+    assert np.allclose(freq, counts / counts.sum())
+    # two sources: weighting the second 9x pulls the mix towards its class shares
+    both = open_sources([str(tiny["real"]), str(tiny["shards"])])
+    f_real = class_frequencies(open_sources(str(tiny["real"])), len(CLASSES.names))
+    f_syn = class_frequencies(open_sources(str(tiny["shards"])), len(CLASSES.names))
+    mixed = class_frequencies(both, len(CLASSES.names), [1.0, 9.0])
+    n_real, n_syn = len(open_sources(str(tiny["real"]))), len(open_sources(str(tiny["shards"])))
+    share = 9 * n_syn / (n_real + 9 * n_syn)
+    assert np.allclose(mixed, (1 - share) * f_real + share * f_syn)
 
 
 def test_decode_soft_labels_formats():
@@ -171,6 +218,15 @@ def test_label_distill_loss_falls(tiny):
     result = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld", hard_weight=0.5,
                             uncertainty_weighting=True, workers=2))
     assert _falls(result.losses), result.losses
+
+
+def test_class_balance_changes_the_loss_and_logs_weights(tiny):
+    lines: list[str] = []
+    plain = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld_plain", max_steps=2))
+    balanced = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld_cb", max_steps=2, class_balance=0.5),
+                     log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any(line.startswith("class balance (frequency^-0.5)") for line in lines), lines
+    assert balanced.losses[0] != pytest.approx(plain.losses[0], rel=1e-4)  # same model and batch, other weights
 
 
 def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
