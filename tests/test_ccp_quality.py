@@ -59,6 +59,11 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     pseudo = json.loads((tmp_path / "run" / "data" / "pseudo" / "manifest.json").read_text())
     assert synthetic["num_samples"] == 4 and pseudo["num_samples"] == 2
     assert synthetic["config"]["soft_labels"] == "uint8"
+    # its cost is recorded beside the distilled rows (and kept for a resumed run)
+    timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
+    assert timing["synthetic"] > 0 and timing["pseudo"] > 0
+    for row in rows[4:6]:
+        assert row["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
     # a second invocation resumes: every row is read back, nothing retrained
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
                             "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
