@@ -160,7 +160,8 @@ class Bench:
         })
 
     def student_row(self, name: str, mode: str, data: list[tuple[Path, float]], steps: int, trained_on: str,
-                    extra: tuple = (), init: Path | None = None, lr: float = 1e-3) -> dict:
+                    extra: tuple = (), init: Path | None = None, lr: float = 1e-3, record: dict | None = None) -> dict:
+        """Train + test one student row (``record``: extra fields saved with it)."""
         if row := self.row_done(name):
             return row
         run_dir = self.out / "students" / name
@@ -184,10 +185,14 @@ class Bench:
             "pixel_accuracy": scores["pixel_accuracy"], "device": self.device, "seconds": round(seconds, 1),
             "command": " ".join(map(str, cmd[2:])), "selection": f"best val mIoU {best.get('miou', float('nan')):.4f} "
                                                               f"at step {best.get('step', '?')}",
+            **(record or {}),
         })
 
-    def distill_data(self) -> tuple[list[tuple[Path, float]], float]:
-        """Synthetic samples + pseudo-labelled unlabeled photos (soft labels), + annotated-20."""
+    def distill_data(self) -> tuple[list[tuple[Path, float]], float | None]:
+        """Synthetic samples + pseudo-labelled unlabeled photos (soft labels), + annotated-20; and the
+        seconds it took to make them (None if they were made before their timing was recorded)."""
+        from labelgen.data.io import atomic_write_json
+
         ws_dir = self.workspace("ws-teacher-pixel-mlp")
         synthetic, pseudo = self.out / "data" / "synthetic", self.out / "data" / "pseudo"
         timing_path = self.out / "data" / "seconds.json"  # how long each part took when it was made
@@ -196,7 +201,7 @@ class Bench:
             cmd = labelgen("synthesize", "-w", ws_dir, "--n", self.p.synthetic_n, "--out", synthetic,
                            "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500)
             timing["synthetic"] = run(cmd, self.out / "logs" / "synthesize.log")
-            self._save_timing(timing_path, timing)
+            atomic_write_json(timing_path, timing)
         if not (pseudo / "manifest.json").is_file():
             images = self.ccp / "unlabeled" / "images"
             cmd = labelgen("synthesize", "-w", ws_dir, "--from-images", images, "--out", pseudo,
@@ -204,19 +209,13 @@ class Bench:
             if self.p.unlabeled_limit:
                 cmd += ["--n", str(self.p.unlabeled_limit)]
             timing["pseudo"] = run(cmd, self.out / "logs" / "pseudo-label.log")
-            self._save_timing(timing_path, timing)
-        seconds = sum(timing.get(k, float("nan")) for k in ("synthetic", "pseudo"))
+            atomic_write_json(timing_path, timing)
+        seconds = timing["synthetic"] + timing["pseudo"] if {"synthetic", "pseudo"} <= set(timing) else None
         n_syn = json.loads((synthetic / "manifest.json").read_text())["num_samples"]
         n_pseudo = json.loads((pseudo / "manifest.json").read_text())["num_samples"]
         data = [(synthetic, 1.0), (pseudo, 1.0), (self.ccp / "annotated-20", self.p.real_weight)]
         self.data_note = f"{n_syn} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos + annotated-20"
         return data, seconds
-
-    @staticmethod
-    def _save_timing(path: Path, timing: dict) -> None:
-        from labelgen.data.io import atomic_write_json
-
-        atomic_write_json(path, timing)
 
     def supervised_rows(self) -> list[dict]:
         p = self.p
@@ -233,16 +232,14 @@ class Bench:
     def distill_rows(self) -> list[dict]:
         p = self.p
         data, data_seconds = self.distill_data()
+        # the shared data's cost, beside each distilled row's own training time
+        record = {} if data_seconds is None else {"data_seconds": round(data_seconds, 1)}
         label = self.student_row("label-distill", "label-distill", data, p.distill_steps,
-                                 f"{self.data_note}; soft labels tau=4", extra=("--tau", 4))
+                                 f"{self.data_note}; soft labels tau=4", extra=("--tau", 4), record=record)
         teacher_ws = self.workspace("ws-teacher-pixel-mlp")
         dream = self.student_row("dreamteacher", "dreamteacher", data, p.dreamteacher_steps,
                                  f"{self.data_note}; features + soft labels tau=4",
-                                 extra=("--tau", 4, "--teacher", teacher_ws))
-        for row in (label, dream):  # the shared data's cost, beside each row's own training time
-            if row.get("data_seconds") is None and data_seconds == data_seconds:
-                self.save_row({**row, "data_seconds": round(data_seconds, 1)})
-        label, dream = self.row_done("label-distill"), self.row_done("dreamteacher")
+                                 extra=("--tau", 4, "--teacher", teacher_ws), record=record)
         best = max((label, dream), key=lambda r: r["miou"])
         finetuned = self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], p.finetune_steps,
                                      f"{best['name']} + annotated-20", init=self.out / "students" / best["name"],

@@ -18,7 +18,6 @@ import click
 
 def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Score the workspace's trained head on a labelled split (labelgen.heads.train.evaluate_head)."""
-    from labelgen.data.folder import open_labelled
     from labelgen.heads import load_head
     from labelgen.heads.train import evaluate_head, real_examples
     from labelgen.workspace import Workspace
@@ -26,9 +25,16 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
     workspace = Workspace(workspace_dir)
     head = load_head(workspace.heads_dir).eval()
     start = time.monotonic()
-    scores = evaluate_head(head, real_examples(workspace, split, limit=limit, progress=progress), len(workspace.classes))
-    images = len(open_labelled(split, require_masks=True))
-    return {"split": str(split), "images": images if limit is None else min(limit, images), "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+    scored = [0]
+
+    def counted(examples):
+        for example in examples:
+            scored[0] += 1
+            yield example
+
+    examples = counted(real_examples(workspace, split, limit=limit, progress=progress))
+    scores = evaluate_head(head, examples, len(workspace.classes))
+    return {"split": str(split), "images": scored[0], "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
             "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
             "seconds": round(time.monotonic() - start, 1)}
 
