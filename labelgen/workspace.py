@@ -35,13 +35,13 @@ from labelgen.data.io import (
     atomic_write_json, check_mask, read_image, read_json, read_mask_pixels, write_png,
 )
 from labelgen.errors import LabelgenError
+from labelgen.heads.base import HEAD_CONFIG_NAME
+from labelgen.imaging import resize_image, resize_mask, tensor_to_uint8
+from labelgen.teacher import Teacher, check_head, generator_identity, state_digest, weights_digest
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
-# generator options that change how new images are sampled or how fast, not the features of a given image
-SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch"})
 CONFIG_NAME = "workspace.json"
 DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion")
-WORKSPACE_RECIPE_KEYS = ("source", "generator", "file")  # added to recipes by the workspace, not the backend
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -80,6 +80,8 @@ class Workspace:
             raise LabelgenError(f"{config_path}: bad workspace config ({e})") from None
         self.classes = self.config.class_list
         self._generator = None
+        self._generator_id: str | None = None
+        self._teachers: dict[tuple, tuple] = {}  # (with head, levels) -> (head file stamp, Teacher)
 
     # ---- layout ----
     @property
@@ -113,7 +115,7 @@ class Workspace:
         p = Path(self.config.checkpoint)
         return p if p.is_absolute() else self.root / p
 
-    # ---- generator ----
+    # ---- generator and teacher ----
     def generator(self):
         """The workspace's generator (loaded once)."""
         if self._generator is None:
@@ -122,31 +124,62 @@ class Workspace:
         return self._generator
 
     def generator_id(self) -> str:
-        """What made the features: backend, checkpoint name and a hash of the feature-affecting options
-        (sampling-only options such as the number of DDIM steps or bf16 do not change it, so heads stay valid)."""
-        checkpoint = self.config.checkpoint or "default"
-        feature_options = {k: v for k, v in self.config.generator_options.items() if k not in SAMPLING_ONLY_OPTIONS}
-        options = json.dumps([feature_options, self.config.timesteps], sort_keys=True)
-        return f"{self.config.backend}:{Path(checkpoint).name}:{hashlib.sha256(options.encode()).hexdigest()[:8]}"
+        """What makes the features: backend, a content hash of the checkpoint's weights (of the loaded weights
+        when there is no checkpoint file) and a hash of the feature-affecting options. Sampling-only options
+        (DDIM steps, bf16, ...) do not change it, so heads stay valid; retraining the generator in place does."""
+        if self._generator_id is None:
+            checkpoint = self.checkpoint_path()
+            weights = weights_digest(checkpoint) if checkpoint is not None else state_digest(self.generator())
+            self._generator_id = generator_identity(self.config.backend, weights, self.config.generator_options,
+                                                    self.config.timesteps)
+        return self._generator_id
 
     @property
     def layer_indices(self) -> list[int]:
         """Indices of the generator feature levels the heads use."""
-        if self.config.feature_layers is None:
-            return list(range(len(self.config.feature_channels)))
+        if self.config.feature_layers is None:  # all (a hand-made config may not list the channels)
+            return list(range(len(self.config.feature_channels or self.generator().feature_channels)))
         return list(self.config.feature_layers)
 
     @property
     def head_in_channels(self) -> list[int]:
-        return [self.config.feature_channels[i] for i in self.layer_indices]
+        channels = self.config.feature_channels or self.generator().feature_channels
+        return [int(channels[i]) for i in self.layer_indices]
 
     @property
     def resolution(self) -> tuple[int, int]:
         return (int(self.config.resolution[0]), int(self.config.resolution[1]))
 
-    def select_levels(self, features: list) -> list:
-        """The configured feature levels of a generator's output."""
-        return [features[i] for i in self.layer_indices]
+    def has_head(self) -> bool:
+        return (self.heads_dir / HEAD_CONFIG_NAME).is_file()
+
+    def teacher(self, head: bool = True, device: str | None = None) -> Teacher:
+        """The workspace's :class:`~labelgen.teacher.Teacher`: its generator, selected levels and (``head``)
+        the trained head of W/heads, refused with one line when that head was trained on other generator
+        weights, options or levels, or for another class count. Reused while the head files stay the same."""
+        from labelgen.heads import head_id, load_head, read_head_config
+
+        stamp = None
+        if head:
+            if not self.has_head():
+                raise LabelgenError(f"{self.heads_dir}: no trained head ({HEAD_CONFIG_NAME} missing; run "
+                                    "`labelgen train-heads`)")
+            stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(self.heads_dir.glob("head*")))
+        key = (head, tuple(self.layer_indices))
+        cached = self._teachers.get(key)
+        if cached is None or cached[0] != stamp:
+            task_head, this_head = None, None
+            if head:
+                check_head(read_head_config(self.heads_dir).get("meta", {}), self.generator_id(), self.layer_indices,
+                           self.heads_dir)
+                task_head, this_head = load_head(self.heads_dir), head_id(self.heads_dir)
+                if task_head.num_classes != len(self.classes):
+                    raise LabelgenError(f"{self.heads_dir}: the head predicts {task_head.num_classes} classes, the "
+                                        f"workspace has {len(self.classes)}: run `labelgen train-heads` again")
+            cached = (stamp, Teacher(self.generator(), self.layer_indices, task_head, self.generator_id(), this_head))
+            self._teachers[key] = cached
+        teacher = cached[1]
+        return teacher.to(device) if device is not None else teacher
 
     # ---- features of annotations ----
     @property
@@ -154,38 +187,35 @@ class Workspace:
         return self.root / "cache" / "features"
 
     def annotation_features(self, annotation_id: str) -> list:
-        """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each (disk-cached).
-
-        GAN: recomputed from the recipe (``features_from_recipes``); diffusion teachers
-        (``can_encode_images``): ``features_of_images`` of the stored PNG (works for real images too)."""
+        """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each, on the CPU
+        (disk-cached): ``Teacher.features`` of its recipe and stored image."""
         image_bytes = self.image_path(annotation_id).read_bytes()
         recipe = read_json(self.recipe_path(annotation_id))
+
+        def compute() -> list:
+            features = self.teacher(head=False).features(recipes=[recipe], images=[read_image(self.image_path(annotation_id))])
+            return [f.cpu() for f in features]
+
         return self.cached_features(f"annotations/{annotation_id}", [recipe, hashlib.sha256(image_bytes).hexdigest()],
-                                    lambda: self._compute_annotation_features(annotation_id, recipe))
+                                    compute)
 
     def image_features(self, image: np.ndarray, cache_key: str | None = None) -> list:
-        """Selected features of any image uint8 [H, W, 3] at the generator resolution (diffusion
-        teachers only), [1, C_i, h_i, w_i] each; disk-cached under ``cache_key`` when given."""
-        import torch
-
+        """Selected features of any image uint8 [H, W, 3] (image-encoding teachers; resized to the generator
+        resolution by the one resize rule), [1, C_i, h_i, w_i] each, on the CPU; disk-cached under ``cache_key``."""
         if not self.config.can_encode_images:
             raise LabelgenError(f"the {self.config.backend} generator cannot compute features of real images "
                                 "(needs an inversion method); use a diffusion teacher")
 
         def compute() -> list:
-            generator = self.generator()
-            device = next(generator.parameters(), torch.empty(0)).device
-            with torch.no_grad():
-                features = generator.features_of_images(images_to_tensor(image[None]).to(device))
-            return [f.detach().float().cpu() for f in self.select_levels(features)]
+            return [f.cpu() for f in self.teacher(head=False).features(images=[image])]
 
         if cache_key is None:
             return compute()
-        return self.cached_features(cache_key, [hashlib.sha256(image.tobytes()).hexdigest()], compute)
+        return self.cached_features(cache_key, [hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)], compute)
 
     def cached_features(self, key: str, fingerprint_parts: list, compute) -> list:
         """``compute()`` (a list of tensors) stored at W/cache/features/<key>.safetensors; reused while
-        the generator id, selected layers and ``fingerprint_parts`` stay the same."""
+        the generator id (weights included), selected layers and ``fingerprint_parts`` stay the same."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -207,50 +237,28 @@ class Workspace:
         save_safetensors(cache, {f"level{i}": f.float() for i, f in enumerate(features)}, {"fingerprint": fingerprint})
         return features
 
-    def _compute_annotation_features(self, annotation_id: str, recipe: dict) -> list:
-        import torch
-
-        generator = self.generator()
-        device = next(generator.parameters(), torch.empty(0)).device
-        with torch.no_grad():
-            if generator.can_encode_images:
-                image = images_to_tensor(read_image(self.image_path(annotation_id))[None]).to(device)
-                features = generator.features_of_images(image)  # a function of the image alone
-            elif recipe.get("source") == "real":
-                raise LabelgenError(f"annotation {annotation_id} is a real image: the {self.config.backend} "
-                                    "generator needs an inversion method to compute its features")
-            else:
-                backend_recipe = {k: v for k, v in recipe.items() if k not in WORKSPACE_RECIPE_KEYS}
-                features = generator.features_from_recipes([backend_recipe]).features
-        return [f.detach().float().cpu() for f in self.select_levels(features)]
-
     # ---- adding images ----
     def sample_annotations(self, n: int, seed_start: int | None = None, batch_size: int = 8) -> list[str]:
         """Generate ``n`` images to annotate (seeds seed_start..); returns their ids."""
-        import torch
-
         if n < 1:
             raise LabelgenError(f"--n must be at least 1, got {n}")
         if seed_start is None:
             used = [read_json(self.recipe_path(i)).get("seed") for i in self.annotation_ids()]
             seed_start = 1 + max((s for s in used if isinstance(s, int)), default=-1)
-        generator = self.generator()
+        teacher = self.teacher(head=False)
         ids = []
         for start in range(0, n, batch_size):
             seeds = list(range(seed_start + start, seed_start + min(n, start + batch_size)))
-            with torch.no_grad():
-                out = generator.sample(seeds)
-            images = tensor_to_uint8(out.images)
-            for k, seed in enumerate(seeds):
-                recipe = dict(out.recipes[k]) if k < len(out.recipes) else {}
-                recipe.setdefault("seed", seed)
-                recipe.update({"source": "generated", "generator": self.generator_id()})
-                ids.append(self.add_annotation(images[k], recipe))
+            out = teacher.sample(seeds)
+            images = tensor_to_uint8(out.images)  # [B, H, W, 3]
+            for k, recipe in enumerate(out.recipes):
+                ids.append(self.add_annotation(images[k], {**recipe, "source": "generated",
+                                                           "generator": self.generator_id()}))
         return ids
 
     def import_images(self, images_dir: Path, masks_dir: Path | None = None) -> tuple[list[str], int]:
         """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
-        resolution (images: area/bicubic, masks: nearest). Returns (ids, how many were resized)."""
+        resolution by the one resize rule (labelgen.imaging). Returns (ids, how many were resized)."""
         from labelgen.data.io import list_images
 
         if not self.config.can_encode_images:
@@ -402,34 +410,3 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
     workspace = Workspace.create(root, config)
     workspace._generator = generator
     return workspace
-
-
-# ---- image conversions ----
-def images_to_tensor(images: np.ndarray):
-    """uint8 [N, H, W, 3] -> float32 tensor [N, 3, H, W] in [-1, 1]."""
-    import torch
-
-    assert images.ndim == 4 and images.shape[-1] == 3, images.shape
-    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def tensor_to_uint8(images) -> np.ndarray:
-    """float tensor [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    assert images.ndim == 4 and images.shape[1] == 3, tuple(images.shape)
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
-def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> size_hw: area averaging when shrinking, bicubic when enlarging."""
-    from PIL import Image
-
-    shrinking = size_hw[0] * size_hw[1] < image.shape[0] * image.shape[1]
-    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), resample), dtype=np.uint8)
-
-
-def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Index mask uint8 [H, W] -> size_hw, nearest neighbour (never invents class ids)."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(mask).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST), dtype=np.uint8)

@@ -219,58 +219,40 @@ def student_level_sizes(image_size: tuple[int, int], encoder_features: list[torc
 
 
 # ---------------------------------------------------------------- teacher in the loop
-def recipe_of(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """What recomputes a generated sample's features: ``meta["recipe"]``, or the meta itself when it
-    carries a seed (older writers); None for real images."""
-    if isinstance(meta.get("recipe"), dict):
-        return meta["recipe"]
-    if "seed" in meta and meta.get("source") != "real" and "source_image" not in meta:
-        keep = {k: v for k, v in meta.items() if k in ("seed", "truncation", "latent", "noise_seed", "timestep", "class")}
-        return keep
-    return None
+class TeacherTargets:
+    """Feature-distillation targets of a batch: ``Teacher.features`` of its items (the one item -> features
+    path): image-encoding teachers (diffusion) see the student's (augmented) input images, GAN teachers
+    recompute each sample from its shard recipe. ``cache``: GAN targets (independent of augmentation) are
+    kept in RAM as float16 per sample after their first use."""
 
-
-class TeacherFeatures:
-    """Generator features for a batch, computed on the fly (optionally cached in RAM, float16).
-
-    ``levels``: the generator levels used (the workspace's selection; None = all).
-    Recipes (GAN shards) -> ``features_from_recipes``; otherwise the (augmented) student images,
-    resized to the generator resolution, -> ``features_of_images`` (diffusion teachers)."""
-
-    def __init__(self, generator, use_recipes: bool, cache: bool = False, seed: int = 0,
-                 levels: list[int] | None = None):
-        self.generator = generator.eval()
-        self.levels = list(range(len(generator.feature_channels))) if levels is None else list(levels)
-        for p in self.generator.parameters():
-            p.requires_grad_(False)
-        self.use_recipes = use_recipes
-        if not use_recipes and not getattr(generator, "can_encode_images", False):
-            raise LabelgenError(f"the {generator.backend} teacher cannot compute features of real images and the "
-                                "data carries no generator recipes; use shards made by this generator")
-        self.cache: dict[str, list[torch.Tensor]] | None = {} if cache and use_recipes else None
-        self.seed = seed
+    def __init__(self, teacher, cache: bool = False):
+        self.teacher = teacher
+        self.use_recipes = not teacher.can_encode_images
+        self.cache: dict[str, list[torch.Tensor]] | None = {} if cache and self.use_recipes else None
 
     @property
     def channels(self) -> list[int]:
-        return [self.generator.feature_channels[i] for i in self.levels]
+        return self.teacher.channels
+
+    def check_data(self, metas: list[dict[str, Any]]) -> None:
+        """GAN teachers need a generator recipe for every training sample."""
+        from labelgen.teacher import recipe_of
+
+        if self.use_recipes and any(recipe_of(m) is None for m in metas):
+            raise LabelgenError(f"the {self.teacher.generator.backend} teacher cannot compute features of real images "
+                                "and some training samples carry no generator recipe; use shards made by this generator")
 
     @torch.no_grad()
-    def __call__(self, images_pm1: torch.Tensor, recipes: list[dict] | None, keys: list[str] | None = None
-                 ) -> list[torch.Tensor]:
-        """images_pm1: [N, 3, H, W] in [-1, 1] (the student's input before normalisation)."""
-        if self.use_recipes:
-            assert recipes is not None and len(recipes) == images_pm1.shape[0]
-            if self.cache is not None and keys is not None and all(k in self.cache for k in keys):
-                return [torch.stack([self.cache[k][i] for k in keys]).float().to(images_pm1.device)
-                        for i in range(len(self.levels))]
-            feats = self.generator.features_from_recipes(recipes).features
-            feats = [feats[i] for i in self.levels]
-            if self.cache is not None and keys is not None:
+    def __call__(self, images_pm1: torch.Tensor, metas: list[dict[str, Any]], keys: list[str]) -> list[torch.Tensor]:
+        """images_pm1: [N, 3, H, W] in [-1, 1] (the student's input before normalisation); metas: the samples'
+        shard/folder metas. Returns the selected levels [N, C_i, h_i, w_i] on the images' device."""
+        if not self.use_recipes:
+            feats = self.teacher.features(images=images_pm1)
+        elif self.cache is not None and all(k in self.cache for k in keys):
+            feats = [torch.stack([self.cache[k][i] for k in keys]) for i in range(len(self.channels))]
+        else:
+            feats = self.teacher.features(recipes=metas)
+            if self.cache is not None:
                 for j, k in enumerate(keys):
                     self.cache[k] = [f[j].to(torch.float16).cpu() for f in feats]
-        else:
-            size = tuple(self.generator.resolution)
-            x = images_pm1 if tuple(images_pm1.shape[-2:]) == size else resize_to(images_pm1, size)
-            feats = self.generator.features_of_images(x, seed=self.seed)
-            feats = [feats[i] for i in self.levels]
         return [f.float().to(images_pm1.device) for f in feats]

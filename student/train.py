@@ -37,8 +37,8 @@ from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
 )
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherFeatures, class_balance_weights, feature_distill_loss, hard_label_loss, loss_weights,
-    match_levels, recipe_of, resize_to, soft_label_loss, student_level_sizes,
+    FeatureRegressor, TeacherTargets, class_balance_weights, feature_distill_loss, hard_label_loss, loss_weights,
+    match_levels, resize_to, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (
     BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, create_student,
@@ -179,19 +179,14 @@ def _check(options: TrainOptions) -> None:
         parse_weights(",".join(map(str, options.data_weights)), len(sources))
 
 
-def _load_teacher(options: TrainOptions, device, have_recipes: bool) -> TeacherFeatures:
-    """GAN teachers recompute features from the shard recipes; teachers that encode images
-    (diffusion) compute features of the student's (augmented) input images, real or generated."""
+def _load_teacher(options: TrainOptions, device) -> TeacherTargets:
+    """The --teacher workspace's Teacher (generator + selected levels; no head needed) in the loop."""
     from labelgen.workspace import Workspace
 
-    workspace = Workspace(options.teacher)
-    generator = workspace.generator().to(device)
-    use_recipes = have_recipes and not generator.can_encode_images
-    return TeacherFeatures(generator, use_recipes=use_recipes, cache=options.feature_cache, seed=options.seed,
-                           levels=workspace.layer_indices if workspace.config.feature_channels else None)
+    return TeacherTargets(Workspace(options.teacher).teacher(head=False, device=str(device)), cache=options.feature_cache)
 
 
-def train(options: TrainOptions, stop_after: int | None = None, teacher: TeacherFeatures | None = None,
+def train(options: TrainOptions, stop_after: int | None = None, teacher: TeacherTargets | None = None,
           log=print) -> TrainResult:
     """Train (or resume) a student into ``options.out``; ``teacher`` overrides --teacher (tests)."""
     _check(options)
@@ -249,11 +244,10 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         log(f"init from {loaded['path']}: {init_report}")
     regressor, teacher_feats = None, None
     if mode in FEATURE_MODES:
-        have_recipes = all(recipe_of(m) is not None for m in source.metas)
-        teacher_feats = teacher or _load_teacher(options, device, have_recipes)
-        use_recipes = teacher_feats.use_recipes
+        teacher_feats = teacher or _load_teacher(options, device)
+        teacher_feats.check_data(source.metas)
         probe = dataset[0]
-        t = teacher_feats(probe["image_pm1"][None].to(device), [recipe_of(source.metas[0])] if use_recipes else None)
+        t = teacher_feats(probe["image_pm1"][None].to(device), [source.metas[0]], ["0"])
         sizes = student_level_sizes(options.image_size)
         levels = match_levels(sizes, [tuple(f.shape[-2:]) for f in t])
         regressor = FeatureRegressor(encoder_channels(student), teacher_feats.channels, levels)
@@ -360,8 +354,6 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     step_times: list[float] = []  # wall seconds of each step (data wait included)
     t_last = t0
     module.train()
-    if teacher_feats is not None:
-        teacher_feats.generator.eval()
     try:
         while step < total:
             epoch, start_batch = divmod(step, steps_per_epoch)
@@ -499,7 +491,7 @@ def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None
         raise LabelgenError(f"{run_dir}: the saved run has other classes; use a new --out or --no-resume")
 
 
-def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherFeatures | None, metas, device, amp: bool,
+def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherTargets | None, metas, device, amp: bool,
           class_weights: torch.Tensor | None = None):
     """One forward + loss. Returns (loss, {part: value}). ``class_weights`` [C]: --class-balance."""
     x = batch["image"].to(device, non_blocking=True)  # [N, 3, H, W]
@@ -527,9 +519,7 @@ def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherFeatu
         loss = loss + options.label_weight * label
     if mode in FEATURE_MODES:
         indices = batch["index"].tolist()
-        recipes = [recipe_of(metas[i]) for i in indices] if teacher.use_recipes else None
-        keys = [str(i) for i in indices]
-        targets = teacher(batch["image_pm1"].to(device), recipes, keys)
+        targets = teacher(batch["image_pm1"].to(device), [metas[i] for i in indices], [str(i) for i in indices])
         targets = [resize_to(t, tuple(r.shape[-2:])) for t, r in zip(targets, regressed)]
         feat, fparts = feature_distill_loss(regressed, targets, options.at_weight)
         parts.update(fparts)

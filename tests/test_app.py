@@ -343,9 +343,8 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from labelgen.app import heads_bridge
-    from labelgen.heads.predict import predict_annotation
-    from labelgen.heads import load_head
-    from labelgen.workspace import WORKSPACE_RECIPE_KEYS, tensor_to_uint8
+    from labelgen.imaging import tensor_to_uint8
+    from labelgen.teacher import recipe_of
 
     ws = synthesized
     _fake_teacher_env(monkeypatch, ws)
@@ -359,7 +358,7 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     assert [c.split(" · ")[0] for c in captions] == [i.key for i in by_score]  # the real meta, most uncertain first
     assert captions[0] == f"{by_score[0].key} · unc {by_score[0].uncertainty:.3f} · unreviewed"
 
-    # the uncertainty map is the teacher's prediction (labelgen.heads.predict) of the sample's recipe
+    # the uncertainty map is the teacher's prediction (labelgen.teacher) of the sample's recipe
     top = by_score[0]
     at.toggle(key=f"unc-{top.key}").set_value(True).run()
     assert not at.exception, at.exception
@@ -390,19 +389,17 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     assert new_id == "g000004"
     image, recipe, mask = ws.read_annotation(new_id)
     assert recipe["seed"] == sample.meta["seed"] and recipe["from_synthetic"] == top.key
-    backend_recipe = {k: v for k, v in recipe.items() if k not in WORKSPACE_RECIPE_KEYS}
-    np.testing.assert_array_equal(tensor_to_uint8(ws.generator().features_from_recipes([backend_recipe]).images)[0],
+    np.testing.assert_array_equal(tensor_to_uint8(ws.generator().features_from_recipes([recipe_of(recipe)]).images)[0],
                                   image)
     np.testing.assert_array_equal(image, sample.image)
     np.testing.assert_array_equal(mask, sample.mask)
-    assert predict_annotation(ws, load_head(ws.heads_dir), new_id).score == pytest.approx(top.uncertainty, abs=1e-5)
+    assert heads_bridge.predict_annotation(ws, new_id).score == pytest.approx(top.uncertainty, abs=1e-5)
 
 
 def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from labelgen.heads import load_head
-    from labelgen.heads.predict import predict_annotation
+    from labelgen.app.heads_bridge import predict_annotation
 
     ws = synthesized
     _fake_teacher_env(monkeypatch, ws)
@@ -413,7 +410,7 @@ def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
     assert not at.exception, at.exception
     prefill_id, mask = at.session_state["prefill"]
     assert prefill_id == new_id
-    np.testing.assert_array_equal(mask, predict_annotation(ws, load_head(ws.heads_dir), new_id).mask)
+    np.testing.assert_array_equal(mask, predict_annotation(ws, new_id).mask)
     # the canvas is handed the prediction (and reports it back, so Save writes it)
     canvas = at.session_state["canvas"]
     at.session_state[canvas["key"]] = {"doc": canvas["doc"], "seq": 0, "width": 32, "height": 32,

@@ -13,7 +13,7 @@ from labelgen.errors import LabelgenError
 from labelgen.heads import create_head, head_id, load_head
 from labelgen.heads.sampling import features_at_pixels
 from labelgen.heads.train import TrainConfig, evaluate_head, train_head, train_workspace_heads
-from labelgen.synthesis.uncertainty import image_scores, pixel_uncertainty
+from labelgen.heads.uncertainty import image_scores, pixel_uncertainty
 from teacher_fakes import annotated_workspace, layout
 
 torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def test_heads_overfit_tiny_annotated_set(tmp_path, head_type, epochs):
     ids = ws.annotated_ids()
     train_set = [(ws.annotation_features(i), torch.from_numpy(ws.read_mask(i).astype(np.int64))[None]) for i in ids]
     assert evaluate_head(head, train_set, 3).miou > 0.9
-    held_out = [(ws.select_levels(ws.generator().sample([s]).features), torch.from_numpy(layout(s).astype(np.int64))[None])
+    held_out = [(ws.teacher(head=False).sample([s]).features, torch.from_numpy(layout(s).astype(np.int64))[None])
                 for s in (500, 501)]
     assert evaluate_head(head, held_out, 3).miou > 0.8
 
@@ -133,12 +133,11 @@ def test_train_heads_cli_prints_val_miou_per_epoch(tmp_path, capsys):
     assert json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]["val_miou"] > 0.8
 
 
-def test_predict_annotation_for_review(tmp_path):
-    from labelgen.heads.predict import predict_annotation
-
+def test_teacher_prediction_of_an_annotation(tmp_path):
     ws = annotated_workspace(tmp_path / "w", count=2)
     train_workspace_heads(ws, TrainConfig(epochs=8, pixels_per_image=512), progress=False)
-    pred = predict_annotation(ws, load_head(ws.heads_dir), "g000002")
+    teacher = ws.teacher()
+    pred = teacher.predict(ws.annotation_features("g000002"))[0]
     assert pred.mask.shape == (32, 32) and pred.probs.shape == (3, 32, 32) and pred.uncertainty.shape == (32, 32)
     assert (pred.mask == ws.read_mask("g000002")).mean() > 0.95 and pred.score >= 0
 

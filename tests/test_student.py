@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import labelgen  # noqa: F401
 from labelgen.student.data import class_frequencies, decode_soft_labels, one_hot, open_sources
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherFeatures, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
+    FeatureRegressor, TeacherTargets, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
     hard_label_loss, loss_weights, match_levels, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene
@@ -238,7 +238,13 @@ def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
 
 @pytest.mark.parametrize("mode", ["feature-distill", "dreamteacher"])
 def test_feature_modes_loss_falls(tiny, mode):
-    teacher = TeacherFeatures(FakeGenerator(32), use_recipes=True, cache=mode == "dreamteacher")
+    from labelgen.teacher import Teacher
+
+    class RecipeOnly(FakeGenerator):  # a GAN-like teacher: targets recomputed from the shard recipes
+        can_encode_images = False
+
+    teacher = TeacherTargets(Teacher(RecipeOnly(32)), cache=mode == "dreamteacher")
+    assert teacher.use_recipes
     result = train(_options(tiny["root"], mode, tiny["shards"], mode, teacher="unused"), teacher=teacher)
     assert _falls(result.losses), result.losses
     if teacher.cache is not None:  # 5 steps x 4 images went through all 8 samples

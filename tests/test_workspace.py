@@ -126,10 +126,11 @@ def test_import_real_images_resized_for_diffusion_refused_for_gan(tmp_path, run_
 
 def test_feature_cache_reused_and_invalidated(tmp_path, monkeypatch):
     ws = annotated_workspace(tmp_path / "w", count=1)
+    from labelgen.teacher import Teacher
+
     calls = []
-    original = type(ws)._compute_annotation_features
-    monkeypatch.setattr(type(ws), "_compute_annotation_features",
-                        lambda self, *a: calls.append(a) or original(self, *a))
+    original = Teacher.features
+    monkeypatch.setattr(Teacher, "features", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
     first = ws.annotation_features("g000001")
     second = ws.annotation_features("g000001")
     assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, second))

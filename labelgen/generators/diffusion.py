@@ -10,8 +10,8 @@ Flat feature order: level-major, then timestep — ``features[li * len(timesteps
 ``feature_layers[li]`` at ``timesteps[ti]`` (``feature_channels`` is in the same order).
 
 Sampling: DDIM (eta 0, ``ddim_steps`` steps, built from the model's scheduler config) from x_T drawn per
-seed, so an image never depends on its batch; ``sample`` returns the decoded images and
-``features_of_images`` of them.
+seed, so an image never depends on its batch; ``sample`` returns the decoded images, quantised to uint8
+levels (what a saved PNG holds), and ``features_of_images`` of them.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from labelgen.errors import LabelgenError
+from labelgen.imaging import quantize
 from labelgen.generators.base import (
     Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, module_device, seeded_randn,
 )
@@ -179,7 +180,7 @@ class DiffusionGenerator(Generator):
             decoded = self.decode(self._ddim([seeds[k] for k in idx], n)).clamp(-1, 1).float()
             for j, k in enumerate(idx):
                 images[k] = decoded[j]
-        images = torch.stack(images)
+        images = quantize(torch.stack(images))  # the pixels a saved PNG holds: features of a sample = of its file
         features = self._capture_pass(self.encode(images), int(self.config.get("noise_seed", 0)))
         return GeneratorOutput(images, features, [{"seed": s, "ddim_steps": n} for s, n in zip(seeds, steps)])
 

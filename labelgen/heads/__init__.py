@@ -18,7 +18,8 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 
 HEADS: dict[str, type[TaskHead]] = {"pixel-mlp": PixelMLPEnsemble, "conv": ConvInterpreter}
 
-__all__ = ["HEADS", "TaskHead", "create_head", "load_head", "head_id", "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME"]
+__all__ = ["HEADS", "TaskHead", "create_head", "load_head", "head_id", "read_head_config", "HEAD_CONFIG_NAME",
+           "HEAD_WEIGHTS_NAME"]
 
 
 def head_class(name: str) -> type[TaskHead]:

@@ -173,7 +173,7 @@ def real_examples(workspace, folder_path, cache: bool = False, limit: int | None
     generator's resolution (images area, masks nearest): what ``evaluate_head`` scores a teacher on.
     ``cache``: keep the features in the workspace feature cache (validation during training)."""
     from labelgen.data.folder import open_labelled
-    from labelgen.workspace import resize_image, resize_mask
+    from labelgen.imaging import resize_image, resize_mask
 
     folder = open_labelled(folder_path, require_masks=True)
     num_classes = len(workspace.classes)

@@ -37,7 +37,9 @@ import torch
 from labelgen.data.io import atomic_write_json, list_images, read_image, read_json
 from labelgen.data.shards import ShardSample, ShardWriter, encode_sample
 from labelgen.errors import LabelgenError
-from labelgen.synthesis.uncertainty import TOP_FRACTION, image_scores, pixel_uncertainty, uncertainty_measure
+from labelgen.heads.uncertainty import TOP_FRACTION
+from labelgen.imaging import images_to_tensor, resize_image, tensor_to_uint8
+from labelgen.teacher import Teacher
 
 PLAN_NAME = "synthesis.json"  # the config a shard set was started with (resume must match it)
 
@@ -167,17 +169,16 @@ def _init_dist() -> tuple[_Dist, str]:
 
 # ---- the run ----
 class _Source:
-    """Makes (images [B, 3, H, W] in [-1, 1], selected features, per-sample meta) for candidate ids."""
+    """Candidate ids -> (images [B, 3, H, W] in [-1, 1], selected features, per-sample meta), through the
+    teacher: new samples (``Teacher.sample``) or the folder's real images (``Teacher.features``)."""
 
-    def __init__(self, workspace, config: SynthesisConfig, device: str):
-        self.workspace = workspace
+    def __init__(self, teacher: Teacher, config: SynthesisConfig):
+        self.teacher = teacher
         self.config = config
-        self.generator = workspace.generator().to(device)
-        self.device = device
         self.image_paths: list[Path] = []
         if config.from_images is not None:
-            if not workspace.config.can_encode_images:
-                raise LabelgenError(f"--from-images needs features of real images: the {workspace.config.backend} "
+            if not teacher.can_encode_images:
+                raise LabelgenError(f"--from-images needs features of real images: the {teacher.generator.backend} "
                                     "generator needs an inversion method (use a diffusion teacher)")
             self.image_paths = list_images(Path(config.from_images))
             if not self.image_paths:
@@ -185,26 +186,16 @@ class _Source:
 
     @torch.no_grad()
     def batch(self, candidates: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], list[dict]]:
-        from labelgen.workspace import images_to_tensor, resize_image
-
         if self.image_paths:
             arrays, metas = [], []
             for j in candidates:
                 image = read_image(self.image_paths[j])
                 metas.append({"source_image": self.image_paths[j].name, "source_size": list(image.shape[:2])})
-                if image.shape[:2] != self.workspace.resolution:
-                    image = resize_image(image, self.workspace.resolution)
-                arrays.append(image)
-            images = images_to_tensor(np.stack(arrays)).to(self.device)
-            features = self.generator.features_of_images(images)
-            return images, self.workspace.select_levels(features), metas
+                arrays.append(resize_image(image, self.teacher.resolution))  # what the shard stores
+            return images_to_tensor(np.stack(arrays)), self.teacher.features(images=arrays), metas
         seeds = [self.config.seed_base + j for j in candidates]
-        out = self.generator.sample(seeds)
-        metas = []
-        for k, seed in enumerate(seeds):
-            recipe = dict(out.recipes[k]) if k < len(out.recipes) else {"seed": seed}
-            metas.append({"seed": seed, "recipe": recipe})
-        return out.images, self.workspace.select_levels(out.features), metas
+        out = self.teacher.sample(seeds)
+        return out.images, out.features, [{"seed": seed, "recipe": recipe} for seed, recipe in zip(seeds, out.recipes)]
 
 
 def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
@@ -213,37 +204,28 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
     rank 0 writes manifest.json after a barrier and returns the summary (other ranks too, same numbers)."""
     from tqdm import tqdm
 
-    from labelgen.heads import head_id, load_head
-    from labelgen.workspace import tensor_to_uint8
-
     dist, device = _init_dist()
     out_dir = Path(out_dir)
     writer = ShardWriter(out_dir, workspace.classes)
-    head = load_head(workspace.heads_dir, device=device)
-    meta_head = json.loads((workspace.heads_dir / "head_config.json").read_text()).get("meta", {})
-    error = ""
-    if meta_head.get("generator") not in (None, workspace.generator_id()):
-        error = (f"the head in {workspace.heads_dir} was trained on {meta_head['generator']} features, the workspace "
-                 f"now uses {workspace.generator_id()}: run `labelgen train-heads` again")
-    elif head.num_classes != len(workspace.classes):
-        error = f"the head predicts {head.num_classes} classes, the workspace has {len(workspace.classes)}"
-    source = None
-    if not error:
-        try:
-            source = _Source(workspace, config, device)
-        except LabelgenError as e:
-            error = str(e)
+    error, teacher, source = "", None, None
+    try:
+        teacher = workspace.teacher(device=device)  # refuses heads trained on other weights, levels or classes
+        source = _Source(teacher, config)
+    except LabelgenError as e:
+        error = str(e)
     plan: list[ShardPlan] = []
     if not error:
         try:
             plan = plan_shards(config, len(source.image_paths) if config.from_images else None)
         except LabelgenError as e:
             error = str(e)
-    this_head = head_id(workspace.heads_dir)
-    run_config = {**config.plan_key(), "from_images": None if config.from_images is None else str(Path(config.from_images).resolve()),
-                  "generator": workspace.generator_id(), "head": this_head, "head_type": head.head_type,
-                  "ensemble": head.ensemble, "uncertainty": uncertainty_measure(head.ensemble),
-                  "resolution": list(workspace.resolution)}
+    run_config = {}
+    if not error:
+        run_config = {**config.plan_key(),
+                      "from_images": None if config.from_images is None else str(Path(config.from_images).resolve()),
+                      "generator": teacher.generator_id, "head": teacher.head_id, "head_type": teacher.head.head_type,
+                      "ensemble": teacher.head.ensemble, "uncertainty": teacher.uncertainty_measure,
+                      "resolution": list(teacher.resolution)}
     if dist.rank == 0 and not error:
         plan_path = out_dir / PLAN_NAME
         if plan_path.is_file():
@@ -263,8 +245,8 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
 
     done = writer.done_shards()
     mine = [p for p in plan if p.shard_id % dist.world == dist.rank and p.shard_id not in done]
-    base_meta = {"generator": workspace.generator_id(), "head": this_head,
-                 "uncertainty_measure": uncertainty_measure(head.ensemble)}
+    base_meta = {"generator": teacher.generator_id, "head": teacher.head_id,
+                 "uncertainty_measure": teacher.uncertainty_measure}
     pool = ThreadPoolExecutor(max_workers=config.encode_workers) if config.encode_workers > 0 else None
     bar = tqdm(total=sum(len(p.candidates) for p in mine), unit="sample", desc=f"synthesize (rank {dist.rank})"
                if dist.world > 1 else "synthesize", disable=not progress or dist.rank != 0, smoothing=0.1)
@@ -276,11 +258,10 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
             for start in range(0, len(shard.candidates), config.batch_size):
                 candidates = shard.candidates[start:start + config.batch_size]
                 images, features, metas = source.batch(candidates)
-                probs = head.predict_proba(features)  # [B, K, C, H, W]
-                mean_probs = probs.mean(dim=1)  # [B, C, H, W]
-                masks = mean_probs.argmax(dim=1).to(torch.uint8).cpu().numpy()  # [B, H, W]
-                scores = image_scores(pixel_uncertainty(probs), config.top_fraction).cpu().tolist()  # [B]
-                soft = ((mean_probs * 255).round().to(torch.uint8).cpu().numpy()
+                pred = teacher.predict(features, config.top_fraction)
+                masks = pred.mask.cpu().numpy()  # [B, H, W]
+                scores = pred.scores.cpu().tolist()  # [B]
+                soft = ((pred.probs * 255).round().to(torch.uint8).cpu().numpy()
                         if config.soft_labels == "uint8" else None)  # [B, C, H, W]
                 images_u8 = tensor_to_uint8(images)  # [B, H, W, 3]
                 for k, candidate in enumerate(candidates):

@@ -217,7 +217,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
 def save_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
     """images float [N, 3, H, W] in [-1, 1] -> one PNG grid (2-px gaps)."""
     from labelgen.visualize import grid
-    from labelgen.workspace import tensor_to_uint8
+    from labelgen.imaging import tensor_to_uint8
 
     write_png(path, grid(list(tensor_to_uint8(images)), cols=cols))
 

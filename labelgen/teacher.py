@@ -1,0 +1,333 @@
+"""The teacher: the one way from an item to generator features and to a head's prediction.
+
+    teacher = workspace.teacher()                       # generator + selected levels + trained head
+    feats = teacher.features(recipes=[...], images=[...])   # selected levels, [N, C_i, h_i, w_i] each
+    pred = teacher.predict(feats)                       # probabilities, mask, uncertainty, image scores
+    out = teacher.sample(seeds)                         # new images + their features + recipes
+
+An *item* is an image the teacher labels: a generated sample (its *recipe*: seed, truncation, latent, ...
+plus its stored image) or a real photo (an image alone). Its features are, for every caller
+(annotation features, synthesis, the app's predictions, distillation targets):
+
+* teachers that encode images (diffusion: noise to t, one UNet pass): features of the stored image
+  (uint8, resized to the generator resolution by the one resize rule, labelgen.imaging); a fresh
+  sample's features are computed from its uint8-quantised pixels, so they equal those of its saved PNG;
+* GAN teachers: recomputed from the recipe (a real photo needs an inversion method: refused).
+
+Recipes reach the teacher in several dresses (an annotation's ``<id>.json`` with workspace keys, a
+shard's meta with a ``recipe`` entry, a bare backend recipe); :func:`recipe_of` is the one place that
+normalises them.
+
+Identities: ``generator_id`` = backend + a content hash of the checkpoint's weights (cached per file by
+size and mtime) + a hash of the feature-affecting options; ``head_id`` = content hash of the saved head.
+A head records the generator id and levels it was trained on; :func:`check_head` refuses a head trained
+on other weights or levels (the command stops, telling the user to run ``labelgen train-heads``).
+
+This module imports neither the workspace nor synthesis.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from labelgen.errors import LabelgenError
+from labelgen.heads.uncertainty import TOP_FRACTION, image_scores, pixel_uncertainty, uncertainty_measure
+from labelgen.imaging import images_to_tensor, quantize, resize_image
+
+# keys the workspace / synthesis add around a backend recipe (provenance, not generator input)
+PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic")
+# generator options that change how new images are sampled or how fast, not the features of a given image
+SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch"})
+HASH_CACHE_ENV = "LABELGEN_CACHE"
+
+
+# ---------------------------------------------------------------- recipes
+def recipe_of(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The backend recipe of an item, or None for a real image.
+
+    Accepts an annotation recipe (``{"seed": 3, "source": "generated", "generator": ...}``), a shard
+    sample's meta (``{"seed": ..., "recipe": {...}, "head": ...}``, or ``{"source_image": ...}`` for a
+    pseudo-labelled photo) or a bare backend recipe."""
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("recipe"), dict):  # a shard sample's meta
+        return recipe_of(item["recipe"])
+    if item.get("source") == "real" or "source_image" in item or "seed" not in item:
+        return None
+    return {k: v for k, v in item.items() if k not in PROVENANCE_KEYS}
+
+
+# ---------------------------------------------------------------- identities
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def _digest_cache_path() -> Path:
+    root = os.environ.get(HASH_CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "labelgen")
+    return Path(root) / "file_digests.json"
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, cached by (absolute path, size, mtime): in memory and in a small JSON file
+    under $LABELGEN_CACHE (default ~/.cache/labelgen), so a 300 MB checkpoint is hashed once, not per command."""
+    from labelgen.data.io import atomic_write_json
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _DIGEST_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    cache_path = _digest_cache_path()
+    disk: dict[str, Any] = {}
+    try:
+        disk = json.loads(cache_path.read_text())
+        entry = disk.get(key[0])
+        if isinstance(entry, dict) and entry.get("size") == key[1] and entry.get("mtime_ns") == key[2]:
+            _DIGESTS[key] = str(entry["sha256"])
+            return _DIGESTS[key]
+    except (OSError, ValueError, KeyError):
+        disk = {}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _DIGEST_LOCK:
+        _DIGESTS[key] = value
+    disk = disk if isinstance(disk, dict) else {}
+    disk[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": value}
+    try:
+        atomic_write_json(cache_path, disk)
+    except (OSError, LabelgenError):  # a read-only home: the in-memory cache still serves this process
+        pass
+    return value
+
+
+def weights_digest(checkpoint: Path | str) -> str:
+    """Content hash of a checkpoint: a file, or every file of a folder (by relative path, sorted)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return _file_digest(path)
+    if not path.is_dir():
+        raise LabelgenError(f"{checkpoint}: checkpoint not found")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\0".encode())
+    return digest.hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """Content hash of a module's weights (for generators without a checkpoint file: built-in defaults)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 1-d: 0-dim tensors (counters) too
+        digest.update(f"{flat.dtype}{list(tensor.shape)}".encode() + flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def generator_identity(backend: str, weights: str, options: dict[str, Any], timesteps: Sequence[int] | None = None
+                       ) -> str:
+    """``backend:<weights hash 12>:<feature options hash 8>``. Sampling-only options (DDIM steps, bf16, ...)
+    are left out: they do not change the features of a given image, so heads stay valid."""
+    feature_options = {k: v for k, v in options.items() if k not in SAMPLING_ONLY_OPTIONS}
+    opts = json.dumps([feature_options, list(timesteps or [])], sort_keys=True)
+    return f"{backend}:{weights[:12]}:{hashlib.sha256(opts.encode()).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------- predictions
+@dataclass
+class ImagePrediction:
+    """One image's prediction, as numpy arrays (what a review screen or a script shows)."""
+
+    mask: np.ndarray  # uint8 [H, W]: argmax of the ensemble-mean probabilities
+    probs: np.ndarray  # float32 [C, H, W]: ensemble-mean probabilities
+    uncertainty: np.ndarray  # float32 [H, W]: JS divergence (K > 1) or entropy (K = 1), nats
+    score: float  # image score: mean of the top 10 % pixel uncertainties
+
+
+@dataclass
+class Prediction:
+    """A batch's prediction (tensors on the teacher's device); ``prediction[k]`` is image k as numpy."""
+
+    member_probs: torch.Tensor  # [N, K, C, H, W] per ensemble member
+    probs: torch.Tensor  # [N, C, H, W] ensemble mean
+    mask: torch.Tensor  # uint8 [N, H, W]
+    uncertainty: torch.Tensor  # [N, H, W] nats
+    scores: torch.Tensor  # [N]
+    measure: str  # "js-divergence" | "entropy"
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    def __getitem__(self, k: int) -> ImagePrediction:
+        return ImagePrediction(self.mask[k].cpu().numpy(), self.probs[k].float().cpu().numpy(),
+                               self.uncertainty[k].float().cpu().numpy(), float(self.scores[k]))
+
+
+@dataclass
+class Sample:
+    images: torch.Tensor  # [N, 3, H, W] in [-1, 1], uint8-exact for teachers that encode images
+    features: list[torch.Tensor]  # selected levels [N, C_i, h_i, w_i]
+    recipes: list[dict[str, Any]]  # per image: what recomputes it
+
+
+# ---------------------------------------------------------------- the teacher
+class Teacher:
+    """A generator, the feature levels a head reads, and (optionally) the trained head.
+
+    ``levels``: indices into the generator's feature list (None = all). ``head``: a TaskHead whose
+    ``in_channels`` are the selected levels' channels (None: features only, e.g. feature distillation)."""
+
+    def __init__(self, generator, levels: Sequence[int] | None = None, head=None, generator_id: str | None = None,
+                 head_id: str | None = None):
+        self.generator = generator.eval()
+        for p in self.generator.parameters():
+            p.requires_grad_(False)
+        n = len(generator.feature_channels)
+        self.levels = list(range(n)) if levels is None else [int(i) for i in levels]
+        if not self.levels or any(not 0 <= i < n for i in self.levels):
+            raise LabelgenError(f"feature levels {self.levels}: the generator has levels 0..{n - 1}")
+        self.head = None if head is None else head.eval()
+        if self.head is not None and list(self.head.in_channels) != self.channels:
+            raise LabelgenError(f"the head reads channels {list(self.head.in_channels)}, the selected generator "
+                                f"levels have {self.channels}: run `labelgen train-heads` again")
+        self.generator_id = generator_id or f"{generator.backend}:{state_digest(generator)[:12]}"
+        self.head_id = head_id
+
+    # ---- description ----
+    @property
+    def channels(self) -> list[int]:
+        """C_i of each selected level."""
+        return [int(self.generator.feature_channels[i]) for i in self.levels]
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        h, w = self.generator.resolution
+        return int(h), int(w)
+
+    @property
+    def can_encode_images(self) -> bool:
+        return bool(self.generator.can_encode_images)
+
+    @property
+    def device(self) -> torch.device:
+        from labelgen.generators.base import module_device
+
+        return module_device(self.generator)
+
+    @property
+    def num_classes(self) -> int:
+        self._need_head()
+        return int(self.head.num_classes)
+
+    @property
+    def uncertainty_measure(self) -> str:
+        self._need_head()
+        return uncertainty_measure(self.head.ensemble)
+
+    def to(self, device) -> "Teacher":
+        self.generator.to(device)
+        if self.head is not None:
+            self.head.to(device)
+        return self
+
+    # ---- items -> features ----
+    def select(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The selected levels of a full generator feature list."""
+        return [features[i] for i in self.levels]
+
+    @torch.no_grad()
+    def features(self, recipes: Sequence[dict | None] | None = None, images=None, seed: int | None = None
+                 ) -> list[torch.Tensor]:
+        """Selected features of N items, float32 on the teacher's device, [N, C_i, h_i, w_i] per level.
+
+        ``recipes``: per item an annotation recipe / shard meta / backend recipe (None or a real-image
+        entry for photos); ``images``: per item the image, uint8 [H, W, 3] arrays (any size: resized to
+        the generator resolution) or a float tensor [N, 3, H, W] in [-1, 1]. Teachers that encode images
+        use the images; GAN teachers the recipes (see the module docstring). ``seed``: the noise seed of
+        image-encoding teachers (default: the generator's own)."""
+        if images is not None and self.can_encode_images:
+            x = self._image_batch(images)  # [N, 3, H, W] in [-1, 1]
+            kwargs = {} if seed is None else {"seed": seed}
+            return self._place(self.select(self.generator.features_of_images(x, **kwargs)))
+        if recipes is None:
+            raise LabelgenError(f"the {self.generator.backend} teacher computes features from generator recipes; "
+                                "none given")
+        backend_recipes = [recipe_of(r) for r in recipes]
+        if any(r is None for r in backend_recipes):
+            raise LabelgenError(f"a real image has no generator recipe: the {self.generator.backend} teacher needs an "
+                                "inversion method to compute its features (use a diffusion teacher)")
+        return self._place(self.select(self.generator.features_from_recipes(backend_recipes).features))
+
+    @torch.no_grad()
+    def sample(self, seeds: Sequence[int], **options) -> Sample:
+        """New images for ``seeds`` with their selected features and recipes (deterministic per seed)."""
+        out = self.generator.sample(list(seeds), **options)
+        recipes = [dict(out.recipes[k]) if k < len(out.recipes) else {} for k in range(len(seeds))]
+        for recipe, seed in zip(recipes, seeds):
+            recipe.setdefault("seed", int(seed))
+        images, features = out.images.float(), out.features
+        if self.can_encode_images and not torch.equal(quantize(images), images):
+            images = quantize(images)  # the pixels a saved PNG holds (built-in diffusion backends already are)
+            features = self.generator.features_of_images(images)
+        return Sample(images, self._place(self.select(features)), recipes)
+
+    def _image_batch(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            assert images.ndim == 4 and images.shape[1] == 3, tuple(images.shape)
+            x = images.float()
+            if tuple(x.shape[-2:]) != self.resolution:
+                x = resize_image(x, self.resolution)
+            return x.to(self.device)
+        arrays = [np.asarray(a, dtype=np.uint8) for a in images]
+        for a in arrays:
+            if a.ndim != 3 or a.shape[2] != 3:
+                raise LabelgenError(f"images must be RGB uint8 [H, W, 3], got shape {list(a.shape)}")
+        arrays = [resize_image(a, self.resolution) for a in arrays]
+        return images_to_tensor(np.stack(arrays)).to(self.device)
+
+    def _place(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        device = self.device
+        return [f.detach().to(device=device, dtype=torch.float32) for f in features]
+
+    # ---- features -> prediction ----
+    def _need_head(self) -> None:
+        if self.head is None:
+            raise LabelgenError("this teacher has no trained head (run `labelgen train-heads`)")
+
+    @torch.no_grad()
+    def predict(self, features: list[torch.Tensor], top_fraction: float = TOP_FRACTION) -> Prediction:
+        """The head's prediction for a batch of selected features (``features`` output)."""
+        self._need_head()
+        member_probs = self.head.predict_proba(features)  # [N, K, C, H, W]
+        probs = member_probs.mean(dim=1)  # [N, C, H, W]
+        uncertainty = pixel_uncertainty(member_probs)  # [N, H, W]
+        return Prediction(member_probs, probs, probs.argmax(dim=1).to(torch.uint8), uncertainty,
+                          image_scores(uncertainty, top_fraction), uncertainty_measure(self.head.ensemble))
+
+    def label(self, recipes: Sequence[dict | None] | None = None, images=None) -> Prediction:
+        """``predict(features(recipes, images))``."""
+        return self.predict(self.features(recipes, images))
+
+
+def check_head(head_meta: dict[str, Any], generator_id: str, levels: list[int], heads_dir: Path | str) -> None:
+    """Refuse a head trained on other generator weights/options or other feature levels (one line)."""
+    trained_on = head_meta.get("generator")
+    if trained_on != generator_id:
+        raise LabelgenError(f"{heads_dir}: the head was trained on generator {trained_on}, the workspace's generator "
+                            f"is now {generator_id} (its weights or feature options changed): run `labelgen "
+                            "train-heads` again")
+    trained_levels = head_meta.get("feature_layers")
+    if trained_levels is not None and list(trained_levels) != list(levels):
+        raise LabelgenError(f"{heads_dir}: the head was trained on feature levels {trained_levels}, the workspace "
+                            f"selects {list(levels)}: run `labelgen train-heads` again")
