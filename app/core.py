@@ -127,7 +127,7 @@ def allowed_roots(ws: Workspace, extra: list[str] | None = None) -> list[Path]:
 
 # ---------------------------------------------------------------- images in
 def fit_to_resolution(image: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to the generator's aspect ratio, then resize (area-like) to (H, W)."""
+    """Centre-crop to the generator's aspect ratio, then resize to (H, W) by the one rule (labelgen.imaging)."""
     h, w = resolution
     ih, iw = image.shape[:2]
     target = w / h
@@ -139,9 +139,9 @@ def fit_to_resolution(image: np.ndarray, resolution: tuple[int, int]) -> np.ndar
         ch = max(1, round(iw / target))
         y0 = (ih - ch) // 2
         image = image[y0:y0 + ch]
-    im = Image.fromarray(image)
-    resample = Image.Resampling.BOX if im.width >= w else Image.Resampling.BICUBIC
-    return np.asarray(im.resize((w, h), resample).convert("RGB"), dtype=np.uint8)
+    from labelgen.imaging import resize_image
+
+    return resize_image(np.ascontiguousarray(image, dtype=np.uint8), (h, w))
 
 
 def decode_image_bytes(payload: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:

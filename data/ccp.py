@@ -142,22 +142,18 @@ class CCPDataset:
             yield self.read(photo_id, with_mask=labelled)
 
 
-RESAMPLERS = {"area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC}
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size_hw: tuple[int, int]):
+    """The project's resize rule (labelgen.imaging): uint8 [h, w, 3], uint8 [h, w] | None."""
+    from labelgen.imaging import resize_image, resize_mask
 
-
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size_hw: tuple[int, int], resample: str = "area"):
-    """Images area/bicubic, masks nearest: uint8 [h, w, 3], uint8 [h, w] | None."""
-    h, w = size_hw
-    out_image = np.asarray(Image.fromarray(image).resize((w, h), RESAMPLERS[resample]))
-    out_mask = None if mask is None else np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
-    return out_image, out_mask
+    return resize_image(image, size_hw), None if mask is None else resize_mask(mask, size_hw)
 
 
 def _convert_one(args) -> int:
-    root, photo_id, with_mask, size_hw, resample, targets = args
+    root, photo_id, with_mask, size_hw, targets = args
     dataset = _worker_dataset(root)
     item = dataset.read(photo_id, with_mask=with_mask)
-    image, mask = resize_pair(item.image, item.mask, size_hw, resample)
+    image, mask = resize_pair(item.image, item.mask, size_hw)
     for split_dir in targets:
         write_png(Path(split_dir) / "images" / f"{photo_id:04d}.png", image)
         if mask is not None and Path(split_dir).name in LABELLED_SPLITS:
@@ -175,7 +171,7 @@ def _worker_dataset(root: str) -> CCPDataset:
 
 
 def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str, ...] = tuple(SPLITS),
-               resample: str = "area", workers: int | None = None, progress=None, limit: int | None = None) -> dict:
+               workers: int | None = None, progress=None, limit: int | None = None) -> dict:
     """Write a benchmark-ready copy of CCP in the project's folder format (see data/folder.py).
 
     Every photo is decoded and resized once, then written into each split folder that lists it.
@@ -202,7 +198,7 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     for s in splits:
         for photo_id in ids_of[s]:
             targets_of.setdefault(photo_id, []).append(str(partial / s))
-    jobs = [(str(src), pid, any(Path(t).name in LABELLED_SPLITS for t in tg), size_hw, resample, tuple(tg))
+    jobs = [(str(src), pid, any(Path(t).name in LABELLED_SPLITS for t in tg), size_hw, tuple(tg))
             for pid, tg in sorted(targets_of.items())]
     start = time.perf_counter()
     workers = workers or min(8, os.cpu_count() or 1)

@@ -41,11 +41,11 @@ def data():
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="New folder to write.")
 @click.option("--size", "size", type=str, default="96x64", help="Output size HxW.")
 @click.option("--splits", type=str, default="all", help="Comma-separated split names, or 'all'.")
-@click.option("--resample", type=click.Choice(["area", "bicubic"]), default="area", help="Image resampling.")
 @click.option("--workers", type=int, default=0, help="Processes (0 = one per core).")
 @click.option("--limit", type=int, default=0, help="Only the first N photos of each split (0 = all).")
-def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, resample: str, workers: int, limit: int):
-    """Write a benchmark-ready CCP-8 copy (images, index masks, classes.json) at a chosen size."""
+def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, limit: int):
+    """Write a benchmark-ready CCP-8 copy (images, index masks, classes.json) at a chosen size (images and
+    masks resized by the project's one rule, labelgen/imaging.py)."""
     from rich.progress import Progress
 
     from labelgen.data.ccp import SPLITS, import_ccp
@@ -55,7 +55,7 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, resample: str, 
     total = len({pid for s in chosen if s in SPLITS for pid in SPLITS[s][:limit or None]})
     with Progress() as progress:
         task = progress.add_task("import CCP", total=total)
-        summary = import_ccp(src, out, size_hw, chosen, resample, workers or None,
+        summary = import_ccp(src, out, size_hw, chosen, workers or None,
                              progress=lambda: progress.advance(task), limit=limit or None)
     click.echo(f"wrote {summary['photos']} photos into {len(chosen)} splits at {size_hw[0]}x{size_hw[1]} "
                f"in {summary['seconds']:.1f} s -> {out}")

@@ -13,6 +13,8 @@ A pixel whose probabilities sum to 0 (e.g. filtered as uncertain) counts as igno
 soft labels fall back to the one-hot of the hard mask (a warning says so once).
 Per-sample uncertainty: ``meta["uncertainty"]`` (a number), optional sample weighting.
 
+Resizing to the training size: the project's one rule (labelgen.imaging: images and soft labels
+antialiased bilinear, masks nearest), the same rule evaluation and prediction use.
 Augmentation (albumentations, applied jointly): image, hard mask (nearest) and soft labels (as an
 extra float image target: bilinear, zero fill) go through the same geometric transforms; colour
 jitter touches the image only. Each sample's augmentation is seeded by (seed, epoch, index), so a
@@ -47,6 +49,7 @@ from labelgen.data.classes import ClassList
 from labelgen.data.io import IGNORE_INDEX
 from labelgen.data.shards import MANIFEST, ShardReader, _sample
 from labelgen.errors import DataError, LabelgenError
+from labelgen.imaging import resize_image, resize_mask
 
 SOFT_EXTS = ("soft.npz", "soft.npy")
 
@@ -228,13 +231,13 @@ def open_sources(paths, require_masks: bool = True):
     return MultiSource([open_source(path, require_masks) for path in paths])
 
 
-def build_augment(image_size: tuple[int, int], geometric: bool, colour: bool):
-    """(geometric Compose over image + mask + soft, colour Compose over the image only)."""
+def build_augment(geometric: bool, colour: bool):
+    """(geometric Compose over image + mask + soft, colour Compose over the image only); images arrive
+    already resized to the training size."""
     import albumentations as A
     import cv2
 
-    h, w = image_size
-    geo = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    geo = []
     if geometric:
         geo += [A.HorizontalFlip(p=0.5),
                 A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5,
@@ -256,7 +259,7 @@ class StudentDataset(Dataset):
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.std = np.asarray(std, np.float32) * 255.0
         self.seed, self.want_soft = seed, want_soft
-        self.geo, self.col = build_augment(self.image_size, geometric and augment, augment)
+        self.geo, self.col = build_augment(geometric and augment, augment)
         self.weights = np.ones(len(source), np.float32)
         if uncertainty_weighting:
             u = np.asarray([float(m.get("uncertainty", 0.0)) for m in source.metas], np.float32)
@@ -279,9 +282,9 @@ class StudentDataset(Dataset):
         seed = (self.seed * 1_000_003 + epoch * 7919 + index + copy * 104_729) % (2 ** 31)
         self.geo.set_random_seed(seed)
         self.col.set_random_seed(seed + 1)
-        data = {"image": raw.image, "mask": raw.mask}
+        data = {"image": resize_image(raw.image, self.image_size), "mask": resize_mask(raw.mask, self.image_size)}
         if soft is not None:
-            data["soft"] = soft
+            data["soft"] = resize_image(soft, self.image_size)  # [H, W, C] float: the image rule
         out = self.geo(**data)
         image = self.col(image=out["image"])["image"]  # [H, W, 3] uint8
         h, w = self.image_size

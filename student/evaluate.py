@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import LabelgenError
+from labelgen.imaging import resize_image, resize_mask
 from labelgen.metrics import ConfusionMatrix, Scores
 from labelgen.student.models import StudentConfig
 from labelgen.visualize import grid, overlay
@@ -21,11 +21,8 @@ from labelgen.visualize import grid, overlay
 
 def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [1, 3, h, w] at the training size, normalised."""
-    x = torch.tensor(image).permute(2, 0, 1)[None].float()  # [1, 3, H, W]
-    h, w = config.image_size
-    if tuple(x.shape[-2:]) != (h, w):
-        shrink = x.shape[-2] > h or x.shape[-1] > w
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    image = resize_image(image, tuple(config.image_size))  # uint8, as the training images (student/data.py)
+    x = torch.tensor(image).permute(2, 0, 1)[None].float()  # [1, 3, h, w]
     mean = torch.tensor(config.mean)[None, :, None, None] * 255
     std = torch.tensor(config.std)[None, :, None, None] * 255
     return (x - mean) / std
@@ -35,8 +32,7 @@ def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
 def predict_image(model, config: StudentConfig, image: np.ndarray, device="cpu") -> np.ndarray:
     """uint8 [H, W, 3] -> class ids uint8 [H, W]."""
     logits = model(preprocess(image, config).to(device)).float()  # [1, C, h, w]
-    if tuple(logits.shape[-2:]) != image.shape[:2]:
-        logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+    logits = resize_image(logits, image.shape[:2])  # back to the image's own size
     return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
 
@@ -69,9 +65,7 @@ def overlay_grid(triples, palette, alpha: float = 0.5) -> np.ndarray:
     h, w = triples[0][0].shape[:2]
     tiles = []
     for image, target, pred in triples:
-        image = np.asarray(Image.fromarray(image).resize((w, h)))
-        target = np.asarray(Image.fromarray(target).resize((w, h), Image.NEAREST))
-        pred = np.asarray(Image.fromarray(pred).resize((w, h), Image.NEAREST))
+        image, target, pred = resize_image(image, (h, w)), resize_mask(target, (h, w)), resize_mask(pred, (h, w))
         tiles += [image, overlay(image, target, palette, alpha), overlay(image, pred, palette, alpha)]
     return grid(tiles, cols=3, gap=0)
 

@@ -1,0 +1,188 @@
+"""The one teacher path (labelgen/teacher.py): for the same item, annotation features, synthesis features, the
+app's prediction and the distillation targets are identical, for a GAN teacher, a diffusion teacher and the
+embedded default; a generator retrained in place invalidates cached features and refuses old heads."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from labelgen import default_teacher
+from labelgen.data.shards import ShardReader
+from labelgen.errors import LabelgenError
+from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.imaging import images_to_tensor, resize_image, resize_mask
+from labelgen.synthesis import SynthesisConfig, synthesize
+from labelgen.teacher import Teacher, recipe_of, weights_digest
+from labelgen.workspace import Workspace
+from teacher_fakes import annotated_workspace, subprocess_env
+
+TEACHERS = ["FakeGAN", "FakeDiffusion", "default"]
+
+
+def _workspace(kind: str, root):
+    if kind == "default":
+        if not default_teacher.default_teacher_available():
+            pytest.skip("no embedded default teacher in this checkout")
+        ws = default_teacher.copy_default_workspace(root / "w")
+        ws.config.generator_options["ddim_steps"] = 2  # sampling-only: the heads stay valid, the test stays fast
+        ws.save_config()
+        return Workspace(ws.root)
+    ws = annotated_workspace(root / "w", backend=kind, count=3)
+    train_workspace_heads(ws, TrainConfig(epochs=2, pixels_per_image=256), progress=False)
+    return ws
+
+
+@pytest.mark.parametrize("kind", TEACHERS)
+def test_same_item_same_features_everywhere(kind, tmp_path, monkeypatch):
+    from labelgen.app import heads_bridge
+    from labelgen.student.distill import TeacherTargets
+
+    ws = _workspace(kind, tmp_path)
+    seed = 424242
+    annotation_id = ws.sample_annotations(1, seed_start=seed)[0]
+    annotation = ws.annotation_features(annotation_id)  # [1, C_i, h_i, w_i] per selected level
+
+    # synthesis: candidate 0 has seed seed_base; capture the features it hands to the head
+    seen: list[list[torch.Tensor]] = []
+    original_predict = Teacher.predict
+    monkeypatch.setattr(Teacher, "predict", lambda self, f, *a: seen.append([x.clone() for x in f])
+                        or original_predict(self, f, *a))
+    synthesize(ws, SynthesisConfig(n=1, batch_size=1, seed_base=seed, soft_labels="uint8"), tmp_path / "synth",
+               progress=False)
+    monkeypatch.setattr(Teacher, "predict", original_predict)
+    assert len(seen) == 1
+    for a, s in zip(annotation, seen[0], strict=True):
+        torch.testing.assert_close(s, a, rtol=0, atol=0)
+    [sample] = list(ShardReader(tmp_path / "synth"))
+    np.testing.assert_array_equal(sample.image, ws.read_annotation(annotation_id)[0])  # the same picture
+
+    # the app: prediction of the annotation and of the synthetic sample = prediction of those features
+    teacher = ws.teacher()
+    expected = teacher.predict(annotation)[0]
+    for pred in (heads_bridge.predict_annotation(ws, annotation_id), heads_bridge.predict_sample(ws, sample)):
+        np.testing.assert_array_equal(pred.mask, expected.mask)
+        np.testing.assert_array_equal(pred.probs, expected.probs)
+        assert pred.score == expected.score
+    np.testing.assert_array_equal(sample.mask, expected.mask)  # label-distill targets: the shard's labels
+    soft = np.load(__import__("io").BytesIO(sample.extras["soft.npz"]))["probs"]
+    np.testing.assert_array_equal(soft, np.round(expected.probs * 255).astype(np.uint8))
+    assert sample.meta["uncertainty"] == pytest.approx(expected.score, abs=1e-6)
+
+    # feature distillation: targets of the stored sample (shard meta + image as the student sees it)
+    targets = TeacherTargets(ws.teacher(head=False))
+    image_pm1 = images_to_tensor(sample.image[None])  # [1, 3, H, W] in [-1, 1]
+    for a, t in zip(annotation, targets(image_pm1, [sample.meta], [sample.key]), strict=True):
+        torch.testing.assert_close(t, a, rtol=0, atol=0)
+
+
+def test_recipe_of_normalises_every_dress():
+    bare = {"seed": 7, "truncation": 0.7}
+    assert recipe_of(bare) == bare
+    assert recipe_of({**bare, "source": "generated", "generator": "x:1:2", "from_synthetic": "k"}) == bare
+    assert recipe_of({"seed": 7, "recipe": bare, "head": "abc", "uncertainty": 0.1}) == bare  # shard meta
+    assert recipe_of({"source": "real", "file": "a.png"}) is None
+    assert recipe_of({"source_image": "a.png", "source_size": [4, 4]}) is None
+    assert recipe_of(None) is None
+
+
+def test_gan_teacher_refuses_real_images_in_one_line(tmp_path):
+    ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=1)
+    with pytest.raises(LabelgenError, match="inversion method"):
+        ws.teacher(head=False).features(recipes=[{"source": "real", "file": "x.png"}])
+
+
+def _cli(*args):
+    """The real console program (``python -m labelgen.cli``): exit status and stderr as a user sees them."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "labelgen.cli", *map(str, args)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+
+
+def _retrain_in_place(folder, scale: float) -> None:
+    """What resuming `train-generator --out folder` does: the same files, other weights."""
+    from teacher_fakes import FakeDiffusion
+
+    model = FakeDiffusion()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    model.save_pretrained(folder)
+
+
+def test_retrained_generator_invalidates_features_and_refuses_old_heads(tmp_path):
+    gen = tmp_path / "gen"
+    _retrain_in_place(gen, 1.0)
+    from labelgen.workspace import create_workspace
+    from teacher_fakes import CLASSES, layout
+
+    ws = create_workspace(tmp_path / "w", "teacher_fakes:FakeDiffusion", CLASSES.split(","), checkpoint=gen)
+    for annotation_id in ws.sample_annotations(2, seed_start=0):
+        ws.save_mask(annotation_id, layout(ws.read_annotation(annotation_id)[1]["seed"]))
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=128), progress=False)
+    before_id, before = ws.generator_id(), ws.annotation_features("g000001")
+    proc = _cli("synthesize", "-w", ws.root, "--n", "1", "--out", tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr
+
+    _retrain_in_place(gen, 3.0)
+    fresh = Workspace(ws.root)
+    assert fresh.generator_id() != before_id
+    after = fresh.annotation_features("g000001")  # recomputed, not the cached features of the old weights
+    assert not torch.equal(after[0], before[0])
+    out = tmp_path / "refused"
+    proc = _cli("synthesize", "-w", ws.root, "--n", "1", "--out", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "train-heads" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(LabelgenError, match="train-heads"):
+        fresh.teacher()
+    train_workspace_heads(fresh, TrainConfig(epochs=1, pixels_per_image=128), progress=False)
+    assert fresh.teacher().generator_id == fresh.generator_id()  # retrained heads are accepted
+
+
+def test_weights_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    from labelgen import teacher as teacher_module
+
+    monkeypatch.setenv("LABELGEN_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"a" * 1000)
+    first = weights_digest(folder)
+    assert json.loads((tmp_path / "cache" / "file_digests.json").read_text())  # kept on disk for other commands
+    hashed = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: hashed.append(str(p)) or real_open(p, *a, **k))
+    teacher_module._DIGESTS.clear()  # a new process: only the disk cache is left
+    assert weights_digest(folder) == first and not any(p.endswith("w.bin") for p in hashed)
+    (folder / "w.bin").write_bytes(b"b" * 1000)  # same size, new content (and mtime)
+    os.utime(folder / "w.bin", ns=(1, 1))
+    assert weights_digest(folder) != first
+
+
+def test_one_resize_rule():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 5, (37, 23)).astype(np.uint8)
+    for size in [(96, 64), (10, 7)]:  # nearest at pixel centres, as PIL's NEAREST, both directions
+        expected = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.Resampling.NEAREST))
+        np.testing.assert_array_equal(resize_mask(mask, size), expected)
+        np.testing.assert_array_equal(resize_mask(torch.from_numpy(mask)[None], size)[0].numpy(), expected)
+    image = rng.integers(0, 256, (300, 200, 3)).astype(np.uint8)
+    small = resize_image(image, (96, 64))
+    assert small.dtype == np.uint8 and small.shape == (96, 64, 3)
+    # antialiased bilinear: within one grey level of PIL's (antialiased) BILINEAR, unlike plain bilinear sampling
+    pil = np.asarray(Image.fromarray(image).resize((64, 96), Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(small.astype(int) - pil).max() <= 1
+    # numpy and tensor inputs give the same result (student training vs evaluation vs teacher features)
+    as_tensor = resize_image(torch.from_numpy(image).permute(2, 0, 1)[None].float(), (96, 64))
+    np.testing.assert_array_equal(np.clip(np.round(as_tensor[0].permute(1, 2, 0).numpy()), 0, 255), small)
+    soft = rng.random((40, 30, 5)).astype(np.float32)  # continuous maps (soft labels) follow the image rule
+    assert resize_image(soft, (20, 15)).dtype == np.float32
