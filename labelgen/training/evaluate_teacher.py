@@ -3,7 +3,7 @@
     python -m labelgen.training.evaluate_teacher WORKSPACE SPLIT_FOLDER [--limit N] [--json OUT.json]
 
 SPLIT_FOLDER is a project split folder (``images/`` + ``masks/``, e.g. CCP96/test). Images whose size
-differs from the generator's are resized (area), masks nearest. The metric is the project's:
+differs from the generator's are resized by the one rule (labelgen.imaging). The metric is the project's:
 one :class:`labelgen.metrics.ConfusionMatrix` over the whole split, ensemble-mean prediction.
 """
 from __future__ import annotations
@@ -18,12 +18,11 @@ import click
 
 def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Score the workspace's trained head on a labelled split (labelgen.heads.train.evaluate_head)."""
-    from labelgen.heads import load_head
     from labelgen.heads.train import evaluate_head, real_examples
     from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
-    head = load_head(workspace.heads_dir).eval()
+    head = workspace.teacher().head  # refused when trained on other generator weights, options or levels
     start = time.monotonic()
     scored = [0]
 
