@@ -6,8 +6,9 @@ one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import sys
-import time
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +24,23 @@ def parse_size(text: str) -> tuple[int, int]:
         return h, w
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected HxW, e.g. 96x64") from None
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """(96, 64) -> '96x64' (the inverse of :func:`parse_size`)."""
+    return "x".join(str(v) for v in size)
+
+
+def defaults_of(cls) -> dict[str, Any]:
+    """Field name -> default of a dataclass (fields without one are left out). CLI options take their
+    defaults from here, so each default is stated once: in the dataclass the command fills."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
