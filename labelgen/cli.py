@@ -6,9 +6,7 @@ one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -29,18 +27,6 @@ def parse_size(text: str) -> tuple[int, int]:
 def format_size(size: tuple[int, int]) -> str:
     """(96, 64) -> '96x64' (the inverse of :func:`parse_size`)."""
     return "x".join(str(v) for v in size)
-
-
-def defaults_of(cls) -> dict[str, Any]:
-    """Field name -> default of a dataclass (fields without one are left out). CLI options take their
-    defaults from here, so each default is stated once: in the dataclass the command fills."""
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from labelgen.cli import defaults_of, format_size, parse_size, run_click
+from labelgen.cli import format_size, parse_size, run_click
+from labelgen.cli_defaults import defaults_of
 from labelgen.student.models import architectures
 from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
