@@ -2,50 +2,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import click
-
-from labelgen.errors import LabelgenError
 
 APP_FILE = Path(__file__).parent / "streamlit_app.py"
 MAX_UPLOAD_MB = 20
 
 
 def default_workspace_copy() -> Path:
-    """A writable copy of the embedded default workspace (made once, then reused)."""
-    target = Path(os.environ.get("LABELGEN_APP_HOME", Path.home() / ".cache" / "labelgen")) / "default-workspace"
-    try:
-        from labelgen.default_teacher import copy_default_workspace  # type: ignore[import-not-found]
-    except ImportError:
-        copy_default_workspace = None
-    if copy_default_workspace is not None:
-        if (target / "workspace.json").is_file():
-            return target
-        return Path(copy_default_workspace(target).root)
-    try:
-        from labelgen import defaults  # type: ignore[attr-defined]  (lands with the embedded workspace)
-    except ImportError:
-        defaults = None
-    source = None
-    if defaults is not None:
-        for name in ("default_workspace_path", "embedded_workspace", "default_workspace"):
-            fn = getattr(defaults, name, None)
-            if callable(fn):
-                source = Path(fn())
-                break
-    if source is None:
-        embedded = Path(__file__).resolve().parents[1] / "labelgen" / "default_workspace"
-        source = embedded if (embedded / "workspace.json").is_file() else None
-    if source is None or not (source / "workspace.json").is_file():
-        raise LabelgenError("no --workspace given and no embedded default workspace in this build; "
-                            "create one with `labelgen init W` and run `labelgen app --workspace W`")
-    if not (target / "workspace.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target, dirs_exist_ok=True)
-    return target
+    """A writable copy of the embedded default workspace (labelgen/default_teacher/workspace) at
+    $LABELGEN_APP_HOME/default-workspace (default ~/.cache/labelgen/): made once, then reused."""
+    from labelgen.default_teacher import copy_default_workspace
+
+    home = Path(os.environ.get("LABELGEN_APP_HOME", Path.home() / ".cache" / "labelgen"))
+    return Path(copy_default_workspace(home / "default-workspace").root)
 
 
 def streamlit_command(workspace: Path, host: str, port: int, import_roots: tuple[Path, ...] = ()) -> list[str]:

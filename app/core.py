@@ -205,37 +205,10 @@ def can_import_real(ws: Workspace) -> bool:
 
 
 # ---------------------------------------------------------------- generating
-def next_seeds(ws: Workspace, n: int) -> list[int]:
-    """``n`` seeds not used by any annotation yet (continuing after the largest one)."""
-    used = []
-    for i in ws.annotation_ids():
-        try:
-            seed = read_json(ws.recipe_path(i)).get("seed")
-        except LabelgenError:
-            continue
-        if isinstance(seed, int):
-            used.append(seed)
-    start = max(used, default=-1) + 1
-    return list(range(start, start + n))
-
-
 def generate_into_workspace(ws: Workspace, n: int) -> list[str]:
-    """Sample ``n`` new images from the workspace generator and store them with their recipes."""
-    import torch
-
-    if hasattr(ws, "sample_annotations"):  # the workspace's own sampler (same as `labelgen sample`)
-        return ws.sample_annotations(n)
-    gen = ws.generator()
-    seeds = next_seeds(ws, n)
-    with torch.no_grad():
-        out = gen.sample(seeds, **_sample_options(ws))
-    images = ((out.images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [ws.add_annotation(images[k], dict(out.recipes[k])) for k in range(len(seeds))]
-
-
-def _sample_options(ws: Workspace) -> dict:
-    opts = ws.config.generator_options or {}
-    return {k: v for k, v in opts.items() if k in ("truncation",)}
+    """Sample ``n`` new images from the workspace generator and store them with their recipes
+    (the workspace's own sampler, the same as `labelgen sample`)."""
+    return ws.sample_annotations(n)
 
 
 # ---------------------------------------------------------------- statistics and overlays

@@ -6,7 +6,6 @@ one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -23,6 +22,11 @@ def parse_size(text: str) -> tuple[int, int]:
         return h, w
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected HxW, e.g. 96x64") from None
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """(96, 64) -> '96x64' (the inverse of :func:`parse_size`)."""
+    return "x".join(str(v) for v in size)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import click
 
+from labelgen.cli_defaults import defaults_of
 from labelgen.errors import LabelgenError
+from labelgen.generators import BACKENDS
+from labelgen.heads import HEADS, default_ensemble
+from labelgen.heads.train import TrainConfig
+from labelgen.synthesis.synthesize import SOFT_LABELS, SynthesisConfig
+from labelgen.workspace import WorkspaceConfig
 
-BACKEND_NAMES = ("stylegan2", "ddpm", "stable-diffusion", "dcgan")
-HEAD_TYPES = ("pixel-mlp", "conv")
+# each option's default is stated once, in the dataclass the command fills
+WORKSPACE = defaults_of(WorkspaceConfig)
+HEAD_TRAINING = defaults_of(TrainConfig)
+SYNTHESIS = defaults_of(SynthesisConfig)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -26,9 +34,9 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def _backend(value: str) -> str:
-    if value in BACKEND_NAMES or ":" in value:  # "module:Class": a Generator subclass on PYTHONPATH
+    if value in BACKENDS or ":" in value:  # "module:Class": a Generator subclass on PYTHONPATH
         return value
-    raise LabelgenError(f"--generator {value!r}: one of {', '.join(BACKEND_NAMES)} (or module:Class)")
+    raise LabelgenError(f"--generator {value!r}: one of {', '.join(BACKENDS)} (or module:Class)")
 
 
 workspace_option = click.option(
@@ -55,15 +63,17 @@ def _generator_to_best_device(ws) -> str:
 @click.argument("workspace_arg", required=False, type=click.Path(path_type=Path))
 @workspace_option
 @click.option("--generator", "backend", type=str, required=True,
-              help=f"Generator backend: {', '.join(BACKEND_NAMES)}.")
+              help=f"Generator backend: {', '.join(BACKENDS)} (or module:Class).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Generator checkpoint (.pkl, diffusers folder, state dict); dcgan: default = installed weights.")
 @click.option("--classes", "class_names", type=str, required=True, help="Comma-separated class names, e.g. bg,hair,skin.")
-@click.option("--head", "head_type", type=click.Choice(HEAD_TYPES), default="pixel-mlp", show_default=True,
-              help="Task head: DatasetGAN pixel-MLP ensemble or DreamTeacher conv interpreter.")
+@click.option("--head", "head_type", type=click.Choice(list(HEADS)), default=WORKSPACE["head"]["type"],
+              show_default=True, help="Task head: DatasetGAN pixel-MLP ensemble or DreamTeacher conv interpreter.")
 @click.option("--ensemble", type=click.IntRange(1, 32), default=None,
-              help="Head ensemble members K [default: 3 for pixel-mlp, 1 for conv].")
-@click.option("--timesteps", type=str, default="50,150,250", show_default=True, help="Diffusion feature timesteps.")
+              help="Head ensemble members K [default: " + ", ".join(f"{default_ensemble(h)} for {h}" for h in HEADS)
+                   + "].")
+@click.option("--timesteps", type=str, default=",".join(map(str, WORKSPACE["timesteps"])), show_default=True,
+              help="Diffusion feature timesteps.")
 @click.option("--feature-layers", type=str, default=None,
               help="Comma-separated generator feature levels the head uses [default: all].")
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
@@ -75,7 +85,7 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
     names = [c.strip() for c in class_names.split(",") if c.strip()]
     if len(names) < 2:
         raise LabelgenError(f"--classes {class_names!r}: need at least two comma-separated class names")
-    head = {"type": head_type, "ensemble": ensemble or (3 if head_type == "pixel-mlp" else 1)}
+    head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
                           _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"))
     h, w = ws.resolution
@@ -118,20 +128,20 @@ def import_cmd(workspace_dir, images_dir, masks_dir):
 
 @click.command("train-heads")
 @workspace_option
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=HEAD_TRAINING["epochs"], show_default=True)
 @click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None,
               help="Real images + masks (project folder format) to print mIoU per epoch (diffusion teachers).")
-@click.option("--images-per-step", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--pixels-per-image", type=click.IntRange(1), default=2048, show_default=True,
+@click.option("--images-per-step", type=click.IntRange(1), default=HEAD_TRAINING["images_per_step"], show_default=True)
+@click.option("--pixels-per-image", type=click.IntRange(1), default=HEAD_TRAINING["pixels_per_image"], show_default=True,
               help="pixel-mlp: labelled pixels sampled per image per member per step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=HEAD_TRAINING["lr"], show_default=True)
+@click.option("--seed", type=int, default=HEAD_TRAINING["seed"], show_default=True)
 @click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
                    "W/heads/train_log.json.")
 def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, holdout):
     """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)."""
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.heads.train import train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
@@ -152,16 +162,19 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
 @click.option("--n", "count", type=click.IntRange(1), default=None,
               help="Samples to keep (required unless --from-images: then at most this many images).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Shard folder.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--drop-uncertain", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=SYNTHESIS["batch_size"], show_default=True)
+@click.option("--drop-uncertain", type=click.FloatRange(0, 1, max_open=True), default=SYNTHESIS["drop_uncertain"],
+              show_default=True,
               help="Drop this fraction of the most uncertain samples (over-generates per shard).")
-@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True, help="Kept samples per shard.")
+@click.option("--shard-size", type=click.IntRange(1), default=SYNTHESIS["shard_size"], show_default=True,
+              help="Kept samples per shard.")
 @click.option("--from-images", type=click.Path(path_type=Path), default=None,
               help="Pseudo-label these real images instead of sampling (diffusion teachers).")
-@click.option("--soft-labels", type=click.Choice(["none", "uint8"]), default="none", show_default=True,
+@click.option("--soft-labels", type=click.Choice(SOFT_LABELS), default=SYNTHESIS["soft_labels"], show_default=True,
               help="Also store uint8-quantised class probabilities as <key>.soft.npz.")
-@click.option("--seed-base", type=int, default=1_000_000, show_default=True, help="Sample k uses seed seed-base + k.")
-@click.option("--encode-workers", type=click.IntRange(0), default=2, show_default=True,
+@click.option("--seed-base", type=int, default=SYNTHESIS["seed_base"], show_default=True,
+              help="Sample k uses seed seed-base + k.")
+@click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
               help="Threads encoding PNGs (0 = main thread).")
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
                    seed_base, encode_workers):
@@ -169,7 +182,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
 
     Multi-worker: torchrun --nproc-per-node K -m labelgen.cli -- synthesize ... (shard i -> rank i % K;
     the "--" stops torchrun from reading --n as one of its own options)."""
-    from labelgen.synthesis import SynthesisConfig, synthesize
+    from labelgen.synthesis import synthesize
 
     if count is None and from_images is None:
         raise LabelgenError("--n is required (or --from-images DIR)")

@@ -1,6 +1,6 @@
 """``student``: train, evaluate, predict with and export the student segmentation network.
 
-    student train --mode {supervised,label-distill,feature-distill,dreamteacher} --data PATH [--data PATH ...]
+    student train --mode MODE --data PATH [--data PATH ...]
                   [--data-weights 1,1,4] --out RUN_DIR [--val FOLDER --val-every N]
     student eval --checkpoint RUN_DIR --data FOLDER [--out DIR] [--weights best|last]
     student predict --checkpoint RUN_DIR --images DIR --out DIR [--weights best|last]
@@ -14,7 +14,10 @@ from pathlib import Path
 
 import click
 
-from labelgen.cli import parse_size, run_click
+from labelgen.cli import format_size, parse_size, run_click
+from labelgen.cli_defaults import defaults_of
+from labelgen.student.models import architectures
+from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -22,60 +25,71 @@ def cli():
     """student: a segmentation-models-pytorch network trained from the teacher's synthetic data."""
 
 
-MODE_CHOICE = click.Choice(["supervised", "label-distill", "feature-distill", "dreamteacher"])
+D = defaults_of(TrainOptions)  # every `student train` default comes from TrainOptions
 
 
 @cli.command("train")
-@click.option("--mode", type=MODE_CHOICE, required=True, help="What to learn from (see docs in labelgen.student.distill).")
+@click.option("--mode", type=click.Choice(MODES), required=True,
+              help="What to learn from (see docs in labelgen.student.distill).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, multiple=True,
               help="Synthesis output (tar shards) or a labelled folder (DIR/<split> with images/ + masks/). "
                    "Repeat for several sources (concatenated; same classes).")
-@click.option("--data-weights", type=str, default=None,
+@click.option("--data-weights", type=str, default=D["data_weights"],
               help="Comma-separated, one per --data: how often a source's samples are drawn relative to its size "
                    "(e.g. 1,1,4 oversamples the third 4x). Default: in proportion to size.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (resumed if it has last.pt).")
-@click.option("--val", type=click.Path(path_type=Path), default=None,
+@click.option("--val", type=click.Path(path_type=Path), default=D["val"],
               help="Labelled folder scored (mIoU) at the end (and every --val-every steps); the best weights are "
                    "kept as RUN_DIR/best.safetensors + best.json.")
-@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Score --val every N steps.")
-@click.option("--arch", type=str, default="unet", help="smp architecture: unet, fpn, deeplabv3plus, upernet, ...")
-@click.option("--encoder", type=str, default="resnet18", help="smp/timm encoder name.")
-@click.option("--encoder-weights", type=str, default="none", help="Pretrained encoder weights ('none' = random init).")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, help="Epochs (when --max-steps is not given).")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+@click.option("--val-every", type=click.IntRange(min=1), default=D["val_every"], help="Score --val every N steps.")
+@click.option("--arch", type=click.Choice(list(architectures()), case_sensitive=False), default=D["arch"],
+              help="segmentation-models-pytorch architecture (its own registry; dpt needs a timm ViT --encoder, "
+                   "e.g. tu-vit_tiny_patch16_224).")
+@click.option("--encoder", type=str, default=D["encoder"], help="smp/timm encoder name.")
+@click.option("--encoder-weights", type=str, default=D["encoder_weights"],
+              help="Pretrained encoder weights, e.g. imagenet [default: none = random init].")
+@click.option("--max-steps", type=click.IntRange(min=1), default=D["max_steps"],
+              help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=click.IntRange(min=1), default=D["epochs"], help="Epochs (when --max-steps is not given).")
+@click.option("--teacher", type=click.Path(path_type=Path), default=D["teacher"],
               help="Workspace whose generator provides features (feature-distill, dreamteacher).")
-@click.option("--feature-cache/--no-feature-cache", default=False, help="Keep teacher features in RAM (recipe data).")
-@click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+@click.option("--feature-cache/--no-feature-cache", default=D["feature_cache"],
+              help="Keep teacher features in RAM (recipe data).")
+@click.option("--init", "init", type=click.Path(path_type=Path), default=D["init"],
               help="Previous student run folder or .safetensors: load tensors with matching names/shapes.")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=4.0, help="Distillation temperature.")
-@click.option("--hard-weight", type=click.FloatRange(min=0), default=0.0, help="Weight of hard-label CE (label modes).")
-@click.option("--feature-weight", type=click.FloatRange(min=0), default=1.0, help="Weight of the feature loss.")
-@click.option("--label-weight", type=click.FloatRange(min=0), default=1.0, help="Weight of the soft-label loss.")
-@click.option("--at-weight", type=click.FloatRange(min=0), default=10.0, help="Attention-transfer weight in the feature loss.")
-@click.option("--uncertainty-weighting/--no-uncertainty-weighting", default=False,
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=D["tau"], help="Distillation temperature.")
+@click.option("--hard-weight", type=click.FloatRange(min=0), default=D["hard_weight"],
+              help="Weight of hard-label CE (label modes).")
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=D["feature_weight"],
+              help="Weight of the feature loss.")
+@click.option("--label-weight", type=click.FloatRange(min=0), default=D["label_weight"],
+              help="Weight of the soft-label loss.")
+@click.option("--at-weight", type=click.FloatRange(min=0), default=D["at_weight"],
+              help="Attention-transfer weight in the feature loss.")
+@click.option("--uncertainty-weighting/--no-uncertainty-weighting", default=D["uncertainty_weighting"],
               help="Weight samples by 1/(1 + u/mean u) from meta 'uncertainty'.")
-@click.option("--class-balance", type=click.FloatRange(min=0), default=0.0,
+@click.option("--class-balance", type=click.FloatRange(min=0), default=D["class_balance"],
               help="Per-class loss weights ~ pixel frequency^-P (0 = off, 0.5 = 1/sqrt, 1 = 1/frequency; max 10x): "
                    "rare classes (dress, accessories) count more.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, help="Peak learning rate (AdamW).")
-@click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", help="LR decay after warm-up.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warm-up (default 5% of steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Images per step per process.")
-@click.option("--image-size", type=str, default="64x64", help="Training size HxW.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")
-@click.option("--augment/--no-augment", default=True, help="Flip/affine/colour augmentation.")
-@click.option("--amp/--no-amp", default=True, help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
-@click.option("--seed", type=int, default=0, help="Seed of init, data order and augmentation.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D["lr"], help="Peak learning rate (AdamW).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=D["schedule"], help="LR decay after warm-up.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=D["warmup_steps"],
+              help="Linear warm-up [default: 5% of the steps, at most 500].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=D["batch_size"], help="Images per step per process.")
+@click.option("--image-size", type=str, default=format_size(D["image_size"]), help="Training size HxW.")
+@click.option("--workers", type=click.IntRange(min=0), default=D["workers"], help="DataLoader worker processes.")
+@click.option("--augment/--no-augment", default=D["augment"], help="Flip/affine/colour augmentation.")
+@click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
+@click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="torch intra-op threads (0 = torch default: all cores). On a busy 2-core box --threads 1 is faster.")
-@click.option("--save-every", type=click.IntRange(min=1), default=200, help="Checkpoint every N steps.")
-@click.option("--resume/--no-resume", default=True, help="Continue from RUN_DIR/last.pt when present.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar (images/s).")
+@click.option("--save-every", type=click.IntRange(min=1), default=D["save_every"], help="Checkpoint every N steps.")
+@click.option("--resume/--no-resume", default=D["resume"], help="Continue from RUN_DIR/last.pt when present.")
+@click.option("--progress/--no-progress", default=D["progress"], help="Progress bar (images/s).")
 def train_cmd(**kw):
     """Train a student (any mode may start from --init, e.g. feature-distill -> supervised fine-tune)."""
     from labelgen.student.data import parse_weights
-    from labelgen.student.train import TrainOptions, train
+    from labelgen.student.train import train
 
     threads = kw.pop("threads")
     if threads:
@@ -83,7 +97,7 @@ def train_cmd(**kw):
 
         torch.set_num_threads(threads)
     kw["image_size"] = parse_size(kw["image_size"])
-    kw["encoder_weights"] = None if kw["encoder_weights"] in ("none", "") else kw["encoder_weights"]
+    kw["encoder_weights"] = None if kw["encoder_weights"] in (None, "none", "") else kw["encoder_weights"]
     data = [str(d) for d in kw["data"]]
     kw["data"] = data[0] if len(data) == 1 else data
     kw["data_weights"] = parse_weights(kw["data_weights"], len(data))

@@ -38,37 +38,61 @@ WEIGHT_CHOICES = ("best", "last")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# CLI name -> smp class name. Any smp architecture works; these are the ones the CLI offers.
-ARCHITECTURES: dict[str, str] = {
-    "unet": "Unet",
-    "unetplusplus": "UnetPlusPlus",
-    "fpn": "FPN",
-    "deeplabv3plus": "DeepLabV3Plus",
-    "upernet": "UPerNet",
-    "pspnet": "PSPNet",
-    "linknet": "Linknet",
-    "manet": "MAnet",
-    "pan": "PAN",
+# What some smp architectures need beyond (encoder_name, encoder_weights, classes). The architectures
+# themselves come from smp's own registry (:func:`architectures`), so every one it has is a student.
+ARCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "dpt": {"dynamic_img_size": True},  # the ViT takes any size divisible by its patch, not only 224x224
 }
+ARCH_ENCODER_HINT = {"dpt": "a timm ViT encoder, e.g. --encoder tu-vit_tiny_patch16_224"}
+# PAN's feature pyramid attention halves its stride-16 features three times: each side needs >= 8 cells
+ARCH_MIN_SIZE = {"pan": 16 * 8}
+# one-stride ViT encoders: no stride 4..32 pyramid for the feature regressor (feature-distill, dreamteacher)
+NO_FEATURE_PYRAMID = ("dpt",)
+
+
+def architectures() -> dict[str, type[nn.Module]]:
+    """smp's registry of architectures: name (unet, fpn, ..., segformer, dpt) -> model class."""
+    import segmentation_models_pytorch as smp
+
+    return dict(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
 def create_student(arch: str, encoder: str, num_classes: int, encoder_weights: str | None = None) -> nn.Module:
     """A smp segmentation network: images [N, 3, H, W] -> logits [N, num_classes, H, W].
 
     Random init by default (``encoder_weights=None``: nothing is downloaded)."""
-    import segmentation_models_pytorch as smp
-
-    key = arch.lower().replace("-", "").replace("_", "")
-    if key not in ARCHITECTURES:
-        raise LabelgenError(f"unknown student architecture {arch!r} (one of {', '.join(ARCHITECTURES)})")
+    registry = architectures()
+    key = arch.lower()
+    if key not in registry:
+        raise LabelgenError(f"unknown student architecture {arch!r} (one of {', '.join(registry)})")
     weights = None if encoder_weights in (None, "none", "") else encoder_weights
     try:
-        return getattr(smp, ARCHITECTURES[key])(encoder_name=encoder, encoder_weights=weights, classes=num_classes)
-    except (KeyError, ValueError) as e:
-        raise LabelgenError(f"cannot build {arch} with encoder {encoder!r}: {str(e).splitlines()[0][:200]}") from None
-    except (OSError, RuntimeError) as e:  # a weights download that cannot happen here
-        raise LabelgenError(f"encoder weights {encoder_weights!r} for {encoder!r} unavailable "
-                            f"({type(e).__name__}); use --encoder-weights none") from None
+        return registry[key](encoder_name=encoder, encoder_weights=weights, classes=num_classes,
+                             **ARCH_OPTIONS.get(key, {}))
+    except (OSError, RuntimeError) as e:
+        if weights is not None:  # a weights download that cannot happen here
+            raise LabelgenError(f"encoder weights {encoder_weights!r} for {encoder!r} unavailable "
+                                f"({type(e).__name__}); use --encoder-weights none") from None
+        raise _build_error(key, encoder, e) from None  # timm: "Unknown model ..."
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # smp/timm on a name that does not fit
+        raise _build_error(key, encoder, e) from None
+
+
+def _build_error(arch: str, encoder: str, e: Exception) -> LabelgenError:
+    hint = f" ({arch} needs {ARCH_ENCODER_HINT[arch]})" if arch in ARCH_ENCODER_HINT else ""
+    return LabelgenError(f"cannot build {arch} with encoder {encoder!r}: {str(e).strip().splitlines()[0][:200]}{hint}")
+
+
+def check_image_size(model: nn.Module, arch: str, image_size: tuple[int, int]) -> None:
+    """Refuse, in one line, an input size ``arch`` cannot take: sides divisible by the encoder's
+    output stride (where smp's model says it needs that) and at least ARCH_MIN_SIZE."""
+    h, w = image_size
+    divisor = model.encoder.output_stride if getattr(model, "requires_divisible_input_shape", True) else 1
+    smallest = ARCH_MIN_SIZE.get(arch.lower(), 1)
+    if h % divisor or w % divisor or min(h, w) < smallest:
+        need = [f"divisible by {divisor}"] if divisor > 1 else []
+        need += [f"at least {smallest}"] if smallest > 1 else []
+        raise LabelgenError(f"--image-size {h}x{w}: {arch} with this encoder needs sides {' and '.join(need)}")
 
 
 def encoder_channels(model: nn.Module) -> list[int]:

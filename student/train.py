@@ -41,17 +41,21 @@ from labelgen.student.distill import (
     match_levels, resize_to, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (
-    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, REGRESSOR_NAME, STATE_NAME, StudentConfig, create_student,
-    describe_init, encoder_channels, load_matching, read_best, save_student,
+    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, NO_FEATURE_PYRAMID, REGRESSOR_NAME, STATE_NAME, StudentConfig,
+    check_image_size, create_student, describe_init, encoder_channels, load_matching, read_best, save_student,
 )
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
 FEATURE_MODES = ("feature-distill", "dreamteacher")
 LABEL_MODES = ("label-distill", "dreamteacher")
+SCHEDULES = ("cosine", "poly")
 
 
 @dataclass
 class TrainOptions:
+    """The one home of the training defaults: ``student train``'s options take theirs from these fields
+    (labelgen.student.cli); the run saves them in RUN_DIR/student_config.json ("train")."""
+
     mode: str
     data: str | list[str]  # one source, or several concatenated (--data A --data B)
     out: str
@@ -81,7 +85,7 @@ class TrainOptions:
     init: str | None = None
     workers: int = 0
     augment: bool = True
-    amp: bool | None = None  # None: on for CUDA
+    amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     seed: int = 0
     save_every: int = 200
     log_every: int = 1
@@ -146,13 +150,16 @@ def lr_lambda(total: int, warmup: int, schedule: str):
 class StudentTrainModule(nn.Module):
     """Student + optional feature regressor, one module so DDP wraps both.
 
-    forward(x) -> (logits [N, C, H, W] or None, regressed features list or None)."""
+    forward(x) -> (logits [N, C, H, W] or None, regressed features list or None). Without a regressor
+    the student runs whole (every smp architecture's own forward, e.g. DPT's encoder returns prefix tokens too)."""
 
     def __init__(self, student: nn.Module, regressor: FeatureRegressor | None, need_logits: bool):
         super().__init__()
         self.student, self.regressor, self.need_logits = student, regressor, need_logits
 
     def forward(self, x: torch.Tensor):
+        if self.regressor is None:
+            return self.student(x), None
         features = self.student.encoder(x)
         logits = self.student.segmentation_head(self.student.decoder(features)) if self.need_logits else None
         regressed = self.regressor(features) if self.regressor is not None else None
@@ -164,12 +171,15 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError(f"unknown mode {options.mode!r} (one of {', '.join(MODES)})")
     if options.mode in FEATURE_MODES and not options.teacher:
         raise LabelgenError(f"--mode {options.mode} needs --teacher WORKSPACE (the generator in the loop)")
+    if options.mode in FEATURE_MODES and options.arch.lower() in NO_FEATURE_PYRAMID:
+        raise LabelgenError(f"--mode {options.mode} regresses teacher features from a stride 4..32 encoder pyramid; "
+                            f"{options.arch}'s one-stride ViT encoder has none (use another --arch)")
     if options.max_steps is not None and options.max_steps <= 0:
         raise LabelgenError("--max-steps must be positive")
     if options.tau <= 0:
         raise LabelgenError("--tau must be positive")
-    if options.schedule not in ("cosine", "poly"):
-        raise LabelgenError(f"unknown schedule {options.schedule!r} (cosine or poly)")
+    if options.schedule not in SCHEDULES:
+        raise LabelgenError(f"unknown schedule {options.schedule!r} (one of {', '.join(SCHEDULES)})")
     if options.val_every is not None and options.val_every <= 0:
         raise LabelgenError("--val-every must be positive")
     if options.val_every is not None and not options.val:
@@ -198,7 +208,7 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
-    amp = cuda if options.amp is None else (options.amp and cuda)
+    amp = options.amp and cuda
     is_main = rank == 0
     run_dir = Path(options.out)
     if not is_main:
@@ -237,6 +247,7 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
 
     # ---- model
     student = create_student(options.arch, options.encoder, len(classes), options.encoder_weights)
+    check_image_size(student, options.arch, options.image_size)
     init_report = None
     if options.init:
         loaded = load_matching(student, options.init)

@@ -418,3 +418,25 @@ def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
     at.run()
     button(at, "Save").click().run()
     np.testing.assert_array_equal(ws.read_mask(new_id), mask)
+
+
+def test_app_without_workspace_serves_a_writable_copy_of_the_default_workspace(tmp_path, monkeypatch):
+    """`labelgen app` without -w: a copy of labelgen/default_teacher/workspace, made once, then reused."""
+    from labelgen.app import cli as app_cli
+    from labelgen.default_teacher import DEFAULT_WORKSPACE_DIR
+    from labelgen.workspace import Workspace
+
+    monkeypatch.setenv("LABELGEN_APP_HOME", str(tmp_path))
+    served = []
+    monkeypatch.setattr(app_cli.os, "execv", lambda path, cmd: served.append(cmd))  # not become Streamlit
+    app_cli.app_cmd.main(args=[], standalone_mode=False)
+    copy = tmp_path / "default-workspace"
+    assert served[0][served[0].index("--workspace") + 1] == str(copy.resolve())
+    ws, packaged = Workspace(copy), Workspace(DEFAULT_WORKSPACE_DIR)
+    assert ws.annotated_ids() == packaged.annotated_ids() and ws.annotated_ids()
+    assert Path(ws.config.checkpoint).is_absolute() and Path(ws.config.checkpoint).exists()
+    marker = ws.annotations_dir / "edited-in-the-copy.txt"  # writable, and not the package's folder
+    marker.write_text("x")
+    assert not (packaged.annotations_dir / marker.name).exists()
+    app_cli.app_cmd.main(args=[], standalone_mode=False)  # the second start reuses the copy (edits kept)
+    assert marker.is_file() and served[1] == served[0]

@@ -356,23 +356,81 @@ def test_two_process_ddp(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------ registry
-@pytest.mark.parametrize("arch", ["unet", "fpn", "deeplabv3plus", "upernet"])
-def test_create_student_architectures(arch):
-    from labelgen.student.models import create_student
+def _smallest_fit(arch: str) -> tuple[str, tuple[int, int]]:
+    """A tiny encoder and the smallest square image ``arch`` takes (dpt: timm's test ViT, patch 16)."""
+    import timm
 
-    model = create_student(arch, "resnet18", 3).eval()
+    from labelgen.student.models import ARCH_MIN_SIZE
+
+    vit = "tu-test_vit" if timm.list_models("test_vit") else "tu-vit_tiny_patch16_224"  # test_vit: newer timm
+    return (vit if arch == "dpt" else ENCODER), (ARCH_MIN_SIZE.get(arch, 32),) * 2
+
+
+def _registered_architectures() -> list[str]:
+    from labelgen.student.models import architectures
+
+    return list(architectures())
+
+
+@pytest.mark.parametrize("arch", _registered_architectures())
+def test_every_smp_architecture_trains_saves_and_loads(arch, tiny):
+    """smp's whole registry (segformer, dpt, upernet, ...): forward, one train step, save, load back."""
+    from labelgen.student.models import check_image_size, create_student, load_student
+
+    encoder, size = _smallest_fit(arch)
+    model = create_student(arch, encoder, 3).eval()
+    check_image_size(model, arch, size)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+        assert model(torch.randn(1, 3, *size)).shape == (1, 3, *size)
+    result = train(_options(tiny["root"], "supervised", tiny["real"], f"arch-{arch}", arch=arch, encoder=encoder,
+                            image_size=size, batch_size=2, max_steps=1))
+    assert result.steps == 1 and np.isfinite(result.losses[0])
+    loaded, config = load_student(result.run_dir)
+    assert (config.arch, config.encoder, config.image_size) == (arch, encoder, list(size))
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        y = loaded(x)
+    assert y.shape == (2, 3, *size) and torch.isfinite(y).all()
+    fresh = create_student(arch, encoder, 3).eval()  # another random init: the trained weights were loaded
+    with torch.no_grad():
+        assert not torch.allclose(fresh(x), y)
+
+
+@pytest.mark.parametrize("arch, size, need", [("fpn", (48, 48), "divisible by 32"), ("pan", (64, 64), "at least 128"),
+                                               ("deeplabv3", (36, 36), "divisible by 8")])
+def test_image_size_an_architecture_cannot_take_is_one_clear_error(arch, size, need):
+    from labelgen.errors import LabelgenError
+    from labelgen.student.models import check_image_size, create_student
+
+    with pytest.raises(LabelgenError, match=need):
+        check_image_size(create_student(arch, ENCODER, 3), arch, size)
 
 
 def test_create_student_refuses_unknown_names():
     from labelgen.errors import LabelgenError
     from labelgen.student.models import create_student
 
-    with pytest.raises(LabelgenError, match="unknown student architecture"):
+    with pytest.raises(LabelgenError, match="unknown student architecture .*segformer, dpt"):
         create_student("segnet", "resnet18", 3)
     with pytest.raises(LabelgenError, match="encoder"):
         create_student("unet", "no-such-encoder", 3)
+    with pytest.raises(LabelgenError, match="cannot build unet with encoder 'tu-no-such'"):
+        create_student("unet", "tu-no-such", 3)
+    with pytest.raises(LabelgenError, match="dpt needs a timm ViT encoder"):
+        create_student("dpt", "resnet18", 3)
+
+
+def test_dpt_cli_errors_are_one_line(tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    base = [sys.executable, "-m", "labelgen.student.cli", "train", "--data", str(tiny["real"]), "--image-size",
+            "32x32", "--max-steps", "1", "--no-progress", "--arch", "dpt"]
+    for extra, message in [(["--mode", "supervised", "--out", str(tmp_path / "a")], "dpt needs a timm ViT encoder"),
+                           (["--mode", "feature-distill", "--teacher", str(tmp_path), "--encoder", "tu-test_vit",
+                             "--out", str(tmp_path / "b")], "one-stride ViT encoder has none")]:
+        proc = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+            proc.stderr
 
 
 def test_augmentation_moves_image_mask_and_soft_labels_together(tiny):

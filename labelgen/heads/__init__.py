@@ -8,6 +8,7 @@ Every head maps a list of feature levels [N, C_i, h_i, w_i] to logits [N, K, C, 
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,19 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 
 HEADS: dict[str, type[TaskHead]] = {"pixel-mlp": PixelMLPEnsemble, "conv": ConvInterpreter}
 
-__all__ = ["HEADS", "TaskHead", "create_head", "load_head", "head_id", "read_head_config", "HEAD_CONFIG_NAME",
-           "HEAD_WEIGHTS_NAME"]
+__all__ = ["HEADS", "TaskHead", "create_head", "default_ensemble", "load_head", "head_id", "read_head_config",
+           "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME"]
 
 
 def head_class(name: str) -> type[TaskHead]:
     if name not in HEADS:
         raise LabelgenError(f"unknown head type {name!r} (one of {', '.join(HEADS)})")
     return HEADS[name]
+
+
+def default_ensemble(name: str) -> int:
+    """Ensemble members K a head type has unless told otherwise (its constructor's ``ensemble`` default)."""
+    return int(inspect.signature(head_class(name)).parameters["ensemble"].default)
 
 
 def create_head(name: str, in_channels: list[int], num_classes: int, output_size=(64, 64), **options: Any) -> TaskHead:

@@ -44,6 +44,9 @@ from labelgen.teacher import Teacher
 PLAN_NAME = "synthesis.json"  # the config a shard set was started with (resume must match it)
 
 
+SOFT_LABELS = ("none", "uint8")  # soft_labels: no <key>.soft.npz, or uint8-quantised probabilities
+
+
 @dataclass
 class SynthesisConfig:
     n: int | None = 1000  # kept samples (sampling); with from_images: at most this many images (None = all)
@@ -51,7 +54,7 @@ class SynthesisConfig:
     batch_size: int = 16
     drop_uncertain: float = 0.0  # fraction F of candidates dropped (most uncertain)
     seed_base: int = 1_000_000  # candidate j uses seed seed_base + j (annotation seeds start at 0)
-    soft_labels: str = "none"  # "none" | "uint8"
+    soft_labels: str = "none"  # one of SOFT_LABELS
     from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
     encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)

@@ -5,7 +5,30 @@ from pathlib import Path
 
 import click
 
+from labelgen.cli_defaults import defaults_of
 from labelgen.errors import LabelgenError
+from labelgen.training.train_generator import trainers
+
+# backend -> every default of its trainer (training config + architecture); shown in --help, stated there once
+TRAINER_DEFAULTS = {name: {**defaults_of(config), **arch} for name, (config, _, arch) in trainers().items()}
+
+
+def _text(value, none: str) -> str:
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(field: str, none: str = "", only: str | None = None) -> str:
+    """'[ddpm 16, stylegan2 16]' (or '[16]' for ``only`` one backend): the trainers' own defaults for --help;
+    ``none`` describes a None default."""
+    if only:
+        return f"[{_text(TRAINER_DEFAULTS[only][field], none)}]"
+    return "[" + ", ".join(f"{b} {_text(d[field], none)}" for b, d in TRAINER_DEFAULTS.items()) + "]"
 
 
 def _parse_channels(text: str | None) -> tuple[int, ...] | None:
@@ -21,34 +44,43 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 
 
 @click.command("train-generator")
-@click.option("--backend", type=click.Choice(["ddpm", "stylegan2"]), default="ddpm", help="What to train.")
+@click.option("--backend", type=click.Choice(list(TRAINER_DEFAULTS)), default="ddpm", help="What to train.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Folder of images, or a split folder with images/ (e.g. CCP96/unlabeled).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output folder (loadable model + train/ checkpoint); rerun to resume.")
 @click.option("--resolution", type=str, default=None, help="HxW to train at [default: the images' size].")
 @click.option("--channels", type=str, default=None,
-              help="ddpm: UNet block channels [32,64,128,128]; stylegan2: max channels of G and D [256].")
-@click.option("--layers-per-block", type=int, default=None, help="ddpm: ResNet layers per UNet block [1].")
-@click.option("--attention/--no-attention", default=None, help="ddpm: self-attention in the UNet mid block [on].")
+              help=f"ddpm: UNet block channels {_shown('channels', only='ddpm')}; stylegan2: max channels of G and D "
+                   f"{_shown('max_channels', only='stylegan2')}.")
+@click.option("--layers-per-block", type=int, default=None,
+              help=f"ddpm: ResNet layers per UNet block {_shown('layers_per_block', only='ddpm')}.")
+@click.option("--attention/--no-attention", default=None,
+              help=f"ddpm: self-attention in the UNet mid block {_shown('attention', only='ddpm')}.")
 @click.option("--export-fp16", is_flag=True, default=None,
               help="ddpm: store the exported UNet weights as float16 (half the size; loads as float32).")
-@click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None, help="ddpm: betas [linear].")
-@click.option("--z-dim", type=int, default=None, help="stylegan2: latent size [256].")
-@click.option("--r1-gamma", type=float, default=None, help="stylegan2: R1 weight [auto from resolution].")
-@click.option("--diffaug/--no-diffaug", default=None, help="stylegan2: DiffAugment colour/translation/cutout [on].")
-@click.option("--batch-size", type=int, default=None, help="Images per step [ddpm 16, stylegan2 16].")
-@click.option("--steps", type=int, default=None, help="Total optimiser steps [ddpm 10000, stylegan2 10000].")
-@click.option("--lr", type=float, default=None, help="Learning rate [ddpm 2e-4, stylegan2 2e-3].")
-@click.option("--ema", type=float, default=None, help="EMA decay of the exported weights [ddpm 0.999].")
-@click.option("--warmup", type=int, default=None, help="Linear LR warm-up steps [200].")
-@click.option("--grad-clip", type=float, default=None, help="Gradient-norm clip, 0 = off [1.0].")
-@click.option("--sample-every", type=int, default=None, help="Steps between sample grids, 0 = never [1000].")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints/exports [500].")
+@click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None,
+              help=f"ddpm: betas {_shown('beta_schedule', only='ddpm')}.")
+@click.option("--z-dim", type=int, default=None, help=f"stylegan2: latent size {_shown('z_dim', only='stylegan2')}.")
+@click.option("--r1-gamma", type=float, default=None,
+              help=f"stylegan2: R1 weight {_shown('r1_gamma', 'auto from resolution', only='stylegan2')}.")
+@click.option("--diffaug/--no-diffaug", default=None,
+              help=f"stylegan2: DiffAugment colour/translation/cutout {_shown('diffaug', only='stylegan2')}.")
+@click.option("--batch-size", type=int, default=None, help=f"Images per step {_shown('batch_size')}.")
+@click.option("--steps", type=int, default=None, help=f"Total optimiser steps {_shown('steps')}.")
+@click.option("--lr", type=float, default=None, help=f"Learning rate {_shown('lr')}.")
+@click.option("--ema", type=float, default=None,
+              help=f"EMA decay of the exported weights {_shown('ema', 'ADA half-life schedule')}.")
+@click.option("--warmup", type=int, default=None, help=f"Linear LR warm-up steps {_shown('warmup')}.")
+@click.option("--grad-clip", type=float, default=None, help=f"Gradient-norm clip, 0 = off {_shown('grad_clip')}.")
+@click.option("--sample-every", type=int, default=None,
+              help=f"Steps between sample grids, 0 = never {_shown('sample_every')}.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help=f"Steps between checkpoints/exports {_shown('checkpoint_every')}.")
 @click.option("--time-limit", "time_limit_min", type=float, default=None,
               help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
-@click.option("--device", type=str, default=None, help="auto, cpu or cuda [auto].")
+@click.option("--seed", type=int, default=None, help=f"Random seed {_shown('seed')}.")
+@click.option("--device", type=str, default=None, help=f"auto, cpu or cuda {_shown('device')}.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, export_fp16,
                         beta_schedule, z_dim,

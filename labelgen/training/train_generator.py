@@ -294,18 +294,21 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     return summary
 
 
-def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str, Any]:
-    """Dispatch to the backend's trainer (``ddpm`` or ``stylegan2``)."""
-    if backend == "ddpm":
-        echo = options.pop("echo", print)
-        show = options.pop("show_progress", True)
-        return train_ddpm(data, out, DDPMTrainConfig(**options), echo=echo, show_progress=show,
-                          explicit=set(options))
-    if backend == "stylegan2":
-        from labelgen.training.stylegan2_trainer import StyleGAN2TrainConfig, train_stylegan2
+def trainers() -> dict[str, tuple[type, Callable[..., dict[str, Any]], dict[str, Any]]]:
+    """backend -> (its training config dataclass, its trainer, its architecture defaults): the registry
+    behind train_generator and the choices and shown defaults of ``labelgen train-generator``."""
+    from labelgen.training.stylegan2_trainer import SG2_ARCH_DEFAULTS, StyleGAN2TrainConfig, train_stylegan2
 
-        echo = options.pop("echo", print)
-        show = options.pop("show_progress", True)
-        return train_stylegan2(data, out, StyleGAN2TrainConfig(**options), echo=echo, show_progress=show,
-                               explicit=set(options))
-    raise LabelgenError(f"train-generator: unsupported backend {backend!r} (ddpm or stylegan2)")
+    return {"ddpm": (DDPMTrainConfig, train_ddpm, DDPM_ARCH_DEFAULTS),
+            "stylegan2": (StyleGAN2TrainConfig, train_stylegan2, SG2_ARCH_DEFAULTS)}
+
+
+def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str, Any]:
+    """Dispatch to the backend's trainer (see :func:`trainers`)."""
+    registry = trainers()
+    if backend not in registry:
+        raise LabelgenError(f"train-generator: unsupported backend {backend!r} (one of {', '.join(registry)})")
+    config_class, trainer, _ = registry[backend]
+    echo = options.pop("echo", print)
+    show = options.pop("show_progress", True)
+    return trainer(data, out, config_class(**options), echo=echo, show_progress=show, explicit=set(options))
