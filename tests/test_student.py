@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import labelgen  # noqa: F401
+from labelgen.run import load_resume
 from labelgen.student.data import class_frequencies, decode_soft_labels, one_hot, open_sources
 from labelgen.student.distill import (
     FeatureRegressor, TeacherFeatures, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
@@ -264,7 +265,7 @@ def test_resume_reproduces_next_step_loss(tiny):
     # killed after step 3: the last checkpoint is step 2 (save_every=2), step 3 is lost and redone
     first = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw), stop_after=3)
     assert first.steps == 3
-    state = torch.load(first.run_dir / "last.pt", weights_only=False)
+    state = load_resume(first.run_dir / "last.pt")
     assert state["step"] == 2 and len(state["losses"]) == 2
     resumed = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw))
     assert resumed.resumed_from == 2
@@ -344,7 +345,7 @@ def test_two_process_ddp(tiny, tmp_path):
            "--max-steps", "2", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = load_resume(out / "last.pt")
     assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states
     assert proc.stdout.count("trained 2 steps") == 1  # rank 0 reports
 
@@ -447,7 +448,7 @@ def test_two_sources_weighted_resume_exact_and_val_selection(tiny, capsys, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), stop_after=3)
-        state = torch.load(first.run_dir / "last.pt", weights_only=False)
+        state = load_resume(first.run_dir / "last.pt")
         assert state["step"] == 2
         logs = []
         resumed = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), log=logs.append)
