@@ -308,3 +308,20 @@ def test_resume_keeps_the_runs_own_settings_unless_given(tmp_path):
     # "the same command" without --steps: the planned total is kept (nothing left to do)
     summary = train_generator("ddpm", data, out, lr=5e-4, echo=lambda s: None, show_progress=False)
     assert summary["step"] == 3
+
+
+def test_cli_refuses_a_crafted_checkpoint(tmp_path, plant_payload, capsys):
+    """A GEN/train/checkpoint.pt that needs unpickling is refused with one line; its payload never runs."""
+    data = _images(tmp_path / "imgs")
+    marker = tmp_path / "marker"
+    plant_payload(tmp_path / "gen" / TRAIN_DIR / CHECKPOINT_NAME, marker)
+    code = 0
+    try:
+        main(["train-generator", "--data", str(data), "--out", str(tmp_path / "gen"), "--channels", "8,16",
+              "--steps", "1", "--device", "cpu", "--quiet"])
+    except SystemExit as e:
+        code = e.code or 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and CHECKPOINT_NAME in lines[0], err
+    assert not marker.exists()

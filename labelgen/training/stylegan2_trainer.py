@@ -268,8 +268,9 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
 
     d_losses, g_losses = RunningMean(), RunningMean()
     stopped = None
-    run_log = RunLog(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
     with StopControl(cfg.time_limit_min) as stop:
+        # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
+        run_log = RunLog(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
         bar = progress(cfg.steps, step, "train stylegan2") if show_progress and step < cfg.steps else None
         while step < cfg.steps:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) if cfg.warmup else cfg.lr

@@ -224,8 +224,9 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     losses = RunningMean()
     stopped: str | None = None
     unet.train()
-    run_log = RunLog(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
     with StopControl(cfg.time_limit_min) as stop:
+        # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
+        run_log = RunLog(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
         done_before = step >= cfg.steps
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
