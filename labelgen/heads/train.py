@@ -183,7 +183,8 @@ def real_examples(workspace, folder_path, cache: bool = False, limit: int | None
         raise LabelgenError(f"{folder_path}: scoring on real images needs their features; the "
                             f"{workspace.config.backend} generator cannot compute them (use a diffusion teacher)")
     count = len(folder) if limit is None else min(limit, len(folder))
-    for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress):
+    for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress,
+                          iterable=range(count)):
         item = folder[i]
         image, mask = item.image, item.mask
         if image.shape[:2] != workspace.resolution:
