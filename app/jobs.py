@@ -61,7 +61,8 @@ def start(ws: Workspace, name: str, cmd: list[str], progress_log: Path | None = 
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=str(ws.root), env=env, start_new_session=True)
     _PROCS[str(_job_file(ws, name))] = proc
-    record = {"pid": proc.pid, "cmd": cmd, "log": log.name, "progress_log": None if progress_log is None else str(progress_log),
+    record = {"pid": proc.pid, "cmd": cmd, "log": log.name,
+              "progress_log": None if progress_log is None else str(progress_log),
               "started": started, "finished": None, "returncode": None}
     atomic_write_json(_job_file(ws, name), record)
     return record

@@ -271,7 +271,8 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
 
     def on_epoch(epoch: int, loss: float, scores: Scores | None) -> None:
         miou = None if scores is None else _finite(scores.miou)
-        run_log.row(done[0], {"epoch": epoch + 1, "loss": f"{loss:.6f}", "val_miou": None if miou is None else f"{miou:.6f}"},
+        run_log.row(done[0], {"epoch": epoch + 1, "loss": f"{loss:.6f}",
+                              "val_miou": None if miou is None else f"{miou:.6f}"},
                     scalars={"train/loss": loss, **({} if miou is None else {"val/miou": miou})})
         bar.set_postfix(loss=f"{loss:.4f}")
         if scores is not None:
