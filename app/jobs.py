@@ -1,15 +1,16 @@
 """Background jobs of the app (head training): a subprocess running the CLI, its log in the workspace.
 
-    W/.app/train.json   {"pid", "cmd", "log", "started", "finished", "returncode"}   (atomic)
-    W/.app/train.log    the command's stdout + stderr
+    W/.app/train.json   {"pid", "cmd", "log", "progress_log", "started", "finished", "returncode"}   (atomic)
+    W/.app/train.log    the command's stdout + stderr (shown as the log tail)
 
-The page never waits on the job: it polls these files, so the UI stays responsive and a reloaded
-page (or a second browser tab) sees the same job.
+Progress comes from the job's run log (``progress_log``, a labelgen.run log.csv: the last row's
+step / total; for head training W/heads/log.csv), never from parsing stdout. The page never waits
+on the job: it polls these files, so the UI stays responsive and a reloaded page (or a second
+browser tab) sees the same job.
 """
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,11 +19,10 @@ from pathlib import Path
 
 from labelgen.data.io import atomic_write_json, read_json
 from labelgen.errors import LabelgenError
+from labelgen.run import LOG_NAME, read_progress
 from labelgen.workspace import Workspace
 
 _PROCS: dict[str, subprocess.Popen] = {}  # job file -> process started by this server
-_FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
-_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 
 
 def job_dir(ws: Workspace) -> Path:
@@ -41,19 +41,29 @@ def train_command(ws: Workspace, epochs: int = 30, holdout: int = 0, extra: list
     return cmd + list(extra or [])
 
 
-def start(ws: Workspace, name: str, cmd: list[str]) -> dict:
-    """Start ``cmd`` in the background unless a job ``name`` is already running."""
+def train_progress_log(ws: Workspace) -> Path:
+    """The run log `labelgen train-heads` writes (labelgen.heads.train): W/heads/log.csv."""
+    return ws.heads_dir / LOG_NAME
+
+
+def start(ws: Workspace, name: str, cmd: list[str], progress_log: Path | None = None) -> dict:
+    """Start ``cmd`` in the background unless a job ``name`` is already running. ``progress_log``:
+    the run log (labelgen.run log.csv) the command writes; its rows written after the start are the
+    job's progress."""
     current = status(ws, name)
     if current and current.get("running"):
         raise LabelgenError(f"{name} is already running (pid {current['pid']})")
     job_dir(ws).mkdir(parents=True, exist_ok=True)
     log = job_dir(ws) / f"{name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="100")
+    started = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=str(ws.root), env=env, start_new_session=True)
     _PROCS[str(_job_file(ws, name))] = proc
-    record = {"pid": proc.pid, "cmd": cmd, "log": log.name, "started": time.time(), "finished": None, "returncode": None}
+    record = {"pid": proc.pid, "cmd": cmd, "log": log.name,
+              "progress_log": None if progress_log is None else str(progress_log),
+              "started": started, "finished": None, "returncode": None}
     atomic_write_json(_job_file(ws, name), record)
     return record
 
@@ -92,7 +102,7 @@ def status(ws: Workspace, name: str) -> dict | None:
     record["running"] = record.get("finished") is None
     text = _tail(job_dir(ws) / record.get("log", f"{name}.log"))
     record["log_tail"] = text
-    record["progress"] = parse_progress(text)
+    record["progress"] = job_progress(record)
     return record
 
 
@@ -113,13 +123,10 @@ def _tail(path: Path, limit: int = 6000) -> str:
         return f.read().decode(errors="replace")
 
 
-def parse_progress(text: str) -> float | None:
-    """Progress 0..1 from the last progress line of a log (tqdm/rich 'k/n' or 'p%')."""
-    for line in reversed(re.split(r"[\r\n]+", text)):
-        m = _PERCENT.search(line)
-        if m and 0 <= float(m.group(1)) <= 100:
-            return float(m.group(1)) / 100
-        for a, b in reversed(_FRACTION.findall(line)):
-            if int(b) > 0 and int(a) <= int(b):
-                return int(a) / int(b)
-    return None
+def job_progress(record: dict) -> float | None:
+    """0..1 from the last row of the job's run log (None: no log, or none written since the job started)."""
+    path = record.get("progress_log")
+    if not path or not Path(path).is_file() or Path(path).stat().st_mtime < float(record.get("started") or 0):
+        return None  # a log left by an earlier run is not this job's progress
+    found = read_progress(path)
+    return None if found is None else min(1.0, found[0] / found[1])

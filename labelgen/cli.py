@@ -50,17 +50,15 @@ def data():
 def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, limit: int):
     """Write a benchmark-ready CCP-8 copy (images, index masks, classes.json) at a chosen size (images and
     masks resized by the project's one rule, labelgen/imaging.py)."""
-    from rich.progress import Progress
-
     from labelgen.data.ccp import SPLITS, import_ccp
+    from labelgen.run import progress
 
     size_hw = parse_size(size)
     chosen = tuple(SPLITS) if splits == "all" else tuple(s.strip() for s in splits.split(","))
     total = len({pid for s in chosen if s in SPLITS for pid in SPLITS[s][:limit or None]})
-    with Progress() as progress:
-        task = progress.add_task("import CCP", total=total)
+    with progress(total, desc="import CCP", unit="photo") as bar:
         summary = import_ccp(src, out, size_hw, chosen, workers or None,
-                             progress=lambda: progress.advance(task), limit=limit or None)
+                             progress=lambda: bar.update(1), limit=limit or None)
     click.echo(f"wrote {summary['photos']} photos into {len(chosen)} splits at {size_hw[0]}x{size_hw[1]} "
                f"in {summary['seconds']:.1f} s -> {out}")
 

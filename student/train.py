@@ -3,10 +3,12 @@
 One process, or several under ``torchrun`` (DDP: gloo on CPU, nccl on GPU; each rank reads its own
 slice of a deterministic per-epoch order). bf16 autocast + channels_last on GPU only.
 
-Resume: ``RUN_DIR/last.pt`` holds model (+ regressor), optimizer, LR scheduler, step, RNG states
-and loss history; it is written atomically every ``save_every`` steps and at the end. A run started
-again on the same RUN_DIR continues from it and computes exactly the steps an uninterrupted run
-would have (same data order, same augmentation, same optimizer state).
+Resume: ``RUN_DIR/last.pt`` (the resume file of :mod:`labelgen.run`, loaded with
+``weights_only=True``) holds model (+ regressor), optimizer, LR scheduler, step, RNG states and loss
+history; it is written atomically every ``save_every`` steps and at the end. A run started again on
+the same RUN_DIR continues from it and computes exactly the steps an uninterrupted run would have
+(same data order, same augmentation, same optimizer state). RUN_DIR is locked while a run writes
+to it; ``log.csv`` and ``tb/`` are cut back to the resumed step.
 
 Model selection: with ``val`` the student is scored (mIoU over the labelled folder) every
 ``val_every`` steps and at the end; the best-scoring weights go to ``RUN_DIR/best.safetensors``
@@ -15,24 +17,22 @@ Model selection: with ``val`` the student is scored (mIoU over the labelled fold
 """
 from __future__ import annotations
 
-import csv
+import json
 import math
-import os
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from labelgen.data.io import atomic_write, save_safetensors
+from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
+from labelgen.run import (
+    RunLock, RunLog, init_dist, load_resume, progress, rng_state, save_resume, seed_everything, set_rng_state,
+)
 from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
 )
@@ -111,30 +111,8 @@ class _Stop(Exception):
     """Raised by ``stop_after`` (tests simulate a kill at a step boundary)."""
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+LOG_COLUMNS = ("epoch", "loss", "lr", "images_per_s", "parts", "val_miou")  # RUN_DIR/log.csv after step, total
+RUN_KIND = "student"  # the resume file's kind
 
 
 def lr_lambda(total: int, warmup: int, schedule: str):
@@ -198,22 +176,30 @@ def _load_teacher(options: TrainOptions, device) -> TeacherTargets:
 
 def train(options: TrainOptions, stop_after: int | None = None, teacher: TeacherTargets | None = None,
           log=print) -> TrainResult:
-    """Train (or resume) a student into ``options.out``; ``teacher`` overrides --teacher (tests)."""
+    """Train (or resume) a student into ``options.out``; ``teacher`` overrides --teacher (tests).
+
+    Rank 0 holds RUN_DIR's lock for the whole run (a second run into the same RUN_DIR is refused)."""
     _check(options)
-    rank, world, local_rank = _dist_info()
-    distributed = world > 1
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    if distributed and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+    dist = init_dist()
+    lock = RunLock(options.out, "student train").acquire() if dist.is_main else None
+    try:
+        return _train(options, dist, stop_after, teacher, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(options: TrainOptions, dist, stop_after: int | None, teacher: TeacherTargets | None,
+           log) -> TrainResult:
+    rank, world, local_rank, device = dist.rank, dist.world, dist.local_rank, dist.device
+    distributed = dist.active
+    cuda = device.type == "cuda"
     amp = options.amp and cuda
-    is_main = rank == 0
+    is_main = dist.is_main
     run_dir = Path(options.out)
     if not is_main:
         log = lambda *a, **k: None  # noqa: E731
-    _set_seed(options.seed + rank)
+    seed_everything(options.seed + rank)
 
     # ---- data
     mode = options.mode
@@ -280,13 +266,13 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     step, losses, resumed_from = 0, [], 0
     state_path = run_dir / STATE_NAME
     if options.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_resume(state_path, RUN_KIND)
         _check_compatible(run_dir, state, config)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, losses = int(state["step"]), list(state["losses"])
-        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         resumed_from = step
         log(f"resumed {run_dir} at step {step}/{total}")
     elif is_main:
@@ -305,18 +291,8 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         train_module = nn.parallel.DistributedDataParallel(
             module, device_ids=[local_rank] if cuda else None, find_unused_parameters=mode == "feature-distill")
 
-    writer, csv_file, csv_writer = None, None, None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
-        new_csv = not (run_dir / "log.csv").is_file() or step == 0
-        if not new_csv:  # drop rows of steps logged after the checkpoint we resume from
-            _truncate_csv(run_dir / "log.csv", step)
-        csv_file = open(run_dir / "log.csv", "w" if new_csv else "a", newline="")
-        csv_writer = csv.writer(csv_file)
-        if new_csv:
-            csv_writer.writerow(["step", "epoch", "loss", "lr", "images_per_s", "parts", "val_miou"])
+    # log.csv + tb/, both cut back to the step resumed from (rows of later steps died with the killed run)
+    run_log = RunLog(run_dir, LOG_COLUMNS, total, resume_step=step) if is_main else None
 
     saved_at = [-1]
 
@@ -324,13 +300,13 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         if saved_at[0] == step:
             return
         saved_at[0] = step
-        rngs = _gather_rng(distributed)  # every rank takes part; only rank 0 writes
+        rngs = dist.gather(rng_state())  # every rank takes part (each resumes its own streams); rank 0 writes
         if not is_main:
             return
-        payload = {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "step": step, "losses": losses, "rng": rngs,
-                   "config": asdict(config), "total": total}
-        atomic_write(state_path, lambda tmp: torch.save(payload, tmp))
+        run_log.flush()  # everything logged up to this checkpoint is on disk before it
+        save_resume(state_path, RUN_KIND, step, {
+            "module": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "losses": losses, "rng": rngs, "config": json.loads(json.dumps(asdict(config))), "total": total})
         save_student(run_dir, module.student, config)
         if module.regressor is not None:
             save_safetensors(run_dir / REGRESSOR_NAME, module.regressor)
@@ -347,20 +323,17 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         scores, _ = evaluate_folder(module.student, config, options.val, device)
         miou = float(scores.miou)
         last_val.update(step=step, miou=miou)
-        writer.add_scalar("val/miou", miou, step)
+        run_log.scalar("val/miou", miou, step)
         if best is None or miou > best["miou"]:
             names = [c["name"] for c in config.classes]
             best = {"step": step, "miou": miou, "val": str(options.val),
                     "per_class": scores.to_json(names).get("per_class")}
             _write_best(run_dir, module.student, best)
-        writer.add_scalar("val/best_miou", best["miou"], step)
+        run_log.scalar("val/best_miou", best["miou"], step)
         log(f"step {step}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
         return miou
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=step, disable=not (is_main and options.progress), unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = progress(total, step, disable=not (is_main and options.progress))
     images_seen, t0 = 0, time.perf_counter()
     step_times: list[float] = []  # wall seconds of each step (data wait included)
     t_last = t0
@@ -397,14 +370,12 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
                                     best=f"{best['miou']:.3f}")
                 if is_main and (step % options.log_every == 0 or miou is not None):
                     lr = scheduler.get_last_lr()[0]
-                    writer.add_scalar("train/loss", value, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/images_per_s", rate, step)
-                    for k, v in parts.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    csv_writer.writerow([step, epoch, f"{value:.6f}", f"{lr:.6g}", f"{rate:.2f}",
-                                         " ".join(f"{k}={v:.5f}" for k, v in parts.items()),
-                                         "" if miou is None else f"{miou:.6f}"])
+                    run_log.row(step, {"epoch": epoch, "loss": f"{value:.6f}", "lr": f"{lr:.6g}",
+                                       "images_per_s": f"{rate:.2f}",
+                                       "parts": " ".join(f"{k}={v:.5f}" for k, v in parts.items()),
+                                       "val_miou": None if miou is None else f"{miou:.6f}"},
+                                scalars={"train/loss": value, "train/lr": lr, "train/images_per_s": rate,
+                                         **{f"train/{k}": v for k, v in parts.items()}})
                 if step % options.save_every == 0 or step == total:
                     save()
                 if stop_after is not None and step >= stop_after:
@@ -413,8 +384,6 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         pass
     finally:
         bar.close()
-        if csv_file is not None:
-            csv_file.close()
     elapsed = time.perf_counter() - t0
     rate = images_seen / max(1e-9, elapsed)
     result = TrainResult(run_dir, step, losses, rate, init_report=init_report, resumed_from=resumed_from,
@@ -426,10 +395,9 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
         save()
     if best is not None:
         result.best_miou, result.best_step = best["miou"], best["step"]
-    if writer is not None:
-        writer.close()
-    if distributed:
-        dist.barrier()
+    if run_log is not None:
+        run_log.close()
+    dist.barrier()
     return result
 
 
@@ -471,25 +439,6 @@ def _resume_best(run_dir: Path, val: str, log) -> dict | None:
         return None
     log(f"best so far: val mIoU {best['miou']:.4f} at step {best['step']}")
     return best
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-    if len(kept) != len(rows):
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-
-def _gather_rng(distributed: bool) -> list[dict]:
-    """RNG states of every rank (rank order), so each rank resumes its own streams."""
-    mine = _rng_state()
-    if not distributed:
-        return [mine]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, mine)
-    return out
 
 
 def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None:

@@ -35,3 +35,27 @@ def ccp_mini() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+class _Payload:
+    """Unpickling this object calls open(marker, "w"): a crafted resume file that runs code when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.fixture
+def plant_payload():
+    """plant_payload(path, marker): write a torch file at ``path`` whose unpickling would create ``marker``."""
+    import torch
+
+    def plant(path: Path, marker: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": 1, "kind": "student", "step": 1, "payload": _Payload(marker)}, path)
+        assert not marker.exists()
+        return path
+
+    return plant

@@ -153,20 +153,29 @@ def test_synthetic_listing_fix_and_uncertainty(ws):
     assert recipe["seed"] == 5004 and recipe["from_synthetic"] == "s00004"
 
 
-def test_training_job_runs_in_background_with_progress(ws):
-    script = "import time,sys\nfor i in range(1, 4):\n    print(f'epoch {i}/3', flush=True); time.sleep(0.2)\n"
-    record = jobs.start(ws, "train", [sys.executable, "-c", script])
+def test_training_job_runs_in_background_with_progress(ws, tmp_path):
+    from labelgen.run import RunLog
+
+    folder = tmp_path / "runlog"
+    old = RunLog(folder, ["loss"], total=3, tensorboard=False)  # a finished earlier run: not this job's progress
+    old.row(3, {"loss": 0.1})
+    old.close()
+    os.utime(folder / "log.csv", (time.time() - 60, time.time() - 60))
+    # the job: prints to stdout (only the log tail) and writes its progress as run-log rows
+    script = ("import sys, time\nfrom labelgen.run import RunLog\ntime.sleep(0.5)\n"
+              f"log = RunLog({str(folder)!r}, ['loss'], total=4, tensorboard=False)\n"
+              "for i in range(1, 4):\n    print(f'epoch {i}', flush=True); log.row(i, {'loss': 1 / i}); time.sleep(0.2)\n")
+    record = jobs.start(ws, "train", [sys.executable, "-c", script], progress_log=folder / "log.csv")
     assert record["pid"] > 0
+    assert jobs.status(ws, "train")["progress"] is None  # only the old run's log so far
     with pytest.raises(LabelgenError, match="already running"):
         jobs.start(ws, "train", [sys.executable, "-c", "pass"])
     deadline = time.time() + 30
     while (status := jobs.status(ws, "train"))["running"] and time.time() < deadline:
         time.sleep(0.1)
     assert not status["running"] and status["returncode"] == 0
-    assert status["progress"] == pytest.approx(1.0)
-    assert "epoch 3/3" in status["log_tail"]
-    assert jobs.parse_progress("loss 0.3\r 45%|####  ") == pytest.approx(0.45)
-    assert jobs.parse_progress("nothing here") is None
+    assert status["progress"] == pytest.approx(3 / 4)  # the last row: step 3 of 4
+    assert "epoch 3" in status["log_tail"]
 
 
 # ------------------------------------------------------------------ pages (AppTest)

@@ -14,6 +14,7 @@ from labelgen.heads import create_head, head_id, load_head
 from labelgen.heads.sampling import features_at_pixels
 from labelgen.heads.train import TrainConfig, evaluate_head, train_head, train_workspace_heads
 from labelgen.heads.uncertainty import image_scores, pixel_uncertainty
+from labelgen.run import read_log, read_progress
 from teacher_fakes import annotated_workspace, layout
 
 torch.set_num_threads(1)
@@ -60,6 +61,10 @@ def test_heads_overfit_tiny_annotated_set(tmp_path, head_type, epochs):
     ws = annotated_workspace(tmp_path / "w", head=head_type)
     result = train_workspace_heads(ws, TrainConfig(epochs=epochs, pixels_per_image=512), progress=False)
     assert result.losses[-1] < result.losses[0]
+    rows = read_log(ws.heads_dir / "log.csv")  # the run log (one row per epoch): the app's progress
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(result.losses, abs=1e-6)
+    assert read_progress(ws.heads_dir / "log.csv") == (result.steps, result.steps)
     head = load_head(ws.heads_dir)  # reloaded without training code
     assert head.head_type == head_type
     ids = ws.annotated_ids()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import labelgen  # noqa: F401
+from labelgen.run import load_resume
 from labelgen.student.data import class_frequencies, decode_soft_labels, one_hot, open_sources
 from labelgen.student.distill import (
     FeatureRegressor, TeacherTargets, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
@@ -270,7 +273,7 @@ def test_resume_reproduces_next_step_loss(tiny):
     # killed after step 3: the last checkpoint is step 2 (save_every=2), step 3 is lost and redone
     first = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw), stop_after=3)
     assert first.steps == 3
-    state = torch.load(first.run_dir / "last.pt", weights_only=False)
+    state = load_resume(first.run_dir / "last.pt")
     assert state["step"] == 2 and len(state["losses"]) == 2
     resumed = train(_options(tiny["root"], "label-distill", tiny["shards"], "killed", **kw))
     assert resumed.resumed_from == 2
@@ -350,7 +353,7 @@ def test_two_process_ddp(tiny, tmp_path):
            "--max-steps", "2", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = load_resume(out / "last.pt")
     assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states
     assert proc.stdout.count("trained 2 steps") == 1  # rank 0 reports
 
@@ -511,7 +514,7 @@ def test_two_sources_weighted_resume_exact_and_val_selection(tiny, capsys, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), stop_after=3)
-        state = torch.load(first.run_dir / "last.pt", weights_only=False)
+        state = load_resume(first.run_dir / "last.pt")
         assert state["step"] == 2
         logs = []
         resumed = train(_options(tiny["root"], "label-distill", data, "multi_killed", **kw), log=logs.append)
@@ -567,3 +570,48 @@ def test_sources_must_share_classes_and_weights_must_fit(tiny, capsys, tmp_path)
         code, out, err = _cli(base + extra, capsys)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+# ------------------------------------------------------------------ safe resume state
+def test_train_refuses_a_crafted_resume_file(tiny, tmp_path, plant_payload, capsys):
+    """A RUN/last.pt that needs unpickling is refused with one line; its payload never runs."""
+    marker = tmp_path / "marker"
+    plant_payload(tmp_path / "run" / "last.pt", marker)
+    code, _, err = _cli(["train", "--mode", "supervised", "--data", str(tiny["real"]), "--out", str(tmp_path / "run"),
+                         "--encoder", ENCODER, "--image-size", "32x32", "--max-steps", "1", "--no-progress"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "last.pt" in lines[0], err
+    assert not marker.exists()
+
+
+def test_kill_9_keeps_log_and_leaves_no_temp_files(tiny, tmp_path):
+    """After kill -9 log.csv keeps its header and every row up to the checkpoint; the resumed run
+    cuts it back to the checkpoint, removes the killed save's temp file and refuses a second run."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "labelgen.student.cli", "train", "--mode", "supervised", "--data", str(tiny["real"]),
+           "--out", str(out), "--encoder", ENCODER, "--image-size", "32x32", "--batch-size", "2",
+           "--max-steps", "100000", "--save-every", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "last.pt").is_file() and load_resume(out / "last.pt")["step"] >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and f"in use by pid {proc.pid}" in second.stderr, second.stderr[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    k = load_resume(out / "last.pt")["step"]
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,total,")
+    logged = [int(r.split(",")[0]) for r in rows[1:]]
+    assert logged[:k] == list(range(1, k + 1))  # nothing before the checkpoint was lost in a buffer
+    (out / ".last.pt.x1y2z3.tmp").write_bytes(b"\0" * 1000)  # a save the kill interrupted
+    result = train(TrainOptions(mode="supervised", data=str(tiny["real"]), out=str(out), encoder=ENCODER,
+                                image_size=(32, 32), batch_size=2, max_steps=k + 1, save_every=2, progress=False))
+    assert result.resumed_from == k and not list(out.glob(".*.tmp"))
+    assert [int(r.split(",")[0]) for r in (out / "log.csv").read_text().splitlines()[1:]] == list(range(1, k + 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -202,3 +203,16 @@ def test_real_backends_end_to_end(tmp_path, backend):
     samples = list(ShardReader(tmp_path / "out"))
     assert [s.key for s in samples] == ["000000000", "000000001", "000000002"]
     assert samples[0].image.shape[:2] == ws.resolution and samples[0].meta["generator"] == ws.generator_id()
+
+
+def test_output_folder_in_use_is_refused(trained, tmp_path):
+    """A second synthesis into a folder another run holds is refused with the holder's pid."""
+    from labelgen.run import RunLock
+
+    out = tmp_path / "out"
+    with RunLock(out, "synthesize"):
+        proc = _cli(trained, out)
+        _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and f"in use by pid {os.getpid()}" in lines[0], err
+    assert not list(out.glob("0*.tar"))

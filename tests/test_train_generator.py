@@ -16,7 +16,9 @@ import torch
 import labelgen  # noqa: F401  (torchvision shim before diffusers)
 from labelgen.cli import main
 from labelgen.data.io import write_png
-from labelgen.training.common import CHECKPOINT_NAME, TRAIN_DIR, load_checkpoint
+from labelgen.run import load_resume as load_checkpoint
+from labelgen.run import read_log
+from labelgen.training.common import CHECKPOINT_NAME, TRAIN_DIR
 from labelgen.training.train_generator import train_generator
 
 H, W = 16, 24
@@ -41,7 +43,7 @@ def _train(data: Path, out: Path, **kw):
 
 
 def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / TRAIN_DIR / "log.jsonl").read_text().splitlines()]
+    return [float(row["loss"]) for row in read_log(out / TRAIN_DIR / "log.csv")]
 
 
 def test_ddpm_loss_finite_and_falls(tmp_path):
@@ -72,7 +74,7 @@ def test_ddpm_resume_is_exact(tmp_path):
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
-    assert torch.equal(a["rng"]["gen"], b["rng"]["gen"])
+    assert torch.equal(a["rng"][0]["gen"], b["rng"][0]["gen"])
     assert [r for r in _losses(split)] and len(_losses(split)) == 6  # steps 1-3, then 4-6 appended
 
 
@@ -306,3 +308,20 @@ def test_resume_keeps_the_runs_own_settings_unless_given(tmp_path):
     # "the same command" without --steps: the planned total is kept (nothing left to do)
     summary = train_generator("ddpm", data, out, lr=5e-4, echo=lambda s: None, show_progress=False)
     assert summary["step"] == 3
+
+
+def test_cli_refuses_a_crafted_checkpoint(tmp_path, plant_payload, capsys):
+    """A GEN/train/checkpoint.pt that needs unpickling is refused with one line; its payload never runs."""
+    data = _images(tmp_path / "imgs")
+    marker = tmp_path / "marker"
+    plant_payload(tmp_path / "gen" / TRAIN_DIR / CHECKPOINT_NAME, marker)
+    code = 0
+    try:
+        main(["train-generator", "--data", str(data), "--out", str(tmp_path / "gen"), "--channels", "8,16",
+              "--steps", "1", "--device", "cpu", "--quiet"])
+    except SystemExit as e:
+        code = e.code or 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and CHECKPOINT_NAME in lines[0], err
+    assert not marker.exists()

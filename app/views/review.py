@@ -56,7 +56,7 @@ def _cached_uncertainty_map(set_dir: str, stamp: float, key: str, head: str | No
 
 def _uncertainty_map(ws: Workspace, sample) -> tuple[np.ndarray | None, str]:
     """(heat image of the per-pixel uncertainty, caption) from the heads' prediction of the sample
-    (labelgen.heads.predict: JS divergence of the ensemble, entropy for one member), or (None, why)."""
+    (labelgen.teacher: JS divergence of the ensemble, entropy for one member), or (None, why)."""
     from labelgen.app import heads_bridge
 
     try:

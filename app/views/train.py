@@ -36,7 +36,7 @@ def _start(epochs: int, holdout: int) -> None:
     ws = state.workspace()
     state.on_navigate()
     try:
-        jobs.start(ws, JOB, jobs.train_command(ws, epochs, holdout))
+        jobs.start(ws, JOB, jobs.train_command(ws, epochs, holdout), progress_log=jobs.train_progress_log(ws))
         state.flash("training started")
     except LabelgenError as e:
         state.flash(str(e), "error")

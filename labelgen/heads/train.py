@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from labelgen.data.io import IGNORE_INDEX
 from labelgen.errors import LabelgenError
@@ -33,6 +32,7 @@ from labelgen.heads.base import TaskHead
 from labelgen.heads.conv import ConvInterpreter, dice_loss
 from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 from labelgen.metrics import ConfusionMatrix, Scores
+from labelgen.run import RunLock, RunLog, progress as progress_bar
 
 Example = tuple[list[torch.Tensor], torch.Tensor]  # (levels [1, C_i, h_i, w_i], mask [1, H, W] int64)
 
@@ -183,7 +183,8 @@ def real_examples(workspace, folder_path, cache: bool = False, limit: int | None
         raise LabelgenError(f"{folder_path}: scoring on real images needs their features; the "
                             f"{workspace.config.backend} generator cannot compute them (use a diffusion teacher)")
     count = len(folder) if limit is None else min(limit, len(folder))
-    for i in tqdm(range(count), desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress):
+    for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress,
+                          iterable=range(count)):
         item = folder[i]
         image, mask = item.image, item.mask
         if image.shape[:2] != workspace.resolution:
@@ -192,7 +193,8 @@ def real_examples(workspace, folder_path, cache: bool = False, limit: int | None
         yield workspace.image_features(image, cache_key=key), torch.from_numpy(mask.astype("int64"))[None]
 
 
-TRAIN_LOG_NAME = "train_log.json"
+TRAIN_LOG_NAME = "train_log.json"  # W/heads/train_log.json: the finished run's record
+LOG_COLUMNS = ("epoch", "loss", "val_miou")  # W/heads/log.csv (after step, total; one row per epoch) + W/heads/tb/
 
 
 def split_holdout(ids: list[str], holdout: int) -> tuple[list[str], list[str]]:
@@ -215,7 +217,15 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     read back one mini-batch at a time. ``val_folder``: real images + masks (project folder format,
     diffusion teachers), resized to the generator resolution; mIoU printed per epoch. ``holdout``: the
     last K annotated ids are not trained on; their per-class IoU + mIoU (ensemble-mean prediction) is
-    logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic)."""
+    logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic).
+    While it runs, W/heads/ is locked and W/heads/log.csv + tb/ get one row per epoch (the app's
+    progress)."""
+    with RunLock(workspace.heads_dir, "train-heads"):
+        return _train_workspace_heads(workspace, config, val_folder, device, log, progress, holdout)
+
+
+def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, device: str, log: Callable[[str], None],
+                           progress: bool, holdout: int) -> TrainResult:
     from labelgen.data.io import atomic_write_json
     from labelgen.heads import create_head
 
@@ -227,7 +237,8 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     num_classes = len(workspace.classes)
     names = list(workspace.classes.names)
     image_shape = (*workspace.resolution, 3)
-    for annotation_id in tqdm(annotated, desc="features", unit="image", disable=not progress):
+    for annotation_id in progress_bar(len(annotated), desc="features", unit="image", disable=not progress,
+                                      iterable=annotated):
         workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
         workspace.annotation_features(annotation_id)  # fills the disk cache
 
@@ -250,18 +261,29 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     head = create_head(workspace.config.head.get("type", "pixel-mlp"), workspace.head_in_channels, num_classes,
                        workspace.resolution, **head_options)
     total = config.epochs * steps_per_epoch(head.head_type, len(ids), config)
-    bar = tqdm(total=total, desc=f"train {head.head_type} x{head.ensemble}", unit="step", disable=not progress)
+    run_log = RunLog(workspace.heads_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
+    bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
+    done = [0]  # optimiser steps so far (tqdm does not count while disabled)
+
+    def on_step() -> None:
+        done[0] += 1
+        bar.update(1)
 
     def on_epoch(epoch: int, loss: float, scores: Scores | None) -> None:
+        miou = None if scores is None else _finite(scores.miou)
+        run_log.row(done[0], {"epoch": epoch + 1, "loss": f"{loss:.6f}",
+                              "val_miou": None if miou is None else f"{miou:.6f}"},
+                    scalars={"train/loss": loss, **({} if miou is None else {"val/miou": miou})})
         bar.set_postfix(loss=f"{loss:.4f}")
         if scores is not None:
             (bar.write if progress else log)(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {scores.miou:.4f}")
 
     try:
-        result = train_head(head, load_example, len(ids), config, validate, on_epoch, on_step=lambda: bar.update(1),
+        result = train_head(head, load_example, len(ids), config, validate, on_epoch, on_step=on_step,
                             device=device)
     finally:
         bar.close()
+        run_log.close()
     holdout_log = None
     if held_out:
         result.holdout = evaluate_head(head, (annotation_example(i) for i in held_out), num_classes, device)

@@ -10,7 +10,8 @@ Shard plan (deterministic, from the config alone):
     candidates i*C .. (i+1)*C - 1 and keeps all but floor(count * F) of them.
 So a shard's content depends only on the config and the shard id: one run, a resumed run (finished
 shards are skipped; ShardWriter.clean_partial removes what a kill left) and K workers under
-torchrun (shard i -> rank i % world) write the same samples.
+torchrun (shard i -> rank i % world; labelgen.run.init_dist) write the same samples. The output
+folder is locked for the run (a second synthesis into it is refused with the holder's pid).
 
 Per sample (tar members): <key>.png, <key>.mask.png (argmax of the ensemble mean), <key>.json
 (seed/recipe or source image, generator id, head id, uncertainty score and measure), and with
@@ -23,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +39,7 @@ from labelgen.data.shards import ShardSample, ShardWriter, encode_sample
 from labelgen.errors import LabelgenError
 from labelgen.heads.uncertainty import TOP_FRACTION
 from labelgen.imaging import images_to_tensor, resize_image, tensor_to_uint8
+from labelgen.run import Dist, RunLock, init_dist, progress as progress_bar
 from labelgen.teacher import Teacher
 
 PLAN_NAME = "synthesis.json"  # the config a shard set was started with (resume must match it)
@@ -128,48 +129,6 @@ def soft_npz_bytes(probs_uint8: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-# ---- distributed ----
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    active: bool = False
-    device: str = "cpu"  # where collective tensors live (cuda for nccl)
-
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        holder = [obj]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        return holder[0]
-
-    def sum(self, value: int) -> int:
-        if not self.active:
-            return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return int(t.item())
-
-
-def _init_dist() -> tuple[_Dist, str]:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: gloo on CPU, nccl on GPU. Returns (dist, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1:
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        return _Dist(rank, world, True, device), device
-    return _Dist(), device
-
-
 # ---- the run ----
 class _Source:
     """Candidate ids -> (images [B, 3, H, W] in [-1, 1], selected features, per-sample meta), through the
@@ -204,11 +163,20 @@ class _Source:
 def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
                log=print) -> SynthesisSummary:
     """``labelgen synthesize`` (see module docstring). Under torchrun each rank writes its shards;
-    rank 0 writes manifest.json after a barrier and returns the summary (other ranks too, same numbers)."""
-    from tqdm import tqdm
+    rank 0 holds the output folder's lock and writes manifest.json after a barrier, and every rank
+    returns the summary (same numbers)."""
+    dist = init_dist()
+    lock = RunLock(out_dir, "synthesize").acquire() if dist.is_main else None
+    try:
+        return _synthesize(workspace, config, Path(out_dir), progress, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+        dist.close()
 
-    dist, device = _init_dist()
-    out_dir = Path(out_dir)
+
+def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: bool, dist: Dist) -> SynthesisSummary:
+    device = str(dist.device)
     writer = ShardWriter(out_dir, workspace.classes)
     error, teacher, source = "", None, None
     try:
@@ -251,8 +219,8 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
     base_meta = {"generator": teacher.generator_id, "head": teacher.head_id,
                  "uncertainty_measure": teacher.uncertainty_measure}
     pool = ThreadPoolExecutor(max_workers=config.encode_workers) if config.encode_workers > 0 else None
-    bar = tqdm(total=sum(len(p.candidates) for p in mine), unit="sample", desc=f"synthesize (rank {dist.rank})"
-               if dist.world > 1 else "synthesize", disable=not progress or dist.rank != 0, smoothing=0.1)
+    bar = progress_bar(sum(len(p.candidates) for p in mine), unit="sample", desc=f"synthesize (rank {dist.rank})"
+                       if dist.world > 1 else "synthesize", disable=not progress or dist.rank != 0)
     started = time.perf_counter()
     processed = 0
     try:
@@ -305,8 +273,6 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
         manifest = writer.write_manifest({**run_config, "kept": kept_total, "dropped": dropped_total,
                                           "shards_planned": len(plan)})
     manifest = dist.broadcast(manifest)
-    if dist.active:
-        torch.distributed.destroy_process_group()
     config_out = manifest.get("config", {})
     return SynthesisSummary(kept=config_out.get("kept", 0), dropped=config_out.get("dropped", 0),
                             shards=len(manifest.get("shards", [])), shards_written=written, seconds=seconds,

@@ -1,7 +1,9 @@
-"""Pieces shared by the generator trainers: data in memory, checkpoints, EMA, grids, stopping."""
+"""Pieces shared by the generator trainers: data in memory, start/resume, EMA, grids, stopping.
+
+Device choice, RNG state, the resume file, the output lock, the log (OUT/train/log.csv + tb/) and
+the progress bar are the run infrastructure every loop shares: :mod:`labelgen.run`."""
 from __future__ import annotations
 
-import io
 import shutil
 import signal
 import time
@@ -13,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelgen.data.io import atomic_write_bytes, list_images, read_image, write_png
+from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import DataError, LabelgenError
+from labelgen.run import load_resume
 
-CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/
-TRAIN_DIR = "train"  # OUT/train/: checkpoint, log, sample grids (not needed to load the model)
+CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/: the run's resume file (labelgen.run.save_resume)
+TRAIN_DIR = "train"  # OUT/train/: checkpoint, log.csv, tb/, sample grids (not needed to load the model)
+BACKENDS = ("ddpm", "stylegan2")  # the resume file's kind = the backend
 
 
 # ---------------------------------------------------------------- data
@@ -136,35 +140,7 @@ class StopControl:
         return None
 
 
-# ---------------------------------------------------------------- checkpoints
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one user-facing error
-        raise LabelgenError(f"{path}: unreadable training checkpoint ({type(e).__name__}); "
-                            "delete it to start over") from None
-
-
+# ---------------------------------------------------------------- start / resume
 NOT_CARRIED = ("time_limit_min", "device")  # per session: never taken from the resumed run
 
 
@@ -180,12 +156,12 @@ def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_def
     ckpt_path = Path(out) / TRAIN_DIR / CHECKPOINT_NAME
     if Path(out).exists() and not Path(out).is_dir():
         raise LabelgenError(f"{out}: exists and is not a folder")
-    saved = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    saved = load_resume(ckpt_path, BACKENDS) if ckpt_path.is_file() else None
     if saved is None:
         return {**requested, **{k: requested[k] if requested[k] is not None else d
                                 for k, d in arch_defaults.items()}}, None
-    if saved.get("backend") != backend:
-        raise LabelgenError(f"{out}: holds a {saved.get('backend')} training run, not {backend}")
+    if saved["kind"] != backend:
+        raise LabelgenError(f"{out}: holds a {saved['kind']} training run, not {backend}")
     for k in arch_defaults:
         if requested.get(k) is not None and _norm(requested[k]) != _norm(saved["config"].get(k)):
             raise LabelgenError(f"{out}: has a checkpoint trained with {k}={saved['config'].get(k)!r}, not "
@@ -211,7 +187,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-# ---------------------------------------------------------------- grids / logging
+# ---------------------------------------------------------------- grids / running mean
 def save_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
     """images float [N, 3, H, W] in [-1, 1] -> one PNG grid (2-px gaps)."""
     from labelgen.visualize import grid
@@ -233,29 +209,3 @@ class RunningMean:
     @property
     def mean(self) -> float:
         return sum(self.values) / max(1, len(self.values))
-
-
-def append_log(path: Path, record: dict[str, Any]) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LabelgenError("--device cuda requested but no CUDA GPU is available")
-    return torch.device(device)
-
-
-def progress_bar(total: int, initial: int, desc: str):
-    import sys
-
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                mininterval=0.5 if tty else 30.0, smoothing=0.05)

@@ -10,7 +10,8 @@
 StyleGAN2 makes square images whose side is a power of two: other data must be resized with
 ``resolution=(R, R)``. Output: ``OUT/generator_config.json`` + ``OUT/generator.safetensors``
 (``G_ema.save_pretrained``, loadable by ``load_generator`` / the stylegan2 backend); the training
-state (G, D, G_ema, both optimisers, step, RNG) in ``OUT/train/checkpoint.pt``.
+state (G, D, G_ema, both optimisers, step, RNG) in ``OUT/train/checkpoint.pt`` (the resume file of
+labelgen.run); the log in ``OUT/train/log.csv`` (step, total, loss_d, loss_g, seconds) + ``OUT/train/tb/``.
 """
 from __future__ import annotations
 
@@ -25,21 +26,16 @@ from torch import nn
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
+from labelgen.run import RunLog, pick_device, progress, rng_state, save_resume, set_rng_state
 from labelgen.training.common import (
     CHECKPOINT_NAME,
     EMA,
     TRAIN_DIR,
     RunningMean,
     StopControl,
-    append_log,
     augment_batch,
     load_images,
-    pick_device,
-    progress_bar,
-    rng_state,
-    save_checkpoint,
     save_grid,
-    set_rng_state,
     start_or_resume,
 )
 
@@ -234,7 +230,7 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
         step, prior = int(saved["step"]), float(saved.get("seconds", 0.0))
-        set_rng_state(gen, saved["rng"])
+        set_rng_state(saved["rng"][0], gen)
         echo(f"resuming {out} from step {step}")
     images = images.to(device)
     n_g = sum(p.numel() for p in G.parameters())
@@ -250,10 +246,11 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
 
     def checkpoint() -> None:
         cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-        save_checkpoint(ckpt_path, {
-            "backend": "stylegan2", "config": {**run, "resolution": list(run["resolution"])},
+        run_log.flush()
+        save_resume(ckpt_path, "stylegan2", step, {
+            "config": {**run, "resolution": list(run["resolution"])},
             "G": cpu(G), "D": cpu(D), "G_ema": cpu(ema.shadow), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "step": step, "rng": rng_state(gen), "seconds": prior + stop.elapsed})
+            "opt_d": opt_d.state_dict(), "rng": [rng_state(gen)], "seconds": prior + stop.elapsed})
         ema.shadow.save_pretrained(out)
 
     def sample_grid() -> None:
@@ -272,7 +269,9 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
     d_losses, g_losses = RunningMean(), RunningMean()
     stopped = None
     with StopControl(cfg.time_limit_min) as stop:
-        bar = progress_bar(cfg.steps, step, "train stylegan2") if show_progress and step < cfg.steps else None
+        # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
+        run_log = RunLog(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
+        bar = progress(cfg.steps, step, "train stylegan2") if show_progress and step < cfg.steps else None
         while step < cfg.steps:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) if cfg.warmup else cfg.lr
             # D: logistic loss on augmented real vs fake (+ lazy R1 on reals)
@@ -310,9 +309,9 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
                 if step % 10 == 0:
                     bar.set_postfix(loss_d=f"{d_losses.mean:.3f}", loss_g=f"{g_losses.mean:.3f}", refresh=False)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                append_log(out / TRAIN_DIR / "log.jsonl", {"step": step, "loss_d": round(d_losses.mean, 5),
-                                                            "loss_g": round(g_losses.mean, 5),
-                                                            "seconds": round(prior + stop.elapsed, 1)})
+                run_log.row(step, {"loss_d": round(d_losses.mean, 5), "loss_g": round(g_losses.mean, 5),
+                                   "seconds": round(prior + stop.elapsed, 1)},
+                            scalars={"train/loss_d": d_losses.mean, "train/loss_g": g_losses.mean})
             if cfg.sample_every and step % cfg.sample_every == 0:
                 sample_grid()
             stopped = stop.reason()
@@ -324,6 +323,7 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
             bar.close()
         if step >= cfg.steps and not (out / "generator.safetensors").is_file():
             checkpoint()
+    run_log.close()
     summary = {"step": step, "steps": cfg.steps, "loss_d": d_losses.mean if d_losses.values else None,
                "loss_g": g_losses.mean if g_losses.values else None, "loss": g_losses.mean if g_losses.values else None,
                "seconds": prior + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_g}

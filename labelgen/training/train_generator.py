@@ -10,11 +10,13 @@ where an uninterrupted one would have been.
 Output folder::
 
     OUT/model_index.json  OUT/unet/  OUT/scheduler/    diffusers DDPMPipeline layout, EMA weights
-    OUT/train/checkpoint.pt                            model, EMA, optimizer, step, RNG (resume)
-    OUT/train/log.jsonl  OUT/train/samples/step_*.png  loss log, DDIM sample grids
+    OUT/train/checkpoint.pt                            model, EMA, optimizer, step, RNG (resume file, labelgen.run)
+    OUT/train/log.csv  OUT/train/tb/                   loss log (step, total, loss, lr, seconds) + TensorBoard
+    OUT/train/samples/step_*.png                       DDIM sample grids
 
 Running the same command again resumes from ``OUT/train/checkpoint.pt`` (``--steps`` may be raised);
-``time_limit_min`` stops gracefully with a checkpoint and a loadable export.
+``time_limit_min`` stops gracefully with a checkpoint and a loadable export. OUT is locked while a
+run writes to it (``train_generator``).
 """
 from __future__ import annotations
 
@@ -29,23 +31,18 @@ import torch
 import torch.nn.functional as F
 
 from labelgen.errors import LabelgenError
+from labelgen.run import RunLock, RunLog, pick_device, progress, rng_state, save_resume, set_rng_state
 from labelgen.training.common import (
     CHECKPOINT_NAME,
     EMA,
     TRAIN_DIR,
     RunningMean,
     StopControl,
-    append_log,
     augment_batch,
     check_divisible,
     load_images,
-    pick_device,
-    progress_bar,
     replace_dir,
-    rng_state,
-    save_checkpoint,
     save_grid,
-    set_rng_state,
     start_or_resume,
 )
 
@@ -197,7 +194,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         opt.load_state_dict(saved_state["optimizer"])
         step = int(saved_state["step"])
         prior_seconds = float(saved_state.get("seconds", 0.0))
-        set_rng_state(gen, saved_state["rng"])
+        set_rng_state(saved_state["rng"][0], gen)
         echo(f"resuming {out} from step {step}")
     cuda = device.type == "cuda"
     if cuda:
@@ -210,14 +207,12 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
          f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}")
 
     def checkpoint(export: bool = True) -> None:
-        state = {
-            "backend": "ddpm", "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
+        run_log.flush()
+        save_resume(ckpt_path, "ddpm", step, {
+            "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
             "model": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in ema.shadow.state_dict().items()},
-            "optimizer": opt.state_dict(), "step": step, "rng": rng_state(gen),
-            "seconds": prior_seconds + stop.elapsed,
-        }
-        save_checkpoint(ckpt_path, state)
+            "optimizer": opt.state_dict(), "rng": [rng_state(gen)], "seconds": prior_seconds + stop.elapsed})
         if export:
             export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
 
@@ -230,10 +225,12 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     stopped: str | None = None
     unet.train()
     with StopControl(cfg.time_limit_min) as stop:
+        # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
+        run_log = RunLog(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
         done_before = step >= cfg.steps
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
-        bar = progress_bar(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
+        bar = progress(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
         while step < cfg.steps:
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
             x0 = augment_batch(images, idx, gen)
@@ -265,8 +262,9 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                append_log(out / TRAIN_DIR / "log.jsonl", {"step": step, "loss": round(losses.mean, 5), "lr": lr,
-                                                            "seconds": round(prior_seconds + stop.elapsed, 1)})
+                run_log.row(step, {"loss": round(losses.mean, 5), "lr": lr,
+                                   "seconds": round(prior_seconds + stop.elapsed, 1)},
+                            scalars={"train/loss": losses.mean, "train/lr": lr})
             if cfg.sample_every and step % cfg.sample_every == 0:
                 sample_grid()
             stopped = stop.reason()
@@ -282,6 +280,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
             checkpoint(export=True)
         if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
+    run_log.close()
     summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
                "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params}
     if stopped:
@@ -304,11 +303,12 @@ def trainers() -> dict[str, tuple[type, Callable[..., dict[str, Any]], dict[str,
 
 
 def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str, Any]:
-    """Dispatch to the backend's trainer (see :func:`trainers`)."""
+    """Dispatch to the backend's trainer (see :func:`trainers`), holding OUT's lock."""
     registry = trainers()
     if backend not in registry:
         raise LabelgenError(f"train-generator: unsupported backend {backend!r} (one of {', '.join(registry)})")
     config_class, trainer, _ = registry[backend]
     echo = options.pop("echo", print)
     show = options.pop("show_progress", True)
-    return trainer(data, out, config_class(**options), echo=echo, show_progress=show, explicit=set(options))
+    with RunLock(out, "train-generator", clean=[Path(out) / TRAIN_DIR]):
+        return trainer(data, out, config_class(**options), echo=echo, show_progress=show, explicit=set(options))
