@@ -215,11 +215,14 @@ class RunLock:
         self.what = what
         self.clean = [self.folder, *map(Path, clean)]  # folders whose stale temp files go once the lock is held
         self._fd: int | None = None
+        self._created: list[Path] = []  # folders this lock made (removed again if the run leaves them empty)
 
     def acquire(self) -> "RunLock":
         if self.folder.exists() and not self.folder.is_dir():
             raise LabelgenError(f"{self.folder}: exists and is not a folder")
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._created = missing
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,9 +239,19 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        """Drop the lock; a folder this lock created and the run left empty (a refused command) goes again,
+        so a refused command leaves the file system as it was."""
+        if self._fd is None:
+            return
+        if self._created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            (self.folder / LOCK_NAME).unlink(missing_ok=True)
+            for folder in self._created:  # innermost first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
