@@ -67,8 +67,9 @@ def data_info(path: Path):
     """Describe a labelled folder or a shard set (counts, classes; for shards: complete or how far)."""
     from labelgen.data.folder import open_labelled
     from labelgen.data.shards import is_shard_set, shard_set_status
+    from labelgen.synthesis.synthesize import PLAN_NAME
 
-    if path.is_dir() and is_shard_set(path):
+    if path.is_dir() and (is_shard_set(path) or (path / PLAN_NAME).is_file()):  # started, maybe no shard yet
         click.echo(shard_set_status(path, _planned_shards(path)).describe())
         return
     folder = open_labelled(path)

@@ -250,12 +250,13 @@ def test_status_of_an_unfinished_and_a_finished_set(tmp_path):
 def test_data_info_tells_an_unfinished_synthesis_from_a_finished_one(tmp_path, capsys):
     """`labelgen data info` on a synthesis folder killed after 2 of its 3 planned shards."""
     from labelgen.cli import main
+    from labelgen.data.io import atomic_write_json
     from labelgen.synthesis.synthesize import PLAN_NAME, SynthesisConfig
 
-    from labelgen.data.io import atomic_write_json
-
-    writer = write_set(tmp_path, [0, 1])
     atomic_write_json(tmp_path / PLAN_NAME, {**SynthesisConfig(n=12, shard_size=4).plan_key(), "generator": "g"})
+    main(["data", "info", str(tmp_path)])  # killed before its first shard
+    assert "unfinished, 0 of 3 shards done (0 samples so far)" in capsys.readouterr().out
+    writer = write_set(tmp_path, [0, 1])
     main(["data", "info", str(tmp_path)])
     out = capsys.readouterr().out
     assert "unfinished, 2 of 3 shards done (8 samples so far)" in out and "resume" in out
