@@ -1,21 +1,37 @@
-"""Synthetic datasets as WebDataset tar shards: writer, reader, resume.
+"""Synthetic datasets as WebDataset tar shards: the one codec for a sample, writer, reader, resume.
 
-Layout of a shard set (readable by ``webdataset.WebDataset(sorted(glob("DIR/*.tar")))``)::
+Layout of a shard set (also readable by ``webdataset.WebDataset(sorted(glob("DIR/*.tar")))``)::
 
     DIR/000000.tar             samples in key order; each sample is a group of tar members
         <key>.png              RGB image
         <key>.mask.png         index mask (0..C-1, 255 = ignore), 8-bit grayscale PNG, so any decoder
                                (webdataset "l8"/"rgb8", PIL, OpenCV) yields the class ids
         <key>.json             metadata: seed/latent id, generator and head ids, uncertainty, ...
-        <key>.<ext>            optional extras (e.g. soft labels), raw bytes
+        <key>.soft.npz         optional soft labels: npz with array "probs" uint8 [C, H, W] (p = q / 255)
+        <key>.<ext>            other optional extras, raw bytes
     DIR/000000.json            the shard's index: keys, sample count, bytes (written after the tar)
     DIR/manifest.json          the whole set: shard list, sample count, classes, producer config
+
+Sample keys hold no '.': a member's key is its name up to the first '.', the rest is its extension.
+
+Soft labels read (first match wins; :attr:`ShardSample.soft` is [C, H, W] either way):
+
+    <key>.soft.npz   npz with one array: "probs" [C, H, W] (or [H, W, C]) uint8 (p = q / 255,
+                     renormalised per pixel) or float16/float32, or "logits" (softmax is applied)
+    <key>.soft.npy   one array, read like "probs"
+
+:func:`soft_probabilities` turns them into float32 probabilities; a pixel whose probabilities sum to 0
+(e.g. filtered as uncertain) counts as ignored (all zeros).
+
+Every decoding problem (corrupt PNG, bad JSON, a member name without a dot, a mask class id out of
+range, soft labels of the wrong shape) is a :class:`DataError` naming the shard file and the member.
 
 Crash safety and resume: a shard is written to ``NNNNNN.tar.<pid>.tmp`` and renamed when complete,
 then its index file is written atomically. A shard counts as done only when both exist, so after a
 kill at any moment a re-run sees exactly the finished shards (no duplicate, no missing, no corrupt
 shard) and redoes the rest. Shard ``i`` always holds the same work items, so shards are independent
-units that several workers can write in parallel (disjoint shard ids).
+units that several workers can write in parallel (disjoint shard ids). ``manifest.json`` is written
+last: a set without it is unfinished (:func:`shard_set_status`).
 """
 from __future__ import annotations
 
@@ -24,19 +40,25 @@ import json
 import os
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from labelgen.data.classes import ClassList
-from labelgen.data.io import atomic_write_json, decode_png, png_bytes, read_json
+from labelgen.data.io import atomic_write_json, check_mask, decode_png, png_bytes, read_json
 from labelgen.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT = "labelgen-shards/1"
+CORE_EXTS = ("png", "mask.png", "json")  # every sample has these members
+SOFT_EXT = "soft.npz"  # what the writer stores soft labels as
+SOFT_EXTS = (SOFT_EXT, "soft.npy")  # what the reader accepts, first match wins
+_PNG_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 def shard_name(shard_id: int) -> str:
@@ -49,7 +71,174 @@ class ShardSample:
     image: np.ndarray  # [H, W, 3] uint8
     mask: np.ndarray  # [H, W] uint8
     meta: dict[str, Any]
-    extras: dict[str, bytes] = field(default_factory=dict)  # extension (e.g. "soft.npz") -> raw bytes
+    extras: dict[str, bytes] = field(default_factory=dict)  # other members: extension -> raw bytes
+    soft: np.ndarray | None = None  # [C, H, W] soft labels as stored: uint8 (p = q / 255) or float; None = none
+
+
+# ---------------------------------------------------------------- encoding
+def encode_soft(soft: np.ndarray) -> bytes:
+    """Deterministic ``.soft.npz`` (fixed zip timestamps) holding "probs" [C, H, W] (uint8 as written by
+    ``labelgen synthesize``)."""
+    array_buf = io.BytesIO()
+    np.lib.format.write_array(array_buf, np.ascontiguousarray(soft), allow_pickle=False)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        info = zipfile.ZipInfo("probs.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, array_buf.getvalue(), compresslevel=1)
+    return out.getvalue()
+
+
+def encode_sample(sample: ShardSample) -> list[tuple[str, bytes]]:
+    """Tar members of one sample (PNG encoding is the costly part: callers may do it in workers)."""
+    key, hw = sample.key, sample.mask.shape
+    if "." in key or "/" in key or not key:
+        raise ValueError(f"sample keys must be non-empty, without '.' or '/': {key!r}")
+    if sample.image.ndim != 3 or sample.image.shape[:2] != hw or sample.mask.ndim != 2:
+        raise ValueError(f"sample {key}: image {sample.image.shape} and mask {hw} must be [H, W, 3] and [H, W]")
+    extras = dict(sample.extras)
+    if sample.soft is not None:
+        if sample.soft.ndim != 3 or sample.soft.shape[1:] != hw:
+            raise ValueError(f"sample {key}: soft labels {sample.soft.shape} must be [C, {hw[0]}, {hw[1]}]")
+        if SOFT_EXT in extras:
+            raise ValueError(f"sample {key}: soft labels given twice (soft and extras[{SOFT_EXT!r}])")
+        extras[SOFT_EXT] = encode_soft(sample.soft)
+    members = [
+        (f"{key}.png", png_bytes(sample.image)),
+        (f"{key}.mask.png", png_bytes(sample.mask)),
+        (f"{key}.json", json.dumps(sample.meta, sort_keys=True).encode()),
+    ]
+    members += [(f"{key}.{ext}", payload) for ext, payload in sorted(extras.items())]
+    return members
+
+
+# ---------------------------------------------------------------- decoding
+def split_member(name: str, shard: Path | str) -> tuple[str, str]:
+    """Tar member name -> (key, extension)."""
+    key, dot, ext = name.partition(".")
+    if not dot or not key or not ext or "/" in key:
+        raise DataError(f"{shard}: member {name!r} is not named <key>.<ext>")
+    return key, ext
+
+
+def _decode_png(payload: bytes, where: str, mask: bool = False) -> np.ndarray:
+    try:
+        return decode_png(payload, mask=mask)
+    except _PNG_ERRORS as e:
+        raise DataError(f"{where}: corrupt PNG ({type(e).__name__})") from None
+
+
+def _decode_meta(payload: bytes, where: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def decode_soft(payload: bytes, ext: str, hw: tuple[int, int], where: str) -> np.ndarray:
+    """A soft-label member -> [C, H, W]: "probs" as stored (dtype kept), "logits" as float32 softmax."""
+    try:
+        loaded = np.load(io.BytesIO(payload), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            array, kind = loaded, "probs"
+        else:
+            names = list(loaded.files)
+            kind = "logits" if "logits" in names else "probs" if "probs" in names else names[0]
+            array = loaded[kind]
+    except (ValueError, OSError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{where}: unreadable soft labels ({type(e).__name__}: {e})") from None
+    if array.ndim == 3 and array.shape[1:] != tuple(hw) and array.shape[:2] == tuple(hw):
+        array = np.moveaxis(array, -1, 0)  # [H, W, C] -> [C, H, W]
+    if array.ndim != 3 or array.shape[1:] != tuple(hw) or array.shape[0] < 1:
+        raise DataError(f"{where}: soft labels have shape {list(array.shape)}, expected [C, {hw[0]}, {hw[1]}]")
+    if not (np.issubdtype(array.dtype, np.floating) or array.dtype == np.uint8):
+        raise DataError(f"{where}: soft labels of dtype {array.dtype} (expected uint8 or float)")
+    if kind == "logits":
+        z = array.astype(np.float32)
+        z = np.exp(z - z.max(0, keepdims=True))
+        return z / z.sum(0, keepdims=True)
+    return array
+
+
+def soft_probabilities(soft: np.ndarray) -> np.ndarray:
+    """Stored soft labels [C, H, W] -> float32 probabilities [C, H, W] (uint8 q -> q / 255, renormalised
+    per pixel; a pixel summing to 0 stays all zeros = ignored)."""
+    p = soft.astype(np.float32) / (255.0 if soft.dtype == np.uint8 else 1.0)
+    total = p.sum(0, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+
+
+def decode_sample(key: str, group: dict[str, bytes], shard: Path | str, decode: bool = True,
+                  num_classes: int | None = None) -> ShardSample:
+    """The members of one sample (extension -> bytes) -> :class:`ShardSample`.
+
+    ``decode=False``: only the metadata is decoded; image/mask are empty and every other member stays
+    raw bytes in ``extras``. ``num_classes``: refuse mask ids >= it (255 = ignore) and soft labels with
+    another class count."""
+    for ext in CORE_EXTS:
+        if ext not in group:
+            raise DataError(f"{shard}: sample {key} has no member {key}.{ext}")
+    meta = _decode_meta(group["json"], f"{shard}: {key}.json")
+    if not decode:
+        return ShardSample(key, np.empty((0, 0, 3), np.uint8), np.empty((0, 0), np.uint8), meta,
+                           {ext: v for ext, v in group.items() if ext != "json"})
+    image = _decode_png(group["png"], f"{shard}: {key}.png")
+    mask = _decode_png(group["mask.png"], f"{shard}: {key}.mask.png", mask=True)
+    check_mask(mask, image.shape, 256 if num_classes is None else num_classes, f"{shard}: {key}.mask.png")
+    soft_ext = next((ext for ext in SOFT_EXTS if ext in group), None)
+    soft = None
+    if soft_ext is not None:
+        where = f"{shard}: {key}.{soft_ext}"
+        soft = decode_soft(group[soft_ext], soft_ext, mask.shape, where)
+        if num_classes is not None and soft.shape[0] != num_classes:
+            raise DataError(f"{where}: soft labels for {soft.shape[0]} classes, the data has {num_classes}")
+    extras = {ext: v for ext, v in group.items() if ext not in (*CORE_EXTS, soft_ext)}
+    return ShardSample(key, image, mask, meta, extras, soft)
+
+
+def iter_shard(path: Path, decode: bool = True, num_classes: int | None = None) -> Iterator[ShardSample]:
+    """Samples of one tar shard, in order (streamed)."""
+    tar = _open_tar(path)
+    with tar:
+        current: str | None = None
+        group: dict[str, bytes] = {}
+        for member in _members(tar, path):
+            key, ext = split_member(member.name, path)
+            if current is not None and key != current:
+                yield decode_sample(current, group, path, decode, num_classes)
+                group = {}
+            current = key
+            group[ext] = tar.extractfile(member).read()
+        if current is not None:
+            yield decode_sample(current, group, path, decode, num_classes)
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path}: unreadable shard ({e})") from None
+
+
+def _members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    """The file members of an open shard (a truncated or corrupt tar -> one-line DataError)."""
+    try:
+        for member in tar:
+            if member.isfile():
+                yield member
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: unreadable shard ({e})") from None
+
+
+# ---------------------------------------------------------------- writing
+def finished_shards(folder: Path | str) -> set[int]:
+    """Ids of the finished shards in ``folder`` (tar and its index both present)."""
+    folder = Path(folder)
+    return {int(index.stem) for index in folder.glob("[0-9]" * 6 + ".json")
+            if (folder / (index.stem + ".tar")).is_file()}
 
 
 def _add_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: float) -> None:
@@ -58,18 +247,6 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: float) -
     info.mtime = int(mtime)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(payload))
-
-
-def encode_sample(sample: ShardSample) -> list[tuple[str, bytes]]:
-    """Tar members of one sample (PNG encoding is the costly part: callers may do it in workers)."""
-    assert "." not in sample.key, f"sample keys must not contain '.': {sample.key!r}"
-    members = [
-        (f"{sample.key}.png", png_bytes(sample.image)),
-        (f"{sample.key}.mask.png", png_bytes(sample.mask)),
-        (f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode()),
-    ]
-    members += [(f"{sample.key}.{ext}", payload) for ext, payload in sorted(sample.extras.items())]
-    return members
 
 
 class ShardWriter:
@@ -81,11 +258,7 @@ class ShardWriter:
         self.classes = classes
 
     def done_shards(self) -> set[int]:
-        done = set()
-        for index in self.out_dir.glob("[0-9]" * 6 + ".json"):
-            if (self.out_dir / (index.stem + ".tar")).is_file():
-                done.add(int(index.stem))
-        return done
+        return finished_shards(self.out_dir)
 
     def clean_partial(self) -> int:
         """Remove temp files and tars without an index (left by a kill). Returns how many."""
@@ -140,22 +313,83 @@ class ShardWriter:
         return manifest
 
 
+# ---------------------------------------------------------------- reading
 def read_manifest(path: Path | str) -> dict:
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise DataError(f"{path}: not a finished shard set (no {MANIFEST}; is synthesis still running?)")
     manifest = read_json(path / MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path / MANIFEST}: unknown format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path / MANIFEST}: unknown format "
+                        f"{manifest.get('format') if isinstance(manifest, dict) else None!r}")
     return manifest
 
 
+def is_shard_set(path: Path | str) -> bool:
+    path = Path(path)
+    return (path / MANIFEST).is_file() or any(path.glob("*.tar"))
+
+
+@dataclass
+class ShardSetStatus:
+    """How far a shard set is: finished shards, the producer's plan (when known), the manifest."""
+
+    path: Path
+    finished: int  # shards with tar + index
+    samples: int  # in the finished shards
+    planned: int | None  # shards the producer planned (manifest config "shards_planned", or given)
+    has_manifest: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.has_manifest and (self.planned is None or self.finished >= self.planned)
+
+    def describe(self) -> str:
+        if self.complete:
+            return f"shard set {self.path}: complete, {self.finished} shards, {self.samples} samples"
+        of = f" of {self.planned}" if self.planned is not None else " (planned count unknown)"
+        why = ("manifest.json lists fewer shards than planned" if self.has_manifest else
+               "no manifest.json yet: the synthesis is still running or was stopped (run the same command again "
+               "to resume)")
+        return (f"shard set {self.path}: unfinished, {self.finished}{of} shards done ({self.samples} samples so "
+                f"far); {why}")
+
+
+def shard_set_status(path: Path | str, planned: int | None = None) -> ShardSetStatus:
+    """Status of the shard set in ``path``; ``planned``: the shard count its producer planned, if known
+    (the manifest's ``config.shards_planned`` is used when present)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: shard folder not found")
+    has_manifest = (path / MANIFEST).is_file()
+    if has_manifest:
+        planned = read_manifest(path).get("config", {}).get("shards_planned", planned)
+    done = sorted(finished_shards(path))
+    samples = sum(int(read_json(path / f"{i:06d}.json").get("count", 0)) for i in done)
+    return ShardSetStatus(path, len(done), samples, planned, has_manifest)
+
+
+@dataclass(frozen=True)
+class SampleLocation:
+    """Where one sample's members lie: shard file, key, extension -> (byte offset, size) in the tar."""
+
+    shard: Path
+    key: str
+    members: dict[str, tuple[int, int]]
+
+    @property
+    def has_soft(self) -> bool:
+        return any(ext in self.members for ext in SOFT_EXTS)
+
+
 class ShardReader:
-    """Yields the samples of a shard set in order; ``start`` skips that many (resume a consumer).
+    """The samples of a shard set: in order (iteration; ``start`` skips that many, to resume a consumer)
+    or by index (:meth:`locations`, :meth:`read`, :meth:`read_meta`: random access by tar offsets).
 
-    Uses manifest.json when present, else every finished shard (tar + index) found in the folder."""
+    Uses manifest.json when present, else every finished shard (tar + index) found in the folder.
+    ``num_classes`` (default: the manifest's class count): mask ids and soft labels are checked against it."""
 
-    def __init__(self, path: Path | str, start: int = 0, decode: bool = True):
+    def __init__(self, path: Path | str, start: int = 0, decode: bool = True, num_classes: int | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataError(f"{self.path}: shard folder not found")
@@ -164,14 +398,15 @@ class ShardReader:
             self.shards = [(self.path / s["shard"], s["count"]) for s in manifest["shards"]]
             self.classes = ClassList.from_json({"classes": manifest["classes"]}) if manifest.get("classes") else None
         else:
-            writer = ShardWriter(self.path)
             self.shards = [(self.path / shard_name(i), read_json(self.path / f"{i:06d}.json")["count"])
-                           for i in sorted(writer.done_shards())]
+                           for i in sorted(finished_shards(self.path))]
             self.classes = None
         if not self.shards:
             raise DataError(f"{self.path}: no finished shards")
         self.start = start
         self.decode = decode
+        self.num_classes = num_classes if num_classes is not None else len(self.classes) if self.classes else None
+        self._locations: list[SampleLocation] | None = None
 
     def __len__(self) -> int:
         return max(0, sum(n for _, n in self.shards) - self.start)
@@ -182,41 +417,48 @@ class ShardReader:
             if skip >= count:
                 skip -= count
                 continue
-            for i, sample in enumerate(iter_shard(path, self.decode)):
+            for i, sample in enumerate(iter_shard(path, self.decode, self.num_classes)):
                 if i >= skip:
                     yield sample
             skip = 0
 
+    def locations(self) -> list[SampleLocation]:
+        """Every sample's members (tar headers only, read once), in order; ``start`` does not apply."""
+        if self._locations is None:
+            self._locations = []
+            for path, _count in self.shards:
+                groups: dict[str, dict[str, tuple[int, int]]] = {}
+                with _open_tar(path) as tar:
+                    for m in _members(tar, path):
+                        key, ext = split_member(m.name, path)
+                        groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
+                for key, members in groups.items():
+                    for ext in CORE_EXTS:
+                        if ext not in members:
+                            raise DataError(f"{path}: sample {key} has no member {key}.{ext}")
+                    self._locations.append(SampleLocation(path, key, members))
+        return self._locations
 
-def iter_shard(path: Path, decode: bool = True) -> Iterator[ShardSample]:
-    """Samples of one tar shard, in order."""
-    try:
-        tar = tarfile.open(path, mode="r")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"{path}: unreadable shard ({e})") from None
-    with tar:
-        current: str | None = None
-        group: dict[str, bytes] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = member.name.split(".", 1)
-            if current is not None and key != current:
-                yield _sample(current, group, decode, path)
-                group = {}
-            current = key
-            group[ext] = tar.extractfile(member).read()
-        if current is not None:
-            yield _sample(current, group, decode, path)
+    def _member_bytes(self, where: SampleLocation, exts: Iterable[str]) -> dict[str, bytes]:
+        out = {}
+        with open(where.shard, "rb") as f:
+            for ext in exts:
+                offset, size = where.members[ext]
+                f.seek(offset)
+                out[ext] = f.read(size)
+                if len(out[ext]) != size:
+                    raise DataError(f"{where.shard}: {where.key}.{ext} is truncated")
+        return out
 
+    def read(self, i: int, num_classes: int | None = None) -> ShardSample:
+        """Sample ``i`` of :meth:`locations`, decoded as the reader decodes; ``num_classes`` (default: the
+        reader's) bounds its mask ids and soft labels."""
+        where = self.locations()[i]
+        group = self._member_bytes(where, where.members)
+        return decode_sample(where.key, group, where.shard, self.decode,
+                             self.num_classes if num_classes is None else num_classes)
 
-def _sample(key: str, group: dict[str, bytes], decode: bool, path: Path) -> ShardSample:
-    for ext in ("png", "mask.png", "json"):
-        if ext not in group:
-            raise DataError(f"{path}: sample {key} has no .{ext}")
-    extras = {k: v for k, v in group.items() if k not in ("png", "mask.png", "json")}
-    if not decode:
-        return ShardSample(key, np.empty((0, 0, 3), np.uint8), np.empty((0, 0), np.uint8), json.loads(group["json"]),
-                           {"png": group["png"], "mask.png": group["mask.png"], **extras})
-    return ShardSample(key, decode_png(group["png"]), decode_png(group["mask.png"], mask=True),
-                       json.loads(group["json"]), extras)
+    def read_meta(self, i: int) -> dict[str, Any]:
+        """The metadata (``<key>.json``) of sample ``i`` alone."""
+        where = self.locations()[i]
+        return _decode_meta(self._member_bytes(where, ["json"])["json"], f"{where.shard}: {where.key}.json")

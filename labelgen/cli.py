@@ -66,17 +66,36 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, l
 @data.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
 def data_info(path: Path):
-    """Describe a labelled folder or a shard set (counts, classes, size)."""
+    """Describe a labelled folder or a shard set (counts, classes; for shards: complete or how far)."""
     from labelgen.data.folder import open_labelled
-    from labelgen.data.shards import MANIFEST, ShardReader
+    from labelgen.data.shards import is_shard_set, shard_set_status
+    from labelgen.synthesis.synthesize import PLAN_NAME
 
-    if (path / MANIFEST).is_file() or any(path.glob("*.tar")):
-        reader = ShardReader(path, decode=False)
-        click.echo(f"shard set {path}: {len(reader.shards)} shards, {len(reader)} samples")
+    if path.is_dir() and (is_shard_set(path) or (path / PLAN_NAME).is_file()):  # started, maybe no shard yet
+        click.echo(shard_set_status(path, _planned_shards(path)).describe())
         return
     folder = open_labelled(path)
     click.echo(f"folder {path}: {len(folder)} images, {folder.labelled_count} with masks, "
                f"classes: {', '.join(folder.classes.names)}")
+
+
+def _planned_shards(path: Path) -> int | None:
+    """How many shards ``labelgen synthesize`` planned for ``path`` (from the synthesis.json it wrote
+    first), or None when unknown (no such file, or its --from-images folder is gone)."""
+    from dataclasses import fields
+
+    from labelgen.data.io import list_images, read_json
+    from labelgen.synthesis.synthesize import PLAN_NAME, SynthesisConfig, plan_shards
+
+    if not (path / PLAN_NAME).is_file():
+        return None
+    run = read_json(path / PLAN_NAME)
+    try:
+        config = SynthesisConfig(**{f.name: run[f.name] for f in fields(SynthesisConfig) if f.name in run})
+        images = None if config.from_images is None else len(list_images(Path(config.from_images)))
+        return len(plan_shards(config, images))
+    except (LabelgenError, TypeError, ValueError):
+        return None
 
 
 # ---- the commands, in pipeline order (each defined beside the code it drives) ----
@@ -89,12 +108,22 @@ for _command in (*TEACHER_COMMANDS, train_generator_cmd, app_cmd, demo_cmd):
     cli.add_command(_command)
 
 
+def error_line(error: LabelgenError) -> str:
+    """The one-line message of ``error``. One raised in a DataLoader worker process arrives re-raised by
+    torch as "Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\n<type>: <message>":
+    its last line's message."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
     try:
         group.main(args=argv, standalone_mode=False)
     except LabelgenError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {error_line(e)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -1,16 +1,11 @@
 """Training data for the student: synthetic shard sets (random access) and real labelled folders.
 
-Soft labels (what label distillation consumes), decoded by :func:`decode_soft_labels` from a
-sample's extras, first match wins:
-
-    <key>.soft.npz   numpy npz with one array:
-                       "probs"  [C, H, W] (or [H, W, C]) probabilities: uint8 (p = q / 255,
-                                renormalised per pixel) or float16/float32
-                       "logits" [C, H, W] (or [H, W, C]) float logits (softmax is applied)
-    <key>.soft.npy   one array, read like "probs"
-
-A pixel whose probabilities sum to 0 (e.g. filtered as uncertain) counts as ignored. Samples without
-soft labels fall back to the one-hot of the hard mask (a warning says so once).
+Shard sets are read through the one shard codec, :mod:`labelgen.data.shards` (random access by tar
+offsets; it decodes the image, mask, metadata and soft labels and refuses mask ids >= the class count).
+Soft labels (what label distillation consumes): ``<key>.soft.npz`` as documented there, turned into
+per-pixel probabilities by :func:`~labelgen.data.shards.soft_probabilities` (a pixel summing to 0
+counts as ignored). Samples without soft labels fall back to the one-hot of the hard mask (a warning
+says so once).
 Per-sample uncertainty: ``meta["uncertainty"]`` (a number), optional sample weighting.
 
 Resizing to the training size: the project's one rule (labelgen.imaging: images and soft labels
@@ -32,10 +27,7 @@ per-rank slicing work exactly as with one source.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
-import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,43 +39,9 @@ from torch.utils.data import Dataset, Sampler
 
 from labelgen.data.classes import ClassList
 from labelgen.data.io import IGNORE_INDEX
-from labelgen.data.shards import MANIFEST, ShardReader, _sample
+from labelgen.data.shards import ShardReader, is_shard_set, soft_probabilities
 from labelgen.errors import DataError, LabelgenError
 from labelgen.imaging import resize_image, resize_mask
-
-SOFT_EXTS = ("soft.npz", "soft.npy")
-
-
-def decode_soft_labels(extras: dict[str, bytes], num_classes: int, hw: tuple[int, int]) -> np.ndarray | None:
-    """Soft labels of a sample as float32 probabilities [H, W, C] (see module docstring), or None."""
-    for ext in SOFT_EXTS:
-        if ext in extras:
-            break
-    else:
-        return None
-    try:
-        loaded = np.load(io.BytesIO(extras[ext]), allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            array, kind = loaded, "probs"
-        else:
-            names = list(loaded.files)
-            kind = "logits" if "logits" in names else "probs" if "probs" in names else names[0]
-            array = loaded[kind]
-    except (ValueError, OSError, KeyError, IndexError) as e:
-        raise DataError(f"soft labels ({ext}) unreadable: {e}") from None
-    if array.ndim != 3:
-        raise DataError(f"soft labels ({ext}) have shape {array.shape}, expected [C, H, W]")
-    if array.shape[0] == num_classes and array.shape[1:] == tuple(hw):
-        array = np.moveaxis(array, 0, -1)
-    if array.shape != (*hw, num_classes):
-        raise DataError(f"soft labels ({ext}) have shape {array.shape}, expected [{num_classes}, {hw[0]}, {hw[1]}]")
-    if kind == "logits":
-        z = array.astype(np.float32)
-        z = np.exp(z - z.max(-1, keepdims=True))
-        return z / z.sum(-1, keepdims=True)
-    p = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
-    total = p.sum(-1, keepdims=True)
-    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
 
 
 def one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -104,47 +62,24 @@ class RawSample:
 
 
 class ShardSource:
-    """Random access to a shard set: an index of every sample's tar members (offset, size)."""
+    """Random access to a shard set through the codec (:class:`~labelgen.data.shards.ShardReader`)."""
 
     def __init__(self, path: Path):
-        reader = ShardReader(path, decode=False)  # validates manifest / finished shards
+        self.reader = ShardReader(path)  # validates manifest / finished shards
         self.path = Path(path)
-        self.classes = reader.classes
-        self.shard_paths = [p for p, _ in reader.shards]
-        self.entries: list[tuple[int, str, dict[str, tuple[int, int]]]] = []  # (shard, key, {ext: (offset, size)})
-        self.metas: list[dict[str, Any]] = []
-        for s, shard in enumerate(self.shard_paths):
-            try:
-                with tarfile.open(shard, mode="r") as tar:
-                    groups: dict[str, dict[str, tuple[int, int]]] = {}
-                    for m in tar:
-                        if m.isfile():
-                            key, ext = m.name.split(".", 1)
-                            groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
-            except (tarfile.TarError, OSError) as e:
-                raise DataError(f"{shard}: unreadable shard ({e})") from None
-            for key, members in groups.items():
-                self.entries.append((s, key, members))
-        with_soft = 0
-        for s, key, members in self.entries:
-            self.metas.append(json.loads(self._read(s, members["json"])) if "json" in members else {})
-            with_soft += any(e in members for e in SOFT_EXTS)
-        self.soft_fraction = with_soft / max(1, len(self.entries))
-
-    def _read(self, shard: int, where: tuple[int, int]) -> bytes:
-        with open(self.shard_paths[shard], "rb") as f:
-            f.seek(where[0])
-            return f.read(where[1])
+        self.classes = self.reader.classes
+        self.shard_paths = [p for p, _ in self.reader.shards]
+        locations = self.reader.locations()
+        self.metas: list[dict[str, Any]] = [self.reader.read_meta(i) for i in range(len(locations))]
+        self.soft_fraction = sum(where.has_soft for where in locations) / max(1, len(locations))
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.metas)
 
     def load(self, i: int, num_classes: int) -> RawSample:
-        s, key, members = self.entries[i]
-        group = {ext: self._read(s, where) for ext, where in members.items()}
-        sample = _sample(key, group, True, self.shard_paths[s])
-        soft = decode_soft_labels(sample.extras, num_classes, sample.mask.shape)
-        return RawSample(key, sample.image, sample.mask, sample.meta, soft)
+        sample = self.reader.read(i, num_classes)  # the codec refuses mask ids / soft labels beyond it
+        soft = None if sample.soft is None else np.moveaxis(soft_probabilities(sample.soft), 0, -1)  # [H, W, C]
+        return RawSample(sample.key, sample.image, sample.mask, sample.meta, soft)
 
 
 class FolderSource:
@@ -166,10 +101,6 @@ class FolderSource:
         item = self.folder[i]
         mask = item.mask if item.mask is not None else np.full(item.image.shape[:2], IGNORE_INDEX, np.uint8)
         return RawSample(item.key, item.image, mask, {"source": "real"}, None)
-
-
-def is_shard_set(path: Path) -> bool:
-    return (path / MANIFEST).is_file() or any(path.glob("*.tar"))
 
 
 def open_source(path: Path | str, require_masks: bool = True) -> ShardSource | FolderSource:

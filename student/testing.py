@@ -5,7 +5,6 @@ seeded positions, so a few optimizer steps visibly lower any loss.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +51,14 @@ def make_folder(root: Path, n: int = 8, size=(32, 32), split: str | None = None,
     return base
 
 
-def soft_npz(mask: np.ndarray, num_classes: int, confidence: float = 0.8) -> bytes:
-    """A ``<key>.soft.npz`` payload: uint8 probabilities [C, H, W] (``confidence`` on the mask's class)."""
+def soft_probs(mask: np.ndarray, num_classes: int, confidence: float = 0.8) -> np.ndarray:
+    """Soft labels as ``labelgen synthesize`` stores them: uint8 probabilities [C, H, W] (``confidence``
+    on the mask's class)."""
     c = num_classes
     probs = np.full((c, *mask.shape), (1 - confidence) / (c - 1), np.float32)
     for k in range(c):
         probs[k][mask == k] = confidence
-    buf = io.BytesIO()
-    np.savez(buf, probs=np.round(probs * 255).astype(np.uint8))
-    return buf.getvalue()
+    return np.round(probs * 255).astype(np.uint8)
 
 
 def make_shards(out: Path, n: int = 8, size=(32, 32), per_shard: int = 4, soft: bool = True,
@@ -76,8 +74,8 @@ def make_shards(out: Path, n: int = 8, size=(32, 32), per_shard: int = 4, soft: 
             meta: dict[str, Any] = {"uncertainty": 0.1 * (i % 3)}
             if recipe:
                 meta["recipe"] = {"seed": i}
-            extras = {"soft.npz": soft_npz(mask, len(CLASSES))} if soft else {}
-            samples.append(ShardSample(f"s{i:06d}", image, mask, meta, extras))
+            samples.append(ShardSample(f"s{i:06d}", image, mask, meta,
+                                       soft=soft_probs(mask, len(CLASSES)) if soft else None))
         writer.write_shard(shard, samples)
     writer.write_manifest({"producer": "labelgen.student.testing"})
     return Path(out)

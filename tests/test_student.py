@@ -2,7 +2,6 @@
 (eval / predict / export), bad input. Tiny data (32x32 scenes from labelgen.student.testing)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -18,12 +17,12 @@ import torch.nn.functional as F
 
 import labelgen  # noqa: F401
 from labelgen.run import load_resume
-from labelgen.student.data import class_frequencies, decode_soft_labels, one_hot, open_sources
+from labelgen.student.data import class_frequencies, one_hot, open_sources
 from labelgen.student.distill import (
     FeatureRegressor, TeacherTargets, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
     hard_label_loss, loss_weights, match_levels, soft_label_loss, student_level_sizes,
 )
-from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene
+from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene, soft_probs
 from labelgen.student.train import TrainOptions, train
 
 SIZE = (32, 32)
@@ -125,21 +124,22 @@ def test_class_frequencies_count_masks_and_follow_data_weights(tiny):
     assert np.allclose(mixed, (1 - share) * f_real + share * f_syn)
 
 
-def test_decode_soft_labels_formats():
-    mask = scene(3, (8, 10))[1]
-    probs = np.stack([(mask == k).astype(np.float32) * 0.7 + 0.1 for k in range(3)])  # [3, 8, 10], sums 1
-    buf = io.BytesIO()
-    np.savez(buf, probs=np.round(probs * 255).astype(np.uint8))
-    got = decode_soft_labels({"soft.npz": buf.getvalue()}, 3, (8, 10))  # [8, 10, 3]
-    assert got.shape == (8, 10, 3) and np.allclose(got.sum(-1), 1, atol=1e-5)
-    assert np.array_equal(got.argmax(-1), mask) and abs(got.max() - 0.8) < 0.01
-    buf = io.BytesIO()
-    np.savez(buf, logits=np.log(probs).transpose(1, 2, 0))  # [H, W, C] logits
-    assert np.allclose(decode_soft_labels({"soft.npz": buf.getvalue()}, 3, (8, 10)), probs.transpose(1, 2, 0), atol=1e-5)
-    assert decode_soft_labels({}, 3, (8, 10)) is None
-    from labelgen.errors import DataError
-    with pytest.raises(DataError, match="shape"):
-        decode_soft_labels({"soft.npz": buf.getvalue()}, 4, (8, 10))
+def test_shard_source_reads_samples_through_the_codec(tiny, tmp_path):
+    """The student's shard samples are what the writer encoded: image, mask, meta, and the stored uint8
+    soft labels as per-pixel probabilities [H, W, C]; sets without soft labels give None."""
+    source = open_sources(str(tiny["shards"]))
+    assert len(source) == 8 and source.soft_fraction == 1.0 and source.classes == CLASSES
+    for i in range(len(source)):
+        image, mask = scene(i, SIZE)
+        raw = source.load(i, len(CLASSES))
+        assert raw.key == f"s{i:06d}" and np.array_equal(raw.image, image) and np.array_equal(raw.mask, mask)
+        assert raw.meta == source.metas[i] and raw.meta["recipe"] == {"seed": i}
+        stored = soft_probs(mask, len(CLASSES)).astype(np.float32)  # uint8 [C, H, W]
+        assert raw.soft.shape == (*SIZE, 3) and raw.soft.dtype == np.float32
+        np.testing.assert_allclose(raw.soft, (stored / stored.sum(0)).transpose(1, 2, 0), atol=1e-6)
+        assert np.array_equal(raw.soft.argmax(-1), mask)
+    hard = open_sources(str(make_shards(tmp_path / "hard", 4, SIZE, soft=False)))
+    assert hard.soft_fraction == 0.0 and hard.load(0, 3).soft is None
 
 
 def test_feature_loss_parts():
@@ -341,6 +341,31 @@ def test_bad_input_one_line_exit_2(tiny, capsys, argv, message, tmp_path):
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+@pytest.mark.parametrize("mode, workers", [("supervised", 0), ("label-distill", 0), ("supervised", 1)])
+def test_shard_mask_id_beyond_the_classes_is_one_line_exit_2(tiny, capsys, tmp_path, mode, workers):
+    """A shard mask holding class id 5 in a 3-class set: refused in both modes (also when a DataLoader
+    worker finds it), naming shard and member."""
+    from labelgen.data.shards import ShardSample, ShardWriter
+
+    samples = []
+    for i in range(4):
+        image, mask = scene(i, SIZE)
+        if i == 2:
+            mask = mask.copy()
+            mask[0, 0] = 5
+        samples.append(ShardSample(f"s{i:06d}", image, mask, {}, soft=soft_probs(np.minimum(mask, 2), 3)))
+    writer = ShardWriter(tmp_path / "bad", CLASSES)
+    writer.write_shard(0, samples)
+    writer.write_manifest()
+    code, out, err = _cli(["train", "--mode", mode, "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "x"),
+                           "--encoder", ENCODER, "--image-size", "32x32", "--batch-size", "4", "--max-steps", "1",
+                           "--workers", str(workers), "--no-progress"], capsys)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("warn", "  "))]
+    assert code == 2 and lines[-1].startswith("error: "), err
+    assert "000000.tar: s000002.mask.png: class id 5 out of range (classes 0..2" in lines[-1], err
+    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1 and "Traceback" not in err
 
 
 # ------------------------------------------------------------------ DDP

@@ -21,10 +21,10 @@ def _run(main, *args) -> None:
 
 def test_dreamteacher_on_dcgan_synthesis(tmp_path, capsys):
     from labelgen.cli import main as labelgen_main
-    from labelgen.data.shards import ShardReader
+    from labelgen.data.shards import ShardReader, soft_probabilities
     from labelgen.generators import create_generator
     from labelgen.student.cli import main as student_main
-    from labelgen.student.data import ShardSource, decode_soft_labels
+    from labelgen.student.data import ShardSource
     from labelgen.workspace import Workspace
 
     threads = torch.get_num_threads()
@@ -46,9 +46,10 @@ def test_dreamteacher_on_dcgan_synthesis(tmp_path, capsys):
 
         # the soft labels the synthesis wrote decode to per-pixel distributions whose argmax is the mask
         sample = next(iter(ShardReader(shards)))
-        soft = decode_soft_labels(sample.extras, 2, sample.mask.shape)
-        assert soft is not None and np.allclose(soft.sum(-1), 1, atol=1e-5)
-        assert (soft.argmax(-1) == sample.mask).mean() > 0.99
+        assert sample.soft is not None and sample.soft.shape == (2, *sample.mask.shape)
+        soft = soft_probabilities(sample.soft)  # [2, H, W]
+        assert np.allclose(soft.sum(0), 1, atol=1e-5)
+        assert (soft.argmax(0) == sample.mask).mean() > 0.99
         assert ShardSource(shards).soft_fraction == 1.0
 
         run = tmp_path / "run"

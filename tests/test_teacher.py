@@ -68,8 +68,7 @@ def test_same_item_same_features_everywhere(kind, tmp_path, monkeypatch):
         np.testing.assert_array_equal(pred.probs, expected.probs)
         assert pred.score == expected.score
     np.testing.assert_array_equal(sample.mask, expected.mask)  # label-distill targets: the shard's labels
-    soft = np.load(__import__("io").BytesIO(sample.extras["soft.npz"]))["probs"]
-    np.testing.assert_array_equal(soft, np.round(expected.probs * 255).astype(np.uint8))
+    np.testing.assert_array_equal(sample.soft, np.round(expected.probs * 255).astype(np.uint8))
     assert sample.meta["uncertainty"] == pytest.approx(expected.score, abs=1e-6)
 
     # feature distillation: targets of the stored sample (shard meta + image as the student sees it)

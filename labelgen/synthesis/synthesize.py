@@ -21,11 +21,9 @@ PNG/npz encoding runs in a thread pool (PIL and zlib release the GIL) while the 
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
-import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,16 +115,6 @@ def sample_key(candidate: int) -> str:
     return f"{candidate:09d}"
 
 
-def soft_npz_bytes(probs_uint8: np.ndarray) -> bytes:
-    """Deterministic .npz (fixed zip timestamps) holding "probs" uint8 [C, H, W]."""
-    array_buf = io.BytesIO()
-    np.lib.format.write_array(array_buf, np.ascontiguousarray(probs_uint8), allow_pickle=False)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        info = zipfile.ZipInfo("probs.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, array_buf.getvalue(), compresslevel=1)
-    return out.getvalue()
 
 
 # ---- the run ----
@@ -238,8 +226,9 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
                 for k, candidate in enumerate(candidates):
                     meta = {"key": sample_key(candidate), "candidate": candidate, **metas[k], **base_meta,
                             "uncertainty": round(float(scores[k]), 6)}
-                    sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta)
-                    job = (lambda s=sample, p=None if soft is None else soft[k]: _encode_with_soft(s, p))
+                    sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta,
+                                         soft=None if soft is None else soft[k])  # soft: uint8 [C, H, W]
+                    job = (lambda s=sample: encode_sample(s))
                     scored.append((round(float(scores[k]), 6), candidate, pool.submit(job) if pool else job()))
                 if pool:  # back-pressure: at most ~4 batches of raw arrays wait for the encoders
                     for _, _, pending in scored[:max(0, len(scored) - 4 * config.batch_size)]:
@@ -279,8 +268,3 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
                             samples_per_second=processed_all / seconds if seconds > 0 else 0.0,
                             bytes=manifest.get("bytes", 0), manifest=manifest)
 
-
-def _encode_with_soft(sample: ShardSample, soft: np.ndarray | None) -> list[tuple[str, bytes]]:
-    if soft is not None:
-        sample.extras["soft.npz"] = soft_npz_bytes(soft)  # uint8 [C, H, W]
-    return encode_sample(sample)
