@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelgen.app.cli import SAFE_PATH
 from labelgen.data.io import atomic_write_json, read_json
 from labelgen.errors import LabelgenError
 from labelgen.workspace import Workspace
@@ -32,10 +33,8 @@ from labelgen.workspace import Workspace
 _PROCS: dict[str, subprocess.Popen] = {}  # job file -> process started by this server
 _FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
-JOB_CWD = Path(os.path.abspath(os.sep))  # a job's working directory: not a user folder
+JOB_CWD = Path(os.path.abspath(os.sep))  # a job's working directory: not a user folder (on sys.path on 3.10)
 TOKEN_ENV = "LABELGEN_APP_JOB"
-# `python -P`: the working directory is not put on sys.path (3.10 has no -P; its cwd, JOB_CWD, is then)
-_SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 def job_dir(ws: Workspace) -> Path:
@@ -49,7 +48,7 @@ def _job_file(ws: Workspace, name: str) -> Path:
 def train_command(ws: Workspace, epochs: int = 30, holdout: int = 0, extra: list[str] | None = None) -> list[str]:
     """`labelgen train-heads` on the workspace (the teacher CLI): ``holdout`` = the last K annotated
     images are not trained on and their per-class IoU goes to W/heads/train_log.json."""
-    cmd = [sys.executable, *_SAFE_PATH, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root),
+    cmd = [sys.executable, *SAFE_PATH, "-m", "labelgen.cli", "train-heads", "--workspace", str(ws.root),
            "--epochs", str(int(epochs)), "--holdout", str(int(holdout))]
     return cmd + list(extra or [])
 

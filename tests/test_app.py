@@ -209,6 +209,20 @@ def test_stop_signals_only_the_job_it_started(ws):
     assert not _wait_finished(ws, timeout=30)["running"]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is 3.11+")
+def test_app_server_keeps_its_working_directory_off_sys_path(tmp_path):
+    """`labelgen app` run inside a folder (e.g. the workspace) that holds a module: the server's python
+    (the flags of streamlit_command) cannot import it."""
+    from labelgen.app.cli import streamlit_command
+
+    (tmp_path / "evilplug.py").write_text("raise SystemExit('imported from the working directory')\n")
+    cmd = streamlit_command(tmp_path, "127.0.0.1", 8501)
+    python = cmd[:cmd.index("-m")]
+    probe = subprocess.run([*python, "-c", "import importlib.util as u; print(u.find_spec('evilplug'))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stdout + probe.stderr
+
+
 def test_train_job_never_imports_from_the_workspace(tmp_path, monkeypatch):
     """The Train job on a workspace naming "evilplug:Gen" with evilplug.py beside it: refused in one line
     without the opt-in; with LABELGEN_PLUGINS=evilplug still not importable (the job's cwd is not the
