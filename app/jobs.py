@@ -67,8 +67,8 @@ def start(ws: Workspace, name: str, cmd: list[str]) -> dict:
                                 cwd=str(JOB_CWD), env=env, start_new_session=True)
     _PROCS[str(_job_file(ws, name))] = proc
     seen = _process(proc.pid)  # not reaped yet (even if it already exited): its stat is still there
-    record = {"pid": proc.pid, "start_ticks": None if seen is None else seen["start_ticks"], "cmd": cmd, "token": token,
-              "log": log.name, "started": time.time(), "finished": None, "returncode": None}
+    record = {"pid": proc.pid, "start_ticks": None if seen is None else seen["start_ticks"], "cmd": cmd,
+              "token": token, "log": log.name, "started": time.time(), "finished": None, "returncode": None}
     atomic_write_json(_job_file(ws, name), record)
     return record
 
@@ -90,10 +90,12 @@ def _process(pid: int) -> dict | None:
 def _is_job(record: dict) -> bool:
     """Whether the live process the record names is the job that wrote it (see the module docstring);
     a zombie (empty command line) is a finished job."""
-    seen = _process(int(record["pid"]))
-    return (seen is not None and bool(record.get("token")) and seen["start_ticks"] == record.get("start_ticks")
-            and seen["cmd"] == record.get("cmd") and seen["pgid"] == record["pid"]
-            and f"{TOKEN_ENV}={record['token']}" in seen["environ"])
+    pid = record.get("pid")
+    if type(pid) is not int or pid <= 0 or not record.get("token"):  # killpg(0 / -1) would hit us / everyone
+        return False
+    seen = _process(pid)
+    return (seen is not None and seen["start_ticks"] == record.get("start_ticks") and seen["cmd"] == record.get("cmd")
+            and seen["pgid"] == pid and f"{TOKEN_ENV}={record['token']}" in seen["environ"])
 
 
 def status(ws: Workspace, name: str) -> dict | None:
@@ -137,7 +139,7 @@ def stop(ws: Workspace, name: str) -> None:
         raise LabelgenError(f"{path}: pid {record.get('pid')} is not (or no longer) the {name} job this app "
                             f"started (gone, or its start time, command line or token differ); nothing signalled")
     try:
-        os.killpg(int(record["pid"]), signal.SIGTERM)
+        os.killpg(record["pid"], signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
 

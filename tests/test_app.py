@@ -190,10 +190,10 @@ def test_stop_signals_only_the_job_it_started(ws):
         forged = {"pid": sleeper.pid, "start_ticks": _proc_start_ticks(sleeper.pid), "cmd": ["sleep", "60"],
                   "token": "0" * 32, "log": "train.log", "started": time.time(), "finished": None, "returncode": None}
         naive = {"pid": sleeper.pid, "cmd": ["sleep", "60"], "log": "train.log", "finished": None}
-        for record in (forged, naive):
+        for record in (forged, naive, dict(forged, pid=0), dict(forged, pid=-1), dict(forged, pid=str(sleeper.pid))):
             jobs.job_dir(ws).mkdir(exist_ok=True)
             (jobs.job_dir(ws) / "train.json").write_text(json.dumps(record))
-            with pytest.raises(LabelgenError, match=f"pid {sleeper.pid} is not .*nothing signalled"):
+            with pytest.raises(LabelgenError, match=f"pid {record['pid']} is not .*nothing signalled"):
                 jobs.stop(ws, "train")
             assert not jobs.status(ws, "train")["running"]  # and it does not block a new run
             time.sleep(0.3)

@@ -489,6 +489,9 @@ def test_plugin_backends_need_an_explicit_opt_in(tmp_path, monkeypatch):
         generator_class("teacher_fakes:FakeDiffusion")
     with pytest.raises(LabelgenError, match=r"unknown generator backend 'nope' \(one of stylegan2, ddpm"):
         generator_class("nope")
+    for malformed in (":Gen", ".evilplug:Gen", "evilplug:", "evil/plug:Gen"):
+        with pytest.raises(LabelgenError, match="expected module:Class"):
+            generator_class(malformed)
     assert generator_class("dcgan").__name__ == "DCGANGenerator"  # built-ins need no opt-in
     assert not marker.exists()
 

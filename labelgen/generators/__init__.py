@@ -64,8 +64,8 @@ def resolve_backend(backend: str) -> str:
         names = ", ".join([*BACKENDS, *plugins])
         raise LabelgenError(f"unknown generator backend {backend!r} (one of {names}, or an opted-in module:Class)")
     module_name, class_name = backend.split(":", 1)
-    if not (module_name and class_name):
-        raise LabelgenError(f"generator backend {backend!r}: expected module:Class")
+    if not (class_name.isidentifier() and all(part.isidentifier() for part in module_name.split("."))):
+        raise LabelgenError(f"generator backend {backend!r}: expected module:Class (e.g. mypkg.gan:MyGAN)")
     if backend not in plugins.values() and not _opted_in(backend):
         raise LabelgenError(f"generator plug-in {backend!r} is not enabled: install it as a {ENTRY_POINT_GROUP!r} "
                             f"entry point or opt in with {PLUGINS_ENV}={module_name}")
