@@ -9,6 +9,9 @@ import click
 
 APP_FILE = Path(__file__).parent / "streamlit_app.py"
 MAX_UPLOAD_MB = 20
+# `python -P` (3.11+): the working directory (often a workspace) is not put on sys.path, so no file in it can
+# shadow a module the app or its jobs import (3.10 has no -P)
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 def default_workspace_copy() -> Path:
@@ -21,7 +24,7 @@ def default_workspace_copy() -> Path:
 
 
 def streamlit_command(workspace: Path, host: str, port: int, import_roots: tuple[Path, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE),
+    cmd = [sys.executable, *SAFE_PATH, "-m", "streamlit", "run", str(APP_FILE),
            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
            "--server.fileWatcherType", "none", "--", "--workspace", str(workspace)]

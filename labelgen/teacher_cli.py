@@ -34,9 +34,14 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def _backend(value: str) -> str:
-    if value in BACKENDS or ":" in value:  # "module:Class": a Generator subclass on PYTHONPATH
-        return value
-    raise LabelgenError(f"--generator {value!r}: one of {', '.join(BACKENDS)} (or module:Class)")
+    """A built-in name, an installed plug-in or an opted-in module:Class (labelgen.generators.resolve_backend)."""
+    from labelgen.generators import resolve_backend
+
+    try:
+        resolve_backend(value)
+    except LabelgenError as e:
+        raise LabelgenError(f"--generator: {e}") from None
+    return value
 
 
 workspace_option = click.option(
@@ -63,7 +68,8 @@ def _generator_to_best_device(ws) -> str:
 @click.argument("workspace_arg", required=False, type=click.Path(path_type=Path))
 @workspace_option
 @click.option("--generator", "backend", type=str, required=True,
-              help=f"Generator backend: {', '.join(BACKENDS)} (or module:Class).")
+              help=f"Generator backend: {', '.join(BACKENDS)}, an installed 'labelgen.generators' "
+                   "entry point, or module:Class of a module listed in $LABELGEN_PLUGINS.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Generator checkpoint (.pkl, diffusers folder, state dict); dcgan: default = installed weights.")
 @click.option("--classes", "class_names", type=str, required=True, help="Comma-separated class names, e.g. bg,hair,skin.")

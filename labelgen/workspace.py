@@ -20,7 +20,6 @@ All writes are atomic. Relative checkpoint paths in the config are relative to t
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -350,14 +349,7 @@ class Workspace:
 
 # ---- generator loading ----
 def generator_class_of(backend: str):
-    """Backend name (labelgen.generators.BACKENDS) or "module:Class" -> the Generator subclass."""
-    if ":" in backend:
-        module_name, class_name = backend.split(":", 1)
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as e:
-            raise LabelgenError(f"generator {backend!r} not importable ({e})") from None
-        return cls
+    """Backend name or opted-in plug-in -> the Generator subclass (labelgen.generators.generator_class)."""
     from labelgen.generators import generator_class
 
     return generator_class(backend)

@@ -4,7 +4,7 @@ Images are a coloured disc and bar on a noisy background; the class of a pixel s
 and the features are fixed random projections of the (average-pooled) image at three resolutions,
 so a head can learn the segmentation from few images. ``layout(seed)`` gives the true mask
 (0 background, 1 disc, 2 bar). Used as workspace backends "teacher_fakes:FakeGAN" /
-"teacher_fakes:FakeDiffusion" (tests/ on PYTHONPATH).
+"teacher_fakes:FakeDiffusion" (tests/ on PYTHONPATH, opted in with LABELGEN_PLUGINS=teacher_fakes: tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -122,3 +122,23 @@ def annotated_workspace(root: Path, backend: str = "FakeGAN", head: str = "pixel
     for annotation_id in ws.sample_annotations(count, seed_start=0):
         ws.save_mask(annotation_id, layout(ws.read_annotation(annotation_id)[1]["seed"]))
     return ws
+
+
+EVIL_PLUGIN = """from pathlib import Path
+Path({marker!r}).write_text("evilplug ran")
+from teacher_fakes import FakeGAN as Gen
+"""
+
+
+def evil_workspace(root: Path, marker: Path):
+    """An annotated workspace whose workspace.json names the backend "evilplug:Gen", with an evilplug.py
+    beside it that writes ``marker`` when imported (a folder someone else prepared: it must never run)."""
+    import json
+
+    from labelgen.workspace import CONFIG_NAME, Workspace
+
+    annotated_workspace(root)
+    config = json.loads((root / CONFIG_NAME).read_text())
+    (root / CONFIG_NAME).write_text(json.dumps(dict(config, backend="evilplug:Gen")))
+    (root / "evilplug.py").write_text(EVIL_PLUGIN.format(marker=str(marker)))
+    return Workspace(root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -178,6 +179,78 @@ def test_training_job_runs_in_background_with_progress(ws, tmp_path):
     assert "epoch 3" in status["log_tail"]
 
 
+def _wait_finished(ws, name: str = "train", timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while (record := jobs.status(ws, name))["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    return record
+
+
+def _proc_start_ticks(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat (read here, independently of labelgen.app.jobs)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_stop_signals_only_the_job_it_started(ws):
+    """A job file naming another process - even with that process's real pid, start time, command line
+    and process group copied from /proc - is refused by Stop: nothing is signalled, the process lives."""
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        forged = {"pid": sleeper.pid, "start_ticks": _proc_start_ticks(sleeper.pid), "cmd": ["sleep", "60"],
+                  "token": "0" * 32, "log": "train.log", "started": time.time(), "finished": None, "returncode": None}
+        naive = {"pid": sleeper.pid, "cmd": ["sleep", "60"], "log": "train.log", "finished": None}
+        for record in (forged, naive, dict(forged, pid=0), dict(forged, pid=-1), dict(forged, pid=str(sleeper.pid))):
+            jobs.job_dir(ws).mkdir(exist_ok=True)
+            (jobs.job_dir(ws) / "train.json").write_text(json.dumps(record))
+            with pytest.raises(LabelgenError, match=f"pid {record['pid']} is not .*nothing signalled"):
+                jobs.stop(ws, "train")
+            assert not jobs.status(ws, "train")["running"]  # and it does not block a new run
+            time.sleep(0.3)
+            assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the job it did start: verified (also from a fresh server: no Popen in memory) and stopped
+    jobs.start(ws, "train", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"])
+    jobs._PROCS.clear()
+    assert jobs.status(ws, "train")["running"]
+    jobs.stop(ws, "train")
+    assert not _wait_finished(ws, timeout=30)["running"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is 3.11+")
+def test_app_server_keeps_its_working_directory_off_sys_path(tmp_path):
+    """`labelgen app` run inside a folder (e.g. the workspace) that holds a module: the server's python
+    (the flags of streamlit_command) cannot import it."""
+    from labelgen.app.cli import streamlit_command
+
+    (tmp_path / "evilplug.py").write_text("raise SystemExit('imported from the working directory')\n")
+    cmd = streamlit_command(tmp_path, "127.0.0.1", 8501)
+    python = cmd[:cmd.index("-m")]
+    probe = subprocess.run([*python, "-c", "import importlib.util as u; print(u.find_spec('evilplug'))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stdout + probe.stderr
+
+
+def test_train_job_never_imports_from_the_workspace(tmp_path, monkeypatch):
+    """The Train job on a workspace naming "evilplug:Gen" with evilplug.py beside it: refused in one line
+    without the opt-in; with LABELGEN_PLUGINS=evilplug still not importable (the job's cwd is not the
+    workspace and python runs with -P). The module's code never runs."""
+    from teacher_fakes import evil_workspace
+
+    marker = tmp_path / "marker"
+    ws = evil_workspace(tmp_path / "w", marker)
+    _fake_teacher_env(monkeypatch, ws)
+    for plugins, message in (("teacher_fakes", "error: generator plug-in 'evilplug:Gen' is not enabled"),
+                             ("evilplug", "error: generator 'evilplug:Gen' not importable (No module named")):
+        monkeypatch.setenv("LABELGEN_PLUGINS", plugins)
+        jobs.start(ws, "train", jobs.train_command(ws, epochs=1))
+        record = _wait_finished(ws)
+        lines = record["log_tail"].strip().splitlines()
+        assert record["returncode"] == 2 and len(lines) == 1 and lines[0].startswith(message), record["log_tail"]
+        assert not marker.exists()
+
+
 # ------------------------------------------------------------------ pages (AppTest)
 def test_no_workspace_gives_a_clear_message(monkeypatch):
     from streamlit.testing.v1 import AppTest
@@ -313,7 +386,7 @@ def test_train_page_runs_the_real_train_heads_and_shows_held_out_iou(tmp_path, m
     at.number_input(key="epochs").set_value(4).run()
     button(at, "Train heads").click().run()
     record = jobs.status(ws, "train")
-    assert record["cmd"][2:4] == ["labelgen.cli", "train-heads"] and record["cmd"][-2:] == ["--holdout", "1"]
+    assert record["cmd"][-8:-6] == ["labelgen.cli", "train-heads"] and record["cmd"][-2:] == ["--holdout", "1"]
     deadline = time.time() + 300
     while (record := jobs.status(ws, "train"))["running"] and time.time() < deadline:
         time.sleep(0.5)

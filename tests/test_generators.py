@@ -456,3 +456,61 @@ def test_stable_diffusion_text_encoder_folder(tmp_path):
     tok.save_pretrained(tmp_path / "sd/tokenizer")
     loaded = from_checkpoint("stable-diffusion", tmp_path / "sd")
     assert loaded.empty_prompt_embeds.shape == (1, 5, 16)
+
+
+# ------------------------------------------------------------------------------------------------
+# plug-in backends: only an explicit opt-in loads one (labelgen.generators.resolve_backend)
+# ------------------------------------------------------------------------------------------------
+def test_plugin_backends_need_an_explicit_opt_in(tmp_path, monkeypatch):
+    from labelgen.generators import PLUGINS_ENV, generator_class
+    from labelgen.workspace import generator_class_of
+    from teacher_fakes import EVIL_PLUGIN, FakeDiffusion, FakeGAN
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evilplug.py").write_text(EVIL_PLUGIN.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, but nobody opted in to it
+    monkeypatch.setenv(PLUGINS_ENV, "teacher_fakes")
+    for resolve in (generator_class, generator_class_of):
+        with pytest.raises(LabelgenError) as e:
+            resolve("evilplug:Gen")
+        assert str(e.value) == ("generator plug-in 'evilplug:Gen' is not enabled: install it as a "
+                                "'labelgen.generators' entry point or opt in with LABELGEN_PLUGINS=evilplug")
+    assert not marker.exists()
+    # a listed module allows its classes; a listed module:Class only that class
+    assert generator_class("teacher_fakes:FakeGAN") is FakeGAN
+    monkeypatch.setenv(PLUGINS_ENV, " pathlib , teacher_fakes:FakeDiffusion")
+    assert generator_class("teacher_fakes:FakeDiffusion") is FakeDiffusion
+    with pytest.raises(LabelgenError, match="'teacher_fakes:FakeGAN' is not enabled"):
+        generator_class("teacher_fakes:FakeGAN")
+    with pytest.raises(LabelgenError, match="'pathlib:Path' is not a labelgen Generator subclass"):
+        generator_class("pathlib:Path")
+    monkeypatch.delenv(PLUGINS_ENV)
+    with pytest.raises(LabelgenError, match="'teacher_fakes:FakeDiffusion' is not enabled"):
+        generator_class("teacher_fakes:FakeDiffusion")
+    with pytest.raises(LabelgenError, match=r"unknown generator backend 'nope' \(one of stylegan2, ddpm"):
+        generator_class("nope")
+    for malformed in (":Gen", ".evilplug:Gen", "evilplug:", "evil/plug:Gen"):
+        with pytest.raises(LabelgenError, match="expected module:Class"):
+            generator_class(malformed)
+    assert generator_class("dcgan").__name__ == "DCGANGenerator"  # built-ins need no opt-in
+    assert not marker.exists()
+
+
+def test_installed_entry_point_plugin_loads_without_env(tmp_path, monkeypatch):
+    """A distribution declaring [labelgen.generators] fake-gan = teacher_fakes:FakeGAN (a .dist-info on
+    sys.path, as pip installs it): usable by its name or its target, with no $LABELGEN_PLUGINS."""
+    from labelgen.generators import PLUGINS_ENV, generator_class, installed_plugins
+    from teacher_fakes import FakeGAN
+
+    dist = tmp_path / "fakeplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[labelgen.generators]\nfake-gan = teacher_fakes:FakeGAN\n")
+    monkeypatch.delenv(PLUGINS_ENV)
+    with pytest.raises(LabelgenError, match="unknown generator backend 'fake-gan'"):
+        generator_class("fake-gan")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert installed_plugins() == {"fake-gan": "teacher_fakes:FakeGAN"}
+    assert generator_class("fake-gan") is FakeGAN and generator_class("teacher_fakes:FakeGAN") is FakeGAN
+    with pytest.raises(LabelgenError, match="'teacher_fakes:FakeDiffusion' is not enabled"):
+        generator_class("teacher_fakes:FakeDiffusion")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from labelgen.cli import main
 from labelgen.workspace import Workspace, create_workspace
-from teacher_fakes import CLASSES, REPO, annotated_workspace, layout, render, subprocess_env
+from teacher_fakes import CLASSES, REPO, annotated_workspace, evil_workspace, layout, render, subprocess_env
 
 torch.set_num_threads(1)
 
@@ -89,7 +89,8 @@ def test_init_refuses_bad_checkpoint_and_creates_nothing(tmp_path, run_cli):
 
 @pytest.mark.parametrize("args,message", [
     (["sample", "--n", "2"], "not a labelgen workspace"),
-    (["init", "{w}", "--generator", "nope", "--classes", "a,b"], "--generator 'nope'"),
+    (["init", "{w}", "--generator", "nope", "--classes", "a,b"], "--generator: unknown generator backend 'nope'"),
+    (["init", "{w}", "--generator", "evilplug:Gen", "--classes", "a,b"], "plug-in 'evilplug:Gen' is not enabled"),
     (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a"], "at least two"),
     (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b", "--feature-layers", "0,7"],
      "levels 0..2"),
@@ -100,6 +101,22 @@ def test_cli_bad_input_one_line_error(tmp_path, run_cli, args, message):
         args += ["-w", str(tmp_path / "missing")]
     proc = run_cli(*args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_workspace_naming_a_module_beside_it_runs_no_code(tmp_path, run_cli, monkeypatch):
+    """workspace.json says "evilplug:Gen" and evilplug.py lies next to it: `python -m labelgen.cli` run in
+    that folder (which puts it on sys.path) and `init` with it importable both refuse it in one line."""
+    marker = tmp_path / "marker"
+    ws = evil_workspace(tmp_path / "w", marker)
+    proc = subprocess.run([sys.executable, "-m", "labelgen.cli", "train-heads", "-w", str(ws.root), "--epochs", "1"],
+                          capture_output=True, text=True, env=subprocess_env(), cwd=ws.root, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: generator plug-in 'evilplug:Gen' is not enabled") and \
+        "LABELGEN_PLUGINS=evilplug" in proc.stderr
+    monkeypatch.syspath_prepend(str(ws.root))
+    result = run_cli("init", tmp_path / "w2", "--generator", "evilplug:Gen", "--classes", "a,b", check_rc=2)
+    assert result.stderr.count("\n") == 1 and "'evilplug:Gen' is not enabled" in result.stderr
+    assert not marker.exists() and not (tmp_path / "w2").exists()
 
 
 def test_import_real_images_resized_for_diffusion_refused_for_gan(tmp_path, run_cli):

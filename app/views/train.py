@@ -43,7 +43,10 @@ def _start(epochs: int, holdout: int) -> None:
 
 
 def _stop() -> None:
-    jobs.stop(state.workspace(), JOB)
+    try:
+        jobs.stop(state.workspace(), JOB)
+    except LabelgenError as e:
+        state.flash(str(e), "error")
 
 
 def render(ws: Workspace) -> None:

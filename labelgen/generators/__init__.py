@@ -5,11 +5,21 @@
                                                                diffusers folder, DCGAN state dict)
     load_generator("path/to/saved")                            a folder written by save_pretrained
 
-Backends are imported lazily: each registry entry names ``module:Class``.
+Backends are imported lazily: each registry entry names ``module:Class``. Besides the built-in
+:data:`BACKENDS`, a backend may be a plug-in, but only one the user opted in to (a workspace.json is
+data: naming a module in it must never run code that merely lies next to it):
+
+    an installed entry point     [project.entry-points."labelgen.generators"] mygan = "mypkg.gan:MyGAN"
+                                 -> backend "mygan" (or its target "mypkg.gan:MyGAN")
+    $LABELGEN_PLUGINS            comma-separated modules or module:Class, e.g. LABELGEN_PLUGINS=mypkg.gan
+                                 -> backend "mypkg.gan:MyGAN" (the module must be importable, e.g. on PYTHONPATH)
+
+:func:`resolve_backend` is the one place that decides; :func:`generator_class` imports what it allows.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +33,55 @@ BACKENDS: dict[str, str] = {
     "dcgan": "labelgen.generators.dcgan:DCGANGenerator",
 }
 
-__all__ = ["BACKENDS", "Generator", "GeneratorOutput", "generator_class", "create_generator", "from_checkpoint",
-           "load_generator"]
+PLUGINS_ENV = "LABELGEN_PLUGINS"  # opt-in list of plug-in modules / module:Class backends
+ENTRY_POINT_GROUP = "labelgen.generators"  # installed plug-ins: name -> module:Class
+
+__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "PLUGINS_ENV", "Generator", "GeneratorOutput", "resolve_backend",
+           "generator_class", "create_generator", "from_checkpoint", "load_generator"]
+
+
+def installed_plugins() -> dict[str, str]:
+    """Entry points of group ``labelgen.generators``: name -> "module:Class"."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: f"{ep.module}:{ep.attr}" for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _opted_in(target: str) -> bool:
+    allowed = {item.strip() for item in os.environ.get(PLUGINS_ENV, "").split(",") if item.strip()}
+    return target in allowed or target.split(":", 1)[0] in allowed
+
+
+def resolve_backend(backend: str) -> str:
+    """Backend name or plug-in -> the "module:Class" to import; nothing is imported here. A
+    "module:Class" that is neither installed nor listed in $LABELGEN_PLUGINS is refused."""
+    if backend in BACKENDS:
+        return BACKENDS[backend]
+    plugins = installed_plugins()
+    if backend in plugins:
+        return plugins[backend]
+    if ":" not in backend:
+        names = ", ".join([*BACKENDS, *plugins])
+        raise LabelgenError(f"unknown generator backend {backend!r} (one of {names}, or an opted-in module:Class)")
+    module_name, class_name = backend.split(":", 1)
+    if not (class_name.isidentifier() and all(part.isidentifier() for part in module_name.split("."))):
+        raise LabelgenError(f"generator backend {backend!r}: expected module:Class (e.g. mypkg.gan:MyGAN)")
+    if backend not in plugins.values() and not _opted_in(backend):
+        raise LabelgenError(f"generator plug-in {backend!r} is not enabled: install it as a {ENTRY_POINT_GROUP!r} "
+                            f"entry point or opt in with {PLUGINS_ENV}={module_name}")
+    return backend
 
 
 def generator_class(backend: str) -> type[Generator]:
-    if backend not in BACKENDS:
-        raise LabelgenError(f"unknown generator backend {backend!r} (one of {', '.join(BACKENDS)})")
-    module_name, class_name = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    """The Generator subclass of a backend name or an allowed plug-in (:func:`resolve_backend`)."""
+    module_name, class_name = resolve_backend(backend).split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise LabelgenError(f"generator {backend!r} not importable ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise LabelgenError(f"generator {backend!r} is not a labelgen Generator subclass")
+    return cls
 
 
 def create_generator(backend: str, **config: Any) -> Generator:
