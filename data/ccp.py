@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from labelgen.data.classes import ClassList
 from labelgen.data.folder import LabelledImage

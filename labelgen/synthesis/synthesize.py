@@ -21,7 +21,6 @@ PNG/npz encoding runs in a thread pool (PIL and zlib release the GIL) while the 
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor

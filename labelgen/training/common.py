@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import DataError, LabelgenError
-from labelgen.run import load_resume
+from labelgen.run import load_resume, pick_device
 
 CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/: the run's resume file (labelgen.run.save_resume)
 TRAIN_DIR = "train"  # OUT/train/: checkpoint, log.csv, tb/, sample grids (not needed to load the model)
@@ -142,6 +142,28 @@ class StopControl:
 
 # ---------------------------------------------------------------- start / resume
 NOT_CARRIED = ("time_limit_min", "device")  # per session: never taken from the resumed run
+
+
+@dataclass
+class TrainingStart:
+    """What both generator trainers begin with (see :func:`begin_training`)."""
+
+    checkpoint: Path  # OUT/train/checkpoint.pt
+    device: torch.device
+    run: dict[str, Any]  # the run's settings (a resumed run's own, unless given again)
+    saved: dict[str, Any] | None  # the resume state, or None for a new run
+    cfg: Any  # the trainer's config with the run's settings
+    images: torch.Tensor  # uint8 [N, 3, H, W], the training data
+
+
+def begin_training(out: Path, backend: str, cfg, arch_defaults: dict[str, Any], explicit: set[str] | None,
+                   data: Path, show_progress: bool) -> TrainingStart:
+    """Device, new-or-resumed run settings (``start_or_resume``) and the training images, for either trainer."""
+    device = pick_device(cfg.device)
+    run, saved = start_or_resume(Path(out), backend, asdict(cfg), arch_defaults, explicit)
+    cfg = replace(cfg, **{k: v for k, v in run.items() if k not in arch_defaults})
+    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
+    return TrainingStart(Path(out) / TRAIN_DIR / CHECKPOINT_NAME, device, run, saved, cfg, images)
 
 
 def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any],

@@ -16,7 +16,7 @@ labelgen.run); the log in ``OUT/train/log.csv`` (step, total, loss_d, loss_g, se
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,18 +26,9 @@ from torch import nn
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
-from labelgen.run import RunLog, pick_device, progress, rng_state, save_resume, set_rng_state
-from labelgen.training.common import (
-    CHECKPOINT_NAME,
-    EMA,
-    TRAIN_DIR,
-    RunningMean,
-    StopControl,
-    augment_batch,
-    load_images,
-    save_grid,
-    start_or_resume,
-)
+from labelgen.run import RunLog, progress, rng_state, save_resume, set_rng_state
+from labelgen.training.common import (EMA, TRAIN_DIR, RunningMean, StopControl, augment_batch, begin_training,
+                                      save_grid)
 
 SG2_ARCH_DEFAULTS = {"resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
 
@@ -197,11 +188,9 @@ def _seeds(gen: torch.Generator, n: int) -> list[int]:
 def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Callable[[str], None] = print,
                     show_progress: bool = True, explicit: set[str] | None = None) -> dict[str, Any]:
     out = Path(out)
-    ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
-    device = pick_device(cfg.device)
-    run, saved = start_or_resume(out, "stylegan2", asdict(cfg), SG2_ARCH_DEFAULTS, explicit)
-    cfg = replace(cfg, **{k: v for k, v in run.items() if k not in SG2_ARCH_DEFAULTS})
-    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
+    start = begin_training(out, "stylegan2", cfg, SG2_ARCH_DEFAULTS, explicit, data, show_progress)
+    ckpt_path, device, run, saved, cfg, images = (start.checkpoint, start.device, start.run, start.saved, start.cfg,
+                                                  start.images)
     run["resolution"] = tuple(run["resolution"] or images.shape[2:])
     h, w = run["resolution"]
     if h != w or h < 4 or h & (h - 1):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,20 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.run import RunLock, RunLog, pick_device, progress, rng_state, save_resume, set_rng_state
-from labelgen.training.common import (
-    CHECKPOINT_NAME,
-    EMA,
-    TRAIN_DIR,
-    RunningMean,
-    StopControl,
-    augment_batch,
-    check_divisible,
-    load_images,
-    replace_dir,
-    save_grid,
-    start_or_resume,
-)
+from labelgen.run import RunLock, RunLog, progress, rng_state, save_resume, set_rng_state
+from labelgen.training.common import (EMA, TRAIN_DIR, RunningMean, StopControl, augment_batch, begin_training,
+                                      check_divisible, replace_dir, save_grid)
 
 DDPM_ARCH_DEFAULTS = {"resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
                       "beta_schedule": "linear", "num_train_timesteps": 1000}
@@ -163,12 +152,9 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     """Train (or resume) a DDPM on the images in ``data``; returns a summary dict. ``explicit``: the
     settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
     out = Path(out)
-    ckpt_path = out / TRAIN_DIR / CHECKPOINT_NAME
-    device = pick_device(cfg.device)
-    run, saved_state = start_or_resume(out, "ddpm", asdict(cfg), DDPM_ARCH_DEFAULTS, explicit)
-    cfg = replace(cfg, **{k: v for k, v in run.items() if k not in DDPM_ARCH_DEFAULTS})
-
-    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
+    start = begin_training(out, "ddpm", cfg, DDPM_ARCH_DEFAULTS, explicit, data, show_progress)
+    ckpt_path, device, run, saved_state, cfg, images = (start.checkpoint, start.device, start.run, start.saved,
+                                                        start.cfg, start.images)
     data_res = tuple(images.shape[2:])
     if run["resolution"] is None:
         run["resolution"] = data_res
