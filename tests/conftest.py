@@ -10,9 +10,10 @@ import pytest
 import labelgen  # noqa: F401  (installs the torchvision compat shim before any test imports smp/timm)
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# The tests' generator plug-ins ("teacher_fakes:FakeGAN", tests/ on PYTHONPATH) through the explicit opt-in
-# (labelgen.generators.PLUGINS_ENV); set in os.environ so the CLI subprocesses the tests start inherit it.
-os.environ["LABELGEN_PLUGINS"] = "teacher_fakes"
+# The tests' generator plug-ins ("teacher_fakes:FakeGAN", tests/ on PYTHONPATH; the student's
+# "labelgen.student.testing:FakeGenerator") through the explicit opt-in (labelgen.generators.PLUGINS_ENV); set in
+# os.environ so the CLI subprocesses the tests start inherit it.
+os.environ["LABELGEN_PLUGINS"] = "teacher_fakes,labelgen.student.testing"
 
 
 @pytest.fixture(autouse=True, scope="session")

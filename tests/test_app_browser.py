@@ -174,6 +174,10 @@ def test_paint_tools_on_a_generated_image_save_exact_class_ids(server, page):
     def js_mask():
         return np.array(state.evaluate("Array.from(window.labelgenCanvas.mask)"), np.uint8).reshape(64, 64)
 
+    def mask_when(condition, what: str) -> np.ndarray:
+        """The canvas mask once ``condition(mask)`` holds (the canvas applies a click in its own time)."""
+        return wait_until(lambda: (lambda m: [m] if condition(m) else None)(js_mask()), what=what)[0]
+
     # polygon, class "skin" (1): four clicks + Enter
     frame.locator("#class-1").click()
     frame.locator("#t-polygon").click()
@@ -182,20 +186,23 @@ def test_paint_tools_on_a_generated_image_save_exact_class_ids(server, page):
     page.keyboard.press("Enter")
     m = js_mask()
     assert (m[32:49, 7:29] == 1).all() and m[55, 40] == 255
+    app_has_edits(page, state)  # the rerun this edit caused is over: the page no longer moves under the pointer
     # flood fill with "background" (0) from an unlabelled pixel: the whole unlabelled region
     frame.locator("#class-0").click()
     frame.locator("#t-fill").click()
     page.mouse.click(*at(60, 60))
-    m = js_mask()
-    assert m[60, 60] == 0 and m[0, 0] == 0 and m[40, 15] == 1 and m[20, 30] == 2 and (m != 255).all()
+    m = mask_when(lambda m: m[60, 60] == 0, "the flood fill")
+    assert m[0, 0] == 0 and m[40, 15] == 1 and m[20, 30] == 2 and (m != 255).all()
+    app_has_edits(page, state)
     # undo restores the unlabelled region; eraser clears the polygon's centre
     frame.locator("#undo").click()
     m = js_mask()
     assert m[60, 60] == 255 and m[40, 15] == 1
+    app_has_edits(page, state)
     frame.locator("#t-eraser").click()
     page.mouse.click(*at(15, 40))
-    m = js_mask()
-    assert m[40, 15] == 255 and m[32, 8] == 1
+    m = mask_when(lambda m: m[40, 15] == 255, "the eraser")
+    assert m[32, 8] == 1
     # zoom in: the same image pixel is twice as far from the corner
     frame.locator("#zoom-in").click()
     assert state.evaluate("window.labelgenCanvas.zoom") == 2 * zoom
