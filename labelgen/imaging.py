@@ -2,25 +2,24 @@
 
     images_to_tensor(uint8 [N, H, W, 3])         -> float32 [N, 3, H, W] in [-1, 1]
     tensor_to_uint8(float [N, 3, H, W] in [-1, 1]) -> uint8 [N, H, W, 3]
-    resize_image(image, (h, w))                    images and other continuous maps (soft labels)
+    resize_image(image, (h, w))                    images and other continuous maps (soft labels, logits)
     resize_mask(mask, (h, w))                      index masks
 
 **The resize rule** (used by every stage: data import, workspace import, teacher features of real images,
-student training, evaluation and prediction):
+generator training data, student training, evaluation and prediction), the benchmark's own (CCP DATACARD):
 
-* images and continuous maps: bilinear with antialiasing (``F.interpolate(..., mode="bilinear",
-  align_corners=False, antialias=True)``): a triangle filter over the source footprint, i.e. area-like
-  averaging when shrinking and plain bilinear when enlarging; uint8 inputs are rounded and clamped back;
-* index masks: nearest neighbour at pixel centres (``mode="nearest-exact"``), so no class id is invented.
+* images and continuous maps: **area averaging when shrinking, bicubic when enlarging** (Pillow's BOX and
+  BICUBIC filters; BICUBIC also when one side shrinks and the other grows). uint8 RGB/grey images go through
+  Pillow directly; float maps and other channel counts channel by channel in Pillow's float mode;
+* index masks: **nearest neighbour at pixel centres** (Pillow's NEAREST), so no class id is invented.
 
-Both accept numpy arrays ``[H, W, C]`` / ``[H, W]`` (uint8 or float) and torch tensors ``[N, C, H, W]`` /
-``[N, H, W]``; the result has the input's type and dtype.
+Both accept numpy arrays ``[H, W, C]`` / ``[H, W]`` and torch tensors ``[N, C, H, W]`` / ``[N, H, W]``; the
+result has the input's type, dtype and device.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Size = tuple[int, int]
 
@@ -49,45 +48,68 @@ def _check_size(size_hw) -> Size:
     return h, w
 
 
+def _filter(source_hw, size_hw):
+    from PIL import Image
+
+    shrinking = size_hw[0] <= source_hw[0] and size_hw[1] <= source_hw[1]
+    return Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+
+
+def _resize_planes(planes: np.ndarray, size_hw: Size) -> np.ndarray:
+    """float32 [C, H, W] -> [C, h, w], each plane in Pillow's float mode ("F")."""
+    from PIL import Image
+
+    resample = _filter(planes.shape[1:], size_hw)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32), mode="F")
+                                .resize((size_hw[1], size_hw[0]), resample), dtype=np.float32) for p in planes])
+
+
 def resize_image(image, size_hw: Size):
     """Image or continuous map -> ``size_hw`` (H, W) by the resize rule (module docstring).
 
     numpy [H, W, C] or [H, W] (uint8 or float), or a tensor [N, C, H, W]; returns the same kind."""
+    from PIL import Image
+
     h, w = _check_size(size_hw)
     if isinstance(image, torch.Tensor):
         assert image.ndim == 4, tuple(image.shape)
         if tuple(image.shape[-2:]) == (h, w):
             return image
-        out = F.interpolate(image.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        planes = image.detach().float().cpu().numpy().reshape(-1, *image.shape[-2:])  # [N*C, H, W]
+        out = torch.from_numpy(_resize_planes(planes, (h, w))).reshape(*image.shape[:2], h, w)
         if image.dtype == torch.uint8:
-            return out.round().clamp(0, 255).to(torch.uint8)
-        return out.to(image.dtype)
+            out = out.round().clamp(0, 255)
+        return out.to(device=image.device, dtype=image.dtype)
     array = np.asarray(image)
     if array.shape[:2] == (h, w):
         return array
-    planar = array[:, :, None] if array.ndim == 2 else array  # [H, W, C]
-    x = torch.from_numpy(np.ascontiguousarray(planar, dtype=np.float32)).permute(2, 0, 1)[None]  # [1, C, H, W]
-    out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0].permute(1, 2, 0)
-    out = out.numpy()
+    if array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2] == 3):  # Pillow's 8-bit path
+        return np.asarray(Image.fromarray(array).resize((w, h), _filter(array.shape[:2], (h, w))), dtype=np.uint8)
+    planar = (array[None] if array.ndim == 2 else np.moveaxis(array, 2, 0)).astype(np.float32)  # [C, H, W]
+    out = _resize_planes(planar, (h, w))
     if array.dtype == np.uint8:
-        out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    else:
-        out = out.astype(array.dtype, copy=False)
-    return out[:, :, 0] if array.ndim == 2 else out
+        out = np.clip(np.round(out), 0, 255)
+    out = out.astype(array.dtype, copy=False)
+    return out[0] if array.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
 
 
 def resize_mask(mask, size_hw: Size):
-    """Index mask -> ``size_hw`` (H, W), nearest neighbour at pixel centres (never invents class ids).
+    """Index mask -> ``size_hw`` (H, W), nearest neighbour at pixel centres (Pillow's NEAREST: never invents a
+    class id). numpy [H, W] (any integer dtype) or a tensor [N, H, W]; returns the same kind and dtype."""
+    from PIL import Image
 
-    numpy [H, W] (any integer dtype) or a tensor [N, H, W]; returns the same kind and dtype."""
     h, w = _check_size(size_hw)
     if isinstance(mask, torch.Tensor):
         assert mask.ndim == 3, tuple(mask.shape)
         if tuple(mask.shape[-2:]) == (h, w):
             return mask
-        return F.interpolate(mask[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].to(mask.dtype)
+        out = np.stack([resize_mask(m, (h, w)) for m in mask.detach().cpu().numpy()])
+        return torch.from_numpy(out).to(device=mask.device, dtype=mask.dtype)
     array = np.asarray(mask)
     assert array.ndim == 2, array.shape
     if array.shape == (h, w):
         return array
-    return resize_mask(torch.from_numpy(array.astype(np.int64))[None], (h, w))[0].numpy().astype(array.dtype)
+    if array.dtype == np.uint8:
+        return np.asarray(Image.fromarray(array).resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
+    out = Image.fromarray(array.astype(np.int32), mode="I").resize((w, h), Image.Resampling.NEAREST)
+    return np.asarray(out).astype(array.dtype)

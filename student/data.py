@@ -8,8 +8,8 @@ counts as ignored). Samples without soft labels fall back to the one-hot of the 
 says so once).
 Per-sample uncertainty: ``meta["uncertainty"]`` (a number), optional sample weighting.
 
-Resizing to the training size: the project's one rule (labelgen.imaging: images and soft labels
-antialiased bilinear, masks nearest), the same rule evaluation and prediction use.
+Resizing to the training size: the project's one rule (labelgen.imaging: images and soft labels area
+when shrinking / bicubic when enlarging, masks nearest), the same rule evaluation and prediction use.
 Augmentation (albumentations, applied jointly): image, hard mask (nearest) and soft labels (as an
 extra float image target: bilinear, zero fill) go through the same geometric transforms; colour
 jitter touches the image only. Each sample's augmentation is seeded by (seed, epoch, index), so a
