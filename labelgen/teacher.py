@@ -306,18 +306,34 @@ class Teacher:
             raise LabelgenError("this teacher has no trained head (run `labelgen train-heads`)")
 
     @torch.no_grad()
-    def predict(self, features: list[torch.Tensor], top_fraction: float = TOP_FRACTION) -> Prediction:
-        """The head's prediction for a batch of selected features (``features`` output)."""
+    def predict(self, features: list[torch.Tensor], top_fraction: float = TOP_FRACTION,
+                flipped: list[torch.Tensor] | None = None) -> Prediction:
+        """The head's prediction for a batch of selected features (``features`` output). ``flipped``: the
+        features of the horizontally flipped images (test-time augmentation): each member's probabilities
+        are the mean of its prediction and the flipped-back prediction of the mirror image."""
         self._need_head()
         member_probs = self.head.predict_proba(features)  # [N, K, C, H, W]
+        if flipped is not None:
+            member_probs = (member_probs + self.head.predict_proba(flipped).flip(-1)) / 2
         probs = member_probs.mean(dim=1)  # [N, C, H, W]
         uncertainty = pixel_uncertainty(member_probs)  # [N, H, W]
         return Prediction(member_probs, probs, probs.argmax(dim=1).to(torch.uint8), uncertainty,
                           image_scores(uncertainty, top_fraction), uncertainty_measure(self.head.ensemble))
 
-    def label(self, recipes: Sequence[dict | None] | None = None, images=None) -> Prediction:
-        """``predict(features(recipes, images))``."""
-        return self.predict(self.features(recipes, images))
+    def flipped_features(self, images) -> list[torch.Tensor]:
+        """Features of the horizontally mirrored images (image-encoding teachers: flip test-time augmentation)."""
+        if not self.can_encode_images:
+            raise LabelgenError(f"flip test-time augmentation needs features of images; the {self.generator.backend} "
+                                "teacher computes them from recipes (use --tta none)")
+        if isinstance(images, torch.Tensor):
+            return self.features(images=images.flip(-1))
+        return self.features(images=[np.ascontiguousarray(np.asarray(a)[:, ::-1]) for a in images])
+
+    def label(self, recipes: Sequence[dict | None] | None = None, images=None, flip: bool = False,
+              top_fraction: float = TOP_FRACTION) -> Prediction:
+        """``predict(features(recipes, images))``; ``flip``: with horizontal-flip test-time augmentation."""
+        return self.predict(self.features(recipes, images), top_fraction,
+                            self.flipped_features(images) if flip else None)
 
 
 def check_head(head_meta: dict[str, Any], generator_id: str, levels: list[int], heads_dir: Path | str) -> None:

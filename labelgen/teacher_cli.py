@@ -15,7 +15,7 @@ from labelgen.errors import LabelgenError
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
 from labelgen.heads.train import TrainConfig
-from labelgen.synthesis.synthesize import SOFT_LABELS, SynthesisConfig
+from labelgen.synthesis.synthesize import SOFT_LABELS, TTA_MODES, SynthesisConfig
 from labelgen.workspace import WorkspaceConfig
 
 # each option's default is stated once, in the dataclass the command fills
@@ -53,6 +53,26 @@ def _open(workspace_dir: Path | None):
     from labelgen.workspace import Workspace, default_workspace_path
 
     return Workspace(workspace_dir or default_workspace_path())
+
+
+def _open_or_default(workspace_dir: Path | None):
+    """The workspace named by -w / $LABELGEN_WORKSPACE / the current folder; with none of those (no -w, no
+    $LABELGEN_WORKSPACE, the current folder not a workspace) the embedded default teacher, said in one line.
+    Used by commands that only read the workspace (synthesize)."""
+    from labelgen.workspace import CONFIG_NAME, WORKSPACE_ENV, Workspace
+
+    if workspace_dir is not None or os.environ.get(WORKSPACE_ENV) or (Path.cwd() / CONFIG_NAME).is_file():
+        return _open(workspace_dir)
+    from labelgen.default_teacher import DEFAULT_WORKSPACE_DIR, default_teacher_available
+
+    if not default_teacher_available():
+        return _open(workspace_dir)  # the usual "not a labelgen workspace" error
+    workspace = Workspace(DEFAULT_WORKSPACE_DIR)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"teacher: the embedded default ({workspace.config.backend} generator trained on CCP, "
+                   f"{workspace.config.head.get('type')} heads, classes {', '.join(workspace.classes.names)}); "
+                   "use -w WORKSPACE for your own", err=True)
+    return workspace
 
 
 def _generator_to_best_device(ws) -> str:
@@ -142,16 +162,19 @@ def import_cmd(workspace_dir, images_dir, masks_dir):
               help="pixel-mlp: labelled pixels sampled per image per member per step.")
 @click.option("--lr", type=float, default=HEAD_TRAINING["lr"], show_default=True)
 @click.option("--seed", type=int, default=HEAD_TRAINING["seed"], show_default=True)
+@click.option("--class-balance", type=click.FloatRange(0, 2), default=HEAD_TRAINING["class_balance"], show_default=True,
+              help="Weight each class's loss by its pixel share in the annotations^-P (0 = off, 0.5 = 1/sqrt).")
 @click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
                    "W/heads/train_log.json.")
-def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, holdout):
+def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, class_balance,
+                    holdout):
     """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)."""
     from labelgen.heads.train import train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
-                         seed=seed)
+                         seed=seed, class_balance=class_balance)
     device = _generator_to_best_device(ws)
     result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout)
     msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids()) - holdout} annotated images " \
@@ -180,11 +203,15 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
               help="Also store uint8-quantised class probabilities as <key>.soft.npz.")
 @click.option("--seed-base", type=int, default=SYNTHESIS["seed_base"], show_default=True,
               help="Sample k uses seed seed-base + k.")
+@click.option("--tta", type=click.Choice(TTA_MODES), default=SYNTHESIS["tta"], show_default=True,
+              help="Horizontal-flip test-time augmentation (image-encoding teachers): for --from-images photos "
+                   "(real), for every image (all), or none.")
 @click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
               help="Threads encoding PNGs (0 = main thread).")
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, encode_workers):
-    """Label generated (or given real) images with the trained head into resumable WebDataset shards.
+                   seed_base, tta, encode_workers):
+    """Label generated (or given real) images with the trained head into resumable WebDataset shards
+    (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher).
 
     Multi-worker: torchrun --nproc-per-node K -m labelgen.cli -- synthesize ... (shard i -> rank i % K;
     the "--" stops torchrun from reading --n as one of its own options)."""
@@ -192,11 +219,11 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
 
     if count is None and from_images is None:
         raise LabelgenError("--n is required (or --from-images DIR)")
-    ws = _open(workspace_dir)
+    ws = _open_or_default(workspace_dir)
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),
-                             encode_workers=encode_workers)
+                             encode_workers=encode_workers, tta=tta)
     summary = synthesize(ws, config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes

@@ -80,22 +80,6 @@ def _per_pixel(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights
 
 
-def class_balance_weights(frequencies: torch.Tensor, power: float, max_weight: float = 10.0) -> torch.Tensor:
-    """Per-class loss weights w_c ~ f_c^-power, scaled so the pixel-weighted mean sum_c f_c w_c is 1.
-
-    ``frequencies`` [C]: each class's share of the training pixels. power 0 = no balancing, 0.5 = inverse
-    square root of the frequency, 1 = inverse frequency. Classes absent from the data get weight 1, and no
-    weight exceeds ``max_weight`` (a class seen on a handful of pixels must not dominate)."""
-    f = frequencies.double().clamp_min(0)
-    f = f / f.sum().clamp_min(1e-12)
-    present = f > 0
-    w = torch.ones_like(f)
-    w[present] = f[present] ** -power
-    w = w / (f * w).sum()
-    w[~present] = 1.0
-    return w.clamp(max=max_weight).float()
-
-
 def loss_weights(mask: torch.Tensor, class_weights: torch.Tensor | None, sample_weights: torch.Tensor | None
                  ) -> torch.Tensor | None:
     """Per-pixel weights [N, H, W] = class weight of each pixel's label (mask [N, H, W], 255 = ignored)

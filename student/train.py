@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
+from labelgen.losses import class_balance_weights
 from labelgen.run import (
     RunLock, RunLog, init_dist, load_resume, progress, rng_state, save_resume, seed_everything, set_rng_state,
 )
@@ -37,7 +38,7 @@ from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
 )
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherTargets, class_balance_weights, feature_distill_loss, hard_label_loss, loss_weights,
+    FeatureRegressor, TeacherTargets, feature_distill_loss, hard_label_loss, loss_weights,
     match_levels, resize_to, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.models import (

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import labelgen  # noqa: F401
+from labelgen.losses import class_balance_weights
 from labelgen.run import load_resume
 from labelgen.student.data import class_frequencies, one_hot, open_sources
 from labelgen.student.distill import (
-    FeatureRegressor, TeacherTargets, attention_map, channel_layer_norm, class_balance_weights, feature_distill_loss,
+    FeatureRegressor, TeacherTargets, attention_map, channel_layer_norm, feature_distill_loss,
     hard_label_loss, loss_weights, match_levels, soft_label_loss, student_level_sizes,
 )
 from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, make_shards, scene, soft_probs

@@ -185,3 +185,84 @@ def test_one_resize_rule():
     assert as_tensor.shape == (1, 3, 96, 64) and np.abs(as_tensor[0].permute(1, 2, 0).numpy() - small).max() < 1
     soft = rng.random((40, 30, 5)).astype(np.float32)  # continuous maps (soft labels) follow the image rule
     assert resize_image(soft, (20, 15)).dtype == np.float32
+
+
+# ---------------------------------------------------------------- label-quality levers (issue: label quality)
+def test_flip_tta_is_the_mean_of_both_views(tmp_path):
+    ws = _workspace("FakeDiffusion", tmp_path)
+    teacher = ws.teacher()
+    image = ws.read_annotation("g000001")[0]
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    plain = teacher.head.predict_proba(teacher.features(images=[image]))  # [1, K, C, H, W]
+    mirrored = teacher.head.predict_proba(teacher.features(images=[mirror])).flip(-1)
+    pred = teacher.label(images=[image], flip=True)
+    torch.testing.assert_close(pred.member_probs, (plain + mirrored) / 2)
+    torch.testing.assert_close(pred.probs, ((plain + mirrored) / 2).mean(dim=1))
+    assert not torch.equal(pred.probs, plain.mean(dim=1))  # the mirror view changed something
+    gan = _workspace("FakeGAN", tmp_path / "gan")
+    with pytest.raises(LabelgenError, match="--tta none"):
+        gan.teacher().label(recipes=[{"seed": 1}], images=[image], flip=True)
+
+
+def test_synthesize_from_images_labels_real_photos_with_flip_tta(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from teacher_fakes import render
+
+    ws = _workspace("FakeDiffusion", tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in (70, 71):
+        Image.fromarray(render(seed)[:, 3:]).save(photos / f"p{seed}.png")  # not mirror-symmetric in size either
+    out, mirrored = {}, []
+    original = Teacher.flipped_features
+    monkeypatch.setattr(Teacher, "flipped_features", lambda self, images: mirrored.append(len(images))
+                        or original(self, images))
+    for tta in ("real", "none"):
+        synthesize(ws, SynthesisConfig(n=None, from_images=str(photos), soft_labels="uint8", tta=tta),
+                   tmp_path / tta, progress=False)
+        out[tta] = list(ShardReader(tmp_path / tta))
+        assert mirrored == [2], (tta, mirrored)  # the photos' mirror images: with --tta real only
+    monkeypatch.setattr(Teacher, "flipped_features", original)
+    teacher = ws.teacher()
+    for with_tta, without in zip(out["real"], out["none"]):
+        expected = teacher.label(images=[with_tta.image], flip=True)[0]
+        np.testing.assert_array_equal(with_tta.soft, np.round(expected.probs * 255).astype(np.uint8))
+        np.testing.assert_array_equal(without.soft,
+                                      np.round(teacher.label(images=[without.image])[0].probs * 255).astype(np.uint8))
+    assert json.loads((tmp_path / "real" / "synthesis.json").read_text())["tta"] == "real"
+
+
+def test_class_balanced_heads_weight_rare_classes_up(tmp_path):
+    from labelgen.losses import class_balance_weights, mask_class_frequencies
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=3)
+    frequencies = mask_class_frequencies([ws.read_mask(i) for i in ws.annotated_ids()], 3)
+    assert frequencies.sum() == pytest.approx(1.0) and frequencies[0] == frequencies.max()  # background dominates
+    weights = class_balance_weights(torch.from_numpy(frequencies), 0.5)
+    assert weights[0] == weights.min() and float((torch.from_numpy(frequencies) * weights.double()).sum()) == \
+        pytest.approx(1.0, abs=1e-6)
+    lines = []
+    plain = train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=256), progress=False)
+    balanced = train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=256, class_balance=0.5),
+                                     progress=False, log=lines.append)
+    assert any(line.startswith("class balance (frequency^-0.5): background") for line in lines), lines
+    assert balanced.losses[0] != pytest.approx(plain.losses[0], rel=1e-4)  # same data and seed, other loss weights
+    assert json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]["train"]["class_balance"] == 0.5
+
+
+def test_synthesize_without_a_workspace_uses_the_embedded_default(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if not default_teacher.default_teacher_available():
+        pytest.skip("no embedded default teacher in this checkout")
+    env = {**subprocess_env(), "LABELGEN_WORKSPACE": ""}
+    env.pop("LABELGEN_WORKSPACE")
+    proc = subprocess.run([sys.executable, "-m", "labelgen.cli", "synthesize", "--n", "1", "--batch-size", "1",
+                           "--out", "synth"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedded default" in proc.stderr
+    assert len(list(ShardReader(tmp_path / "synth"))) == 1
+    assert os.listdir(default_teacher.DEFAULT_WORKSPACE_DIR / "annotations")  # nothing removed from the package

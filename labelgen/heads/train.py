@@ -31,6 +31,7 @@ from labelgen.errors import LabelgenError
 from labelgen.heads.base import TaskHead
 from labelgen.heads.conv import ConvInterpreter, dice_loss
 from labelgen.heads.pixel_mlp import PixelMLPEnsemble
+from labelgen.losses import class_balance_weights, mask_class_frequencies
 from labelgen.metrics import ConfusionMatrix, Scores
 from labelgen.run import RunLock, RunLog, progress as progress_bar
 
@@ -46,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dice_weight: float = 3.0  # conv head: loss = CE + dice_weight * Dice
+    class_balance: float = 0.0  # CE weight of class c ~ its pixel share in the annotations^-class_balance (0 = off)
     seed: int = 0
 
 
@@ -83,7 +85,7 @@ def _sample_pixels(mask: torch.Tensor, count: int, generator: torch.Generator) -
 
 
 def _pixel_mlp_step(head: PixelMLPEnsemble, levels: list[torch.Tensor], mask: torch.Tensor, config: TrainConfig,
-                    rng: torch.Generator) -> tuple[torch.Tensor, int]:
+                    rng: torch.Generator, class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     batch, members, pixels = mask.shape[0], head.ensemble, config.pixels_per_image
     ys, xs = _sample_pixels(mask, members * pixels, rng)  # [B, K*P]
     inputs = head.features_at(levels, ys, xs)  # [B, K*P, D]
@@ -91,15 +93,16 @@ def _pixel_mlp_step(head: PixelMLPEnsemble, levels: list[torch.Tensor], mask: to
     inputs = inputs.view(batch, members, pixels, -1).transpose(0, 1).reshape(members, batch * pixels, -1)  # [K, B*P, D]
     labels = labels.view(batch, members, pixels).transpose(0, 1).reshape(members, batch * pixels)  # [K, B*P]
     logits = head.forward_members(inputs)  # [K, B*P, C]
-    loss = F.cross_entropy(logits.reshape(-1, head.num_classes), labels.reshape(-1).to(logits.device))
+    loss = F.cross_entropy(logits.reshape(-1, head.num_classes), labels.reshape(-1).to(logits.device),
+                           weight=class_weights)
     return loss, _tensor_bytes([inputs, logits])
 
 
 def _conv_step(head: ConvInterpreter, levels: list[torch.Tensor], mask: torch.Tensor,
-               config: TrainConfig) -> tuple[torch.Tensor, int]:
+               config: TrainConfig, class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     logits = head(levels)  # [B, K, C, H, W]
     target = mask.to(logits.device)
-    loss = sum(F.cross_entropy(logits[:, k], target, ignore_index=IGNORE_INDEX)
+    loss = sum(F.cross_entropy(logits[:, k], target, ignore_index=IGNORE_INDEX, weight=class_weights)
                + config.dice_weight * dice_loss(logits[:, k], target) for k in range(head.ensemble))
     return loss / head.ensemble, _tensor_bytes([logits])
 
@@ -107,8 +110,10 @@ def _conv_step(head: ConvInterpreter, levels: list[torch.Tensor], mask: torch.Te
 def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examples: int,
                config: TrainConfig = TrainConfig(), validate: Callable[[TaskHead], Scores] | None = None,
                on_epoch: Callable[[int, float, Scores | None], None] | None = None,
-               on_step: Callable[[], None] | None = None, device: str = "cpu") -> TrainResult:
-    """Train ``head`` in place on examples 0..num_examples-1 (see module docstring)."""
+               on_step: Callable[[], None] | None = None, device: str = "cpu",
+               class_weights: torch.Tensor | None = None) -> TrainResult:
+    """Train ``head`` in place on examples 0..num_examples-1 (see module docstring). ``class_weights`` [C]:
+    per-class cross-entropy weights (``config.class_balance``)."""
     if num_examples < 1:
         raise LabelgenError("no annotated images to train on (annotate some: W/annotations/<id>.mask.png)")
     torch.manual_seed(config.seed)
@@ -117,6 +122,8 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
     head.to(device).train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     is_mlp = isinstance(head, PixelMLPEnsemble)
+    if class_weights is not None:
+        class_weights = class_weights.float().to(device)
     steps_per_batch = config.steps_per_batch if is_mlp else 1
     losses, val_miou, peak, steps = [], [], 0, 0
     for epoch in range(config.epochs):
@@ -130,9 +137,10 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
                 continue
             for _ in range(steps_per_batch):
                 if is_mlp:
-                    loss, step_bytes = _pixel_mlp_step(head, levels, mask, config, rng)  # type: ignore[arg-type]
+                    loss, step_bytes = _pixel_mlp_step(head, levels, mask, config, rng,  # type: ignore[arg-type]
+                                                       class_weights)
                 else:
-                    loss, step_bytes = _conv_step(head, levels, mask, config)  # type: ignore[arg-type]
+                    loss, step_bytes = _conv_step(head, levels, mask, config, class_weights)  # type: ignore[arg-type]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -257,6 +265,12 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
         def validate(head: TaskHead) -> Scores:
             return evaluate_head(head, real_examples(workspace, val_folder, cache=True), num_classes, device)
 
+    class_weights = None
+    if config.class_balance > 0:
+        frequencies = mask_class_frequencies((workspace.read_mask(i, image_shape) for i in ids), num_classes)
+        class_weights = class_balance_weights(torch.from_numpy(frequencies), config.class_balance)  # [C]
+        log(f"class balance (frequency^-{config.class_balance:g}): " + ", ".join(
+            f"{n} {f:.3f}->x{w:.2f}" for n, f, w in zip(names, frequencies, class_weights.tolist())))
     head_options = {k: v for k, v in workspace.config.head.items() if k != "type"}
     head = create_head(workspace.config.head.get("type", "pixel-mlp"), workspace.head_in_channels, num_classes,
                        workspace.resolution, **head_options)
@@ -280,7 +294,7 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
 
     try:
         result = train_head(head, load_example, len(ids), config, validate, on_epoch, on_step=on_step,
-                            device=device)
+                            device=device, class_weights=class_weights)
     finally:
         bar.close()
         run_log.close()

@@ -42,6 +42,7 @@ from labelgen.teacher import Teacher
 PLAN_NAME = "synthesis.json"  # the config a shard set was started with (resume must match it)
 
 
+TTA_MODES = ("real", "all", "none")  # flip TTA (image-encoding teachers): --from-images photos / every image / off
 SOFT_LABELS = ("none", "uint8")  # soft_labels: no <key>.soft.npz, or uint8-quantised probabilities
 
 
@@ -56,6 +57,7 @@ class SynthesisConfig:
     from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
     encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)
+    tta: str = "real"  # one of TTA_MODES: horizontal-flip test-time augmentation for real photos, every image, none
 
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
@@ -91,6 +93,8 @@ def plan_shards(config: SynthesisConfig, num_images: int | None = None) -> list[
         raise LabelgenError(f"--drop-uncertain must be in [0, 1), got {config.drop_uncertain}")
     if config.shard_size < 1:
         raise LabelgenError(f"--shard-size must be at least 1, got {config.shard_size}")
+    if config.tta not in TTA_MODES:
+        raise LabelgenError(f"--tta {config.tta!r}: one of {', '.join(TTA_MODES)}")
     per_shard = _candidates_per_shard(config.shard_size, config.drop_uncertain)
     plans = []
     if num_images is None:
@@ -169,6 +173,9 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
     try:
         teacher = workspace.teacher(device=device)  # refuses heads trained on other weights, levels or classes
         source = _Source(teacher, config)
+        if config.tta == "all" and not teacher.can_encode_images:
+            raise LabelgenError(f"--tta all: the {teacher.generator.backend} teacher computes features from recipes, "
+                                "not of (mirrored) images; use --tta none")
     except LabelgenError as e:
         error = str(e)
     plan: list[ShardPlan] = []
@@ -201,6 +208,7 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
         raise LabelgenError(error)
     dist.barrier()  # rank 0 has cleaned up partial shards before anybody writes
 
+    flip = config.tta == "all" or (config.tta == "real" and config.from_images is not None)
     done = writer.done_shards()
     mine = [p for p in plan if p.shard_id % dist.world == dist.rank and p.shard_id not in done]
     base_meta = {"generator": teacher.generator_id, "head": teacher.head_id,
@@ -216,7 +224,8 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
             for start in range(0, len(shard.candidates), config.batch_size):
                 candidates = shard.candidates[start:start + config.batch_size]
                 images, features, metas = source.batch(candidates)
-                pred = teacher.predict(features, config.top_fraction)
+                flipped = teacher.flipped_features(images) if flip else None  # test-time augmentation
+                pred = teacher.predict(features, config.top_fraction, flipped)
                 masks = pred.mask.cpu().numpy()  # [B, H, W]
                 scores = pred.scores.cpu().tolist()  # [B]
                 soft = ((pred.probs * 255).round().to(torch.uint8).cpu().numpy()

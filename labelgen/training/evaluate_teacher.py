@@ -14,26 +14,46 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 
-def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Score the workspace's trained head on a labelled split (labelgen.heads.train.evaluate_head)."""
-    from labelgen.heads.train import evaluate_head, real_examples
+def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True,
+                     flip: bool = False, cache: bool = False) -> dict[str, Any]:
+    """Score the workspace's teacher (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip
+    test-time augmentation) on a labelled split. ``cache``: keep the split's features in the workspace's feature
+    cache (several heads scored on the same features)."""
+    import hashlib
+
+    from labelgen.data.folder import open_labelled
+    from labelgen.errors import LabelgenError
+    from labelgen.imaging import resize_image, resize_mask
+    from labelgen.metrics import ConfusionMatrix
+    from labelgen.run import progress as progress_bar
     from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
-    head = workspace.teacher().head  # refused when trained on other generator weights, options or levels
+    teacher = workspace.teacher()  # refused when trained on other generator weights, options or levels
+    folder = open_labelled(split, require_masks=True)
+    if len(folder.classes) != len(workspace.classes):
+        raise LabelgenError(f"{split}: {len(folder.classes)} classes, the workspace has {len(workspace.classes)}")
     start = time.monotonic()
-    scored = [0]
-
-    def counted(examples):
-        for example in examples:
-            scored[0] += 1
-            yield example
-
-    examples = counted(real_examples(workspace, split, limit=limit, progress=progress))
-    scores = evaluate_head(head, examples, len(workspace.classes))
-    return {"split": str(split), "images": scored[0], "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+    matrix = ConfusionMatrix(len(workspace.classes))
+    count = len(folder) if limit is None else min(limit, len(folder))
+    device = teacher.device
+    for i in progress_bar(count, desc=f"teacher on {Path(split).name}", unit="image", disable=not progress,
+                          iterable=range(count)):
+        item = folder[i]
+        image, mask = resize_image(item.image, teacher.resolution), resize_mask(item.mask, teacher.resolution)
+        key = "eval/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16] if cache else None
+        features = [f.to(device) for f in workspace.image_features(image, cache_key=key)]
+        flipped = None
+        if flip:
+            mirror = np.ascontiguousarray(image[:, ::-1])
+            flipped = [f.to(device) for f in workspace.image_features(mirror, cache_key=key and key + "-flip")]
+        matrix.update(teacher.predict(features, flipped=flipped).mask.cpu(), mask)
+    scores = matrix.compute()
+    return {"split": str(split), "images": count, "flip_tta": flip, "miou": scores.miou,
+            "pixel_accuracy": scores.pixel_accuracy,
             "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
             "seconds": round(time.monotonic() - start, 1)}
 
@@ -43,9 +63,11 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
 @click.argument("split", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here.")
-def main(workspace_dir: Path, split: Path, limit: int | None, json_out: Path | None):
+@click.option("--flip", is_flag=True, help="Horizontal-flip test-time augmentation.")
+@click.option("--cache", is_flag=True, help="Keep the split's features in the workspace's feature cache.")
+def main(workspace_dir: Path, split: Path, limit: int | None, json_out: Path | None, flip: bool, cache: bool):
     """Print mIoU / per-class IoU / pixel accuracy of WORKSPACE's teacher on SPLIT (images/ + masks/)."""
-    result = evaluate_teacher(workspace_dir, split, limit)
+    result = evaluate_teacher(workspace_dir, split, limit, flip=flip, cache=cache)
     click.echo(json.dumps(result, indent=2))
     if json_out:
         from labelgen.data.io import atomic_write_json
