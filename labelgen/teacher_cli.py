@@ -1,4 +1,4 @@
-"""Teacher commands: ``labelgen init | sample | import | train-heads | synthesize``.
+"""Teacher commands: ``labelgen init | sample | import | train-heads | tune-features | synthesize``.
 
 Every command takes ``-w/--workspace`` (default: $LABELGEN_WORKSPACE, else the current folder).
 Registered on the main group in labelgen/cli.py.
@@ -12,6 +12,7 @@ import click
 
 from labelgen.cli_defaults import defaults_of
 from labelgen.errors import LabelgenError
+from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
 from labelgen.heads.train import TrainConfig
@@ -22,6 +23,7 @@ from labelgen.workspace import WorkspaceConfig
 WORKSPACE = defaults_of(WorkspaceConfig)
 HEAD_TRAINING = defaults_of(TrainConfig)
 SYNTHESIS = defaults_of(SynthesisConfig)
+SWEEP = defaults_of(SweepConfig)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -232,4 +234,38 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
                    f"{summary.samples_per_second:.1f} samples/s, {disk / 2**20:.1f} MiB on disk -> {out_dir}")
 
 
-TEACHER_COMMANDS = [init_cmd, sample_cmd, import_cmd, train_heads_cmd, synthesize_cmd]
+@click.command("tune-features")
+@workspace_option
+@click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None,
+              help="Real images + masks (project folder format) to score on [default: k-fold over the annotations].")
+@click.option("--timesteps", type=str, default=",".join(map(str, SWEEP["timesteps"])), show_default=True,
+              help="Candidate diffusion timesteps.")
+@click.option("--max-timesteps", type=click.IntRange(1), default=SWEEP["max_timesteps"], show_default=True)
+@click.option("--folds", type=click.IntRange(2), default=SWEEP["folds"], show_default=True,
+              help="k of the k-fold cross-validation over the annotations (without --val).")
+@click.option("--epochs", type=click.IntRange(1), default=SWEEP["epochs"], show_default=True,
+              help="Head training epochs per candidate.")
+@click.option("--class-balance", type=click.FloatRange(0, 2), default=SWEEP["class_balance"], show_default=True)
+@click.option("--seed", type=int, default=SWEEP["seed"], show_default=True)
+@click.option("--apply/--no-apply", default=True, show_default=True,
+              help="Store the best choice in workspace.json (then train the heads again).")
+def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds, epochs, class_balance, seed, apply):
+    """Choose the feature levels (diffusion timesteps x decoder blocks; GAN synthesis blocks) on validation:
+    a sweep scored by the mIoU of the workspace's head type; table in W/feature_sweep.json."""
+    from labelgen.feature_selection import SWEEP_NAME, SweepConfig, tune_features
+
+    ws = _open(workspace_dir)
+    if val_folder is not None and not Path(val_folder).is_dir():
+        raise LabelgenError(f"--val {val_folder}: not a folder")
+    config = SweepConfig(timesteps=tuple(_int_list(timesteps, "--timesteps") or ()), max_timesteps=max_timesteps,
+                         folds=folds, epochs=epochs, class_balance=class_balance, seed=seed)
+    _generator_to_best_device(ws)
+    report = tune_features(ws, val_folder, config, log=click.echo, apply=apply)
+    best = report["best"]
+    chosen = (f"timesteps {best['timesteps']}, " if best["timesteps"] else "") + f"blocks {best['blocks']}"
+    click.echo(f"chose {chosen}: mIoU {best['miou']:.4f} ({report['scored_on']}; was {report['before']['miou']:.4f}) "
+               f"-> {ws.root / SWEEP_NAME}"
+               + ("; stored in workspace.json: run `labelgen train-heads` next" if report["applied"] else ""))
+
+
+TEACHER_COMMANDS = [init_cmd, sample_cmd, import_cmd, train_heads_cmd, tune_features_cmd, synthesize_cmd]

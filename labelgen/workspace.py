@@ -98,6 +98,10 @@ class Workspace:
     def save_config(self) -> None:
         atomic_write_json(self.root / CONFIG_NAME, asdict(self.config))
 
+    def reload(self) -> None:
+        """Read workspace.json again and forget the loaded generator, its id and teachers (after a config change)."""
+        self.__init__(self.root)
+
     @classmethod
     def create(cls, root: Path | str, config: WorkspaceConfig) -> "Workspace":
         root = Path(root)

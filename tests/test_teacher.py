@@ -266,3 +266,51 @@ def test_synthesize_without_a_workspace_uses_the_embedded_default(tmp_path):
     assert "embedded default" in proc.stderr
     assert len(list(ShardReader(tmp_path / "synth"))) == 1
     assert os.listdir(default_teacher.DEFAULT_WORKSPACE_DIR / "annotations")  # nothing removed from the package
+
+
+TINY_DDPM = {"sample_size": [16, 16], "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+             "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+
+
+def test_tune_features_sweeps_timesteps_and_blocks_and_stores_the_choice(tmp_path):
+    from labelgen.feature_selection import SWEEP_NAME, SweepConfig, tune_features
+    from labelgen.generators import create_generator
+    from labelgen.workspace import create_workspace
+
+    create_generator("ddpm", unet_config=TINY_DDPM, ddim_steps=2).save_pretrained(tmp_path / "gen")
+    ws = create_workspace(tmp_path / "w", "ddpm", ["dark", "mid", "bright"], checkpoint=tmp_path / "gen")
+    for annotation_id in ws.sample_annotations(4, seed_start=0):
+        grey = ws.read_annotation(annotation_id)[0].mean(axis=2)
+        ws.save_mask(annotation_id, np.digitize(grey, np.percentile(grey, [33, 66])).astype(np.uint8))
+    before = ws.generator_id()
+    lines = []
+    report = tune_features(ws, None, SweepConfig(timesteps=(10, 300, 700), max_timesteps=2, folds=2, epochs=1,
+                                                 pixels_per_image=64), log=lines.append, progress=False)
+    candidates = report["candidates"]
+    assert {tuple(c["timesteps"]) for c in candidates} >= {(10,), (300,), (700,)}  # every single timestep scored
+    assert all(0 <= c["miou"] <= 1 for c in candidates) and report["scored_on"] == "2-fold over the annotations"
+    best = report["best"]
+    assert best["miou"] == max(c["miou"] for c in candidates)
+    assert json.loads((ws.root / SWEEP_NAME).read_text())["best"] == best
+    fresh = Workspace(ws.root)  # stored: the generator computes exactly the chosen levels
+    assert fresh.config.generator_options["timesteps"] == best["timesteps"] == fresh.config.timesteps
+    blocks = best["blocks"] if fresh.config.generator_options["feature_layers"] is None else \
+        fresh.config.generator_options["feature_layers"]
+    assert blocks == best["blocks"]
+    assert fresh.config.feature_channels == [int(c) for c in fresh.generator().feature_channels]
+    assert len(fresh.config.feature_channels) == len(best["timesteps"]) * len(best["blocks"])
+    assert fresh.generator_id() != before or (best["timesteps"] == [50, 150, 250])
+    assert any(line.startswith("best: ") for line in lines)
+
+
+def test_tune_features_on_a_gan_teacher_selects_blocks(tmp_path):
+    from labelgen.feature_selection import SweepConfig, tune_features
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=4)
+    report = tune_features(ws, None, SweepConfig(folds=2, epochs=1, pixels_per_image=64), log=lambda *_: None,
+                           progress=False)
+    assert all(c["timesteps"] == [] for c in report["candidates"])
+    assert Workspace(ws.root).config.feature_layers == report["best"]["blocks"]
+    train_workspace_heads(Workspace(ws.root), TrainConfig(epochs=1, pixels_per_image=64), progress=False)
+    assert Workspace(ws.root).teacher().channels == [[8, 8, 4][b] for b in report["best"]["blocks"]]
