@@ -40,7 +40,7 @@ def cli():
 
 @cli.group()
 def data():
-    """Import and inspect datasets (CCP, folders, VOC/CVAT, shards)."""
+    """Import, export and inspect datasets (COCO, Cityscapes, Label Studio, VOC/CVAT, folders, CCP, shards)."""
 
 
 @data.command("import-ccp")
