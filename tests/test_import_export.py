@@ -168,6 +168,14 @@ def test_cityscapes_label_ids_become_the_19_train_ids(tmp_path, capsys):
     assert ds[0].key == "aachen_000000_000019"
     assert (m[:8] == 10).all() and (m[8:16] == 0).all() and (m[16:, :10] == 13).all()
     assert (m[16:, 10:20] == 18).all() and (m[16:, 20:] == 255).all()
+    # a second split into the same project folder, resized (masks nearest)
+    code, out, err = _cli(["data", "import", str(tmp_path / "cs"), "--out", str(tmp_path / "out"), "--size", "12x16"],
+                          capsys)
+    assert code == 0, err
+    small = open_labelled(tmp_path / "out" / "train")[0]
+    assert small.image.shape == (12, 16, 3) and small.mask.shape == (12, 16) and set(np.unique(small.mask)) == {0, 10, 13, 18, 255}
+    code, _, err = _cli(["data", "import", str(tmp_path / "cs"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "train: already exists" in err
 
 
 def test_cityscapes_bad_ids_and_missing_image(tmp_path):
