@@ -79,7 +79,7 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, l
                    "such entries [default: keep SRC's classes].")
 @click.option("--unlabelled", type=click.Choice(UNLABELLED_CHOICES), default=UNLABELLED_CHOICES[0],
               help="COCO / Label Studio pixels no annotation covers: the background class or 255 (ignore).")
-def import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, mapping: str | None, unlabelled: str):
+def data_import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, mapping: str | None, unlabelled: str):
     """Import COCO, Cityscapes, Label Studio, VOC/CVAT or a labelled folder into the project folder format."""
     from labelgen.data.formats import import_dataset
     from labelgen.data.mapping import ClassMapping
@@ -98,7 +98,7 @@ def import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, map
               help="coco: images/ + annotations.json (RLE); voc: JPEGImages/ + SegmentationClass/ + labelmap.txt; "
                    "folder: the project format.")
 @click.option("--split", default="train", help="Split name written (VOC ImageSets list, folder OUT/<split>).")
-def export_cmd(src: Path, out: Path, fmt: str, split: str):
+def data_export_cmd(src: Path, out: Path, fmt: str, split: str):
     """Export a shard set (synthesis output), a workspace's annotations or a labelled folder to OUT."""
     from labelgen.data.export import export_dataset
 
