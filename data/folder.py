@@ -16,9 +16,15 @@ VOC / CVAT layout (``Segmentation mask 1.1`` export)::
 
 Masks may be palette ('P') PNGs whose indices are the class ids (VOC), or RGB colour PNGs mapped
 through the class colours (CVAT). Without labelmap.txt the 21 VOC classes are assumed.
+
+Binary masks stored as 0/255 (foreground masks, matting and horse data sets): a folder with two
+classes whose masks hold only 0 and 255 (judged on up to 16 masks spread over the folder) reads 255 as
+class 1, with a one-line warning; a class-1 pixel in such a folder is then an error (one convention
+per folder). Any other folder keeps 255 = ignore.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from labelgen.data.classes import ClassList, default_colour, find_classes_file, read_classes_file
-from labelgen.data.io import check_mask, list_images, read_image, read_mask_pixels
+from labelgen.data.io import IGNORE_INDEX, check_mask, list_images, read_image, read_mask_pixels
 from labelgen.errors import DataError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+BINARY_SAMPLE = 16  # masks looked at to recognise a 0/255 binary-mask folder
 
 
 @dataclass
@@ -69,6 +76,24 @@ class LabelledFolder(Sequence[LabelledImage]):
             if not m.is_file() and require_masks:
                 raise DataError(f"{m}: mask missing for image {p.name}")
             self.mask_paths.append(m if m.is_file() else None)
+        self.binary_255 = self._is_binary_255()
+
+    def _is_binary_255(self) -> bool:
+        """Two classes and (sampled) masks of only 0 and 255: 255 is the foreground, not ignore."""
+        labelled = [p for p in self.mask_paths if p is not None]
+        if len(self.classes) != 2 or not labelled:
+            return False
+        values: set[int] = set()
+        for path in labelled[::max(1, len(labelled) // BINARY_SAMPLE)][:BINARY_SAMPLE]:
+            pixels = read_mask_pixels(path)
+            if pixels.ndim != 2:
+                return False
+            values |= set(np.unique(pixels).tolist())
+        if not (values <= {0, IGNORE_INDEX} and IGNORE_INDEX in values):
+            return False
+        warnings.warn(f"{self.root}: 2 classes and masks of only 0 and 255: reading 255 as class 1 "
+                      f"{self.classes.names[1]!r} (a binary foreground mask), not as ignore", stacklevel=3)
+        return True
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -84,6 +109,11 @@ class LabelledFolder(Sequence[LabelledImage]):
         mask = None
         if self.mask_paths[i] is not None:
             mask = _index_mask(read_mask_pixels(self.mask_paths[i]), self.classes, self.mask_paths[i])
+            if self.binary_255:
+                if (mask == 1).any():
+                    raise DataError(f"{self.mask_paths[i]}: has class-1 pixels while this folder's masks use 0/255 "
+                                    f"(255 = foreground); use one convention")
+                mask = np.where(mask == IGNORE_INDEX, 1, mask).astype(np.uint8)
             check_mask(mask, image.shape, len(self.classes), self.mask_paths[i])
         return LabelledImage(self.image_paths[i].stem, image, mask, self.image_paths[i], self.mask_paths[i])
 
@@ -126,6 +156,7 @@ class VocFolder(LabelledFolder):
             if not m.is_file() and require_masks:
                 raise DataError(f"{m}: mask missing for image {p.name}")
             self.mask_paths.append(m if m.is_file() else None)
+        self.binary_255 = self._is_binary_255()
 
 
 def _index_mask(pixels: np.ndarray, classes: ClassList, path: Path) -> np.ndarray:
@@ -133,11 +164,23 @@ def _index_mask(pixels: np.ndarray, classes: ClassList, path: Path) -> np.ndarra
     return pixels if pixels.ndim == 2 else classes.colour_to_index(pixels, path)
 
 
+def voc_split_file(path: Path) -> tuple[Path, str] | None:
+    """(VOC root, split) when ``path`` is a VOC split list ``ROOT/ImageSets/Segmentation/<split>.txt``."""
+    if path.is_file() and path.suffix == ".txt" and path.parent.name == "Segmentation" \
+            and path.parent.parent.name == "ImageSets":
+        return path.parents[2], path.stem
+    return None
+
+
 def open_labelled(path: Path | str, require_masks: bool = False, split: str | None = None) -> LabelledFolder:
-    """Open any supported labelled-image folder (project format, split folder, flat, VOC/CVAT)."""
+    """Open any supported labelled-image folder (project format, split folder, flat, VOC/CVAT; a VOC
+    split list ``ROOT/ImageSets/Segmentation/<split>.txt`` opens that split)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found")
+    if voc_split_file(path):
+        root, split = voc_split_file(path)  # type: ignore[misc]
+        return VocFolder(root, split=split, require_masks=require_masks)
     if (path / "JPEGImages").is_dir():
         return VocFolder(path, split=split, require_masks=require_masks)
     if split is not None:
@@ -146,4 +189,30 @@ def open_labelled(path: Path | str, require_masks: bool = False, split: str | No
             raise DataError(f"{path}: split folder not found")
     if (path / "photos").is_dir() and (path / "annotations").is_dir():
         raise DataError(f"{path}: raw CCP layout; convert it first with `labelgen data import-ccp`")
+    from labelgen.data.formats import check_readable_layout
+
+    check_readable_layout(path)
     return LabelledFolder(path, require_masks=require_masks)
+
+
+MOSTLY_IGNORED = 0.5  # `data info` warns when more than this share of the mask pixels is 255
+
+
+def pixel_statistics(folder: LabelledFolder) -> tuple[list[str], list[str]]:
+    """Per-class pixel fractions of a folder's masks (lines to print) and warnings: a class without
+    pixels, most pixels ignored."""
+    counts = np.zeros(256, dtype=np.int64)
+    for item in folder:
+        if item.mask is not None:
+            counts += np.bincount(item.mask.ravel(), minlength=256)
+    total = int(counts.sum())
+    if not total:
+        return [], ["no masks"]
+    labelled = max(1, total - int(counts[IGNORE_INDEX]))
+    lines = [f"  {name}: {counts[i] / labelled:.1%} of labelled pixels" for i, name in enumerate(folder.classes.names)]
+    lines.append(f"  ignore (255): {counts[IGNORE_INDEX] / total:.1%} of all mask pixels")
+    warnings_ = [f"class {name!r} has no pixels in {folder.root}" for i, name in enumerate(folder.classes.names)
+                 if counts[i] == 0]
+    if counts[IGNORE_INDEX] > MOSTLY_IGNORED * total:
+        warnings_.append(f"{counts[IGNORE_INDEX] / total:.0%} of the mask pixels in {folder.root} are 255 (ignore)")
+    return lines, warnings_

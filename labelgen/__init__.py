@@ -10,7 +10,16 @@ Where things live (follow one image from generator to student checkpoint):
     student/ (labelgen.student)  train a segmentation-models-pytorch student from the shards
     app/   (labelgen.app)  the Streamlit annotation app
 """
-from labelgen import torchvision_compat as _torchvision_compat
+import os as _os
+
+# Offline hygiene: nothing phones home at import or run time (tested in tests/test_offline.py).
+# albumentations asks PyPI for its latest version when imported unless this is set; the Hugging Face
+# libraries (diffusers, transformers) send telemetry with downloads unless this is set. A user's own
+# setting of either wins.
+_os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from labelgen import torchvision_compat as _torchvision_compat  # noqa: E402
 
 _torchvision_compat.install()  # before anything imports torchvision (timm, smp, diffusers)
 

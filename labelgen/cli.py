@@ -10,6 +10,9 @@ from pathlib import Path
 
 import click
 
+from labelgen.data.coco import UNLABELLED_CHOICES
+from labelgen.data.export import EXPORT_FORMATS
+from labelgen.data.formats import AUTO, IMPORT_FORMATS
 from labelgen.errors import LabelgenError
 
 
@@ -37,7 +40,7 @@ def cli():
 
 @cli.group()
 def data():
-    """Import and inspect datasets (CCP, folders, VOC/CVAT, shards)."""
+    """Import, export and inspect datasets (COCO, Cityscapes, Label Studio, VOC/CVAT, folders, CCP, shards)."""
 
 
 @data.command("import-ccp")
@@ -63,6 +66,47 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, l
                f"in {summary['seconds']:.1f} s -> {out}")
 
 
+@data.command("import")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice([AUTO, *IMPORT_FORMATS]), default=AUTO, help="SRC's format (auto: recognised by its layout). Which fields are read: docs/data.md.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Project folder to write (OUT/classes.json, OUT/<split>/images, masks); may already hold other splits.")
+@click.option("--split", default="train", help="Split read from SRC (VOC list, Cityscapes folder) and written to OUT/<split>.")
+@click.option("--size", "size", type=str, default=None, help="Resize to HxW (images: area/bicubic, masks: nearest) "
+              "[default: keep each image's size].")
+@click.option("--classes", "mapping", type=str, default=None,
+              help="Source class -> project class: 'person=person,car=vehicle,truck=vehicle,*=ignore' or a file of "
+                   "such entries [default: keep SRC's classes].")
+@click.option("--unlabelled", type=click.Choice(UNLABELLED_CHOICES), default=UNLABELLED_CHOICES[0],
+              help="COCO / Label Studio pixels no annotation covers: the background class or 255 (ignore).")
+def data_import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, mapping: str | None, unlabelled: str):
+    """Import COCO, Cityscapes, Label Studio, VOC/CVAT or a labelled folder into the project folder format."""
+    from labelgen.data.formats import import_dataset
+    from labelgen.data.mapping import ClassMapping
+
+    summary = import_dataset(src, out, fmt, split, parse_size(size) if size else None,
+                             ClassMapping.parse(mapping) if mapping else None, unlabelled)
+    skipped = "".join(f", {v} {k.replace('_', ' ')}" for k, v in summary.items() if k.startswith("skipped"))
+    click.echo(f"imported {summary['images']} images ({summary['format']}{skipped}) -> {out / split}; "
+               f"classes: {', '.join(summary['classes'])}")
+
+
+@data.command("export")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), required=True,
+              help="coco: images/ + annotations.json (RLE); voc: JPEGImages/ + SegmentationClass/ + labelmap.txt; "
+                   "folder: the project format.")
+@click.option("--split", default="train", help="Split name written (VOC ImageSets list, folder OUT/<split>).")
+def data_export_cmd(src: Path, out: Path, fmt: str, split: str):
+    """Export a shard set (synthesis output), a workspace's annotations or a labelled folder to OUT."""
+    from labelgen.data.export import export_dataset
+
+    summary = export_dataset(src, out, fmt, split)
+    skipped = f" ({summary['skipped_unlabelled']} unlabelled skipped)" if summary["skipped_unlabelled"] else ""
+    click.echo(f"exported {summary['samples']} samples{skipped} as {fmt} -> {out}")
+
+
 @data.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
 def data_info(path: Path):
@@ -74,9 +118,16 @@ def data_info(path: Path):
     if path.is_dir() and (is_shard_set(path) or (path / PLAN_NAME).is_file()):  # started, maybe no shard yet
         click.echo(shard_set_status(path, _planned_shards(path)).describe())
         return
+    from labelgen.data.folder import pixel_statistics
+
     folder = open_labelled(path)
     click.echo(f"folder {path}: {len(folder)} images, {folder.labelled_count} with masks, "
                f"classes: {', '.join(folder.classes.names)}")
+    lines, warnings = pixel_statistics(folder)
+    for line in lines:
+        click.echo(line)
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _planned_shards(path: Path) -> int | None:

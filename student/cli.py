@@ -169,9 +169,10 @@ def predict_cmd(checkpoint: Path, images: Path, out: Path, weights: str | None):
 @click.option("--tolerance", type=float, default=1e-3, help="Largest accepted |onnxruntime - PyTorch| on the logits.")
 @WEIGHTS_OPTION
 def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float, weights: str | None):
-    """Export to ONNX and verify with onnxruntime against PyTorch."""
+    """Export to ONNX (uint8 RGB [batch, height, width, 3] in, any size; logits out; class names, colours and
+    training size in the metadata) and verify with onnxruntime against PyTorch at several sizes."""
     from labelgen.errors import LabelgenError
-    from labelgen.student.evaluate import export_onnx
+    from labelgen.student.onnx_export import export_onnx
 
     model, config, weights_path = _load(checkpoint, weights)
     diff = export_onnx(model, config, onnx_path, opset)

@@ -1,4 +1,5 @@
-"""Evaluate, predict with and export a trained student (run folder: see labelgen.student.models).
+"""Evaluate and predict with a trained student (run folder: see labelgen.student.models; ONNX export:
+labelgen.student.onnx_export).
 
 Inference: the image is resized to the training size, normalised, and the logits are resized
 (bilinear) back to the image's own size before the argmax, so masks and metrics are at full size.
@@ -110,31 +111,3 @@ def predict_folder(model, config: StudentConfig, images: Path, out: Path, device
     for p in paths:
         write_png(out / f"{p.stem}.png", predict_image(model, config, read_image(p), device), palette)
     return len(paths)
-
-
-def export_onnx(model, config: StudentConfig, path: Path, opset: int = 17) -> float:
-    """Export to ONNX (batch dim dynamic, fixed training size) and check against PyTorch with
-    onnxruntime. Returns the max abs difference of the logits."""
-    import onnxruntime as ort
-
-    model = model.eval()
-    h, w = config.image_size
-    g = torch.Generator().manual_seed(0)
-    dummy = torch.randn(2, 3, h, w, generator=g)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    check = torch.randn(3, 3, h, w, generator=g)
-    with torch.no_grad():
-        expected = model(check).numpy()
-    got = session.run(["logits"], {"image": check.numpy()})[0]
-    assert got.shape == expected.shape, (got.shape, expected.shape)
-    return float(np.abs(got - expected).max())
-

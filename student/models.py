@@ -83,11 +83,16 @@ def _build_error(arch: str, encoder: str, e: Exception) -> LabelgenError:
     return LabelgenError(f"cannot build {arch} with encoder {encoder!r}: {str(e).strip().splitlines()[0][:200]}{hint}")
 
 
+def size_divisor(model: nn.Module) -> int:
+    """The multiple a side must be: the encoder's output stride where smp's model says it needs that, else 1."""
+    return model.encoder.output_stride if getattr(model, "requires_divisible_input_shape", True) else 1
+
+
 def check_image_size(model: nn.Module, arch: str, image_size: tuple[int, int]) -> None:
     """Refuse, in one line, an input size ``arch`` cannot take: sides divisible by the encoder's
     output stride (where smp's model says it needs that) and at least ARCH_MIN_SIZE."""
     h, w = image_size
-    divisor = model.encoder.output_stride if getattr(model, "requires_divisible_input_shape", True) else 1
+    divisor = size_divisor(model)
     smallest = ARCH_MIN_SIZE.get(arch.lower(), 1)
     if h % divisor or w % divisor or min(h, w) < smallest:
         need = [f"divisible by {divisor}"] if divisor > 1 else []

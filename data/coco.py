@@ -1,0 +1,267 @@
+"""COCO object / stuff annotations (JSON) read as semantic masks, and written from them.
+
+Read (``labelgen data import --format coco``): ``images`` (``id``, ``file_name``, ``width``,
+``height``), ``categories`` (``id``, ``name``; optional ``color``), ``annotations`` (``image_id``,
+``category_id``, ``segmentation``: polygons ``[[x1, y1, x2, y2, ...], ...]``, uncompressed RLE
+``{"size": [h, w], "counts": [..]}`` or compressed RLE ``{"size": [h, w], "counts": "..."}``). Every
+other field (``bbox``, ``area``, ``iscrowd``, ``keypoints``, ``info``, ``licenses``) is not used:
+crowd regions are painted as their category like any other. Annotations without a segmentation are
+refused.
+
+Semantic masks: category -> class (category order = class order, by id); **overlaps: annotations are
+painted largest first, so a smaller region lying on a larger one keeps its pixels** (ties: file
+order); pixels no annotation covers become the ``background`` class (a category of that name, else a
+new class 0) or 255 = ignore (``--unlabelled ignore``).
+
+Polygons are rasterised and RLE decoded by pycocotools (after our own checks: a polygon vertex more
+than 1 px outside its image, an RLE whose size or run lengths do not match its image, are errors
+naming the annotation, as are unknown category and image ids and image files that are missing or of
+another size than the JSON says).
+
+Written (``labelgen data export --format coco``): ``OUT/images/<key>.png`` and
+``OUT/annotations.json`` with one annotation per (image, class present): compressed RLE,
+``iscrowd`` 0, ``area`` and ``bbox`` filled; every class is a category (id = class id + 1, with its
+``color``); ignore pixels (255) are left unannotated (COCO-stuff's convention).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from labelgen.data.classes import ClassList, default_colour
+from labelgen.data.folder import LabelledImage
+from labelgen.data.io import IGNORE_INDEX, atomic_write_json, read_image, read_json
+from labelgen.errors import DataError
+
+BACKGROUND = "background"
+UNLABELLED_CHOICES = ("background", "ignore")  # what pixels no annotation covers become
+OUTSIDE_TOLERANCE_PX = 1.0  # a polygon vertex this far beyond the image border is still accepted (clipped)
+
+
+# ---------------------------------------------------------------- shapes -> binary masks
+def rle_counts_from_string(text: str, where: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (COCO's 6-bit, delta-coded variable-length form)."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                raise DataError(f"{where}: truncated compressed RLE")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise DataError(f"{where}: bad character {text[p]!r} in compressed RLE")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value -= 1 << shift  # sign extension
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def rle_to_mask(rle: dict, hw: tuple[int, int], where: str) -> np.ndarray:
+    """A COCO RLE (compressed or not) -> bool [H, W], checked against the image size ``hw``."""
+    from pycocotools import mask as mask_utils
+
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        raise DataError(f"{where}: RLE must be {{'size': [h, w], 'counts': ...}}")
+    size = tuple(int(v) for v in rle["size"])
+    if size != tuple(hw):
+        raise DataError(f"{where}: RLE of the wrong size {size[1]}x{size[0]} for an image of {hw[1]}x{hw[0]} (WxH)")
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        runs = [int(v) for v in counts]
+    elif isinstance(counts, str):
+        runs = rle_counts_from_string(counts, where)
+    else:
+        raise DataError(f"{where}: RLE counts must be a list or a string")
+    if any(v < 0 for v in runs) or sum(runs) != hw[0] * hw[1]:
+        raise DataError(f"{where}: RLE of the wrong size (its runs cover {sum(runs)} pixels, the image has "
+                        f"{hw[0] * hw[1]})")
+    compressed = mask_utils.frPyObjects({"size": list(hw), "counts": runs}, *hw) if isinstance(counts, list) \
+        else {"size": list(hw), "counts": counts.encode()}
+    return mask_utils.decode(compressed).astype(bool)
+
+
+def polygons_to_mask(polygons: list, hw: tuple[int, int], where: str) -> np.ndarray:
+    """Polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels -> bool [H, W] (their union)."""
+    from pycocotools import mask as mask_utils
+
+    h, w = hw
+    clean = []
+    for poly in polygons:
+        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+            raise DataError(f"{where}: a polygon needs at least 3 (x, y) points")
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        tol = OUTSIDE_TOLERANCE_PX
+        if (xy[:, 0] < -tol).any() or (xy[:, 0] > w + tol).any() or (xy[:, 1] < -tol).any() or (xy[:, 1] > h + tol).any():
+            raise DataError(f"{where}: polygon outside the image (x {xy[:, 0].min():.1f}..{xy[:, 0].max():.1f}, "
+                            f"y {xy[:, 1].min():.1f}..{xy[:, 1].max():.1f}; image {w}x{h})")
+        clean.append(xy.ravel().tolist())
+    if not clean:
+        raise DataError(f"{where}: empty segmentation")
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(clean, h, w))).astype(bool)
+
+
+def paint(shapes: list[tuple[np.ndarray, int]], hw: tuple[int, int], fill: int) -> np.ndarray:
+    """Binary regions with their class ids -> uint8 [H, W]: largest first, so smaller regions stay on top
+    (stable: equal areas keep their order); pixels no region covers are ``fill``."""
+    mask = np.full(hw, fill, dtype=np.uint8)
+    for region, class_id in sorted(shapes, key=lambda s: -int(s[0].sum())):
+        mask[region] = class_id
+    return mask
+
+
+def source_classes(names: list[str], colours: list[tuple[int, int, int] | None], unlabelled: str
+                   ) -> tuple[ClassList, int]:
+    """Classes of an annotation set whose unannotated pixels are ``unlabelled`` ('background': the class
+    named so, else a new class 0; 'ignore': 255). Returns (classes, fill value)."""
+    if unlabelled not in UNLABELLED_CHOICES:
+        raise DataError(f"unlabelled pixels must become one of {', '.join(UNLABELLED_CHOICES)}, not {unlabelled!r}")
+    colours = [c if c is not None else default_colour(i + 1) for i, c in enumerate(colours)]
+    if unlabelled == "background" and BACKGROUND not in names:
+        names, colours = [BACKGROUND, *names], [default_colour(0), *colours]
+    classes = ClassList(tuple(names), tuple(tuple(c) for c in colours))
+    return classes, classes.names.index(BACKGROUND) if unlabelled == "background" else IGNORE_INDEX
+
+
+def find_image(file_name: str, folders: list[Path], what: str) -> Path:
+    """The first ``folder/file_name`` (or ``folder/<its base name>``) that exists."""
+    for folder in folders:
+        for candidate in (folder / file_name, folder / Path(file_name).name):
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"{what}: image {file_name!r} not found (looked in {', '.join(str(f) for f in folders)})")
+
+
+# ---------------------------------------------------------------- reader
+def find_annotation_json(src: Path, split: str, what: str) -> Path:
+    """SRC itself when a file, else the one ``*.json`` in SRC or SRC/annotations (several: those whose
+    name contains ``split``)."""
+    if src.is_file():
+        return src
+    candidates = sorted(p for d in (src, src / "annotations") if d.is_dir() for p in d.glob("*.json"))
+    if len(candidates) > 1:
+        candidates = [p for p in candidates if split in p.stem] or candidates
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise DataError(f"{src}: expected one {what} JSON in it or in annotations/ (found: {found}); "
+                        f"pass the JSON file itself")
+    return candidates[0]
+
+
+def json_head_has(path: Path, start: str, keys: tuple[str, ...]) -> bool:
+    """Whether the annotation JSON at (or in) ``path`` starts with ``start`` and names ``keys`` early on
+    (a cheap look for format detection; the reader validates for real)."""
+    try:
+        head = find_annotation_json(path, "", "annotation").read_text()[:100_000].lstrip()
+    except (DataError, OSError, UnicodeDecodeError):
+        return False
+    return head.startswith(start) and all(f'"{key}"' in head for key in keys)
+
+
+def looks_like_coco(path: Path) -> bool:
+    return json_head_has(path, "{", ("images", "categories"))
+
+
+class CocoReader:
+    """A COCO JSON (SRC = the JSON file, or a folder with one in it or in ``annotations/``) as semantic masks.
+    Image files are looked up by ``file_name`` beside the JSON, in ``images/``, in ``<split>/`` and in
+    the folder named after the JSON (``instances_train2017.json`` -> ``train2017/``)."""
+
+    def __init__(self, src: Path, split: str = "train", unlabelled: str = "background"):
+        self.json_path = find_annotation_json(Path(src), split, "COCO annotation")
+        data = read_json(self.json_path)
+        where = str(self.json_path)
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+            raise DataError(f"{where}: not a COCO annotation file (needs lists 'images', 'annotations', 'categories')")
+        try:
+            categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+            self.category_ids = [int(c["id"]) for c in categories]
+            names = [str(c["name"]) for c in categories]
+            colours = [tuple(int(v) for v in c["color"]) if c.get("color") else None for c in categories]
+            self.images = {int(im["id"]): im for im in data["images"]}
+            for im in self.images.values():
+                im["file_name"], im["width"], im["height"] = str(im["file_name"]), int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{where}: bad COCO categories or images ({type(e).__name__}: {e})") from None
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise DataError(f"{where}: duplicate category ids")
+        self.classes, self.fill = source_classes(names, colours, unlabelled)
+        self.class_of = {cid: self.classes.names.index(n) for cid, n in zip(self.category_ids, names)}
+        self.annotations: dict[int, list[tuple[int, dict]]] = {i: [] for i in self.images}
+        for k, ann in enumerate(data["annotations"]):
+            ann_where = f"{where}: annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
+            if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+                raise DataError(f"{ann_where}: needs image_id and category_id")
+            if ann["category_id"] not in self.class_of:
+                raise DataError(f"{ann_where}: unknown category id {ann['category_id']} (categories: "
+                                f"{', '.join(map(str, self.category_ids))})")
+            if ann["image_id"] not in self.annotations:
+                raise DataError(f"{ann_where}: unknown image id {ann['image_id']}")
+            if not ann.get("segmentation"):
+                raise DataError(f"{ann_where}: no segmentation (boxes alone do not make a mask)")
+            self.annotations[ann["image_id"]].append((k, ann))
+        root = self.json_path.parent.parent if self.json_path.parent.name == "annotations" else self.json_path.parent
+        stem = self.json_path.stem
+        for prefix in ("instances_", "stuff_", "panoptic_"):
+            stem = stem.removeprefix(prefix)
+        self.image_folders = list(dict.fromkeys([self.json_path.parent, root, root / "images", root / split, root / stem,
+                                                 root / "images" / stem]))
+        self.ids = sorted(self.images)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[LabelledImage]:
+        for image_id in self.ids:
+            yield self.read(image_id)
+
+    def read(self, image_id: int) -> LabelledImage:
+        info = self.images[image_id]
+        where = f"{self.json_path}: image {image_id}"
+        path = find_image(info["file_name"], self.image_folders, where)
+        image = read_image(path)
+        hw = (info["height"], info["width"])
+        if image.shape[:2] != hw:
+            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, {self.json_path} says "
+                            f"{hw[1]}x{hw[0]} (WxH)")
+        shapes = []
+        for k, ann in self.annotations[image_id]:
+            ann_where = f"{self.json_path}: annotation {ann.get('id', k)}"
+            segm = ann["segmentation"]
+            region = polygons_to_mask(segm, hw, ann_where) if isinstance(segm, list) else rle_to_mask(segm, hw, ann_where)
+            shapes.append((region, self.class_of[ann["category_id"]]))
+        return LabelledImage(path.stem, image, paint(shapes, hw, self.fill), path, self.json_path)
+
+
+# ---------------------------------------------------------------- writer
+def write_coco(items: list[tuple[str, Path, np.ndarray]], classes: ClassList, json_path: Path) -> int:
+    """``items``: (key, image file name relative to the JSON's folder, index mask uint8 [H, W]).
+    Writes the annotation JSON (atomically); returns the number of annotations."""
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for image_id, (key, file_name, mask) in enumerate(items, 1):
+        h, w = mask.shape
+        images.append({"id": image_id, "file_name": str(file_name), "width": w, "height": h})
+        for class_id in np.unique(mask):
+            if class_id == IGNORE_INDEX:
+                continue
+            rle = mask_utils.encode(np.asfortranarray(mask == class_id, dtype=np.uint8))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(class_id) + 1,
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
+            })
+    categories = [{"id": i + 1, "name": n, "supercategory": "", "color": list(c)}
+                  for i, (n, c) in enumerate(zip(classes.names, classes.colours))]
+    atomic_write_json(json_path, {"info": {"description": "exported by labelgen"}, "images": images,
+                                  "annotations": annotations, "categories": categories})
+    return len(annotations)
