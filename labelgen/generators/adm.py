@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.base import CONFIG_NAME
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, DiffusionGenerator
+from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
 FLAG_DEFAULTS: dict[str, Any] = {
@@ -78,6 +78,8 @@ OPTION_KEYS = ("preset", "flags", "timesteps", "feature_layers", "ddim_steps", "
 def _int_tuple(value: Any, name: str, cast=int) -> tuple:
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):  # YAML reads "16" as a number
+        value = [value]
     try:
         return tuple(cast(v) for v in value)
     except (TypeError, ValueError):
@@ -354,7 +356,7 @@ def schedule_config(flags: dict[str, Any]) -> dict[str, Any]:
             "beta_end": scale * 0.02, "prediction_type": "epsilon", "clip_sample": True}
 
 
-class ADMGenerator(DiffusionGenerator):
+class ADMGenerator(PixelDiffusionGenerator):
     backend = "adm"
 
     def __init__(self, flags: dict[str, Any], timesteps: list[int] | None = None,
@@ -377,16 +379,6 @@ class ADMGenerator(DiffusionGenerator):
     @property
     def resolution(self) -> tuple[int, int]:
         return (self.flags["image_size"], self.flags["image_size"])
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (3, *self.resolution)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return x0
 
     def unet_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t)[:, :3]  # learn_sigma: channels 3..5 are the variance interpolation, unused by DDIM

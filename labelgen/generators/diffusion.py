@@ -194,3 +194,17 @@ class DiffusionGenerator(Generator):
             if "seed" not in r:
                 raise LabelgenError(f"{self.backend}: recipe {r!r} has no seed (real images: use features_of_images)")
         return self._run(list(recipes))
+
+
+class PixelDiffusionGenerator(DiffusionGenerator):
+    """A diffusion backend that denoises RGB pixels directly (DDPM, ADM): the UNet's space is the image."""
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (3, *self.resolution)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0
