@@ -50,7 +50,7 @@ class SNLinear(nn.Module):
         self.register_buffer("weight_u", F.normalize(torch.randn(fan_out), dim=0))
         self.register_buffer("weight_v", torch.zeros(fan_in))
         with torch.no_grad():  # a few power iterations: sigma near the top singular value of a new layer
-            for _ in range(3):
+            for _ in range(0 if self.weight_orig.is_meta else 3):
                 self.weight_v.copy_(F.normalize(self.weight_u @ self.weight_orig, dim=0))
                 self.weight_u.copy_(F.normalize(self.weight_orig @ self.weight_v, dim=0))
 
