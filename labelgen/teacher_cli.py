@@ -86,6 +86,40 @@ def _generator_to_best_device(ws) -> str:
     return device
 
 
+def generator_options(command):
+    """init's backend-specific options (adm: --preset, --model-flags; biggan: --class, --truncation)."""
+    import inspect
+
+    from labelgen.generators.adm import ADM_PRESETS
+    from labelgen.generators.biggan import BigGANGenerator
+
+    biggan = {k: p.default for k, p in inspect.signature(BigGANGenerator).parameters.items()}  # stated once there
+    for option in reversed([
+        click.option("--preset", type=click.Choice(list(ADM_PRESETS)), default=None,
+                     help="adm: the published model flags of a guided-diffusion checkpoint (lsun-256: "
+                          "lsun_bedroom/cat/horse.pt; ffhq-256: DDPM-seg's ffhq.pt; imagenet-256-uncond)."),
+        click.option("--model-flags", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="adm: JSON/YAML of guided-diffusion model flags (over --preset) [default: "
+                          "<checkpoint stem>.json/.yaml beside the checkpoint]."),
+        click.option("--class", "class_id", type=click.IntRange(0), default=None,
+                     help=f"biggan: ImageNet class index sampled [default: {biggan['class_id']}]."),
+        click.option("--truncation", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="biggan: truncation of z (and of the batch-norm statistics) "
+                          f"[default: {biggan['truncation']}]."),
+    ]):
+        command = option(command)
+    return command
+
+
+def generator_options_of(preset=None, model_flags=None, class_id=None, truncation=None) -> dict:
+    """The workspace's generator_options from init's backend options (only those given)."""
+    from labelgen.generators.adm import read_flags_file
+
+    options = {"preset": preset, "flags": None if model_flags is None else read_flags_file(model_flags),
+               "class_id": class_id, "truncation": truncation}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 @click.command("init")
 @click.argument("workspace_arg", required=False, type=click.Path(path_type=Path))
 @workspace_option
@@ -103,9 +137,11 @@ def _generator_to_best_device(ws) -> str:
 @click.option("--timesteps", type=str, default=",".join(map(str, WORKSPACE["timesteps"])), show_default=True,
               help="Diffusion feature timesteps.")
 @click.option("--feature-layers", type=str, default=None,
-              help="Comma-separated generator feature levels the head uses [default: all].")
+              help="Comma-separated generator feature levels the head uses [default: all; adm 256x256: "
+                   "DDPM-seg's output blocks 5,6,7,8,12].")
+@generator_options
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
-             feature_layers):
+             feature_layers, **backend_options):
     """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
     from labelgen.workspace import create_workspace, default_workspace_path
 
@@ -115,7 +151,8 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
         raise LabelgenError(f"--classes {class_names!r}: need at least two comma-separated class names")
     head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
-                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"))
+                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
+                          generator_options=generator_options_of(**backend_options))
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
                f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "

@@ -40,7 +40,7 @@ from labelgen.teacher import Teacher, check_head, generator_identity, state_dige
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
-DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion")
+DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion", "adm")
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

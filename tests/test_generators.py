@@ -28,8 +28,18 @@ SD_VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_
           "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"]}
 SG2_TINY = {"img_resolution": 32, "z_dim": 32, "w_dim": 32, "mapping_kwargs": {"num_layers": 2},
             "synthesis_kwargs": {"channel_base": 256, "channel_max": 32}}
+# ADM (guided-diffusion layout): 32x32, 32 channels, 1 res block, attention at 16x16, learned sigma, res-block
+# up/down-sampling, scale-shift norm -- the published flags at toy size
+ADM_TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+            "attention_resolutions": "16", "num_head_channels": 16, "learn_sigma": True, "resblock_updown": True,
+            "use_scale_shift_norm": True}
+# BigGAN-deep layout at 32x32: stage multipliers 4, 2, 1, 1 (x channel_width 8), attention before block 4
+BIGGAN_TINY = {"resolution": 32, "channel_width": 8, "z_dim": 8, "num_classes": 5, "multipliers": [4, 2, 1, 1],
+               "attention_layer_position": 4, "n_stats": 11}
 TINY = {
     "dcgan": ({"ngf": 8, "nz": 16}, {}),
+    "adm": ({"flags": ADM_TINY, "timesteps": [50, 400]}, {"ddim_steps": 2}),
+    "biggan": (BIGGAN_TINY, {"truncation": 0.5, "class_id": 3}),
     "stylegan2": (SG2_TINY, {"truncation_psi": 0.7}),
     "ddpm": ({"unet_config": DDPM_UNET, "timesteps": [50, 400]}, {"ddim_steps": 2}),
     "stable-diffusion": ({"unet_config": SD_UNET, "vae_config": SD_VAE, "prompt_length": 5, "timesteps": [100]},
@@ -43,7 +53,21 @@ def _make(backend: str, **extra) -> "labelgen.generators.Generator":
     g = create_generator(backend, **{**kwargs, **extra}).eval()
     if backend == "stable-diffusion":
         g.empty_prompt_embeds.normal_()  # stands in for the CLIP embedding of ""
+    if backend == "biggan":
+        randomize_biggan_statistics(g)
     return g
+
+
+def randomize_biggan_statistics(g) -> None:
+    """Measured-looking batch-norm statistics (a new model has means 0, variances 1 at every truncation)."""
+    with torch.no_grad():
+        for name, t in g.state_dict().items():
+            if name.endswith("running_means"):
+                t.normal_(0, 0.1)
+            elif name.endswith("running_vars"):
+                t.uniform_(0.5, 2.0)
+            elif name.endswith("gamma"):
+                t.fill_(0.5)
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))

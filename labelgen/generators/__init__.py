@@ -2,7 +2,8 @@
 
     create_generator("stylegan2", resolution=(64, 64), ...)   new model from constructor arguments
     from_checkpoint("stylegan2", "ffhq.pkl")                   a published checkpoint (NVlabs .pkl,
-                                                               diffusers folder, DCGAN state dict)
+                                                               diffusers folder, DCGAN state dict,
+                                                               guided-diffusion .pt, BigGAN-deep .bin)
     load_generator("path/to/saved")                            a folder written by save_pretrained
 
 Backends are imported lazily: each registry entry names ``module:Class``. Besides the built-in
@@ -31,6 +32,8 @@ BACKENDS: dict[str, str] = {
     "ddpm": "labelgen.generators.ddpm:DDPMGenerator",
     "stable-diffusion": "labelgen.generators.stable_diffusion:StableDiffusionGenerator",
     "dcgan": "labelgen.generators.dcgan:DCGANGenerator",
+    "adm": "labelgen.generators.adm:ADMGenerator",
+    "biggan": "labelgen.generators.biggan:BigGANGenerator",
 }
 
 PLUGINS_ENV = "LABELGEN_PLUGINS"  # opt-in list of plug-in modules / module:Class backends

@@ -23,7 +23,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.base import CONFIG_NAME
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, DiffusionGenerator, plain_config
+from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, plain_config
 
 MODEL_INDEX = "model_index.json"
 OPTION_KEYS = ("timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last", "max_batch")
@@ -59,7 +59,7 @@ def read_labelgen_options(folder: Path, backend: str) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k in OPTION_KEYS}
 
 
-class DDPMGenerator(DiffusionGenerator):
+class DDPMGenerator(PixelDiffusionGenerator):
     backend = "ddpm"
 
     def __init__(self, unet_config: dict[str, Any], scheduler_config: dict[str, Any] | None = None,
@@ -85,16 +85,6 @@ class DDPMGenerator(DiffusionGenerator):
     def resolution(self) -> tuple[int, int]:
         size = self.unet.config.sample_size
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (3, *self.resolution)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return x0
 
     def unet_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample

@@ -56,7 +56,7 @@ class DiffusionGenerator(Generator):
         if not self.timesteps or any(not 0 <= t < num_train_timesteps for t in self.timesteps):
             raise LabelgenError(f"{self.backend}: timesteps must be a non-empty list in 0..{num_train_timesteps - 1}, "
                                 f"got {self.timesteps}")
-        self.layers = check_feature_layers(feature_layers, len(self.unet.up_blocks), self.backend)
+        self.layers = check_feature_layers(feature_layers, len(self._level_channels_and_strides()), self.backend)
 
     # ---- to implement ----
     @property
@@ -76,15 +76,23 @@ class DiffusionGenerator(Generator):
         """The UNet's raw output for noisy x [B, *latent_shape] at timesteps t [B]."""
         raise NotImplementedError
 
-    # ---- feature layout ----
+    # ---- feature layout (diffusers UNets; a UNet of another layout overrides these two) ----
     def _level_channels_and_strides(self) -> list[tuple[int, int]]:
-        """(channels, stride in the UNet's space) of each up block's pre-upsample output."""
+        """(channels, stride in the UNet's space) of each feature level: an up block's pre-upsample output."""
         out = []
         blocks = list(self.unet.up_blocks)
         for i, block in enumerate(blocks):
             ups = sum(1 for b in blocks[i:] if getattr(b, "upsamplers", None))
             out.append((block.resnets[-1].out_channels, 2**ups))
         return out
+
+    def _hook_level(self, i: int, store: list[torch.Tensor]):
+        """Register a hook that appends level ``i``'s activation (float32) to ``store``; returns its handle."""
+        block = self.unet.up_blocks[i]
+        if getattr(block, "upsamplers", None):
+            return block.upsamplers[0].register_forward_pre_hook(lambda m, args: store.append(args[0].float()))
+        return block.register_forward_hook(
+            lambda m, args, out: store.append((out[0] if isinstance(out, tuple) else out).float()))
 
     @property
     def feature_channels(self) -> list[int]:
@@ -118,15 +126,7 @@ class DiffusionGenerator(Generator):
         noisy = self.noise_scheduler.add_noise(x_all, noise.repeat_interleave(N, dim=0), t_all)
 
         captured: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
-        hooks = []
-        for i in self.layers:
-            block = self.unet.up_blocks[i]
-            if getattr(block, "upsamplers", None):
-                hooks.append(block.upsamplers[0].register_forward_pre_hook(
-                    lambda m, args, i=i: captured[i].append(args[0].float())))
-            else:
-                hooks.append(block.register_forward_hook(
-                    lambda m, args, out, i=i: captured[i].append((out[0] if isinstance(out, tuple) else out).float())))
+        hooks = [self._hook_level(i, captured[i]) for i in self.layers]
         try:
             with self._autocast(device):
                 for start in range(0, T * N, self.max_batch):
@@ -194,3 +194,17 @@ class DiffusionGenerator(Generator):
             if "seed" not in r:
                 raise LabelgenError(f"{self.backend}: recipe {r!r} has no seed (real images: use features_of_images)")
         return self._run(list(recipes))
+
+
+class PixelDiffusionGenerator(DiffusionGenerator):
+    """A diffusion backend that denoises RGB pixels directly (DDPM, ADM): the UNet's space is the image."""
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (3, *self.resolution)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0

@@ -1,0 +1,415 @@
+"""The published teachers: guided-diffusion ADM (``--generator adm``) and BigGAN-deep (``--generator biggan``).
+
+No real checkpoint is downloaded here. Instead:
+* the published architectures are built on the meta device and compared with the published checkpoints'
+  key layout written down below (names, shapes, key and parameter counts: 552,814,086 parameters for the
+  LSUN/FFHQ 256x256 ADM, 50.4M / 55.9M / 56.2M for BigGAN-deep 128 / 256 / 512 as their model cards say);
+* tiny models with random weights are saved in exactly that layout (a plain ``torch.save`` of the state dict,
+  as the published files are) and go through the whole CLI: init -> sample -> import -> train-heads ->
+  synthesize -> student;
+* pickled payloads in a checkpoint are refused before they run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import labelgen  # noqa: F401  (torchvision shim before diffusers)
+from labelgen.errors import LabelgenError
+from labelgen.generators import create_generator, from_checkpoint
+from test_generators import ADM_TINY, BIGGAN_TINY, randomize_biggan_statistics
+
+torch.set_num_threads(1)
+
+# ------------------------------------------------------------------------------------------------
+# the published key layouts (lsun_bedroom.pt / lsun_cat.pt / lsun_horse.pt / DDPM-seg ffhq.pt all share it)
+# ------------------------------------------------------------------------------------------------
+ADM_256_KEYS = {
+    "time_embed.0.weight": (1024, 256), "time_embed.2.weight": (1024, 1024),
+    "input_blocks.0.0.weight": (256, 3, 3, 3),
+    "input_blocks.1.0.in_layers.0.weight": (256,), "input_blocks.1.0.in_layers.2.weight": (256, 256, 3, 3),
+    "input_blocks.1.0.emb_layers.1.weight": (512, 1024),  # scale-shift: 2 x 256
+    "input_blocks.1.0.out_layers.0.weight": (256,), "input_blocks.1.0.out_layers.3.weight": (256, 256, 3, 3),
+    "input_blocks.3.0.in_layers.2.weight": (256, 256, 3, 3),  # res-block down-sampler (no op weights)
+    "input_blocks.7.0.skip_connection.weight": (512, 256, 1, 1),
+    "input_blocks.10.1.norm.weight": (512,), "input_blocks.10.1.qkv.weight": (1536, 512, 1),  # attention at 32x32
+    "input_blocks.10.1.proj_out.weight": (512, 512, 1),
+    "input_blocks.13.0.skip_connection.weight": (1024, 512, 1, 1), "input_blocks.16.1.qkv.bias": (3072,),
+    "input_blocks.17.1.proj_out.weight": (1024, 1024, 1),
+    "middle_block.0.emb_layers.1.weight": (2048, 1024), "middle_block.1.qkv.weight": (3072, 1024, 1),
+    "middle_block.2.out_layers.3.weight": (1024, 1024, 3, 3),
+    "output_blocks.0.0.in_layers.0.weight": (2048,), "output_blocks.0.0.skip_connection.weight": (1024, 2048, 1, 1),
+    "output_blocks.2.2.in_layers.2.weight": (1024, 1024, 3, 3),  # res-block up-sampler after the attention
+    "output_blocks.5.0.skip_connection.weight": (1024, 1536, 1, 1), "output_blocks.5.1.qkv.weight": (3072, 1024, 1),
+    "output_blocks.8.0.in_layers.0.weight": (1024,), "output_blocks.8.1.qkv.weight": (1536, 512, 1),
+    "output_blocks.8.2.emb_layers.1.weight": (1024, 1024),
+    "output_blocks.11.0.skip_connection.weight": (512, 768, 1, 1),
+    "output_blocks.12.0.skip_connection.weight": (256, 768, 1, 1), "output_blocks.14.1.out_layers.3.weight": (256, 256, 3, 3),  # no attention at 128x128: up-sampler is .1
+    "output_blocks.17.0.skip_connection.weight": (256, 512, 1, 1),
+    "out.0.weight": (256,), "out.2.weight": (6, 256, 3, 3), "out.2.bias": (6,),  # learned sigma: eps + variance
+}
+ADM_256_ABSENT = ["input_blocks.3.0.h_upd.op.weight", "output_blocks.2.2.conv.weight", "input_blocks.3.0.op.weight",
+                  "output_blocks.2.1.qkv_proj.weight", "label_emb.weight", "input_blocks.1.1.qkv.weight",
+                  "output_blocks.14.2.in_layers.0.weight"]
+
+BIGGAN_KEYS = {  # biggan-deep-{128,256,512} pytorch_model.bin (HF port of the TF-Hub modules)
+    "embeddings.weight": (128, 1000),
+    "generator.gen_z.weight_orig": (32768, 256), "generator.gen_z.weight_u": (32768,),
+    "generator.gen_z.weight_v": (256,), "generator.gen_z.bias": (32768,),
+    "generator.layers.0.bn_0.running_means": (51, 2048), "generator.layers.0.bn_0.running_vars": (51, 2048),
+    "generator.layers.0.bn_0.scale.weight_orig": (2048, 256), "generator.layers.0.bn_0.offset.weight_u": (2048,),
+    "generator.layers.0.conv_0.weight_orig": (512, 2048, 1, 1), "generator.layers.0.conv_1.weight_orig": (512, 512, 3, 3),
+    "generator.layers.0.conv_1.weight_v": (4608,), "generator.layers.0.conv_3.bias": (2048,),
+    "generator.layers.3.conv_3.weight_orig": (1024, 512, 1, 1),
+    "generator.bn.running_means": (51, 128), "generator.bn.weight": (128,), "generator.bn.bias": (128,),
+    "generator.conv_to_rgb.weight_orig": (128, 128, 3, 3), "generator.conv_to_rgb.bias": (128,),
+}
+BIGGAN_PER_RESOLUTION = {  # parameters (model card), state-dict keys, attention layer, last module index
+    128: (50_388_609, 506, {"generator.layers.8.gamma": (1,), "generator.layers.8.snconv1x1_theta.weight_orig": (32, 256, 1, 1),
+                            "generator.layers.8.snconv1x1_g.weight_orig": (128, 256, 1, 1),
+                            "generator.layers.8.snconv1x1_o_conv.weight_orig": (256, 128, 1, 1),
+                            "generator.layers.10.conv_3.weight_orig": (128, 64, 1, 1)}),
+    256: (55_880_833, 602, {"generator.layers.8.snconv1x1_phi.weight_orig": (64, 512, 1, 1),
+                            "generator.layers.12.conv_3.weight_orig": (128, 64, 1, 1)}),
+    512: (56_163_905, 698, {"generator.layers.8.snconv1x1_phi.weight_u": (64,),
+                            "generator.layers.14.conv_3.weight_orig": (128, 32, 1, 1)}),
+}
+
+
+def _shapes(module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def test_adm_published_256_layout():
+    from labelgen.generators.adm import ADM_PRESETS, ADMUNet, normalize_flags, resolve_flags
+
+    for preset in ADM_PRESETS:
+        assert resolve_flags(None, preset, None) == normalize_flags(ADM_PRESETS["lsun-256"])
+    flags = resolve_flags(None, "lsun-256", None)
+    assert flags["channel_mult"] == [1, 1, 2, 2, 4, 4] and flags["attention_resolutions"] == [32, 16, 8]
+    with torch.device("meta"):
+        unet = ADMUNet(flags)
+    shapes = _shapes(unet)
+    assert len(shapes) == 566 and sum(p.numel() for p in unet.parameters()) == 552_814_086
+    for name, shape in ADM_256_KEYS.items():
+        assert shapes.get(name) == shape, name
+    for name in ADM_256_ABSENT:
+        assert name not in shapes, name
+    # DDPM-seg's default blocks 5, 6, 7, 8, 12: 1024 + 512 + 512 + 512 + 256 = 2,816 channels per timestep
+    assert [unet.levels[i] for i in [5, 6, 7, 8, 12]] == [(1024, 8), (512, 8), (512, 8), (512, 4), (256, 2)]
+
+
+@pytest.mark.parametrize("resolution", [128, 256, 512])
+def test_biggan_published_layouts(resolution):
+    from labelgen.generators.biggan import BigGANGenerator
+
+    params, keys, specific = BIGGAN_PER_RESOLUTION[resolution]
+    with torch.device("meta"):
+        g = BigGANGenerator(resolution=resolution)
+    shapes = _shapes(g)
+    assert len(shapes) == keys and sum(p.numel() for p in g.parameters()) == params
+    for name, shape in {**BIGGAN_KEYS, **specific}.items():
+        assert shapes.get(name) == shape, name
+    # the architecture is read back from names and shapes alone (what loading a published file does)
+    config = BigGANGenerator.config_from_state(g.state_dict(), Path("x.bin"))
+    assert config == {"resolution": resolution, "channel_width": 128, "z_dim": 128, "num_classes": 1000,
+                      "multipliers": g.config["multipliers"], "attention_layer_position": 8, "n_stats": 51}
+
+
+# ------------------------------------------------------------------------------------------------
+# loading tiny checkpoints saved in the published layout
+# ------------------------------------------------------------------------------------------------
+def _tiny_adm_file(tmp_path: Path, flags_suffix: str | None = ".json") -> tuple[Path, "labelgen.generators.Generator"]:
+    torch.manual_seed(0)
+    g = create_generator("adm", flags=ADM_TINY, timesteps=[50, 400], ddim_steps=2).eval()
+    with torch.no_grad():  # the published zero-initialised output convs are trained away: make them count
+        for name, p in g.unet.named_parameters():
+            if name.endswith(("out_layers.3.weight", "proj_out.weight", "out.2.weight")):
+                p.normal_(0, 0.05)
+    path = tmp_path / "tiny_adm.pt"
+    torch.save(g.unet.state_dict(), path)  # what guided-diffusion's checkpoints are: a plain state dict
+    if flags_suffix == ".json":
+        (tmp_path / "tiny_adm.json").write_text(json.dumps(ADM_TINY))
+    elif flags_suffix == ".yaml":
+        (tmp_path / "model_flags.yaml").write_text("".join(f"{k}: {v}\n" for k, v in ADM_TINY.items()))
+    return path, g
+
+
+def _tiny_biggan_folder(tmp_path: Path) -> tuple[Path, "labelgen.generators.Generator"]:
+    torch.manual_seed(0)
+    g = create_generator("biggan", **BIGGAN_TINY).eval()
+    randomize_biggan_statistics(g)
+    folder = tmp_path / "tiny-biggan"
+    folder.mkdir()
+    torch.save(g.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"output_dim": 32, "eps": 1e-4, "n_stats": 11}))
+    return folder, g
+
+
+@pytest.mark.parametrize("flags_suffix", [".json", ".yaml"])
+def test_adm_loads_by_name_with_flags_beside(tmp_path, flags_suffix):
+    path, g = _tiny_adm_file(tmp_path, flags_suffix)
+    loaded = from_checkpoint("adm", path, timesteps=[50, 400], ddim_steps=2)
+    for k, v in g.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
+    a, b = loaded.sample([4]), g.sample([4])
+    torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=0)
+    assert loaded.feature_channels == [64, 64, 64, 64, 32, 32, 32, 32]  # all 4 output blocks x 2 timesteps
+    # eps = the first 3 of the 6 learned-sigma channels
+    x, t = torch.rand(1, 3, 32, 32) * 2 - 1, torch.tensor([10])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.unet_eps(x, t), loaded.unet(x, t)[:, :3])
+        assert loaded.unet(x, t).shape[1] == 6
+
+
+def test_adm_flags_and_layout_errors(tmp_path):
+    from labelgen.generators.adm import normalize_flags, resolve_flags
+
+    path, g = _tiny_adm_file(tmp_path, flags_suffix=None)
+    with pytest.raises(LabelgenError, match="no model flags: pass --preset"):
+        from_checkpoint("adm", path)
+    with pytest.raises(LabelgenError, match="unknown preset 'lsun-512'"):
+        from_checkpoint("adm", path, preset="lsun-512")
+    with pytest.raises(LabelgenError, match=r"unknown \['num_chanels'\]"):
+        normalize_flags({"num_chanels": 8})
+    with pytest.raises(LabelgenError, match="class_cond=True is not supported"):
+        normalize_flags({"class_cond": True})
+    # flags over a preset; the preset's 256 channels do not fit the tiny file: named in one line
+    assert resolve_flags(None, "lsun-256", {"image_size": 32, "channel_mult": "1,2"})["num_channels"] == 256
+    with pytest.raises(LabelgenError, match=r"of another shape \(e\.g\. time_embed\.0\.weight") as e:
+        from_checkpoint("adm", path, preset="lsun-256", flags={"image_size": 32, "channel_mult": "1,2"})
+    assert "\n" not in str(e.value)
+    state = torch.load(path, weights_only=True)
+    state["input_blocks.0.0.kernel"] = state.pop("input_blocks.0.0.weight")
+    torch.save(state, tmp_path / "renamed.pt")
+    with pytest.raises(LabelgenError, match=r"1 missing \(e\.g\. input_blocks\.0\.0\.weight\); 1 unexpected"):
+        from_checkpoint("adm", tmp_path / "renamed.pt", flags=ADM_TINY)
+    with pytest.raises(LabelgenError, match="no default weights"):
+        from_checkpoint("adm", None, preset="lsun-256")
+    # a .safetensors copy loads too
+    from safetensors.torch import save_file
+
+    save_file(torch.load(path, weights_only=True), str(tmp_path / "tiny.safetensors"))
+    loaded = from_checkpoint("adm", tmp_path / "tiny.safetensors", flags=ADM_TINY, timesteps=[50, 400])
+    torch.testing.assert_close(loaded.features_of_images(torch.zeros(1, 3, 32, 32))[0],
+                               g.features_of_images(torch.zeros(1, 3, 32, 32))[0], atol=1e-5, rtol=0)
+
+
+def test_adm_attention_orders_differ_and_default_blocks():
+    from labelgen.generators.adm import default_feature_blocks, normalize_flags
+
+    legacy = create_generator("adm", flags=ADM_TINY, timesteps=[50])
+    new = create_generator("adm", flags={**ADM_TINY, "use_new_attention_order": True}, timesteps=[50])
+    new.load_state_dict(legacy.state_dict())  # same names and shapes, other split of the qkv channels
+    with torch.no_grad():
+        for name, p in legacy.unet.named_parameters():
+            if "proj_out" in name:
+                p.normal_(0, 0.2)
+        new.load_state_dict(legacy.state_dict())
+        x, t = torch.rand(1, 3, 32, 32), torch.tensor([100])
+        assert (legacy.unet(x, t) - new.unet(x, t)).abs().max() > 1e-4
+    assert default_feature_blocks(normalize_flags({"image_size": 256})) == [5, 6, 7, 8, 12]
+    assert default_feature_blocks(normalize_flags(ADM_TINY)) is None
+
+
+def test_biggan_loads_published_folder_and_samples_classes(tmp_path):
+    folder, g = _tiny_biggan_folder(tmp_path)
+    for checkpoint in (folder, folder / "pytorch_model.bin"):
+        loaded = from_checkpoint("biggan", checkpoint, class_id=3, truncation=0.5)
+        assert loaded.config["multipliers"] == [4, 2, 1, 1] and loaded.config["attention_layer_position"] == 4
+        for k, v in g.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
+    out = loaded.sample([1, 2])
+    assert out.recipes == [{"seed": 1, "class": 3, "truncation": 0.5}, {"seed": 2, "class": 3, "truncation": 0.5}]
+    other_class = loaded.sample([1], class_id=4)
+    assert (other_class.images[0] - out.images[0]).abs().max() > 1e-3
+    # truncation scales z and picks the batch-norm statistics (interpolated between the 11 stored points)
+    bn = loaded.generator.bn
+    mean, _ = bn.stats(0.25)  # between points 2 and 3 of 0, 0.1, ..., 1
+    torch.testing.assert_close(mean, (bn.running_means[2] + bn.running_means[3]) / 2)
+    mixed = loaded.features_from_recipes([{"seed": 1, "class": 3, "truncation": 0.9}, {"seed": 1, "class": 3,
+                                                                                       "truncation": 0.5}])
+    torch.testing.assert_close(mixed.images[1], out.images[0], atol=1e-5, rtol=0)
+    assert (mixed.images[0] - out.images[0]).abs().max() > 1e-3
+    with pytest.raises(LabelgenError, match="truncation must be in"):
+        loaded.sample([1], truncation=1.5)
+    with pytest.raises(LabelgenError, match="class 7 is not a class index 0..4"):
+        loaded.sample([1], class_id=7)
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    del state["generator.layers.4.gamma"]
+    torch.save(state, tmp_path / "noattn.bin")
+    with pytest.raises(LabelgenError, match="expected pairs of GenBlocks and one attention layer"):
+        from_checkpoint("biggan", tmp_path / "noattn.bin")
+    with pytest.raises(LabelgenError, match="not a BigGAN-deep generator state dict"):
+        from_checkpoint("biggan", _tiny_adm_file(tmp_path)[0])
+
+
+class _Payload:
+    """Pickles as a call of os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("backend", ["adm", "biggan"])
+def test_pickled_payload_in_checkpoint_is_refused(tmp_path, backend):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    if backend == "adm":
+        path, g = _tiny_adm_file(tmp_path)
+        state = dict(g.unet.state_dict())
+    else:
+        folder, g = _tiny_biggan_folder(tmp_path)
+        path, state = folder / "pytorch_model.bin", dict(g.state_dict())
+    torch.save({**state, "extra": _Payload(marker)}, path)  # the zip format torch writes
+    with pytest.raises(LabelgenError, match="refused: the checkpoint needs more than tensors") as e:
+        from_checkpoint(backend, path, **({"flags": ADM_TINY} if backend == "adm" else {}))
+    assert "\n" not in str(e.value)
+    path.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))  # a bare (legacy) pickle
+    with pytest.raises(LabelgenError, match="refused|not a loadable"):
+        from_checkpoint(backend, path, **({"flags": ADM_TINY} if backend == "adm" else {}))
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole CLI on the tiny published-layout files
+# ------------------------------------------------------------------------------------------------
+def _photos(folder: Path, n: int, size: int = 48) -> None:
+    """n 'real photos' (bright disc on dark ground, other sizes than the generator's) + index masks."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(n):
+        r = size // 4 + k % 5
+        disc = (yy - size / 2) ** 2 + (xx - size / 2 - k % 7) ** 2 < r * r
+        image = np.where(disc[..., None], 200, 40).astype(np.uint8) + np.random.default_rng(k).integers(
+            0, 30, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"p{k:03d}.png")
+        Image.fromarray(disc.astype(np.uint8)).save(folder / "masks" / f"p{k:03d}.png")
+
+
+def _cli(main, *args) -> None:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        assert e.code in (0, None), e.code
+
+
+@pytest.mark.parametrize("backend", ["adm", "biggan"])
+def test_full_cli_run(tmp_path, backend, capsys, monkeypatch):
+    """init -> sample -> import real photos -> train-heads -> synthesize -> student train (dreamteacher)."""
+    from labelgen.cli import main
+    from labelgen.data.shards import ShardReader
+    from labelgen.student.cli import main as student_main
+    from labelgen.workspace import Workspace
+
+    monkeypatch.setenv("LABELGEN_WORKSPACE", "")
+    w = tmp_path / "w"
+    if backend == "adm":
+        checkpoint, _ = _tiny_adm_file(tmp_path, flags_suffix=None)
+        (tmp_path / "flags.yaml").write_text("".join(f"{k}: {v}\n" for k, v in ADM_TINY.items()))
+        _cli(main, "init", w, "--generator", "adm", "--checkpoint", checkpoint, "--model-flags", tmp_path / "flags.yaml",
+             "--classes", "ground,disc", "--head", "conv", "--timesteps", "50,400", "--feature-layers", "2,3")
+    else:
+        checkpoint, _ = _tiny_biggan_folder(tmp_path)
+        _cli(main, "init", w, "--generator", "biggan", "--checkpoint", checkpoint, "--class", "3",
+             "--truncation", "0.5", "--classes", "ground,disc", "--head", "conv")
+    assert "32x32" in capsys.readouterr().out
+    if backend == "adm":  # DDIM steps are sampling-only (the generator id stays): 2 keep the test fast
+        config = json.loads((w / "workspace.json").read_text())
+        config["generator_options"]["ddim_steps"] = 2
+        (w / "workspace.json").write_text(json.dumps(config))
+    ws = Workspace(w)
+    if backend == "adm":
+        assert ws.config.generator_options["flags"]["num_channels"] == 32
+        assert ws.config.generator_options["timesteps"] == [50, 400] and len(ws.config.feature_channels) == 4
+    else:
+        assert ws.config.generator_options == {"class_id": 3, "truncation": 0.5}
+    _cli(main, "sample", "-w", w, "--n", "2")
+    _photos(tmp_path / "photos", 3)
+    if backend == "adm":
+        _cli(main, "import", "-w", w, "--images", tmp_path / "photos/images", "--masks", tmp_path / "photos/masks")
+        assert "imported 3 images (3 with masks); resized 3" in capsys.readouterr().out
+    else:
+        with pytest.raises(SystemExit) as e:
+            main(["import", "-w", str(w), "--images", str(tmp_path / "photos/images")])
+        assert e.value.code == 2 and "needs an inversion method" in capsys.readouterr().err
+    ws = Workspace(w)
+    for annotation_id in ws.annotation_ids():
+        if not ws.mask_path(annotation_id).is_file():
+            ws.save_mask(annotation_id, (ws.read_annotation(annotation_id)[0].mean(2) > 127).astype(np.uint8))
+    _cli(main, "train-heads", "-w", w, "--epochs", "2")
+    _cli(main, "synthesize", "-w", w, "--n", "4", "--shard-size", "2", "--out", tmp_path / "synth",
+         "--soft-labels", "uint8")
+    samples = list(ShardReader(tmp_path / "synth"))
+    assert len(samples) == 4 and samples[0].image.shape[:2] == (32, 32)
+    assert samples[0].meta["generator"] == ws.generator_id() and samples[0].meta["generator"].startswith(backend)
+    if backend == "biggan":
+        assert samples[0].meta["recipe"]["class"] == 3 and samples[0].meta["recipe"]["truncation"] == 0.5
+    capsys.readouterr()
+    _cli(student_main, "train", "--mode", "dreamteacher", "--data", tmp_path / "synth", "--out", tmp_path / "run",
+         "--teacher", w, "--image-size", "32x32", "--batch-size", "2", "--max-steps", "2", "--no-progress")
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert (tmp_path / "run/model.safetensors").is_file()
+
+
+def test_init_refuses_pickled_adm_checkpoint_and_creates_nothing(tmp_path):
+    """The console program: one line on stderr, exit status 2, no workspace, the payload never ran."""
+    from teacher_fakes import REPO, subprocess_env
+
+    marker = tmp_path / "pwned"
+    path, g = _tiny_adm_file(tmp_path)
+    torch.save({**g.unet.state_dict(), "x": _Payload(marker)}, path)
+    proc = subprocess.run([sys.executable, "-m", "labelgen.cli", "init", str(tmp_path / "w"), "--generator", "adm",
+                           "--checkpoint", str(path), "--classes", "a,b"], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "refused: the checkpoint needs more than tensors" in proc.stderr
+    assert not (tmp_path / "w").exists() and not marker.exists()
+
+
+def test_head_training_memory_flat_in_annotations(tmp_path, monkeypatch):
+    """train-heads on an ADM workspace with 3 vs 12 annotated photos: the features (1.5 MiB an image at these
+    sizes, 2.8 GB at 256x256 with DDPM-seg's blocks) come from the disk cache per step; the most feature
+    tensors alive at any time does not grow with the number of annotations."""
+    import weakref
+
+    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.workspace import Workspace, create_workspace
+
+    checkpoint, _ = _tiny_adm_file(tmp_path)
+    original = Workspace.annotation_features
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = {"alive": 0}
+
+    def tracked(self, annotation_id):
+        features = original(self, annotation_id)
+        alive.update(features)
+        most["alive"] = max(most["alive"], len(alive))
+        return features
+
+    monkeypatch.setattr(Workspace, "annotation_features", tracked)
+    peaks = {}
+    for n in (3, 12):
+        _photos(tmp_path / f"photos{n}", n, size=32)
+        ws = create_workspace(tmp_path / f"w{n}", "adm", ["ground", "disc"], checkpoint,
+                              {"type": "pixel-mlp", "ensemble": 1}, timesteps=[50, 400])
+        ws.import_images(tmp_path / f"photos{n}/images", tmp_path / f"photos{n}/masks")
+        most["alive"] = 0
+        train_workspace_heads(ws, TrainConfig(epochs=2, images_per_step=2, pixels_per_image=64))
+        peaks[n] = most["alive"]
+    levels = 8  # 4 output blocks x 2 timesteps
+    assert levels <= peaks[3] <= 3 * levels and peaks[12] == peaks[3], peaks
