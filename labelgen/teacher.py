@@ -44,8 +44,10 @@ from labelgen.imaging import images_to_tensor, quantize, resize_image
 
 # keys the workspace / synthesis add around a backend recipe (provenance, not generator input)
 PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic")
-# generator options that change how new images are sampled or how fast, not the features of a given image
-SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch"})
+# generator options that change how new images are sampled or how fast, not the features of a given image (class
+# and truncation defaults of new samples: every recipe carries its own)
+SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch", "truncation", "truncation_psi",
+                                   "truncation_cutoff", "noise_mode", "class_id", "class_idx"})
 HASH_CACHE_ENV = "LABELGEN_CACHE"
 
 
