@@ -162,6 +162,26 @@ def predict_cmd(checkpoint: Path, images: Path, out: Path, weights: str | None):
     click.echo(f"wrote {n} masks -> {out}")
 
 
+@cli.command("pseudo-label")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of (unlabelled) photos.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New shard set (soft labels).")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Horizontal-flip test-time augmentation.")
+@click.option("--teacher-shards", type=click.Path(path_type=Path), default=None,
+              help="The teacher's `synthesize --from-images` shards of the same photos, mixed in by --teacher-weight.")
+@click.option("--teacher-weight", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@WEIGHTS_OPTION
+def pseudo_label_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, teacher_shards: Path | None,
+                     teacher_weight: float, weights: str | None):
+    """Round 2: relabel photos with a trained student (soft labels in shards) for a fresh student to distil."""
+    from labelgen.student.pseudo_label import pseudo_label_folder
+
+    model, config, weights_path = _load(checkpoint, weights)
+    n = pseudo_label_folder(model, config, images, out, f"{checkpoint.name} ({weights_path.name})", flip,
+                            teacher_shards, teacher_weight)
+    click.echo(f"relabelled {n} photos -> {out}")
+
+
 @cli.command("export")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")

@@ -641,3 +641,41 @@ def test_kill_9_keeps_log_and_leaves_no_temp_files(tiny, tmp_path):
                                 image_size=(32, 32), batch_size=2, max_steps=k + 1, save_every=2, progress=False))
     assert result.resumed_from == k and not list(out.glob(".*.tmp"))
     assert [int(r.split(",")[0]) for r in (out / "log.csv").read_text().splitlines()[1:]] == list(range(1, k + 2))
+
+
+# ------------------------------------------------------------------ round 2: the student relabels
+def test_pseudo_label_round_two(tiny, supervised_run, tmp_path):
+    from labelgen.data.io import list_images, read_image
+    from labelgen.data.shards import ShardReader, ShardSample, ShardWriter
+    from labelgen.errors import LabelgenError
+    from labelgen.student.models import load_student
+    from labelgen.student.pseudo_label import pseudo_label_folder, student_probabilities
+
+    model, config = load_student(supervised_run[0])
+    images = tiny["real"] / "images"
+    n = pseudo_label_folder(model, config, images, tmp_path / "r2", "sup", flip=True, progress=False)
+    samples = list(ShardReader(tmp_path / "r2"))
+    paths = list_images(images)
+    assert n == len(samples) == len(paths) == 8
+    for sample, path in zip(samples, paths):
+        probs = student_probabilities(model, config, read_image(path), flip=True)
+        np.testing.assert_array_equal(sample.soft, np.round(probs * 255).astype(np.uint8))
+        np.testing.assert_array_equal(sample.mask, probs.argmax(0))
+        assert sample.meta["source_image"] == path.name and sample.image.shape[:2] == tuple(config.image_size)
+    # student + teacher: the teacher's soft labels of the same photos (matched by name) mixed in
+    writer = ShardWriter(tmp_path / "teacher", config.class_list)
+    uniform = np.full((len(CLASSES.names), *SIZE), 255 // len(CLASSES.names), np.uint8)
+    writer.write_shard(0, [ShardSample(f"{j:09d}", read_image(p), np.zeros(SIZE, np.uint8), {"source_image": p.name},
+                                       soft=uniform) for j, p in enumerate(paths)])
+    writer.write_manifest({})
+    pseudo_label_folder(model, config, images, tmp_path / "mixed", "sup", flip=False, progress=False,
+                        teacher_shards=tmp_path / "teacher", teacher_weight=0.5)
+    first = next(iter(ShardReader(tmp_path / "mixed")))
+    expected = 0.5 * student_probabilities(model, config, read_image(paths[0])) + 0.5 / len(CLASSES.names)
+    np.testing.assert_allclose(first.soft / 255.0, expected, atol=1 / 255 + 1e-6)
+    # a fresh student distils from the relabelled photos
+    result = train(_options(tiny["root"], "label-distill", [str(tmp_path / "r2"), str(tiny["real"])],
+                            "round2", max_steps=2))
+    assert result.steps == 2
+    with pytest.raises(LabelgenError, match="already exists"):
+        pseudo_label_folder(model, config, images, tmp_path / "r2", "sup")
