@@ -9,12 +9,18 @@ on ``test``. Rows:
 
     supervised-20        smp U-Net (resnet18, scratch) on annotated-20
     supervised-full      same on train-full (upper bound)
-    teacher-pixel-mlp    the teacher's pixel-MLP ensemble on generator features, trained on annotated-20
-    teacher-conv         the conv interpreter on the same features and labels
-    label-distill        student from synthetic samples + pseudo-labelled `unlabeled` + annotated-20,
-                         soft labels at tau=4
-    dreamteacher         the same data, feature distillation (teacher in the loop) + label distillation
-    finetuned-20         the better of the two students, fine-tuned on annotated-20
+    teacher-pixel-mlp    the teacher's pixel-MLP ensemble on its default features (t = 50, 150, 250, every
+                         decoder block), trained on annotated-20
+    teacher-selected     the same on the features `labelgen tune-features --val val` chose
+    teacher-selected-cb  + class-balanced head loss (train-heads --class-balance)
+    teacher-selected-cb-tta  the same heads with horizontal-flip test-time augmentation
+    teacher-conv         the conv interpreter on the selected features, class-balanced
+    label-distill        student from synthetic samples + pseudo-labelled `unlabeled` (flip TTA) + annotated-20,
+                         soft labels at tau=4, from the best teacher (selected features, class balance)
+    label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
+                         and a fresh student distils from them + the synthetic samples + annotated-20
+    dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
+    finetuned-20         the best student, fine-tuned on annotated-20
 
 Prints a markdown table and writes ``bench/results/ccp_quality.json`` (one object per row: name,
 miou, per_class, device, seconds, trained_on, command). Every step is a CLI command (recorded per row),
@@ -50,17 +56,19 @@ class Preset:
     ddim_steps: int
     unlabeled_limit: int | None  # real unlabeled photos pseudo-labelled (None = all 1,498)
     head_epochs: int
+    sweep_epochs: int  # tune-features: head epochs per candidate
     real_weight: float  # how much more often an annotated-20 image is drawn than a synthetic one
     class_balance: float  # student --class-balance (loss weight ~ class pixel frequency^-P), every student row
 
 
 PRESETS = {
     # the test suite's version: minutes -> seconds, on tiny data
-    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 4.0, 0.5),
+    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 1, 4.0, 0.5),
     # what runs on the 2-core CPU machine in about an hour
-    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 256, 10, None, 10, 20.0, 0.5),
+    # (the 16.5 M GPU-trained default is 3.3x slower per image on CPU than the old 4.1 M one: fewer images)
+    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 6, 20.0, 0.5),
     # the full protocol for a GPU machine
-    "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20.0, 0.5),
+    "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20, 20.0, 0.5),
 }
 
 
@@ -112,51 +120,91 @@ class Bench:
         atomic_write_json(self.out / "rows" / f"{row['name']}.json", row)
         return row
 
-    def workspace(self, name: str, head_type: str | None = None) -> Path:
-        """A copy of the teacher workspace (heads retrained when ``head_type`` differs)."""
+    def base_workspace(self) -> Path:
+        """A copy of the teacher workspace (the embedded default, or --teacher), DDIM steps of the preset."""
         from labelgen.workspace import Workspace
 
-        dest = self.out / name
+        dest = self.out / "ws-base"
         if not (dest / "workspace.json").is_file():
+            partial = self.out / "ws-base.partial"
+            shutil.rmtree(partial, ignore_errors=True)
             if self.teacher_src is None:
                 from labelgen.default_teacher import copy_default_workspace
 
-                copy_default_workspace(dest)
+                copy_default_workspace(partial)
             else:
-                shutil.copytree(self.teacher_src, dest)
-                ws = Workspace(dest)
+                shutil.copytree(self.teacher_src, partial)
+                ws = Workspace(partial)
                 if ws.config.checkpoint and not Path(ws.config.checkpoint).is_absolute():
                     ws.config.checkpoint = str((self.teacher_src / ws.config.checkpoint).resolve())
                     ws.save_config()
-            ws = Workspace(dest)
+            ws = Workspace(partial)
             if ws.config.backend in ("ddpm", "stable-diffusion"):  # sampling cost of the synthetic rows
                 ws.config.generator_options["ddim_steps"] = self.p.ddim_steps
-            if head_type and ws.config.head.get("type") != head_type:
-                ws.config.head = {"type": head_type}
-                ws.save_config()
-                shutil.rmtree(ws.heads_dir, ignore_errors=True)
             ws.save_config()
+            shutil.rmtree(ws.heads_dir, ignore_errors=True)  # every row trains its own heads
+            partial.rename(dest)
         return dest
 
-    def teacher_row(self, name: str, head_type: str | None) -> dict:
-        from labelgen.training.evaluate_teacher import evaluate_teacher
+    def features_workspace(self, features: str) -> Path:
+        """ws-default: the teacher's default features (t = 50, 150, 250, every block); ws-selected: the features
+        `labelgen tune-features --val val` chooses (its table in ws-selected/feature_sweep.json)."""
+        from labelgen.feature_selection import SWEEP_NAME
+        from labelgen.workspace import Workspace, load_workspace_generator
+
+        dest = self.out / f"ws-{features}"
+        done = (dest / "workspace.json").is_file() and (features == "default" or (dest / SWEEP_NAME).is_file())
+        if not done:
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(self.base_workspace(), dest)
+            ws = Workspace(dest)
+            if ws.config.backend in ("ddpm", "stable-diffusion"):
+                ws.config.generator_options.update(timesteps=[50, 150, 250], feature_layers=None)
+                ws.config.timesteps, ws.config.feature_layers = [50, 150, 250], None
+                generator = load_workspace_generator(ws.config.backend, ws.checkpoint_path(),
+                                                     ws.config.generator_options)
+                ws.config.feature_channels = [int(c) for c in generator.feature_channels]
+                ws.save_config()
+            if features == "selected":
+                cmd = labelgen("tune-features", "-w", dest, "--val", self.ccp / "val", "--epochs", self.p.sweep_epochs,
+                               "--seed", self.seed)
+                self.sweep_seconds = run(cmd, self.out / "logs" / "tune-features.log")
+        return dest
+
+    def heads_workspace(self, features: str, head_type: str, class_balance: float) -> tuple[Path, float, str]:
+        """(workspace with trained heads, seconds, command): a copy of ws-<features> (its feature cache too)."""
         from labelgen.workspace import Workspace
+
+        dest = self.out / f"ws-{features}-{head_type}-cb{class_balance:g}"
+        cmd = labelgen("train-heads", "-w", dest, "--epochs", self.p.head_epochs, "--seed", self.seed,
+                       "--class-balance", class_balance)
+        if (dest / "heads" / "head_config.json").is_file():
+            return dest, 0.0, " ".join(map(str, cmd[2:]))
+        source = self.features_workspace(features)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(source, dest)
+        ws = Workspace(dest)
+        if ws.config.head.get("type") != head_type:
+            ws.config.head = {"type": head_type}
+            ws.save_config()
+        seconds = run(cmd, self.out / "logs" / f"{dest.name}.log")
+        return dest, seconds, " ".join(map(str, cmd[2:]))
+
+    def teacher_row(self, name: str, features: str, head_type: str, class_balance: float, flip: bool,
+                    trained_on: str) -> dict:
+        from labelgen.training.evaluate_teacher import evaluate_teacher
 
         if row := self.row_done(name):
             return row
-        ws_dir = self.workspace(f"ws-{name}", head_type)
-        seconds, command = 0.0, "(heads shipped with the teacher)"
-        ws = Workspace(ws_dir)
-        if not (ws.heads_dir / "head_config.json").is_file():
-            cmd = labelgen("train-heads", "-w", ws_dir, "--epochs", self.p.head_epochs, "--seed", self.seed)
-            seconds += run(cmd, self.out / "logs" / f"{name}.log")
-            command = " ".join(map(str, cmd[2:]))
-        result = evaluate_teacher(ws_dir, self.ccp / "test", progress=False)
+        ws_dir, seconds, command = self.heads_workspace(features, head_type, class_balance)
+        result = evaluate_teacher(ws_dir, self.ccp / "test", progress=False, flip=flip, cache=True)
         return self.save_row({
-            "name": name, "trained_on": "annotated-20 (generator features)", "miou": result["miou"],
+            "name": name, "trained_on": trained_on, "miou": result["miou"],
             "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
-            "device": self.device, "seconds": round(seconds + result["seconds"], 1), "command": command,
-            "selection": "fixed epochs (no val selection)",
+            "device": self.device, "seconds": round(seconds + result["seconds"], 1),
+            "command": command + (" ; evaluate_teacher --flip" if flip else ""),
+            "selection": "features: " + ("tune-features on val" if features == "selected" else "default")
+                         + f"; heads: fixed {self.p.head_epochs} epochs",
         })
 
     def student_row(self, name: str, mode: str, data: list[tuple[Path, float]], steps: int, trained_on: str,
@@ -193,7 +241,7 @@ class Bench:
         seconds it took to make them (None if they were made before their timing was recorded)."""
         from labelgen.data.io import atomic_write_json
 
-        ws_dir = self.workspace("ws-teacher-pixel-mlp")
+        ws_dir = self.heads_workspace(*BEST_TEACHER)[0]
         synthetic, pseudo = self.out / "data" / "synthetic", self.out / "data" / "pseudo"
         timing_path = self.out / "data" / "seconds.json"  # how long each part took when it was made
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
@@ -227,7 +275,7 @@ class Bench:
         ]
 
     def teacher_rows(self) -> list[dict]:
-        return [self.teacher_row("teacher-pixel-mlp", None), self.teacher_row("teacher-conv", "conv")]
+        return [self.teacher_row(name, *spec) for name, spec in TEACHER_ROWS.items()]
 
     def distill_rows(self) -> list[dict]:
         p = self.p
@@ -236,18 +284,52 @@ class Bench:
         record = {} if data_seconds is None else {"data_seconds": round(data_seconds, 1)}
         label = self.student_row("label-distill", "label-distill", data, p.distill_steps,
                                  f"{self.data_note}; soft labels tau=4", extra=("--tau", 4), record=record)
-        teacher_ws = self.workspace("ws-teacher-pixel-mlp")
+        round2 = self.round_two(data, record)
+        teacher_ws = self.heads_workspace(*BEST_TEACHER)[0]
         dream = self.student_row("dreamteacher", "dreamteacher", data, p.dreamteacher_steps,
                                  f"{self.data_note}; features + soft labels tau=4",
                                  extra=("--tau", 4, "--teacher", teacher_ws), record=record)
-        best = max((label, dream), key=lambda r: r["miou"])
+        best = max((label, round2, dream), key=lambda r: r["miou"])
         finetuned = self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], p.finetune_steps,
                                      f"{best['name']} + annotated-20", init=self.out / "students" / best["name"],
                                      lr=2e-4)
-        return [label, dream, finetuned]
+        return [label, round2, dream, finetuned]
+
+    def round_two(self, data: list[tuple[Path, float]], record: dict) -> dict:
+        """The label-distill student relabels the pseudo-labelled photos; a fresh student distils from those."""
+        if row := self.row_done("label-distill-r2"):
+            return row
+        relabelled = self.out / "data" / "pseudo-r2"
+        images = self.ccp / "unlabeled" / "images"
+        if not (relabelled / "manifest.json").is_file():
+            shutil.rmtree(relabelled, ignore_errors=True)
+            subset = images
+            if self.p.unlabeled_limit:  # the same photos the teacher labelled
+                subset = self.out / "data" / "unlabeled-subset"
+                if not subset.is_dir():
+                    subset.mkdir(parents=True)
+                    for path in sorted(images.glob("*.png"))[:self.p.unlabeled_limit]:
+                        shutil.copy(path, subset / path.name)
+            run(student("pseudo-label", "--checkpoint", self.out / "students" / "label-distill", "--images", subset,
+                        "--out", relabelled), self.out / "logs" / "pseudo-label-r2.log")
+        data2 = [(data[0][0], 1.0), (relabelled, 1.0), *data[2:]]
+        return self.student_row("label-distill-r2", "label-distill", data2, self.p.distill_steps,
+                                f"{self.data_note.replace('pseudo-labelled photos', 'photos relabelled by label-distill')}"
+                                "; soft labels tau=4", extra=("--tau", 4), record=record)
 
 
-ROW_ORDER = ("supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-conv", "label-distill", "dreamteacher",
+# name -> (features, head type, class balance, flip TTA, trained on)
+TEACHER_ROWS = {
+    "teacher-pixel-mlp": ("default", "pixel-mlp", 0.0, False, "annotated-20 (default features)"),
+    "teacher-selected": ("selected", "pixel-mlp", 0.0, False, "annotated-20 (features chosen on val)"),
+    "teacher-selected-cb": ("selected", "pixel-mlp", 0.5, False, "annotated-20 (selected features, class balance)"),
+    "teacher-selected-cb-tta": ("selected", "pixel-mlp", 0.5, True, "annotated-20 (selected, class balance, flip TTA)"),
+    "teacher-conv": ("selected", "conv", 0.5, False, "annotated-20 (selected features, class balance)"),
+}
+BEST_TEACHER = ("selected", "pixel-mlp", 0.5)  # (features, head type, class balance) that labels the student data
+
+
+ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "label-distill", "label-distill-r2", "dreamteacher",
              "finetuned-20")
 
 

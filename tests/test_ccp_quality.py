@@ -48,8 +48,9 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(results.read_text())
-    assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-conv",
-                                         "label-distill", "dreamteacher", "finetuned-20"]
+    assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
+                                         "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
+                                         "label-distill", "label-distill-r2", "dreamteacher", "finetuned-20"]
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
         assert row["device"] and row["seconds"] >= 0 and row["command"]
@@ -62,8 +63,14 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     # its cost is recorded beside the distilled rows (and kept for a resumed run)
     timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
     assert timing["synthetic"] > 0 and timing["pseudo"] > 0
-    for row in rows[4:6]:
+    for row in rows[7:10]:
         assert row["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
+    # the levers: features chosen on val (stored in the workspace), class balance, flip TTA, round 2
+    sweep = json.loads((tmp_path / "run" / "ws-selected" / "feature_sweep.json").read_text())
+    assert sweep["scored_on"].startswith("--val") and sweep["candidates"]
+    assert "--class-balance 0.5" in rows[4]["command"] and rows[5]["command"].endswith("--flip")
+    relabelled = json.loads((tmp_path / "run" / "data" / "pseudo-r2" / "manifest.json").read_text())
+    assert relabelled["num_samples"] == 2 and relabelled["config"]["relabelled_by"].startswith("label-distill")
     # a second invocation resumes: every row is read back, nothing retrained
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
                             "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
