@@ -168,16 +168,14 @@ def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.UsageError as e:  # a bad option or argument: click's message names it
-        _fail(one_line(e.format_message()), e.exit_code)
-    except click.ClickException as e:
+    except click.ClickException as e:  # a bad option or argument (usage errors, exit 2): the message names it
         _fail(one_line(e.format_message()), e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:
         if e.errno not in FS_ERRNOS:
             raise_or_report(e)
-        _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}", 2)
+        _fail(f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2)
     except Exception as e:  # noqa: BLE001  (reported as a bug, traceback with --debug)
         raise_or_report(e)
 

@@ -6,7 +6,8 @@
     student predict --checkpoint RUN_DIR --images DIR --out DIR [--weights best|last]
     student export --checkpoint RUN_DIR --onnx FILE [--weights best|last]
 
-Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click).
+Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click); ``student --debug``
+or LABELGEN_DEBUG=1 adds the traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from labelgen.cli import format_size, parse_size, run_click
+from labelgen.cli import debug_option, format_size, parse_size, run_click
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import NON_NEGATIVE, POSITIVE
 from labelgen.student.models import architectures
@@ -22,6 +23,7 @@ from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@debug_option
 def cli():
     """student: a segmentation-models-pytorch network trained from the teacher's synthetic data."""
 
