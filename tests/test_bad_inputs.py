@@ -104,6 +104,12 @@ def images_with_bomb(env, t):
     bomb_png(t / "imgs" / "b.png")
 
 
+def images_with_large(env, t):
+    """10000 x 10000: over Pillow's bound, under twice it (where Pillow only warns, on stderr)."""
+    good_png(t / "imgs" / "a.png")
+    bomb_png(t / "imgs" / "b.png", side=10000)
+
+
 def images_with_corrupt_third(env, t):
     for i, name in enumerate(("a", "b")):
         good_png(t / "imgs" / f"{name}.png", 40 + i)
@@ -218,6 +224,8 @@ CASES = [
          images_with_bomb, watch=("ws",)),
     Case("bomb-eval", ["eval", "--checkpoint", "{run}", "--data", "{t}/ds/val", "--out", "{t}/ev"], "0001.png",
          dataset_with_bomb, program="student", watch=("run",)),
+    Case("large-image-predict", ["predict", "--checkpoint", "{run}", "--images", "{t}/imgs", "--out", "{t}/pred"],
+         "b.png", images_with_large, program="student", watch=("run",)),
     Case("bomb-predict", ["predict", "--checkpoint", "{run}", "--images", "{t}/imgs", "--out", "{t}/pred"], "b.png",
          images_with_bomb, program="student", watch=("run",)),
     # class files
