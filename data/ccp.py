@@ -24,7 +24,7 @@ import numpy as np
 
 from labelgen.data.classes import ClassList
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import read_image, write_png
+from labelgen.data.io import ensure_folder, fs_refusals, read_image, write_png
 from labelgen.errors import DataError
 
 CCP8_CLASSES = ClassList(
@@ -119,6 +119,10 @@ class CCPDataset:
         gt = np.asarray(_loadmat(path, "groundtruth"))
         if gt.ndim != 2:
             raise DataError(f"{path}: groundtruth has shape {gt.shape}, expected [H, W]")
+        if not np.issubdtype(gt.dtype, np.integer):  # floats would be truncated, anything else is no class id
+            raise DataError(f"{path}: groundtruth is {gt.dtype}, expected integer class ids")
+        if gt.min(initial=0) < 0:
+            raise DataError(f"{path}: negative class id {int(gt.min())} in groundtruth")
         if gt.max(initial=0) >= len(self.label_list):
             raise DataError(f"{path}: class id {int(gt.max())} out of range (0..{len(self.label_list) - 1})")
         return gt.astype(np.uint8)
@@ -177,7 +181,12 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     ``limit`` keeps only the first N photos of each split (quick trials, small fixtures).
     The copy is built under ``OUT.partial`` and renamed to ``OUT`` at the end, so ``OUT`` is either
     absent or complete. Returns a summary (photo count, seconds)."""
+    from labelgen.imaging import size_problem
+
     src, out = Path(src), Path(out)
+    problem = size_problem(size_hw)
+    if problem:
+        raise DataError(f"size {size_hw[0]}x{size_hw[1]}: {problem}")
     dataset = CCPDataset(src)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
@@ -191,7 +200,16 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    try:
+        return _import_into(partial, out, src, dataset, splits, ids_of, size_hw, workers, progress)
+    except BaseException:  # a bad photo or mask, a full disk: no OUT, no OUT.partial
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _import_into(partial: Path, out: Path, src: Path, dataset: CCPDataset, splits: tuple[str, ...],
+                 ids_of: dict[str, tuple[int, ...]], size_hw: tuple[int, int], workers: int | None, progress) -> dict:
+    ensure_folder(partial)
     dataset.classes.save(partial / "classes.json")
     targets_of: dict[int, list[str]] = {}
     for s in splits:
@@ -211,5 +229,6 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
             _convert_one(job)
             if progress:
                 progress()
-    os.replace(partial, out)
+    with fs_refusals(out):
+        os.replace(partial, out)
     return {"photos": len(jobs), "splits": list(splits), "size_hw": list(size_hw), "seconds": time.perf_counter() - start}

@@ -60,14 +60,18 @@ class ClassList:
 
     @classmethod
     def from_json(cls, obj: dict, source: str = "classes.json") -> "ClassList":
+        """``{"classes": [{"id", "name", "color": [r, g, b]}, ...]}``; ``source`` (the file) names any problem."""
         try:
             items = sorted(obj["classes"], key=lambda d: d["id"])
             if [d["id"] for d in items] != list(range(len(items))):
                 raise DataError(f"{source}: class ids must be 0..N-1 without gaps")
-            return cls(tuple(d["name"] for d in items),
-                       tuple(tuple(int(v) for v in d.get("color", default_colour(d["id"]))) for d in items))
+            names = tuple(d["name"] for d in items)
         except (KeyError, TypeError) as e:
             raise DataError(f"{source}: expected {{'classes': [{{'id', 'name', 'color'}}, ...]}} ({e})") from None
+        bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+        if bad:
+            raise DataError(f"{source}: class name {bad[0]!r} is not a non-empty string")
+        return cls(names, tuple(_json_colour(d.get("color", default_colour(d["id"])), d["name"], source) for d in items))
 
     def save(self, path: Path) -> None:
         atomic_write_json(Path(path), self.to_json())
@@ -88,6 +92,14 @@ class ClassList:
                 raise DataError(f"{source}: colour {rgb} is not a class colour of {list(self.names)}")
             mapped[k] = lut[int(v)]
         return mapped[inverse].reshape(code.shape)
+
+
+def _json_colour(value, name: str, source: str) -> tuple[int, int, int]:
+    """A classes.json colour: [r, g, b], integers 0..255."""
+    if (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
+        return (value[0], value[1], value[2])
+    raise DataError(f"{source}: class {name!r}: colour {value!r} is not [r, g, b] with integers 0..255")
 
 
 def _parse_colour(tokens: list[str], source: str) -> tuple[int, int, int]:

@@ -69,6 +69,10 @@ class LabelledFolder(Sequence[LabelledImage]):
             image_dir, mask_dir, mask_suffix = self.root, self.root, ".mask.png"
         self.image_paths = list_images(image_dir)
         if not self.image_paths:
+            splits = sorted(p.name for p in self.root.iterdir() if (p / "images").is_dir())
+            if splits:  # DIR itself, not one of its splits
+                raise DataError(f"{self.root}: a dataset with splits {', '.join(splits)}; give one split folder, "
+                                f"e.g. {self.root / splits[-1]}")
             raise DataError(f"{image_dir}: empty folder (no images)")
         self.mask_paths: list[Path | None] = []
         for p in self.image_paths:

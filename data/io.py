@@ -1,21 +1,78 @@
 """Image/mask/JSON reading with one-line errors, and atomic writes (temp name, then rename)."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from labelgen.errors import DataError
+from labelgen.errors import DataError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255  # mask value meaning "not labelled"; excluded from losses and metrics
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # larger images are refused (Pillow's "decompression bomb" bound)
+TOO_LARGE = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# what decoding a bad image file raises (Pillow: its own types, OSError "truncated", SyntaxError, ValueError)
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, *TOO_LARGE)
+# OSErrors that say the file system refused a read or write (full, read-only, no permission, a file where
+# a folder should be, ...): bad input or environment, never a bug; one line naming the file
+FS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
+                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def fs_error(path: Path | str, error: OSError, doing: str = "cannot write") -> DataError:
+    """The one-line :class:`DataError` for a file-system refusal ``error`` (errno in :data:`FS_ERRNOS`)."""
+    return DataError(f"{path}: {doing} ({error.strerror or error})")
+
+
+@contextmanager
+def fs_refusals(path: Path | str, doing: str = "cannot write") -> Iterator[None]:
+    """Inside: an OSError that is a file-system refusal (:data:`FS_ERRNOS`) becomes :func:`fs_error`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in FS_ERRNOS:
+            raise fs_error(path, e, doing) from None
+        raise
+
+
+@contextmanager
+def _bounded_image(path: Path | str | io.BytesIO) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses images over MAX_IMAGE_PIXELS (Pillow only warns up to twice that)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        yield im
+
+
+def _image_error(path: Path, e: Exception, what: str) -> DataError:
+    if isinstance(e, TOO_LARGE):
+        return DataError(f"{path}: {what} too large (over {MAX_IMAGE_PIXELS} pixels; a decompression bomb?)")
+    return DataError(f"{path}: unreadable or corrupt {what} ({type(e).__name__})")
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes (the content identity of an input file)."""
+    digest = hashlib.sha256()
+    try:
+        with fs_refusals(path, "cannot read"), open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    return digest.hexdigest()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -31,19 +88,19 @@ def list_images(folder: Path) -> list[Path]:
 def read_image(path: Path) -> np.ndarray:
     """RGB image as uint8 [H, W, 3]."""
     try:
-        with Image.open(path) as im:
+        with _bounded_image(path) as im:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__})") from None
+    except IMAGE_ERRORS as e:
+        raise _image_error(path, e, "image") from None
 
 
 def read_mask_pixels(path: Path) -> np.ndarray:
     """Raw mask pixels: uint8 [H, W] for index ('L'/'P') PNGs, uint8 [H, W, 3] for colour masks."""
     try:
-        with Image.open(path) as im:
+        with _bounded_image(path) as im:
             im.load()
             if im.mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8)
@@ -55,8 +112,8 @@ def read_mask_pixels(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: mask not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt mask ({type(e).__name__})") from None
+    except IMAGE_ERRORS as e:
+        raise _image_error(path, e, "mask") from None
 
 
 def check_mask(mask: np.ndarray, image_shape: tuple[int, ...], num_classes: int, path: Path) -> np.ndarray:
@@ -81,19 +138,59 @@ os.umask(_UMASK)  # read the process umask once (os.umask can only be read by se
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """The project's one atomic-write mechanism: ``write(tmp)`` to a temp file beside ``path``, then
-    rename over ``path`` (same folder, so readers see the old file or the new one, never half of one)."""
+    rename over ``path`` (same folder, so readers see the old file or the new one, never half of one).
+    A full, read-only or otherwise refusing file system is a one-line DataError naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
+        with fs_refusals(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def ensure_folder(path: Path | str) -> Path:
+    """Create folder ``path`` (and its parents) if needed; a file in the way is a one-line DataError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: exists and is not a folder")
+    with fs_refusals(path, "cannot create the folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def staged_folder(out: Path | str) -> Iterator[Path]:
+    """Write a set of files into folder ``out`` all or nothing: the body writes them into a hidden staging
+    folder inside ``out`` (yielded); when it returns they are renamed into ``out``. When it fails the staging
+    folder is removed, and so is ``out`` (with the parents) when it was created for this: ``out`` is left
+    as it was. A file of the same name in ``out`` is replaced."""
+    out = Path(out)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    ensure_folder(out)
+    stage = out / f".staging.{os.getpid()}.tmp"
+    try:
+        with fs_refusals(out):
+            stage.mkdir()
+            yield stage
+            for staged in sorted(stage.iterdir()):
+                os.replace(staged, out / staged.name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # innermost first; stops at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -142,10 +239,23 @@ def write_png(path: Path, array: np.ndarray, palette: list[tuple[int, int, int]]
 
 
 def decode_png(payload: bytes, mask: bool = False) -> np.ndarray:
-    with Image.open(io.BytesIO(payload)) as im:
+    with _bounded_image(io.BytesIO(payload)) as im:
         if mask:
             return np.asarray(im if im.mode in ("P", "L") else im.convert("L"), dtype=np.uint8)
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def load_safetensors(path: Path | str, device: str = "cpu") -> dict:
+    """The tensors of a safetensors file; a missing, empty, truncated or corrupt file is one DataError line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"{path}: unreadable safetensors file ({one_line(e, 120)})") from None
 
 
 def save_safetensors(path: Path, state, metadata: dict[str, str] | None = None) -> None:

@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from labelgen.data.classes import ClassList
-from labelgen.data.io import atomic_write_json, check_mask, decode_png, png_bytes, read_json
+from labelgen.data.io import IMAGE_ERRORS, atomic_write_json, check_mask, decode_png, png_bytes, read_json
 from labelgen.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -58,7 +57,6 @@ FORMAT = "labelgen-shards/1"
 CORE_EXTS = ("png", "mask.png", "json")  # every sample has these members
 SOFT_EXT = "soft.npz"  # what the writer stores soft labels as
 SOFT_EXTS = (SOFT_EXT, "soft.npy")  # what the reader accepts, first match wins
-_PNG_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 def shard_name(shard_id: int) -> str:
@@ -124,7 +122,7 @@ def split_member(name: str, shard: Path | str) -> tuple[str, str]:
 def _decode_png(payload: bytes, where: str, mask: bool = False) -> np.ndarray:
     try:
         return decode_png(payload, mask=mask)
-    except _PNG_ERRORS as e:
+    except IMAGE_ERRORS as e:
         raise DataError(f"{where}: corrupt PNG ({type(e).__name__})") from None
 
 

@@ -1,11 +1,14 @@
 """``labelgen``: the teacher's command line (data import, workspace, heads, synthesis, app).
 
-Every user-facing failure raises :class:`labelgen.errors.LabelgenError`; :func:`main` turns it into
-one line on stderr (``error: ...``) and exit status 2.
+Every user-facing failure raises :class:`labelgen.errors.LabelgenError`; :func:`run_click` (the error
+boundary of both CLIs) turns it into one line on stderr (``error: ...``) and exit status 2; ``--debug``
+or LABELGEN_DEBUG=1 adds tracebacks.
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -13,18 +16,24 @@ import click
 from labelgen.data.coco import UNLABELLED_CHOICES
 from labelgen.data.export import EXPORT_FORMATS
 from labelgen.data.formats import AUTO, IMPORT_FORMATS
-from labelgen.errors import LabelgenError
+from labelgen.errors import LabelgenError, one_line
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'96x64' -> (96, 64) as (H, W)."""
+def parse_size(text: str, option: str | None = None) -> tuple[int, int]:
+    """'96x64' -> (96, 64) as (H, W); bounded by labelgen.imaging.size_problem. ``option``: the option
+    the text came from (named in the error)."""
+    from labelgen.imaging import size_problem
+
     try:
         h, w = (int(v) for v in text.lower().split("x"))
         if h <= 0 or w <= 0:
             raise ValueError
-        return h, w
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 96x64") from None
+        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 96x64", param_hint=option) from None
+    problem = size_problem((h, w))
+    if problem:
+        raise click.BadParameter(f"{text!r}: {problem}", param_hint=option)
+    return h, w
 
 
 def format_size(size: tuple[int, int]) -> str:
@@ -32,8 +41,25 @@ def format_size(size: tuple[int, int]) -> str:
     return "x".join(str(v) for v in size)
 
 
+DEBUG_ENV = "LABELGEN_DEBUG"  # =1: tracebacks of errors (also set by --debug)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[DEBUG_ENV] = "1"  # also reaches worker processes (DataLoader, torchrun children)
+
+
+debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                            help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="labelgen")
+@debug_option
 def cli():
     """labelgen: a generator + a few annotated images -> a labelled synthetic dataset -> a student."""
 
@@ -56,7 +82,7 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, l
     from labelgen.data.ccp import SPLITS, import_ccp
     from labelgen.run import progress
 
-    size_hw = parse_size(size)
+    size_hw = parse_size(size, "--size")
     chosen = tuple(SPLITS) if splits == "all" else tuple(s.strip() for s in splits.split(","))
     total = len({pid for s in chosen if s in SPLITS for pid in SPLITS[s][:limit or None]})
     with progress(total, desc="import CCP", unit="photo") as bar:
@@ -143,7 +169,8 @@ def _planned_shards(path: Path) -> int | None:
     run = read_json(path / PLAN_NAME)
     try:
         config = SynthesisConfig(**{f.name: run[f.name] for f in fields(SynthesisConfig) if f.name in run})
-        images = None if config.from_images is None else len(list_images(Path(config.from_images)))
+        images = None if config.from_images is None else (
+            len(run["images"]) if "images" in run else len(list_images(Path(config.from_images))))
         return len(plan_shards(config, images))
     except (LabelgenError, TypeError, ValueError):
         return None
@@ -162,28 +189,56 @@ for _command in (*TEACHER_COMMANDS, train_generator_cmd, app_cmd, demo_cmd):
 def error_line(error: LabelgenError) -> str:
     """The one-line message of ``error``. One raised in a DataLoader worker process arrives re-raised by
     torch as "Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\n<type>: <message>":
-    its last line's message."""
+    its last line's message. Any other line breaks become spaces."""
     text = str(error)
     if "\nOriginal Traceback" in text:
         text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return text
+    return one_line(text, limit=1000)
+
+
+def _fail(message: str, code: int) -> None:
+    if debug_enabled():
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 def run_click(group: click.Group, argv: list[str] | None = None) -> None:
-    """Run a click group; LabelgenError -> 'error: ...' on stderr and exit 2 (shared by both CLIs)."""
+    """Run a click group: the error boundary of both CLIs. Expected failures become one line
+    ``error: ...`` on stderr and exit status 2: LabelgenError (what the library raises for bad input), a
+    bad option value (click's usage errors) and the file system refusing a read or write (full,
+    read-only, a file where a folder should be: OSError with an errno in labelgen.data.io.FS_ERRNOS).
+    Anything else is a bug: one line saying so and exit status 1; with ``--debug`` or LABELGEN_DEBUG=1
+    its traceback (and that of an expected failure) is shown too."""
+    from labelgen.data.io import FS_ERRNOS
+
     try:
         group.main(args=argv, standalone_mode=False)
     except LabelgenError as e:
-        click.echo(f"error: {error_line(e)}", err=True)
-        sys.exit(2)
+        _fail(error_line(e), 2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except click.ClickException as e:  # a bad option or argument (usage errors, exit 2): the message names it
+        _fail(one_line(e.format_message()), e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno not in FS_ERRNOS:
+            raise_or_report(e)
+        _fail(f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2)
+    except Exception as e:  # noqa: BLE001  (reported as a bug, traceback with --debug)
+        raise_or_report(e)
+
+
+def raise_or_report(error: Exception) -> None:
+    """An unexpected exception (a bug): its traceback with --debug / LABELGEN_DEBUG=1, else one line
+    asking for it; exit status 1 either way."""
+    if debug_enabled():
+        raise error
+    click.echo(f"error: internal error {type(error).__name__}: {one_line(error, 200)} (a bug; rerun with --debug "
+               f"or {DEBUG_ENV}=1 for the traceback)", err=True)
+    sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
 """The one exception type the command line turns into a one-line message and a non-zero exit."""
+from __future__ import annotations
 
 
 class LabelgenError(Exception):
@@ -7,3 +8,9 @@ class LabelgenError(Exception):
 
 class DataError(LabelgenError):
     """Bad or missing data on disk (image, mask, classes file, dataset folder)."""
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` (e.g. a library's multi-line message) on one line, at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

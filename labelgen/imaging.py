@@ -22,6 +22,18 @@ import numpy as np
 import torch
 
 Size = tuple[int, int]
+MAX_SIZE_PIXELS = 4096 * 4096  # largest H*W a command is asked to make images at (--size, --image-size, ...)
+
+
+def size_problem(size_hw: Size) -> str | None:
+    """Why (H, W) cannot be a size to make images at (None: it can): both sides positive, at most
+    MAX_SIZE_PIXELS pixels (a 100000x100000 RGB image alone would take 30 GB)."""
+    h, w = size_hw
+    if h <= 0 or w <= 0:
+        return "both sides must be positive"
+    if h * w > MAX_SIZE_PIXELS:
+        return f"{h * w} pixels per image, more than the {MAX_SIZE_PIXELS} allowed (e.g. 4096x4096)"
+    return None
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,7 @@ import fcntl
 import io
 import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +331,12 @@ class RunLog:
             self._file.close()
         if self.tb is not None:
             self.tb.close()
+
+    def discard(self) -> None:
+        """Close and remove log.csv and tb/ (a new run that failed before it saved anything)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.folder / TB_DIR, ignore_errors=True)
 
 
 def _read_rows(path: Path) -> list[list[str]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
+from labelgen.cli_types import POSITIVE, FiniteRange
 from labelgen.errors import LabelgenError
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
@@ -179,16 +180,18 @@ def sample_cmd(workspace_dir, count, seed_start, batch_size):
 @click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of masks <stem>.png / <stem>.mask.png (index or class-colour PNGs).")
 def import_cmd(workspace_dir, images_dir, masks_dir):
-    """Add real images (+ masks) to annotate; diffusion teachers only (GANs need an inversion method)."""
+    """Add real images (+ masks) to annotate; diffusion teachers only (GANs need an inversion method).
+    All or nothing (a bad file imports none); images already imported (same content) are skipped."""
     ws = _open(workspace_dir)
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise LabelgenError(f"{masks_dir}: masks folder not found")
-    ids, resized = ws.import_images(images_dir, masks_dir)
+    ids, resized, skipped = ws.import_images(images_dir, masks_dir)
     with_masks = sum(ws.mask_path(i).is_file() for i in ids)
     h, w = ws.resolution
     click.echo(f"imported {len(ids)} images ({with_masks} with masks)"
                + (f"; resized {resized} to the generator resolution {h}x{w} (images: area, masks: nearest)"
-                  if resized else ""))
+                  if resized else "")
+               + (f"; skipped {skipped} already in the workspace (same file content)" if skipped else ""))
 
 
 @click.command("train-heads")
@@ -199,7 +202,7 @@ def import_cmd(workspace_dir, images_dir, masks_dir):
 @click.option("--images-per-step", type=click.IntRange(1), default=HEAD_TRAINING["images_per_step"], show_default=True)
 @click.option("--pixels-per-image", type=click.IntRange(1), default=HEAD_TRAINING["pixels_per_image"], show_default=True,
               help="pixel-mlp: labelled pixels sampled per image per member per step.")
-@click.option("--lr", type=float, default=HEAD_TRAINING["lr"], show_default=True)
+@click.option("--lr", type=POSITIVE, default=HEAD_TRAINING["lr"], show_default=True)
 @click.option("--seed", type=int, default=HEAD_TRAINING["seed"], show_default=True)
 @click.option("--class-balance", type=click.FloatRange(0, 2), default=HEAD_TRAINING["class_balance"], show_default=True,
               help="Weight each class's loss by its pixel share in the annotations^-P (0 = off, 0.5 = 1/sqrt).")
@@ -231,7 +234,7 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
               help="Samples to keep (required unless --from-images: then at most this many images).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Shard folder.")
 @click.option("--batch-size", type=click.IntRange(1), default=SYNTHESIS["batch_size"], show_default=True)
-@click.option("--drop-uncertain", type=click.FloatRange(0, 1, max_open=True), default=SYNTHESIS["drop_uncertain"],
+@click.option("--drop-uncertain", type=FiniteRange(0, 1, max_open=True), default=SYNTHESIS["drop_uncertain"],
               show_default=True,
               help="Drop this fraction of the most uncertain samples (over-generates per shard).")
 @click.option("--shard-size", type=click.IntRange(1), default=SYNTHESIS["shard_size"], show_default=True,

@@ -77,7 +77,7 @@ class Workspace:
             self.config = WorkspaceConfig(**raw)
         except TypeError as e:
             raise LabelgenError(f"{config_path}: bad workspace config ({e})") from None
-        self.classes = self.config.class_list
+        self.classes = ClassList.from_json({"classes": self.config.classes}, str(config_path))
         self._generator = None
         self._generator_id: str | None = None
         self._teachers: dict[tuple, tuple] = {}  # (with head, levels) -> (head file stamp, Teacher)
@@ -259,10 +259,14 @@ class Workspace:
                                                            "generator": self.generator_id()}))
         return ids
 
-    def import_images(self, images_dir: Path, masks_dir: Path | None = None) -> tuple[list[str], int]:
+    def import_images(self, images_dir: Path, masks_dir: Path | None = None) -> tuple[list[str], int, int]:
         """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
-        resolution by the one resize rule (labelgen.imaging). Returns (ids, how many were resized)."""
-        from labelgen.data.io import list_images
+        resolution by the one resize rule (labelgen.imaging). All or nothing: every file is read and checked
+        before the first is written, and what this call wrote is removed again if a write fails (a full
+        disk). An image whose content is already in the workspace (sha256 of the file, kept as the recipe's
+        "sha256") is skipped, so importing a folder again adds only its new images.
+        Returns (ids added, how many of them were resized, how many were skipped as already imported)."""
+        from labelgen.data.io import file_sha256, list_images
 
         if not self.config.can_encode_images:
             raise LabelgenError(f"the {self.config.backend} generator needs an inversion method to use real images "
@@ -270,25 +274,44 @@ class Workspace:
         paths = list_images(Path(images_dir))
         if not paths:
             raise LabelgenError(f"{images_dir}: no images")
-        ids, resized = [], 0
+        known = {read_json(self.recipe_path(i)).get("sha256") for i in self.annotation_ids() if i.startswith("r")}
+        entries, resized, skipped = [], 0, 0  # entries: (image, mask or None, recipe), checked, not yet written
         for path in paths:
+            digest = file_sha256(path)
+            if digest in known:
+                skipped += 1
+                continue
+            known.add(digest)
             image = read_image(path)
-            mask = None
-            if masks_dir is not None:
-                for candidate in (Path(masks_dir) / f"{path.stem}.png", Path(masks_dir) / f"{path.stem}.mask.png"):
-                    if candidate.is_file() and candidate != path:
-                        pixels = read_mask_pixels(candidate)
-                        mask = pixels if pixels.ndim == 2 else self.classes.colour_to_index(pixels, candidate)
-                        check_mask(mask, image.shape, len(self.classes), candidate)
-                        break
+            mask = self._import_mask(path, masks_dir, image.shape)
             if image.shape[:2] != self.resolution:
                 resized += 1
                 image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
-            annotation_id = self.add_annotation(image, {"source": "real", "file": path.name})
-            if mask is not None:
-                self.save_mask(annotation_id, mask)
-            ids.append(annotation_id)
-        return ids, resized
+            entries.append((image, mask, {"source": "real", "file": path.name, "sha256": digest}))
+        ids: list[str] = []
+        try:
+            for image, mask, recipe in entries:
+                ids.append(self.next_id("r"))
+                self.add_annotation(image, recipe, ids[-1])
+                if mask is not None:
+                    self.save_mask(ids[-1], mask)
+        except BaseException:
+            for annotation_id in ids:  # what this call wrote goes again
+                for path in (self.recipe_path(annotation_id), self.mask_path(annotation_id), self.image_path(annotation_id)):
+                    path.unlink(missing_ok=True)
+            raise
+        return ids, resized, skipped
+
+    def _import_mask(self, image_path: Path, masks_dir: Path | None, image_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The checked index mask uint8 [H, W] of an image to import (<stem>.png or <stem>.mask.png in ``masks_dir``)."""
+        if masks_dir is None:
+            return None
+        for candidate in (Path(masks_dir) / f"{image_path.stem}.png", Path(masks_dir) / f"{image_path.stem}.mask.png"):
+            if candidate.is_file() and candidate != image_path:
+                pixels = read_mask_pixels(candidate)
+                mask = pixels if pixels.ndim == 2 else self.classes.colour_to_index(pixels, candidate)
+                return check_mask(mask, image_shape, len(self.classes), candidate)
+        return None
 
     # ---- annotation store ----
     def check_id(self, annotation_id: str) -> str:
@@ -338,13 +361,16 @@ class Workspace:
         write_png(self.mask_path(annotation_id), np.asarray(mask, dtype=np.uint8), self.classes.palette)
         return self.mask_path(annotation_id)
 
+    def next_id(self, prefix: str) -> str:
+        """The next free annotation id with ``prefix`` ("g": generated, "r": real): g000001, g000002, ..."""
+        taken = {i for i in self.annotation_ids() if i.startswith(prefix)}
+        n = 1 + max((int(i[1:]) for i in taken if i[1:].isdigit()), default=0)
+        return f"{prefix}{n:06d}"
+
     def add_annotation(self, image: np.ndarray, recipe: dict, annotation_id: str | None = None) -> str:
         """Store a new image + recipe; returns its id (``g000001`` for generated, ``r000001`` for real)."""
-        prefix = "r" if recipe.get("source") == "real" else "g"
         if annotation_id is None:
-            taken = {i for i in self.annotation_ids() if i.startswith(prefix)}
-            n = 1 + max((int(i[1:]) for i in taken if i[1:].isdigit()), default=0)
-            annotation_id = f"{prefix}{n:06d}"
+            annotation_id = self.next_id("r" if recipe.get("source") == "real" else "g")
         self.check_id(annotation_id)
         write_png(self.image_path(annotation_id), image)
         atomic_write_json(self.recipe_path(annotation_id), recipe)  # written last: marks the entry complete
@@ -377,6 +403,8 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
     """``labelgen init``: load the generator once (a bad checkpoint is refused before anything is
     written), record its resolution and feature channels, write workspace.json."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise LabelgenError(f"{root}: exists and is not a folder")
     if (root / CONFIG_NAME).exists():
         raise LabelgenError(f"{root}: already a workspace")
     classes = ClassList.from_names([c for c in class_names if c.strip()])

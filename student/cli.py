@@ -6,7 +6,8 @@
     student predict --checkpoint RUN_DIR --images DIR --out DIR [--weights best|last]
     student export --checkpoint RUN_DIR --onnx FILE [--weights best|last]
 
-Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click).
+Bad input -> one line ``error: ...`` on stderr and exit status 2 (labelgen.cli.run_click); ``student --debug``
+or LABELGEN_DEBUG=1 adds the traceback.
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import click
 
-from labelgen.cli import format_size, parse_size, run_click
+from labelgen.cli import debug_option, format_size, parse_size, run_click
 from labelgen.cli_defaults import defaults_of
+from labelgen.cli_types import NON_NEGATIVE, POSITIVE
 from labelgen.student.models import architectures
 from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@debug_option
 def cli():
     """student: a segmentation-models-pytorch network trained from the teacher's synthetic data."""
 
@@ -57,21 +60,21 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
               help="Keep teacher features in RAM (recipe data).")
 @click.option("--init", "init", type=click.Path(path_type=Path), default=D["init"],
               help="Previous student run folder or .safetensors: load tensors with matching names/shapes.")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=D["tau"], help="Distillation temperature.")
-@click.option("--hard-weight", type=click.FloatRange(min=0), default=D["hard_weight"],
+@click.option("--tau", type=POSITIVE, default=D["tau"], help="Distillation temperature.")
+@click.option("--hard-weight", type=NON_NEGATIVE, default=D["hard_weight"],
               help="Weight of hard-label CE (label modes).")
-@click.option("--feature-weight", type=click.FloatRange(min=0), default=D["feature_weight"],
+@click.option("--feature-weight", type=NON_NEGATIVE, default=D["feature_weight"],
               help="Weight of the feature loss.")
-@click.option("--label-weight", type=click.FloatRange(min=0), default=D["label_weight"],
+@click.option("--label-weight", type=NON_NEGATIVE, default=D["label_weight"],
               help="Weight of the soft-label loss.")
-@click.option("--at-weight", type=click.FloatRange(min=0), default=D["at_weight"],
+@click.option("--at-weight", type=NON_NEGATIVE, default=D["at_weight"],
               help="Attention-transfer weight in the feature loss.")
 @click.option("--uncertainty-weighting/--no-uncertainty-weighting", default=D["uncertainty_weighting"],
               help="Weight samples by 1/(1 + u/mean u) from meta 'uncertainty'.")
-@click.option("--class-balance", type=click.FloatRange(min=0), default=D["class_balance"],
+@click.option("--class-balance", type=NON_NEGATIVE, default=D["class_balance"],
               help="Per-class loss weights ~ pixel frequency^-P (0 = off, 0.5 = 1/sqrt, 1 = 1/frequency; max 10x): "
                    "rare classes (dress, accessories) count more.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=D["lr"], help="Peak learning rate (AdamW).")
+@click.option("--lr", type=POSITIVE, default=D["lr"], help="Peak learning rate (AdamW).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=D["schedule"], help="LR decay after warm-up.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=D["warmup_steps"],
               help="Linear warm-up [default: 5% of the steps, at most 500].")
@@ -96,7 +99,7 @@ def train_cmd(**kw):
         import torch
 
         torch.set_num_threads(threads)
-    kw["image_size"] = parse_size(kw["image_size"])
+    kw["image_size"] = parse_size(kw["image_size"], "--image-size")
     kw["encoder_weights"] = None if kw["encoder_weights"] in (None, "none", "") else kw["encoder_weights"]
     data = [str(d) for d in kw["data"]]
     kw["data"] = data[0] if len(data) == 1 else data
@@ -134,7 +137,6 @@ def _load(checkpoint: Path, weights: str | None):
 @WEIGHTS_OPTION
 def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, weights: str | None):
     """mIoU + per-class IoU table; writes confusion.png and overlays.png (image | truth | prediction)."""
-    from labelgen.data.io import atomic_write_json
     from labelgen.student.evaluate import evaluate_folder, write_eval_outputs
 
     model, config, weights_path = _load(checkpoint, weights)
@@ -143,8 +145,7 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, weights:
     click.echo(f"mIoU: {scores.miou:.4f}")
     click.echo(scores.table(names))
     out = out or checkpoint / "eval"
-    cm_path, grid_path = write_eval_outputs(out, scores, kept, config)
-    atomic_write_json(out / "scores.json", {**scores.to_json(names), "weights": str(weights_path)})
+    cm_path, grid_path = write_eval_outputs(out, scores, kept, config, {"weights": str(weights_path)})
     click.echo(f"wrote {cm_path} and {grid_path}")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from labelgen.data.io import list_images, read_image, write_png
+from labelgen.data.io import atomic_write_json, list_images, read_image, staged_folder, write_png
 from labelgen.errors import LabelgenError
 from labelgen.imaging import resize_image, resize_mask
 from labelgen.metrics import ConfusionMatrix, Scores
@@ -93,21 +93,25 @@ def confusion_image(confusion: np.ndarray, names, cell: int = 28) -> np.ndarray:
     return np.asarray(im)
 
 
-def write_eval_outputs(out: Path, scores: Scores, kept, config: StudentConfig) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def write_eval_outputs(out: Path, scores: Scores, kept, config: StudentConfig, extra: dict | None = None
+                       ) -> tuple[Path, Path]:
+    """OUT/confusion.png, OUT/overlays.png and OUT/scores.json (scores + ``extra``), all or none."""
     names = [c["name"] for c in config.classes]
-    cm_path, grid_path = out / "confusion.png", out / "overlays.png"
-    write_png(cm_path, confusion_image(scores.confusion, names))
-    write_png(grid_path, overlay_grid(kept, config.class_list.palette))
-    return cm_path, grid_path
+    with staged_folder(out) as stage:
+        write_png(stage / "confusion.png", confusion_image(scores.confusion, names))
+        write_png(stage / "overlays.png", overlay_grid(kept, config.class_list.palette))
+        atomic_write_json(stage / "scores.json", {**scores.to_json(names), **(extra or {})})
+    return out / "confusion.png", out / "overlays.png"
 
 
 def predict_folder(model, config: StudentConfig, images: Path, out: Path, device="cpu") -> int:
+    """OUT/<stem>.png index mask per image of IMAGES, all or none (a bad image or a full disk leaves OUT as
+    it was)."""
     paths = list_images(Path(images))
     if not paths:
         raise LabelgenError(f"{images}: no images")
-    out.mkdir(parents=True, exist_ok=True)
     palette = config.class_list.palette
-    for p in paths:
-        write_png(out / f"{p.stem}.png", predict_image(model, config, read_image(p), device), palette)
+    with staged_folder(out) as stage:
+        for p in paths:
+            write_png(stage / f"{p.stem}.png", predict_image(model, config, read_image(p), device), palette)
     return len(paths)

@@ -182,17 +182,18 @@ def describe_weights(path: Path) -> str:
 def load_student(run_dir: Path | str, device: str | torch.device = "cpu", weights: str | None = None
                  ) -> tuple[nn.Module, StudentConfig]:
     """The trained student of a run folder (eval mode) and its config; ``weights``: see :func:`weights_file`."""
-    from safetensors.torch import load_file
+    from labelgen.data.io import load_safetensors
+    from labelgen.errors import one_line
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     path = weights_file(run_dir, weights)
     model = create_student(config.arch, config.encoder, config.num_classes)
+    tensors = load_safetensors(path)  # missing, empty, truncated: one line
     try:
-        model.load_state_dict(load_file(str(path)))
-    except Exception as e:  # torch's shape errors, safetensors' own error types on corrupt files
-        raise LabelgenError(f"{path}: weights do not fit {config.arch}/{config.encoder} "
-                            f"({' '.join(str(e).split())[:200]})") from None
+        model.load_state_dict(tensors)
+    except RuntimeError as e:  # torch's shape errors
+        raise LabelgenError(f"{path}: weights do not fit {config.arch}/{config.encoder} ({one_line(e, 200)})") from None
     return model.to(device).eval(), config
 
 
@@ -200,17 +201,14 @@ def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, Any]:
     """Initialise ``model`` from a previous student (run folder: its best weights when it has them,
     else the last; or a .safetensors file): copy every tensor whose name and shape match.
     Returns {"loaded", "skipped" (shape differs), "missing", "path"}."""
-    from safetensors.torch import load_file
+    from labelgen.data.io import load_safetensors
 
     path = Path(checkpoint)
     if path.is_dir():
         path = path / (BEST_NAME if (path / BEST_NAME).is_file() else WEIGHTS_NAME)
     if not path.is_file():
         raise LabelgenError(f"{checkpoint}: no student checkpoint ({WEIGHTS_NAME}) to initialise from")
-    try:
-        source = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types on corrupt files
-        raise LabelgenError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
+    source = load_safetensors(path)
     target = model.state_dict()
     loaded = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     skipped = sorted(k for k, v in source.items() if k in target and target[k].shape != v.shape)

@@ -383,6 +383,10 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
                     raise _Stop
     except _Stop:
         pass
+    except Exception:
+        if run_log is not None and resumed_from == 0 and saved_at[0] < 0:
+            run_log.discard()  # bad data found in a new run before its first checkpoint: no log.csv, no tb/
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 annotation store, the feature cache, CLI errors (one line, exit 2)."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -134,7 +135,8 @@ def test_import_real_images_resized_for_diffusion_refused_for_gan(tmp_path, run_
     ws = Workspace(tmp_path / "diff")
     assert ws.annotated_ids() == ["r000001", "r000002"]
     image, recipe, mask = ws.read_annotation("r000001")
-    assert image.shape == (32, 32, 3) and recipe == {"source": "real", "file": "photo40.png"}
+    assert image.shape == (32, 32, 3) and recipe == {"source": "real", "file": "photo40.png",
+                                                     "sha256": hashlib.sha256((images / "photo40.png").read_bytes()).hexdigest()}
     assert set(np.unique(mask)) <= {0, 1, 2}  # nearest: no invented class ids
     assert (mask == layout(40, 64)[::2, ::2]).mean() > 0.9
     features = ws.annotation_features("r000001")  # diffusion: features of the stored PNG

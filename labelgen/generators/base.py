@@ -78,7 +78,8 @@ class Generator(nn.Module, ABC):
     @classmethod
     def from_pretrained(cls, folder: Path | str) -> "Generator":
         """Rebuild from a ``save_pretrained`` folder (config JSON + safetensors)."""
-        from safetensors.torch import load_file
+        from labelgen.data.io import load_safetensors
+        from labelgen.errors import one_line
 
         folder = Path(folder)
         config = json.loads((folder / CONFIG_NAME).read_text())
@@ -86,10 +87,11 @@ class Generator(nn.Module, ABC):
         if backend != cls.backend:
             raise LabelgenError(f"{folder}: holds a {backend!r} generator, not {cls.backend!r}")
         model = cls(**config)
+        tensors = load_safetensors(folder / WEIGHTS_NAME)
         try:
-            model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
-        except (RuntimeError, OSError) as e:
-            raise LabelgenError(f"{folder / WEIGHTS_NAME}: weights do not fit the saved config ({str(e)[:200]})") from None
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise LabelgenError(f"{folder / WEIGHTS_NAME}: weights do not fit the saved config ({one_line(e, 200)})") from None
         return model.eval()
 
     def with_options(self, **options) -> "Generator":

@@ -41,13 +41,16 @@ def create_head(name: str, in_channels: list[int], num_classes: int, output_size
 
 def load_head(folder: Path | str, device: str = "cpu") -> TaskHead:
     """Rebuild a saved head (eval mode); a LabelgenError if the folder holds none or it does not fit."""
-    from safetensors.torch import load_file
+    from labelgen.data.io import load_safetensors
+    from labelgen.errors import one_line
 
     folder = Path(folder)
     config = read_head_config(folder)
     head = head_class(config.get("type", "")).from_config(config)
+    tensors = load_safetensors(folder / HEAD_WEIGHTS_NAME, device=device)  # missing, empty, truncated: one line
     try:
-        head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS_NAME), device=device))
-    except (RuntimeError, OSError) as e:
-        raise LabelgenError(f"{folder / HEAD_WEIGHTS_NAME}: weights do not fit the head config ({str(e)[:200]})") from None
+        head.load_state_dict(tensors)
+    except RuntimeError as e:  # torch's "Error(s) in loading state_dict ...:\n\tsize mismatch ..."
+        raise LabelgenError(f"{folder / HEAD_WEIGHTS_NAME}: weights do not fit {folder / HEAD_CONFIG_NAME} "
+                            f"({one_line(e, 200)})") from None
     return head.to(device).eval()

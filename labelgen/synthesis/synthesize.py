@@ -7,7 +7,9 @@ Shard plan (deterministic, from the config alone):
     uncertainty score are dropped (ties: the higher index is dropped).
   * candidate j has seed ``seed_base + j`` and key ``f"{j:09d}"``; kept samples are stored in key order.
   * ``from_images``: candidate j is the j-th image of the folder (sorted by name); shard i holds
-    candidates i*C .. (i+1)*C - 1 and keeps all but floor(count * F) of them.
+    candidates i*C .. (i+1)*C - 1 and keeps all but floor(count * F) of them. The file names and their
+    content (sha256) are part of the plan (synthesis.json "images"): resuming over a folder where a
+    file changed, appeared or went is refused, naming them.
 So a shard's content depends only on the config and the shard id: one run, a resumed run (finished
 shards are skipped; ShardWriter.clean_partial removes what a kill left) and K workers under
 torchrun (shard i -> rank i % world; labelgen.run.init_dist) write the same samples. The output
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelgen.data.io import atomic_write_json, list_images, read_image, read_json
+from labelgen.data.io import atomic_write_json, file_sha256, list_images, read_image, read_json
 from labelgen.data.shards import ShardSample, ShardWriter, encode_sample
 from labelgen.errors import LabelgenError
 from labelgen.heads.uncertainty import TOP_FRACTION
@@ -120,6 +122,26 @@ def sample_key(candidate: int) -> str:
 
 
 
+def image_identities(paths: list[Path]) -> list[list[str]]:
+    """[[file name, sha256 of its bytes], ...] of the --from-images files in candidate order: part of the plan,
+    so a resumed run over a changed folder is refused instead of labelling one image twice and missing another."""
+    return [[p.name, file_sha256(p)] for p in paths]
+
+
+def _plan_difference(out_dir: Path, previous: dict, current: dict) -> str:
+    """The one-line refusal of a resume whose plan differs from synthesis.json's."""
+    if previous.get("images") != current.get("images") and "images" in previous and "images" in current:
+        before, now = dict(map(tuple, previous["images"])), dict(map(tuple, current["images"]))
+        parts = [f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" for what, names in (
+            ("changed", sorted(n for n in before.keys() & now.keys() if before[n] != now[n])),
+            ("added", sorted(now.keys() - before.keys())), ("removed", sorted(before.keys() - now.keys()))) if names]
+        return (f"{out_dir}: the --from-images folder {current.get('from_images')} changed since this synthesis "
+                f"started ({'; '.join(parts) or 'order'}); use a new --out (or restore the files) to resume")
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    return (f"{out_dir}: holds a synthesis with other settings ({', '.join(changed)} differ); "
+            "use a new --out or the same command to resume")
+
+
 # ---- the run ----
 class _Source:
     """Candidate ids -> (images [B, 3, H, W] in [-1, 1], selected features, per-sample meta), through the
@@ -179,6 +201,7 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
     except LabelgenError as e:
         error = str(e)
     plan: list[ShardPlan] = []
+    new_plan = False  # this run wrote synthesis.json (removed again if it fails before any shard is done)
     if not error:
         try:
             plan = plan_shards(config, len(source.image_paths) if config.from_images else None)
@@ -192,15 +215,16 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
                       "ensemble": teacher.head.ensemble, "uncertainty": teacher.uncertainty_measure,
                       "resolution": list(teacher.resolution)}
     if dist.rank == 0 and not error:
+        if config.from_images is not None:  # candidate j is the j-th of these files, with this content
+            run_config["images"] = image_identities(source.image_paths)
         plan_path = out_dir / PLAN_NAME
         if plan_path.is_file():
             previous = read_json(plan_path)
             if previous != run_config:
-                changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
-                error = (f"{out_dir}: holds a synthesis with other settings ({', '.join(changed)} differ); "
-                         "use a new --out or the same command to resume")
+                error = _plan_difference(out_dir, previous, run_config)
         else:
             atomic_write_json(plan_path, run_config)
+            new_plan = True
         if not error:
             writer.clean_partial()
     error = dist.broadcast(error)
@@ -254,6 +278,10 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
                 "candidates": len(shard.candidates), "kept": len(kept), "dropped": len(dropped),
                 "dropped_keys": [sample_key(c) for _, c, _ in dropped],
                 "dropped_scores": [s for s, _, _ in dropped]})
+    except Exception:
+        if new_plan and not writer.done_shards():  # a bad input before the first shard: --out as it was
+            (out_dir / PLAN_NAME).unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
         if pool:
@@ -267,7 +295,8 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
         indexes = [read_json(out_dir / f"{i:06d}.json") for i in sorted(writer.done_shards())]
         kept_total = sum(ix.get("kept", ix["count"]) for ix in indexes)
         dropped_total = sum(ix.get("dropped", 0) for ix in indexes)
-        manifest = writer.write_manifest({**run_config, "kept": kept_total, "dropped": dropped_total,
+        summary = {k: v for k, v in run_config.items() if k != "images"}  # the file list stays in synthesis.json
+        manifest = writer.write_manifest({**summary, "kept": kept_total, "dropped": dropped_total,
                                           "shards_planned": len(plan)})
     manifest = dist.broadcast(manifest)
     config_out = manifest.get("config", {})

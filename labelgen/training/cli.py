@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
+from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange
 from labelgen.errors import LabelgenError
 from labelgen.training.train_generator import trainers
 
@@ -62,17 +63,17 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 @click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None,
               help=f"ddpm: betas {_shown('beta_schedule', only='ddpm')}.")
 @click.option("--z-dim", type=int, default=None, help=f"stylegan2: latent size {_shown('z_dim', only='stylegan2')}.")
-@click.option("--r1-gamma", type=float, default=None,
+@click.option("--r1-gamma", type=NON_NEGATIVE, default=None,
               help=f"stylegan2: R1 weight {_shown('r1_gamma', 'auto from resolution', only='stylegan2')}.")
 @click.option("--diffaug/--no-diffaug", default=None,
               help=f"stylegan2: DiffAugment colour/translation/cutout {_shown('diffaug', only='stylegan2')}.")
 @click.option("--batch-size", type=int, default=None, help=f"Images per step {_shown('batch_size')}.")
 @click.option("--steps", type=int, default=None, help=f"Total optimiser steps {_shown('steps')}.")
-@click.option("--lr", type=float, default=None, help=f"Learning rate {_shown('lr')}.")
-@click.option("--ema", type=float, default=None,
+@click.option("--lr", type=POSITIVE, default=None, help=f"Learning rate {_shown('lr')}.")
+@click.option("--ema", type=FiniteRange(0, 1), default=None,
               help=f"EMA decay of the exported weights {_shown('ema', 'ADA half-life schedule')}.")
 @click.option("--warmup", type=int, default=None, help=f"Linear LR warm-up steps {_shown('warmup')}.")
-@click.option("--grad-clip", type=float, default=None, help=f"Gradient-norm clip, 0 = off {_shown('grad_clip')}.")
+@click.option("--grad-clip", type=NON_NEGATIVE, default=None, help=f"Gradient-norm clip, 0 = off {_shown('grad_clip')}.")
 @click.option("--sample-every", type=int, default=None,
               help=f"Steps between sample grids, 0 = never {_shown('sample_every')}.")
 @click.option("--checkpoint-every", type=int, default=None,
@@ -98,7 +99,7 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
     from labelgen.training.train_generator import train_generator
 
     options = {
-        "resolution": parse_size(resolution) if resolution else None,
+        "resolution": parse_size(resolution, "--resolution") if resolution else None,
         "batch_size": batch_size, "steps": steps, "lr": lr, "ema": ema, "warmup": warmup, "grad_clip": grad_clip,
         "sample_every": sample_every, "checkpoint_every": checkpoint_every, "time_limit_min": time_limit_min,
         "seed": seed, "device": device,

@@ -1,0 +1,341 @@
+"""Every bad input through the real command lines (issue 11): exit status 2, exactly one line on stderr
+(``error: ...``) naming the offending file or option, no traceback, and the folders the command was
+pointed at exactly as they were before it ran (nothing half-written, no empty output folder).
+
+The cases run in this process through ``labelgen.cli.main`` / ``labelgen.student.cli.main`` (the same
+error boundary, ``labelgen.cli.run_click``) with stderr captured, so the table stays fast; a few run as
+real subprocesses of the console programs (``SUBPROCESS``). Disk-full and read-only file systems are
+simulated by making the write calls fail with ENOSPC / EROFS (the tests run as root: permissions would
+not stop them).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labelgen.student.testing import CLASSES as STUDENT_CLASSES, make_folder, make_shards, scene
+from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env
+
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------ bad files, made in code
+def bomb_png(path: Path, side: int = 14000) -> Path:
+    """A tiny PNG that claims ``side`` x ``side`` pixels (a "decompression bomb": 196 M pixels for 14000)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" + b"\0" * side  # filter byte + one grey byte per pixel
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def good_png(path: Path, seed: int = 40, size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render(seed, size)).save(path)
+    return path
+
+
+def corrupt_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return path
+
+
+def snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every file and folder under ``roots``: path -> (kind, size, mtime_ns)."""
+    seen: dict[str, tuple] = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        seen[str(root)] = ("dir" if root.is_dir() else "file", 0, 0)
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            st = path.stat()
+            seen[str(path)] = ("dir", 0, 0) if path.is_dir() else ("file", st.st_size, st.st_mtime_ns)
+    return seen
+
+
+# ------------------------------------------------------------------ shared inputs (made once)
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, Path]:
+    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.student.train import TrainOptions, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bad-inputs")
+    ws = annotated_workspace(root / "ws", backend="FakeDiffusion", count=2)
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False, log=lambda *a: None)
+    data = make_folder(root / "data", 4, (32, 32), split="train").parent
+    make_folder(root / "data", 2, (32, 32), split="val", seed0=50)
+    shards = make_shards(root / "shards", 4, (32, 32))
+    run = train(TrainOptions(mode="supervised", data=str(data / "train"), out=str(root / "run"), encoder="resnet18",
+                             image_size=(32, 32), batch_size=2, max_steps=1, progress=False, warmup_steps=0),
+                log=lambda *a: None).run_dir
+    return {"root": root, "ws": ws.root, "data": data, "shards": shards, "run": run,
+            "ccp": Path(__file__).parent / "fixtures" / "ccp_mini"}
+
+
+def copy_ws(env, t: Path) -> Path:
+    shutil.copytree(env["ws"], t / "w", ignore=shutil.ignore_patterns(".lock"))
+    return t / "w"
+
+
+# ---- set-ups: (env, case folder) -> None; they make the bad input inside the case folder
+def images_with_bomb(env, t):
+    good_png(t / "imgs" / "a.png")
+    bomb_png(t / "imgs" / "b.png")
+
+
+def images_with_large(env, t):
+    """10000 x 10000: over Pillow's bound, under twice it (where Pillow only warns, on stderr)."""
+    good_png(t / "imgs" / "a.png")
+    bomb_png(t / "imgs" / "b.png", side=10000)
+
+
+def images_with_corrupt_third(env, t):
+    for i, name in enumerate(("a", "b")):
+        good_png(t / "imgs" / f"{name}.png", 40 + i)
+    corrupt_png(t / "imgs" / "c.png")
+
+
+def workspace_importing_bad_second(env, t):
+    copy_ws(env, t)
+    for i, name in enumerate(("a", "b", "c", "d")):
+        good_png(t / "imgs" / f"{name}.png", 40 + i, 64)
+    corrupt_png(t / "imgs" / "b.png")
+
+
+def dataset_with_bomb(env, t):
+    shutil.copytree(env["data"], t / "ds")
+    bomb_png(t / "ds" / "val" / "images" / "0001.png")
+
+
+def dataset_red_colour(env, t):
+    shutil.copytree(env["data"], t / "ds")
+    classes = json.loads((t / "ds" / "classes.json").read_text())
+    classes["classes"][1]["color"] = "red"
+    (t / "ds" / "classes.json").write_text(json.dumps(classes))
+
+
+def workspace_red_colour(env, t):
+    w = copy_ws(env, t)
+    config = json.loads((w / "workspace.json").read_text())
+    config["classes"][1]["color"] = "red"
+    (w / "workspace.json").write_text(json.dumps(config))
+
+
+def a_file(env, t):
+    (t / "file").write_text("not a folder\n")
+
+
+def truncated_head(env, t):
+    head = copy_ws(env, t) / "heads" / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+
+
+def empty_head(env, t):
+    (copy_ws(env, t) / "heads" / "head.safetensors").write_bytes(b"")
+
+
+def head_config_mismatch(env, t):
+    config_path = copy_ws(env, t) / "heads" / "head_config.json"
+    config = json.loads(config_path.read_text())
+    config["hidden"] = [7, 5]  # other layer sizes than the saved weights
+    config_path.write_text(json.dumps(config))
+
+
+def shards_with_corrupt_png(env, t):
+    from labelgen.data.shards import ShardSample, ShardWriter
+
+    samples = [ShardSample(f"s{i:06d}", *scene(i, (32, 32)), {}) for i in range(4)]
+    writer = ShardWriter(t / "shards", STUDENT_CLASSES)
+    writer.write_shard(0, encoded=[[(n, b"not a png" if n == "s000001.png" else p) for n, p in encode(s)]
+                                   for s in samples])
+    writer.write_manifest()
+
+
+def encode(sample):
+    from labelgen.data.shards import encode_sample
+
+    return encode_sample(sample)
+
+
+def ccp_with(transform: Callable[[np.ndarray], np.ndarray]):
+    def setup(env, t):
+        import scipy.io
+
+        shutil.copytree(env["ccp"], t / "ccp")
+        mat = t / "ccp" / "annotations" / "pixel-level" / "0002.mat"
+        gt = scipy.io.loadmat(str(mat))["groundtruth"]
+        scipy.io.savemat(str(mat), {"groundtruth": transform(gt)})
+    return setup
+
+
+def fail_writes(code: int):
+    """Every rename into place (the last step of every atomic write) fails with ``code``."""
+    def patch(monkeypatch):
+        def refuse(src, dst, *a, **k):
+            raise OSError(code, os.strerror(code), str(dst))
+        monkeypatch.setattr(os, "replace", refuse)
+    return patch
+
+
+# ------------------------------------------------------------------ the table
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # {ws} {run} {data} {shards} {ccp}: shared inputs; {t}: this case's folder
+    names: str  # the offending file or option the one line must name
+    setup: Callable | None = None
+    patch: Callable | None = None  # monkeypatch(...) before running (in-process cases only)
+    program: str = "labelgen"
+    subprocess: bool = False
+    watch: tuple[str, ...] = ()  # shared inputs (by key) that must not change either
+    extra: dict = field(default_factory=dict)
+
+
+SYNTH = ["synthesize", "-w", "{t}/w", "--n", "2", "--out", "{t}/out"]
+STUDENT_TRAIN = ["train", "--mode", "supervised", "--encoder", "resnet18", "--image-size", "32x32", "--batch-size",
+                 "2", "--max-steps", "1", "--no-progress", "--out", "{t}/x"]
+
+CASES = [
+    # a decompression bomb (14000 x 14000 grey PNG, 23 KB) wherever images are read
+    Case("bomb-import", ["import", "-w", "{t}/w", "--images", "{t}/imgs"], "b.png",
+         lambda e, t: (copy_ws(e, t), images_with_bomb(e, t)), subprocess=True),
+    Case("bomb-from-images", ["synthesize", "-w", "{ws}", "--from-images", "{t}/imgs", "--out", "{t}/out"], "b.png",
+         images_with_bomb, watch=("ws",)),
+    Case("bomb-eval", ["eval", "--checkpoint", "{run}", "--data", "{t}/ds/val", "--out", "{t}/ev"], "0001.png",
+         dataset_with_bomb, program="student", watch=("run",)),
+    Case("large-image-predict", ["predict", "--checkpoint", "{run}", "--images", "{t}/imgs", "--out", "{t}/pred"],
+         "b.png", images_with_large, program="student", watch=("run",)),
+    Case("bomb-predict", ["predict", "--checkpoint", "{run}", "--images", "{t}/imgs", "--out", "{t}/pred"], "b.png",
+         images_with_bomb, program="student", watch=("run",)),
+    # class files
+    Case("colour-red-classes-json", ["data", "info", "{t}/ds/train"], "classes.json", dataset_red_colour,
+         subprocess=True),
+    Case("colour-red-student-train", [*STUDENT_TRAIN, "--data", "{t}/ds/train"], "classes.json", dataset_red_colour,
+         program="student"),
+    Case("colour-red-workspace-json", ["sample", "-w", "{t}/w", "--n", "1"], "workspace.json", workspace_red_colour),
+    # --out / -w naming an existing file
+    Case("out-file-synthesize", ["synthesize", "-w", "{ws}", "--n", "2", "--out", "{t}/file"], "file", a_file,
+         watch=("ws",)),
+    Case("out-file-predict", ["predict", "--checkpoint", "{run}", "--images", "{data}/val/images", "--out",
+                              "{t}/file"], "file", a_file, program="student", watch=("run",)),
+    Case("out-file-eval", ["eval", "--checkpoint", "{run}", "--data", "{data}/val", "--out", "{t}/file"], "file",
+         a_file, program="student", watch=("run",)),
+    Case("out-file-student-train", [*STUDENT_TRAIN[:-1], "{t}/file", "--data", "{data}/train"], "file", a_file,
+         program="student"),
+    Case("out-file-train-generator", ["train-generator", "--data", "{data}/train", "--out", "{t}/file", "--steps",
+                                      "1"], "file", a_file),
+    Case("out-file-import-ccp", ["data", "import-ccp", "--src", "{ccp}", "--out", "{t}/file"], "file", a_file),
+    Case("w-file-sample", ["sample", "-w", "{t}/file", "--n", "1"], "file", a_file),
+    Case("w-file-init", ["init", "{t}/file", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b"], "file",
+         a_file),
+    # learning rates
+    Case("lr-negative-train-heads", ["train-heads", "-w", "{t}/w", "--lr", "-1"], "--lr", copy_ws),
+    Case("lr-nan-train-heads", ["train-heads", "-w", "{t}/w", "--lr", "nan"], "--lr", copy_ws, subprocess=True),
+    Case("lr-nan-student", [*STUDENT_TRAIN, "--data", "{data}/train", "--lr", "nan"], "--lr", program="student"),
+    Case("lr-negative-train-generator", ["train-generator", "--data", "{data}/train", "--out", "{t}/g", "--lr", "-1"],
+         "--lr"),
+    Case("lr-inf-train-generator", ["train-generator", "--data", "{data}/train", "--out", "{t}/g", "--lr", "inf"],
+         "--lr"),
+    # the workspace's head weights
+    Case("head-truncated", SYNTH, "head.safetensors", truncated_head, subprocess=True),
+    Case("head-empty", SYNTH, "head.safetensors", empty_head),
+    Case("head-config-mismatch", SYNTH, "head.safetensors", head_config_mismatch),
+    # shard sets
+    Case("shard-corrupt-png", [*STUDENT_TRAIN, "--data", "{t}/shards"], "s000001.png", shards_with_corrupt_png,
+         program="student"),
+    # CCP import: sizes, groundtruth
+    Case("ccp-size-huge", ["data", "import-ccp", "--src", "{ccp}", "--out", "{t}/o", "--size", "100000x100000"],
+         "--size", subprocess=True),
+    Case("ccp-size-pixels", ["data", "import-ccp", "--src", "{ccp}", "--out", "{t}/o", "--size", "16000x16000"],
+         "--size"),
+    Case("ccp-float-groundtruth", ["data", "import-ccp", "--src", "{t}/ccp", "--out", "{t}/o", "--size", "24x16",
+                                   "--limit", "2", "--workers", "1"], "0002.mat",
+         ccp_with(lambda gt: gt.astype(np.float64) + 0.4)),
+    Case("ccp-negative-groundtruth", ["data", "import-ccp", "--src", "{t}/ccp", "--out", "{t}/o", "--size", "24x16",
+                                      "--limit", "2", "--workers", "1"], "0002.mat",
+         ccp_with(lambda gt: gt.astype(np.int16) - 3)),
+    # a full or read-only disk
+    Case("enospc-import-ccp", ["data", "import-ccp", "--src", "{ccp}", "--out", "{t}/o", "--size", "24x16", "--limit",
+                               "1", "--workers", "1"], "{t}/o", patch=fail_writes(errno.ENOSPC)),
+    Case("erofs-synthesize", ["synthesize", "-w", "{ws}", "--n", "2", "--out", "{t}/out"], "{t}/out",
+         patch=fail_writes(errno.EROFS), watch=("ws",)),
+    Case("enospc-import", ["import", "-w", "{t}/w", "--images", "{t}/imgs"], "{t}/w",
+         lambda e, t: (copy_ws(e, t), good_png(t / "imgs" / "a.png")), patch=fail_writes(errno.ENOSPC)),
+    Case("enospc-predict", ["predict", "--checkpoint", "{run}", "--images", "{data}/val/images", "--out", "{t}/pred"],
+         "{t}/pred", patch=fail_writes(errno.ENOSPC), program="student", watch=("run",)),
+    # smaller ones
+    Case("import-bad-second-of-four", ["import", "-w", "{t}/w", "--images", "{t}/imgs"], "b.png",
+         workspace_importing_bad_second),
+    Case("predict-corrupt-third", ["predict", "--checkpoint", "{run}", "--images", "{t}/imgs", "--out", "{t}/pred"],
+         "c.png", images_with_corrupt_third, program="student", watch=("run",)),
+    Case("eval-dataset-root", ["eval", "--checkpoint", "{run}", "--data", "{data}", "--out", "{t}/ev"], "split",
+         program="student", watch=("run",)),
+]
+
+
+def _fill(arg: str, env, t: Path) -> str:
+    return arg.format(t=t, **{k: v for k, v in env.items() if isinstance(v, Path)})
+
+
+def _run_in_process(case: Case, argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    from labelgen.cli import main as labelgen_main
+    from labelgen.student.cli import main as student_main
+
+    monkeypatch.setenv("LABELGEN_WORKSPACE", "")
+    monkeypatch.delenv("LABELGEN_DEBUG", raising=False)
+    if case.patch:
+        case.patch(monkeypatch)
+    capsys.readouterr()
+    code = 0
+    try:
+        (student_main if case.program == "student" else labelgen_main)(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        monkeypatch.undo()
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_one_line_exit_2_nothing_written(case, env, tmp_path, capsys, monkeypatch):
+    t = tmp_path / "case"
+    t.mkdir()
+    if case.setup:
+        case.setup(env, t)
+    argv = [_fill(a, env, t) for a in case.argv]
+    watched = [t, *(env[k] for k in case.watch)]
+    before = snapshot(*watched)
+    if case.subprocess:
+        proc = subprocess.run([str(BIN / case.program), *argv], capture_output=True, text=True, timeout=300,
+                              env={**subprocess_env(), "LABELGEN_DEBUG": ""}, cwd=REPO)
+        code, err = proc.returncode, proc.stderr
+    else:
+        code, err = _run_in_process(case, argv, capsys, monkeypatch)
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert _fill(case.names, env, t) in lines[0], err
+    after = snapshot(*watched)
+    assert after == before, f"changed: {sorted(set(after.items()) ^ set(before.items()))}"

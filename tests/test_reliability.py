@@ -1,0 +1,202 @@
+"""Nothing lost, nothing duplicated (issue 11): `labelgen import` all or nothing and idempotent (content
+hash), `synthesize --from-images` resumed over a changed folder refused; the error boundary's --debug.
+(Every bad input through the real CLIs: tests/test_bad_inputs.py.)"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from labelgen.cli import main
+from labelgen.data.shards import ShardReader, ShardWriter
+from labelgen.errors import DataError, LabelgenError
+from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.synthesis import SynthesisConfig, synthesize
+from labelgen.workspace import Workspace, create_workspace
+from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env
+
+torch.set_num_threads(1)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Files under ``root`` (the run lock's pid file aside) -> (size, mtime)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.name != ".lock"}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _image(path: Path, seed: int, size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render(seed, size)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------ item 4: labelgen import
+def test_import_is_all_or_nothing_and_skips_images_already_imported(tmp_path, monkeypatch, capsys):
+    ws = create_workspace(tmp_path / "w", "teacher_fakes:FakeDiffusion", CLASSES.split(","))
+    images = tmp_path / "real"
+    for i, name in enumerate("abcd"):
+        _image(images / f"{name}.png", 40 + i, 64)
+    good_b = (images / "b.png").read_bytes()
+    (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match=r"b\.png: unreadable or corrupt image"):
+        ws.import_images(images)
+    assert ws.annotation_ids() == [] and not any(ws.annotations_dir.iterdir())  # a is not imported either
+
+    (images / "b.png").write_bytes(good_b)
+    ids, resized, skipped = ws.import_images(images)
+    assert ids == ["r000001", "r000002", "r000003", "r000004"] and resized == 4 and skipped == 0
+    recipes = [json.loads(ws.recipe_path(i).read_text()) for i in ids]
+    assert [r["file"] for r in recipes] == ["a.png", "b.png", "c.png", "d.png"]
+    assert [r["sha256"] for r in recipes] == [file_sha256(images / f"{n}.png") for n in "abcd"]
+
+    # the same folder again: every image recognised by its content, nothing duplicated
+    capsys.readouterr()
+    main(["import", "-w", str(ws.root), "--images", str(images)])
+    assert "imported 0 images (0 with masks); skipped 4 already in the workspace" in capsys.readouterr().out
+    assert Workspace(ws.root).annotation_ids() == ids
+    # a new image and a renamed copy of an imported one: only the new one is added
+    _image(images / "e.png", 50, 64)
+    shutil.copy(images / "a.png", images / "f.png")
+    assert ws.import_images(images) == (["r000005"], 1, 5)
+
+    # the disk fills up at the second new image: what this call wrote goes again
+    _image(images / "g.png", 60, 64)
+    _image(images / "h.png", 61, 64)
+    before = _tree(ws.annotations_dir)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst, *a, **k):
+        calls.append(dst)
+        if len(calls) == 3:  # g.png, g.json, then h.png fails
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DataError, match=r"r000007\.png: cannot write \(No space left on device\)"):
+        ws.import_images(images)
+    monkeypatch.undo()
+    assert _tree(ws.annotations_dir) == before
+    assert ws.import_images(images) == (["r000006", "r000007"], 2, 6)
+
+
+# ------------------------------------------------------------------ item 5: synthesize --from-images resumed
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = annotated_workspace(tmp_path_factory.mktemp("reliability") / "w", backend="FakeDiffusion", count=2)
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=128), progress=False, log=lambda *a: None)
+    return ws
+
+
+class _Killed(BaseException):
+    """Stands in for a kill after the first shard."""
+
+
+def _sources(out: Path) -> list[str]:
+    return [s.meta["source_image"] for s in ShardReader(out)]
+
+
+def test_from_images_resume_over_a_changed_folder_is_refused(trained, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "photos"
+    for i in range(6):
+        _image(folder / f"img{i}.png", 900 + i, 48)
+    config = SynthesisConfig(n=None, shard_size=2, batch_size=2, from_images=str(folder), encode_workers=0)
+    reference = synthesize(trained, config, tmp_path / "reference", progress=False)
+    assert reference.kept == 6 and sorted(_sources(tmp_path / "reference")) == [f"img{i}.png" for i in range(6)]
+
+    out = tmp_path / "out"
+    real_write = ShardWriter.write_shard
+
+    def killed_after_first(self, shard_id, *a, **k):
+        if shard_id > 0:
+            raise _Killed
+        return real_write(self, shard_id, *a, **k)
+
+    monkeypatch.setattr(ShardWriter, "write_shard", killed_after_first)
+    with pytest.raises(_Killed):
+        synthesize(trained, config, out, progress=False)
+    monkeypatch.undo()
+    plan = json.loads((out / "synthesis.json").read_text())
+    assert plan["images"] == [[f"img{i}.png", file_sha256(folder / f"img{i}.png")] for i in range(6)]
+
+    # the folder changes before the resume: img1 repaired (new content), img00 added (sorts first: every
+    # later candidate index would shift to another file)
+    kept = {p: p.read_bytes() for p in folder.iterdir()}
+    _image(folder / "img1.png", 777, 48)
+    _image(folder / "img00.png", 778, 48)
+    before = _tree(out)
+    with pytest.raises(LabelgenError, match=r"changed since this synthesis started \(changed: img1\.png; "
+                                            r"added: img00\.png\); use a new --out"):
+        synthesize(trained, config, out, progress=False)
+    assert _tree(out) == before
+
+    # as one CLI line
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["synthesize", "-w", str(trained.root), "--from-images", str(folder), "--out", str(out),
+              "--shard-size", "2", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1 and "removed" not in err and "img00.png" in err
+    # ... and `data info` still counts the planned shards when the folder is gone
+    shutil.move(folder, tmp_path / "moved")
+    main_info = subprocess.run([sys.executable, "-m", "labelgen.cli", "data", "info", str(out)], capture_output=True,
+                               text=True, env=subprocess_env(), cwd=REPO, timeout=120)
+    assert "1 of 3 shards" in main_info.stdout, main_info.stdout + main_info.stderr
+    shutil.move(tmp_path / "moved", folder)
+
+    # the files restored: the resume labels each image exactly once, as one uninterrupted run does
+    (folder / "img00.png").unlink()
+    for path, payload in kept.items():
+        path.write_bytes(payload)
+    summary = synthesize(trained, config, out, progress=False)
+    assert summary.kept == 6 and summary.shards_written == 2
+    assert _sources(out) == _sources(tmp_path / "reference")
+    assert [(s.key, s.mask.tobytes()) for s in ShardReader(out)] == \
+        [(s.key, s.mask.tobytes()) for s in ShardReader(tmp_path / "reference")]
+
+
+# ------------------------------------------------------------------ the error boundary: --debug
+def test_unexpected_errors_are_one_line_exit_1_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    import labelgen.data.folder as folder
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setenv("LABELGEN_DEBUG", "")
+    monkeypatch.setattr(folder, "open_labelled", bug)
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "info", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: internal error ZeroDivisionError: division by zero") and "--debug" in err
+
+    monkeypatch.setenv("LABELGEN_DEBUG", "1")  # a bug is not hidden: its traceback comes out
+    with pytest.raises(ZeroDivisionError):
+        main(["data", "info", str(tmp_path)])
+    monkeypatch.setenv("LABELGEN_DEBUG", "")
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "data", "info", str(tmp_path)])
+
+
+def test_debug_flag_shows_the_traceback_of_an_expected_error_too(tmp_path):
+    env = {**subprocess_env(), "LABELGEN_DEBUG": ""}
+    plain = subprocess.run([sys.executable, "-m", "labelgen.cli", "data", "info", str(tmp_path / "nope")],
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    debug = subprocess.run([sys.executable, "-m", "labelgen.cli", "--debug", "data", "info", str(tmp_path / "nope")],
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert plain.returncode == debug.returncode == 2
+    assert plain.stderr == f"error: {tmp_path / 'nope'}: not found\n"
+    assert "Traceback" in debug.stderr and "DataError" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
