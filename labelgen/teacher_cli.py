@@ -15,13 +15,15 @@ from labelgen.errors import LabelgenError
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
 from labelgen.heads.train import TrainConfig
-from labelgen.synthesis.synthesize import SOFT_LABELS, SynthesisConfig
+from labelgen.inversion import INVERTERS, InversionConfig
+from labelgen.synthesis.synthesize import SOFT_LABELS, SynthesisConfig, sampling_options
 from labelgen.workspace import WorkspaceConfig
 
 # each option's default is stated once, in the dataclass the command fills
 WORKSPACE = defaults_of(WorkspaceConfig)
 HEAD_TRAINING = defaults_of(TrainConfig)
 SYNTHESIS = defaults_of(SynthesisConfig)
+INVERSION = defaults_of(InversionConfig)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -47,6 +49,15 @@ def _backend(value: str) -> str:
 workspace_option = click.option(
     "-w", "--workspace", "workspace_dir", type=click.Path(path_type=Path), default=None,
     help="Workspace folder [default: $LABELGEN_WORKSPACE or the current folder].")
+
+
+def sampling_flags(fn):
+    """--class / --truncation: how new images are sampled (GANs). Unset = the workspace's generator options."""
+    fn = click.option("--truncation", type=float, default=None,
+                      help="Truncation psi (stylegan2: towards the mean W; dcgan: z scale) [default: the "
+                           "workspace's, else 1].")(fn)
+    return click.option("--class", "class_idx", type=click.IntRange(0), default=None,
+                        help="Class index of a conditional StyleGAN2 [default: the workspace's, else 0].")(fn)
 
 
 def _open(workspace_dir: Path | None):
@@ -82,8 +93,9 @@ def _generator_to_best_device(ws) -> str:
               help="Diffusion feature timesteps.")
 @click.option("--feature-layers", type=str, default=None,
               help="Comma-separated generator feature levels the head uses [default: all].")
+@sampling_flags
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
-             feature_layers):
+             feature_layers, class_idx, truncation):
     """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
     from labelgen.workspace import create_workspace, default_workspace_path
 
@@ -93,7 +105,8 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
         raise LabelgenError(f"--classes {class_names!r}: need at least two comma-separated class names")
     head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
-                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"))
+                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
+                          generator_options=sampling_options(class_idx, truncation))
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
                f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "
@@ -105,11 +118,12 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
 @click.option("--n", "count", type=click.IntRange(1), required=True, help="Images to generate for annotation.")
 @click.option("--seed-start", type=int, default=None, help="First seed [default: after the largest seed used].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-def sample_cmd(workspace_dir, count, seed_start, batch_size):
+@sampling_flags
+def sample_cmd(workspace_dir, count, seed_start, batch_size, class_idx, truncation):
     """Generate N images to annotate: W/annotations/<id>.png + <id>.json (mask <id>.mask.png comes later)."""
     ws = _open(workspace_dir)
     _generator_to_best_device(ws)
-    ids = ws.sample_annotations(count, seed_start, batch_size)
+    ids = ws.sample_annotations(count, seed_start, batch_size, **sampling_options(class_idx, truncation))
     click.echo(f"added {len(ids)} images to annotate ({ids[0]}..{ids[-1]}) in {ws.annotations_dir}; draw masks as "
                f"<id>.mask.png (index or class-colour PNG, 255 = ignore)")
 
@@ -119,13 +133,27 @@ def sample_cmd(workspace_dir, count, seed_start, batch_size):
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), required=True, help="Folder of real images.")
 @click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of masks <stem>.png / <stem>.mask.png (index or class-colour PNGs).")
-def import_cmd(workspace_dir, images_dir, masks_dir):
-    """Add real images (+ masks) to annotate; diffusion teachers only (GANs need an inversion method)."""
+@click.option("--steps", type=click.IntRange(1), default=INVERSION["steps"], show_default=True,
+              help=f"GAN teachers ({', '.join(INVERTERS)}): latent optimisation steps per image.")
+def import_cmd(workspace_dir, images_dir, masks_dir, steps):
+    """Add real images (+ masks) to annotate. Diffusion teachers compute features of the photo; GAN teachers
+    (dcgan, stylegan2) project it into their latent space first (reconstruction PSNR printed per image)."""
+    from labelgen.inversion import mean_psnr
+
     ws = _open(workspace_dir)
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise LabelgenError(f"{masks_dir}: masks folder not found")
-    ids, resized = ws.import_images(images_dir, masks_dir)
+    if not ws.config.can_encode_images:
+        _generator_to_best_device(ws)
+    ids, resized = ws.import_images(images_dir, masks_dir, InversionConfig(steps=steps))
     with_masks = sum(ws.mask_path(i).is_file() for i in ids)
+    inverted = [(i, ws.read_annotation(i)[1]) for i in ids]
+    inverted = [(i, r) for i, r in inverted if isinstance(r.get("inversion"), dict)]
+    for annotation_id, recipe in inverted:
+        click.echo(f"{annotation_id} ({recipe.get('file')}): reconstruction PSNR {recipe['inversion']['psnr']:.2f} dB")
+    if inverted:
+        click.echo(f"inverted {len(inverted)} images into the {ws.config.backend} latent space ({steps} steps): mean "
+                   f"PSNR {mean_psnr([r['inversion']['psnr'] for _, r in inverted]):.2f} dB")
     h, w = ws.resolution
     click.echo(f"imported {len(ids)} images ({with_masks} with masks)"
                + (f"; resized {resized} to the generator resolution {h}x{w} (images: area, masks: nearest)"
@@ -182,8 +210,9 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
               help="Sample k uses seed seed-base + k.")
 @click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
               help="Threads encoding PNGs (0 = main thread).")
+@sampling_flags
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, encode_workers):
+                   seed_base, encode_workers, class_idx, truncation):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards.
 
     Multi-worker: torchrun --nproc-per-node K -m labelgen.cli -- synthesize ... (shard i -> rank i % K;
@@ -196,7 +225,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),
-                             encode_workers=encode_workers)
+                             encode_workers=encode_workers, class_idx=class_idx, truncation=truncation)
     summary = synthesize(ws, config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes

@@ -56,10 +56,21 @@ class SynthesisConfig:
     from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
     encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)
+    class_idx: int | None = None  # conditional StyleGAN2: class of the samples (None: the workspace's)
+    truncation: float | None = None  # truncation psi / z scale of the samples (None: the workspace's)
+
+    def sampling_options(self) -> dict[str, Any]:
+        """Options of Teacher.sample given for this run (recorded in synthesis.json through plan_key)."""
+        return sampling_options(self.class_idx, self.truncation)
 
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
         return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers")}
+
+
+def sampling_options(class_idx: int | None, truncation: float | None) -> dict[str, Any]:
+    """The GAN sampling options a command was given (None = the workspace's), as Teacher.sample takes them."""
+    return {k: v for k, v in (("class_idx", class_idx), ("truncation", truncation)) if v is not None}
 
 
 @dataclass
@@ -143,7 +154,7 @@ class _Source:
                 arrays.append(resize_image(image, self.teacher.resolution))  # what the shard stores
             return images_to_tensor(np.stack(arrays)), self.teacher.features(images=arrays), metas
         seeds = [self.config.seed_base + j for j in candidates]
-        out = self.teacher.sample(seeds)
+        out = self.teacher.sample(seeds, **self.config.sampling_options())
         return out.images, out.features, [{"seed": seed, "recipe": recipe} for seed, recipe in zip(seeds, out.recipes)]
 
 
