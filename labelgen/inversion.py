@@ -290,5 +290,5 @@ def invert_photo(generator, image: np.ndarray, config: InversionConfig | None = 
     from labelgen.imaging import images_to_tensor
 
     config = config or InversionConfig()
-    result = invert(generator, images_to_tensor(np.asarray(image, dtype=np.uint8)[None]), config)
+    result = invert(generator, images_to_tensor(np.asarray(image, dtype=np.uint8)[None]), config, progress=True)
     return {**result.recipes[0], "inversion": {"steps": config.steps, "psnr": round(result.psnr[0], 2)}}

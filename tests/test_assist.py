@@ -44,3 +44,13 @@ def test_app_launch_hides_the_deploy_button(tmp_path):
 
     cmd = streamlit_command(tmp_path, "127.0.0.1", 8501)
     assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"  # no Deploy / rerun / clear cache
+
+
+def test_status_line_shows_an_inverted_photos_latent_by_size_only():
+    from labelgen.app.views.annotate import _shown_recipe
+
+    recipe = {"source": "real", "file": "a.png", "w": [[0.1] * 512] * 14, "noise": {"b4.conv1": "AAAA"},
+              "inversion": {"steps": 300, "psnr": 27.5}}
+    shown = _shown_recipe(recipe)
+    assert shown["w"] == "<14 entries>" and shown["noise"] == "<1 entries>" and shown["inversion"]["psnr"] == 27.5
+    assert _shown_recipe({"seed": 3, "truncation": 1.0}) == {"seed": 3, "truncation": 1.0}
