@@ -27,7 +27,9 @@ def streamlit_command(workspace: Path, host: str, port: int, import_roots: tuple
     cmd = [sys.executable, *SAFE_PATH, "-m", "streamlit", "run", str(APP_FILE),
            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
-           "--server.fileWatcherType", "none", "--", "--workspace", str(workspace)]
+           "--server.fileWatcherType", "none",
+           # a local tool: no "Deploy" button (nor rerun / clear cache) in the toolbar and menu
+           "--client.toolbarMode", "viewer", "--", "--workspace", str(workspace)]
     for root in import_roots:
         cmd += ["--import-root", str(root)]
     return cmd

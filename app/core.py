@@ -34,12 +34,13 @@ class AppError(LabelgenError):
 
 
 # ---------------------------------------------------------------- mask codec (component <-> numpy)
-def rle_encode(mask: np.ndarray) -> list[int]:
-    """Row-major run-length pairs ``[value, count, value, count, ...]`` of a uint8 mask."""
-    flat = np.asarray(mask, dtype=np.uint8).ravel()
+def rle_encode(mask: np.ndarray, dtype=np.uint8) -> list[int]:
+    """Row-major run-length pairs ``[value, count, value, count, ...]`` of a uint8 mask (or of an integer
+    label map, e.g. superpixels, with ``dtype=np.int32``)."""
+    flat = np.asarray(mask, dtype=dtype).ravel()
     if flat.size == 0:
         return []
-    change = np.flatnonzero(np.diff(flat.astype(np.int16))) + 1
+    change = np.flatnonzero(np.diff(flat.astype(np.int64))) + 1
     starts = np.concatenate([[0], change])
     counts = np.diff(np.concatenate([starts, [flat.size]]))
     out = np.empty(2 * len(starts), dtype=np.int64)
@@ -167,8 +168,8 @@ def decode_image_bytes(payload: bytes, name: str = "upload", max_bytes: int = MA
 def import_real_images(ws: Workspace, images: list[tuple[str, np.ndarray]]) -> list[str]:
     """Store real images (resized to the generator resolution) as annotations with ``source: real``."""
     if not can_import_real(ws):
-        raise AppError(f"the {ws.config.backend} generator cannot compute features of real images; "
-                       "importing needs a diffusion teacher")
+        raise AppError(f"the {ws.config.backend} generator cannot compute features of real images; importing here "
+                       "needs a diffusion teacher (dcgan, stylegan2: `labelgen import` inverts photos into the latent space)")
     resolution = tuple(ws.config.resolution) if ws.config.resolution else tuple(ws.generator().resolution)
     ids = []
     for name, image in images:

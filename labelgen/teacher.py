@@ -12,7 +12,8 @@ plus its stored image) or a real photo (an image alone). Its features are, for e
 * teachers that encode images (diffusion: noise to t, one UNet pass): features of the stored image
   (uint8, resized to the generator resolution by the one resize rule, labelgen.imaging); a fresh
   sample's features are computed from its uint8-quantised pixels, so they equal those of its saved PNG;
-* GAN teachers: recomputed from the recipe (a real photo needs an inversion method: refused).
+* GAN teachers: recomputed from the recipe; a real photo from the latent its import stored
+  (labelgen/inversion.py), one without a latent is refused.
 
 Recipes reach the teacher in several dresses (an annotation's ``<id>.json`` with workspace keys, a
 shard's meta with a ``recipe`` entry, a bare backend recipe); :func:`recipe_of` is the one place that
@@ -43,7 +44,10 @@ from labelgen.heads.uncertainty import TOP_FRACTION, image_scores, pixel_uncerta
 from labelgen.imaging import images_to_tensor, quantize, resize_image
 
 # keys the workspace / synthesis add around a backend recipe (provenance, not generator input)
-PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic")
+PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic", "inversion")
+# recipe keys holding a latent (GAN inversion, labelgen/inversion.py): such a recipe needs no seed, and a real
+# photo that carries one has a recipe
+LATENT_KEYS = ("w", "z")
 # generator options that change how new images are sampled or how fast, not the features of a given image (class
 # and truncation defaults of new samples: every recipe carries its own)
 SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "max_batch", "truncation", "truncation_psi",
@@ -53,16 +57,18 @@ HASH_CACHE_ENV = "LABELGEN_CACHE"
 
 # ---------------------------------------------------------------- recipes
 def recipe_of(item: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The backend recipe of an item, or None for a real image.
+    """The backend recipe of an item, or None for a real image without a latent.
 
-    Accepts an annotation recipe (``{"seed": 3, "source": "generated", "generator": ...}``), a shard
+    Accepts an annotation recipe (``{"seed": 3, "source": "generated", "generator": ...}``; a real photo
+    inverted into a GAN's latent space, ``{"source": "real", "w": ..., ...}``, keeps its latent), a shard
     sample's meta (``{"seed": ..., "recipe": {...}, "head": ...}``, or ``{"source_image": ...}`` for a
     pseudo-labelled photo) or a bare backend recipe."""
     if not isinstance(item, dict):
         return None
     if isinstance(item.get("recipe"), dict):  # a shard sample's meta
         return recipe_of(item["recipe"])
-    if item.get("source") == "real" or "source_image" in item or "seed" not in item:
+    has_latent = any(item.get(k) is not None for k in LATENT_KEYS)
+    if "source_image" in item or not (has_latent or ("seed" in item and item.get("source") != "real")):
         return None
     return {k: v for k, v in item.items() if k not in PROVENANCE_KEYS}
 
@@ -267,8 +273,9 @@ class Teacher:
                                 "none given")
         backend_recipes = [recipe_of(r) for r in recipes]
         if any(r is None for r in backend_recipes):
-            raise LabelgenError(f"a real image has no generator recipe: the {self.generator.backend} teacher needs an "
-                                "inversion method to compute its features (use a diffusion teacher)")
+            raise LabelgenError(f"a real image without a latent: the {self.generator.backend} teacher needs an "
+                                "inversion method to compute its features (`labelgen import` inverts photos into "
+                                "dcgan and stylegan2 latents; or use a diffusion teacher)")
         return self._place(self.select(self.generator.features_from_recipes(backend_recipes).features))
 
     @torch.no_grad()

@@ -17,7 +17,8 @@ from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
 from labelgen.heads.train import TrainConfig
-from labelgen.synthesis.synthesize import SOFT_LABELS, TTA_MODES, SynthesisConfig
+from labelgen.inversion import INVERTERS, InversionConfig
+from labelgen.synthesis.synthesize import SOFT_LABELS, TTA_MODES, SynthesisConfig, sampling_options
 from labelgen.workspace import WorkspaceConfig
 
 # each option's default is stated once, in the dataclass the command fills
@@ -25,6 +26,7 @@ WORKSPACE = defaults_of(WorkspaceConfig)
 HEAD_TRAINING = defaults_of(TrainConfig)
 SYNTHESIS = defaults_of(SynthesisConfig)
 SWEEP = defaults_of(SweepConfig)
+INVERSION = defaults_of(InversionConfig)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -50,6 +52,16 @@ def _backend(value: str) -> str:
 workspace_option = click.option(
     "-w", "--workspace", "workspace_dir", type=click.Path(path_type=Path), default=None,
     help="Workspace folder [default: $LABELGEN_WORKSPACE or the current folder].")
+
+
+def sampling_flags(fn):
+    """--class / --truncation: how new images are sampled (GANs). Unset = the workspace's generator options."""
+    fn = click.option("--truncation", type=float, default=None,
+                      help="Truncation (stylegan2: psi towards the mean W; dcgan: z scale; biggan: of z and the "
+                           "batch-norm statistics) [default: the workspace's, else the backend's].")(fn)
+    return click.option("--class", "class_idx", type=click.IntRange(0), default=None,
+                        help="Class index of a conditional StyleGAN2 or BigGAN [default: the workspace's, else the "
+                             "backend's].")(fn)
 
 
 def _open(workspace_dir: Path | None):
@@ -88,13 +100,9 @@ def _generator_to_best_device(ws) -> str:
 
 
 def generator_options(command):
-    """init's backend-specific options (adm: --preset, --model-flags; biggan: --class, --truncation)."""
-    import inspect
-
+    """init's backend-specific options (adm: --preset, --model-flags); --class / --truncation: sampling_flags."""
     from labelgen.generators.adm import ADM_PRESETS
-    from labelgen.generators.biggan import BigGANGenerator
 
-    biggan = {k: p.default for k, p in inspect.signature(BigGANGenerator).parameters.items()}  # stated once there
     for option in reversed([
         click.option("--preset", type=click.Choice(list(ADM_PRESETS)), default=None,
                      help="adm: the published model flags of a guided-diffusion checkpoint (lsun-256: "
@@ -102,22 +110,16 @@ def generator_options(command):
         click.option("--model-flags", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="adm: JSON/YAML of guided-diffusion model flags (over --preset) [default: "
                           "<checkpoint stem>.json/.yaml beside the checkpoint]."),
-        click.option("--class", "class_id", type=click.IntRange(0), default=None,
-                     help=f"biggan: ImageNet class index sampled [default: {biggan['class_id']}]."),
-        click.option("--truncation", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="biggan: truncation of z (and of the batch-norm statistics) "
-                          f"[default: {biggan['truncation']}]."),
     ]):
         command = option(command)
     return command
 
 
-def generator_options_of(preset=None, model_flags=None, class_id=None, truncation=None) -> dict:
+def generator_options_of(preset=None, model_flags=None) -> dict:
     """The workspace's generator_options from init's backend options (only those given)."""
     from labelgen.generators.adm import read_flags_file
 
-    options = {"preset": preset, "flags": None if model_flags is None else read_flags_file(model_flags),
-               "class_id": class_id, "truncation": truncation}
+    options = {"preset": preset, "flags": None if model_flags is None else read_flags_file(model_flags)}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -141,8 +143,9 @@ def generator_options_of(preset=None, model_flags=None, class_id=None, truncatio
               help="Comma-separated generator feature levels the head uses [default: all; adm 256x256: "
                    "DDPM-seg's output blocks 5,6,7,8,12].")
 @generator_options
+@sampling_flags
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
-             feature_layers, **backend_options):
+             feature_layers, preset, model_flags, class_idx, truncation):
     """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
     from labelgen.workspace import create_workspace, default_workspace_path
 
@@ -153,7 +156,8 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
     head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
                           _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
-                          generator_options=generator_options_of(**backend_options))
+                          generator_options={**generator_options_of(preset, model_flags),
+                                             **sampling_options(class_idx, truncation)})
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
                f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "
@@ -165,11 +169,12 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
 @click.option("--n", "count", type=click.IntRange(1), required=True, help="Images to generate for annotation.")
 @click.option("--seed-start", type=int, default=None, help="First seed [default: after the largest seed used].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-def sample_cmd(workspace_dir, count, seed_start, batch_size):
+@sampling_flags
+def sample_cmd(workspace_dir, count, seed_start, batch_size, class_idx, truncation):
     """Generate N images to annotate: W/annotations/<id>.png + <id>.json (mask <id>.mask.png comes later)."""
     ws = _open(workspace_dir)
     _generator_to_best_device(ws)
-    ids = ws.sample_annotations(count, seed_start, batch_size)
+    ids = ws.sample_annotations(count, seed_start, batch_size, **sampling_options(class_idx, truncation))
     click.echo(f"added {len(ids)} images to annotate ({ids[0]}..{ids[-1]}) in {ws.annotations_dir}; draw masks as "
                f"<id>.mask.png (index or class-colour PNG, 255 = ignore)")
 
@@ -179,14 +184,28 @@ def sample_cmd(workspace_dir, count, seed_start, batch_size):
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), required=True, help="Folder of real images.")
 @click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of masks <stem>.png / <stem>.mask.png (index or class-colour PNGs).")
-def import_cmd(workspace_dir, images_dir, masks_dir):
-    """Add real images (+ masks) to annotate; diffusion teachers only (GANs need an inversion method).
+@click.option("--steps", type=click.IntRange(1), default=INVERSION["steps"], show_default=True,
+              help=f"GAN teachers ({', '.join(INVERTERS)}): latent optimisation steps per image.")
+def import_cmd(workspace_dir, images_dir, masks_dir, steps):
+    """Add real images (+ masks) to annotate. Diffusion teachers compute features of the photo; GAN teachers
+    (dcgan, stylegan2) project it into their latent space first (reconstruction PSNR printed per image).
     All or nothing (a bad file imports none); images already imported (same content) are skipped."""
+    from labelgen.inversion import mean_psnr
+
     ws = _open(workspace_dir)
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise LabelgenError(f"{masks_dir}: masks folder not found")
-    ids, resized, skipped = ws.import_images(images_dir, masks_dir)
+    if not ws.config.can_encode_images:
+        _generator_to_best_device(ws)
+    ids, resized, skipped = ws.import_images(images_dir, masks_dir, InversionConfig(steps=steps))
     with_masks = sum(ws.mask_path(i).is_file() for i in ids)
+    inverted = [(i, ws.read_annotation(i)[1]) for i in ids]
+    inverted = [(i, r) for i, r in inverted if isinstance(r.get("inversion"), dict)]
+    for annotation_id, recipe in inverted:
+        click.echo(f"{annotation_id} ({recipe.get('file')}): reconstruction PSNR {recipe['inversion']['psnr']:.2f} dB")
+    if inverted:
+        click.echo(f"inverted {len(inverted)} images into the {ws.config.backend} latent space ({steps} steps): mean "
+                   f"PSNR {mean_psnr([r['inversion']['psnr'] for _, r in inverted]):.2f} dB")
     h, w = ws.resolution
     click.echo(f"imported {len(ids)} images ({with_masks} with masks)"
                + (f"; resized {resized} to the generator resolution {h}x{w} (images: area, masks: nearest)"
@@ -250,8 +269,9 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
                    "(real), for every image (all), or none.")
 @click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
               help="Threads encoding PNGs (0 = main thread).")
+@sampling_flags
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, tta, encode_workers):
+                   seed_base, tta, encode_workers, class_idx, truncation):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards
     (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher).
 
@@ -265,7 +285,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),
-                             encode_workers=encode_workers, tta=tta)
+                             encode_workers=encode_workers, tta=tta, class_idx=class_idx, truncation=truncation)
     summary = synthesize(ws, config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes

@@ -241,8 +241,9 @@ class Workspace:
         return features
 
     # ---- adding images ----
-    def sample_annotations(self, n: int, seed_start: int | None = None, batch_size: int = 8) -> list[str]:
-        """Generate ``n`` images to annotate (seeds seed_start..); returns their ids."""
+    def sample_annotations(self, n: int, seed_start: int | None = None, batch_size: int = 8, **options) -> list[str]:
+        """Generate ``n`` images to annotate (seeds seed_start..; ``options``: the generator's sampling options,
+        e.g. class_idx, truncation); returns their ids."""
         if n < 1:
             raise LabelgenError(f"--n must be at least 1, got {n}")
         if seed_start is None:
@@ -252,25 +253,29 @@ class Workspace:
         ids = []
         for start in range(0, n, batch_size):
             seeds = list(range(seed_start + start, seed_start + min(n, start + batch_size)))
-            out = teacher.sample(seeds)
+            out = teacher.sample(seeds, **options)
             images = tensor_to_uint8(out.images)  # [B, H, W, 3]
             for k, recipe in enumerate(out.recipes):
                 ids.append(self.add_annotation(images[k], {**recipe, "source": "generated",
                                                            "generator": self.generator_id()}))
         return ids
 
-    def import_images(self, images_dir: Path, masks_dir: Path | None = None) -> tuple[list[str], int, int]:
+    def import_images(self, images_dir: Path, masks_dir: Path | None = None, inversion=None
+                      ) -> tuple[list[str], int, int]:
         """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
         resolution by the one resize rule (labelgen.imaging). All or nothing: every file is read and checked
-        before the first is written, and what this call wrote is removed again if a write fails (a full
-        disk). An image whose content is already in the workspace (sha256 of the file, kept as the recipe's
-        "sha256") is skipped, so importing a folder again adds only its new images.
-        Returns (ids added, how many of them were resized, how many were skipped as already imported)."""
+        (GAN teachers: projected into the latent space, labelgen.inversion with ``inversion`` its InversionConfig;
+        the recipe stores the latent and ``"inversion": {"steps", "psnr"}``) before the first is written, and what
+        this call wrote is removed again if a write fails (a full disk). An image whose content is already in the
+        workspace (sha256 of the file, kept as the recipe's "sha256") is skipped, so importing a folder again adds
+        only its new images. Returns (ids added, how many of them were resized, how many were skipped)."""
         from labelgen.data.io import file_sha256, list_images
+        from labelgen.inversion import INVERTERS, invert_photo
 
-        if not self.config.can_encode_images:
+        if not self.config.can_encode_images and self.config.backend not in INVERTERS:
             raise LabelgenError(f"the {self.config.backend} generator needs an inversion method to use real images "
-                                "(not implemented); use a diffusion teacher (ddpm, stable-diffusion) or `labelgen sample`")
+                                f"(there is one for {', '.join(INVERTERS)}); use a diffusion teacher (ddpm, "
+                                "stable-diffusion) or `labelgen sample`")
         paths = list_images(Path(images_dir))
         if not paths:
             raise LabelgenError(f"{images_dir}: no images")
@@ -287,7 +292,10 @@ class Workspace:
             if image.shape[:2] != self.resolution:
                 resized += 1
                 image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
-            entries.append((image, mask, {"source": "real", "file": path.name, "sha256": digest}))
+            recipe = {"source": "real", "file": path.name, "sha256": digest}
+            if not self.config.can_encode_images:  # a GAN teacher: the photo's latent (labelgen/inversion.py)
+                recipe.update(invert_photo(self.generator(), image, inversion))
+            entries.append((image, mask, recipe))
         ids: list[str] = []
         try:
             for image, mask, recipe in entries:

@@ -41,10 +41,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(ws_root: Path, log_path: Path):
+def _start_server(ws_root: Path, log_path: Path, extra_env: dict[str, str] | None = None):
     port = _free_port()
     log = open(log_path, "w")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(extra_env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "labelgen.cli", "app", "--workspace", str(ws_root), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -316,5 +316,121 @@ def test_pages_on_real_heads_and_synthesis(tmp_path, page):
         assert (mask != 255).all() and set(np.unique(mask).tolist()) <= {0, 1, 2}
         page.mouse.move(5, 5)  # no tooltip in the picture
         page.screenshot(path=str(OUT / "app_annotate_real.png"), full_page=True)
+    finally:
+        _stop_server(proc, log)
+
+
+# ------------------------------------------------------------------ assisted annotation
+def test_assisted_annotation_superpixels_teacher_wheel_and_undo(tmp_path, page):
+    """Superpixel fill (SLIC, then Felzenszwalb without losing the mask or its history), the teacher's prediction
+    accepted for a clicked superpixel and a dragged rectangle, brush size on the mouse wheel, Ctrl+Z /
+    Ctrl+Shift+Z, and no "Deploy" button. On a fake-GAN workspace with heads (teacher_fakes, tests/ on the
+    server's PYTHONPATH). Screenshot: test-output/app_assist.png."""
+    from labelgen.app.assist import superpixels
+    from labelgen.app.heads_bridge import predict_annotation
+    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from teacher_fakes import TESTS_DIR, annotated_workspace
+
+    OUT.mkdir(exist_ok=True)
+    ws = annotated_workspace(tmp_path / "W", count=3)
+    train_workspace_heads(ws, TrainConfig(epochs=2, pixels_per_image=256), progress=False)
+    [annotation_id] = ws.sample_annotations(1)
+    image = ws.read_annotation(annotation_id)[0]
+    h, w = image.shape[:2]
+    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    proc, log, url = _start_server(ws.root, tmp_path / "server.log", {"PYTHONPATH": pythonpath})
+    try:
+        page.goto(f"{url}/?page=annotate&id={annotation_id}")
+        state = canvas_frame(page, f"{annotation_id}:0")
+        frame = page.frame_locator("iframe[title*='mask_canvas']")
+        overlay = frame.locator("#overlay")
+        assert page.get_by_role("button", name="Deploy").count() == 0  # a local tool: no Deploy button
+
+        def at(x, y):
+            box = overlay.bounding_box()
+            z = state.evaluate("window.labelgenCanvas.zoom")
+            return box["x"] + (x + 0.5) * z, box["y"] + (y + 0.5) * z
+
+        def js(name: str, dtype=np.uint8) -> np.ndarray | None:
+            values = state.evaluate(f"window.labelgenCanvas.{name} && Array.from(window.labelgenCanvas.{name})")
+            return None if values is None else np.array(values, dtype).reshape(h, w)
+
+        def mask_when(condition, what: str) -> np.ndarray:
+            return wait_until(lambda: (lambda m: [m] if condition(m) else None)(js("mask")), what=what)[0]
+
+        # superpixel fill: the clicked SLIC segment, exactly, takes class 2
+        slic = superpixels(image, "SLIC", 8)
+        seg = wait_until(lambda: (lambda s: [s] if s is not None else None)(js("seg", np.int32)), what="superpixels")[0]
+        np.testing.assert_array_equal(seg, slic)
+        frame.locator("#class-2").click()
+        frame.locator("#t-superpixel").click()
+        page.mouse.click(*at(5, 5))
+        m = mask_when(lambda m: m[5, 5] == 2, "the superpixel fill")
+        np.testing.assert_array_equal(m, np.where(slic == slic[5, 5], 2, 255))
+        app_has_edits(page, state)
+
+        # Felzenszwalb: new segments arrive, the mask and its undo history stay
+        page.locator(".st-key-sp_method").click()
+        page.get_by_role("option", name="Felzenszwalb").click()
+        felz = superpixels(image, "Felzenszwalb", 8)
+        wait_until(lambda: np.array_equal(js("seg", np.int32), felz), what="Felzenszwalb segments")
+        assert state.evaluate("window.labelgenCanvas.doc") == f"{annotation_id}:0"
+        assert state.evaluate("window.labelgenCanvas.undo.length") == 1
+        np.testing.assert_array_equal(js("mask"), m)
+        frame.locator("#class-1").click()
+        x, y = next((x, y) for y in range(h) for x in range(w) if m[y, x] == 255)
+        page.mouse.click(*at(x, y))
+        m2 = mask_when(lambda m2: m2[y, x] == 1, "the Felzenszwalb fill")
+        np.testing.assert_array_equal(m2, np.where(felz == felz[y, x], 1, m))
+        app_has_edits(page, state)
+
+        # Ctrl+Z / Ctrl+Shift+Z (the canvas has the keyboard focus after the click)
+        page.keyboard.press("Control+z")
+        mask_when(lambda u: np.array_equal(u, m), "undo")
+        page.keyboard.press("Control+Shift+z")
+        mask_when(lambda r: np.array_equal(r, m2), "redo")
+        app_has_edits(page, state)
+
+        # brush size on the mouse wheel (up: larger, down: smaller)
+        frame.locator("#t-brush").click()
+        size = state.evaluate("window.labelgenCanvas.size")
+        page.mouse.move(*at(w // 2, h // 2))
+        page.mouse.wheel(0, -100)
+        wait_until(lambda: state.evaluate("window.labelgenCanvas.size") == size + 1, what="size + 1")
+        page.mouse.wheel(0, -100)
+        page.mouse.wheel(0, 100)
+        page.mouse.wheel(0, 100)
+        page.mouse.wheel(0, 100)
+        wait_until(lambda: state.evaluate("window.labelgenCanvas.size") == size - 1, what="size - 1")
+        assert frame.locator("#size-v").inner_text() == str(size - 1)
+        np.testing.assert_array_equal(js("mask"), m2)  # the wheel paints nothing
+
+        # the teacher's prediction: for a clicked superpixel, then for a dragged rectangle
+        assert frame.locator("#t-teacher").is_disabled()  # nothing to accept until the prediction is loaded
+        page.get_by_text("Teacher regions").click()
+        pred = predict_annotation(ws, annotation_id).mask
+        wait_until(lambda: np.array_equal(js("pred"), pred), what="the teacher's prediction on the canvas")
+        np.testing.assert_array_equal(js("mask"), m2)
+        frame.locator("#t-teacher").click()
+        x, y = next((x, y) for y in range(h) for x in range(w) if m2[y, x] == 255)
+        page.mouse.click(*at(x, y))
+        region = felz == felz[y, x]
+        m3 = mask_when(lambda m3: m3[y, x] != 255, "the teacher's superpixel")
+        np.testing.assert_array_equal(m3, np.where(region, pred, m2))
+        app_has_edits(page, state)
+        page.mouse.move(*at(2, h - 10))
+        page.mouse.down()
+        page.mouse.move(*at(12, h - 3), steps=6)
+        page.mouse.up()
+        expected = m3.copy()
+        expected[h - 10:h - 2, 2:13] = pred[h - 10:h - 2, 2:13]
+        mask_when(lambda m4: np.array_equal(m4, expected), "the teacher's rectangle")
+        app_has_edits(page, state)
+        page.get_by_role("button", name="Save", exact=True).click()
+        app_says(page, f"saved {annotation_id}")
+        np.testing.assert_array_equal(read_mask(ws.mask_path(annotation_id)), expected)
+        frame.locator("#t-superpixel").click()  # show the segment outlines in the picture
+        page.mouse.move(*at(w // 2, h // 2))
+        page.screenshot(path=str(OUT / "app_assist.png"), full_page=True)
     finally:
         _stop_server(proc, log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from labelgen.app import state
+from labelgen.app.assist import DEFAULT_SUPERPIXEL_SIZE, SUPERPIXEL_SIZES, SUPERPIXELS, superpixels
 from labelgen.app.canvas import mask_canvas
 from labelgen.app.core import (
     MAX_UPLOAD_BYTES, AppError, allowed_roots, can_import_real, decode_image_bytes, folder_images,
@@ -59,11 +60,54 @@ def _prefill(ws: Workspace, annotation_id: str) -> None:
     st.session_state["prefill"] = (annotation_id, pred.mask)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _superpixels(image, method: str, size: int):
+    return superpixels(image, method, size)
+
+
+def _assist(ws: Workspace, annotation_id: str, image, heads: bool):
+    """The assistance row (always the same widgets, so the canvas below keeps its identity): superpixel
+    method and size, and the teacher's prediction on demand. Returns (segments, their id, prediction, its id)."""
+    from labelgen.app.heads_bridge import current_head_id, predict_annotation
+
+    row = st.columns([2, 2, 2, 4])
+    method = row[0].selectbox("Superpixels", list(SUPERPIXELS), key="sp_method",
+                              help="Segments for the superpixel tool (S) and the teacher tool (T) on the canvas.")
+    size = row[1].slider("Superpixel size (px)", *SUPERPIXEL_SIZES, value=DEFAULT_SUPERPIXEL_SIZE, key="sp_size")
+    use_teacher = row[2].toggle("Teacher regions", key="assist_teacher", disabled=not heads,
+                                help="Load the heads' prediction: the teacher tool (T) copies it into the clicked "
+                                     "superpixel or a dragged rectangle." if heads else "Train heads first.")
+    row[3].caption("Canvas: **S** superpixel fill · **T** accept the teacher's prediction for a region (click a "
+                   "superpixel or drag a rectangle) · mouse wheel: brush size · Ctrl+Z / Ctrl+Shift+Z")
+    segments = _superpixels(image, method, int(size))
+    prediction, head = None, ""
+    if use_teacher and heads:
+        try:
+            head = current_head_id(ws) or ""
+            cache = st.session_state.setdefault("assist_prediction", {})
+            if (annotation_id, head) not in cache:
+                cache.clear()
+                cache[(annotation_id, head)] = predict_annotation(ws, annotation_id).mask
+            prediction = cache[(annotation_id, head)]
+        except LabelgenError as e:
+            row[3].warning(f"no teacher prediction: {e}")
+    return segments, f"{method}:{size}", prediction, head
+
+
+def _shown_recipe(recipe: dict) -> dict:
+    """A recipe for the status line: an inverted photo's latent (W+, noise maps: kilobytes) as its size only."""
+    from labelgen.teacher import LATENT_KEYS
+
+    bulky = (*LATENT_KEYS, "noise")
+    return {k: (f"<{len(v)} entries>" if k in bulky and hasattr(v, "__len__") else v) for k, v in recipe.items()}
+
+
 def _import_section(ws: Workspace, import_roots: list[str]) -> None:
     with st.expander("Import real images"):
         if not can_import_real(ws):
-            st.info(f"The {ws.config.backend} generator cannot compute features of real images; importing needs "
-                    "a diffusion teacher (ddpm, stable-diffusion).")
+            st.info(f"The {ws.config.backend} generator cannot compute features of real images; importing here needs "
+                    "a diffusion teacher (ddpm, stable-diffusion). DCGAN and StyleGAN2 teachers: `labelgen import -w W "
+                    "--images DIR` projects each photo into the latent space (takes a while per photo).")
             return
         roots = allowed_roots(ws, import_roots)
         st.caption("Folders allowed: " + ", ".join(f"`{r}`" for r in roots))
@@ -133,7 +177,8 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
         return
     from labelgen.app.heads_bridge import has_heads
 
-    if saved is None and has_heads(ws):
+    heads = has_heads(ws)
+    if saved is None and heads:
         nav[5].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
                       use_container_width=True, help="Start from the current heads' prediction.")
     initial, prefilled = saved, False
@@ -144,9 +189,11 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     nonce = st.session_state["doc_nonce"].get(annotation_id, 0)
     doc = f"{annotation_id}:{nonce}"
     key = f"canvas-{annotation_id}-{nonce}"
+    segments, segments_id, prediction, prediction_id = _assist(ws, annotation_id, image, heads)
     st.session_state["canvas"] = {"ann_id": annotation_id, "doc": doc, "key": key, "shape": list(image.shape[:2])}
     value = mask_canvas(image, initial, ws.classes.palette, list(ws.classes.names), doc=doc, key=key,
-                        emit_on_load=prefilled)
+                        emit_on_load=prefilled, segments=segments, segments_id=segments_id, prediction=prediction,
+                        prediction_id=prediction_id)
     try:
         pending = state.pending_mask(ws)
     except LabelgenError as e:
@@ -154,5 +201,6 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
         pending = None
     source = recipe.get("source", "generated")
     status = "unsaved changes" if pending else ("✓ saved mask" if saved is not None else "not annotated yet")
-    st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{recipe}` · **{status}**"
+    st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{_shown_recipe(recipe)}` · "
+               f"**{status}**"
                + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))

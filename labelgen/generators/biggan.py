@@ -278,6 +278,8 @@ class BigGANGenerator(Generator):
 
     def sample(self, seeds: list[int], class_id: int | None = None, truncation: float | None = None,
                **options) -> GeneratorOutput:
+        if "class_idx" in options:  # the CLI's --class (stylegan2's name for it)
+            class_id = options.pop("class_idx")
         if options:
             raise LabelgenError(f"biggan: unknown sampling options {sorted(options)} (it takes class_id, truncation)")
         c = self.config["class_id"] if class_id is None else class_id
@@ -323,6 +325,8 @@ class BigGANGenerator(Generator):
 
         from labelgen.generators.state_dicts import load_by_name, read_state_dict
 
+        if "class_idx" in options:  # the CLI's --class (stylegan2's name for it)
+            options["class_id"] = options.pop("class_idx")
         unknown = set(options) - {"class_id", "truncation"}
         if unknown:
             raise LabelgenError(f"biggan: unknown options {sorted(unknown)} (it takes feature_layers, class_id, truncation)")

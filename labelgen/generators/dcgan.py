@@ -12,7 +12,8 @@ Default weights (``checkpoint=None``): the face generator shipped in the PyPI pa
 package's code is imported). Batch norm always runs in eval mode (running statistics), so an image
 never depends on the rest of its batch.
 
-Recipe: ``{"seed": int, "truncation": float}`` — z ~ N(0, I) from the seed, scaled by truncation.
+Recipe: ``{"seed": int, "truncation": float}`` — z ~ N(0, I) from the seed, scaled by truncation — or
+``{"z": [nz floats]}``: the latent itself (e.g. from inversion, labelgen/inversion.py; no seed needed).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +69,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _refuse_class(class_idx) -> None:
+    if class_idx is not None:
+        raise LabelgenError(f"dcgan: class {class_idx} given, but this generator is not conditional")
+
+
 class DCGANGenerator(Generator):
     backend = "dcgan"
 
@@ -108,12 +115,26 @@ class DCGANGenerator(Generator):
         assert x.shape[1:] == (self.nc, 64, 64), x.shape
         return x, [blocks[i] for i in self.layers]
 
+    def latents(self, recipes: list[dict[str, Any]]) -> torch.Tensor:
+        """z [N, nz] of recipes: their "z", else drawn from the seed and scaled by the truncation."""
+        device = module_device(self)
+        z = torch.empty(len(recipes), self.nz, device=device)
+        drawn = [i for i, r in enumerate(recipes) if r.get("z") is None]
+        if drawn:
+            seeds = check_seeds([recipes[i]["seed"] for i in drawn])
+            scale = torch.tensor([float(recipes[i].get("truncation", 1.0)) for i in drawn], device=device)
+            z[drawn] = seeded_randn(seeds, (self.nz,), device) * scale[:, None]
+        for i, r in enumerate(recipes):
+            if r.get("z") is not None:
+                given = torch.as_tensor(np.asarray(r["z"], dtype=np.float32), device=device)
+                if given.shape != (self.nz,):
+                    raise LabelgenError(f"dcgan: recipe z has shape {tuple(given.shape)}, expected [{self.nz}]")
+                z[i] = given
+        return z
+
     @inference
     def _run(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
-        seeds = check_seeds([r["seed"] for r in recipes])
-        device = module_device(self)
-        z = seeded_randn(seeds, (self.nz,), device)  # [N, nz]
-        z = z * torch.tensor([float(r.get("truncation", 1.0)) for r in recipes], device=device)[:, None]
+        z = self.latents(recipes)  # [N, nz]
         was_training = self.training
         self.eval()  # batch-norm running stats: an image never depends on its batch
         try:
@@ -123,6 +144,7 @@ class DCGANGenerator(Generator):
         return GeneratorOutput(images.float().clamp(-1, 1), [f.float() for f in features], [dict(r) for r in recipes])
 
     def sample(self, seeds: list[int], truncation: float | None = None, **options) -> GeneratorOutput:
+        _refuse_class(options.pop("class_idx", None))
         if options:
             raise LabelgenError(f"dcgan: unknown sampling options {sorted(options)} (it takes truncation)")
         truncation = self.config["truncation"] if truncation is None else float(truncation)
@@ -130,8 +152,8 @@ class DCGANGenerator(Generator):
 
     def features_from_recipes(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
         for r in recipes:
-            if "seed" not in r:
-                raise LabelgenError(f"dcgan: recipe {r!r} has no seed")
+            if "seed" not in r and r.get("z") is None:
+                raise LabelgenError(f"dcgan: recipe {str(r)[:80]} has neither a seed nor a latent z")
         return self._run(list(recipes))
 
     @classmethod
@@ -139,6 +161,7 @@ class DCGANGenerator(Generator):
                         **options) -> "DCGANGenerator":
         """Default weights (None), a .pt/.pth state dict or a save_pretrained folder; options:
         feature_layers, truncation (default z scale for sample())."""
+        _refuse_class(options.pop("class_idx", None))
         if set(options) - {"truncation"}:
             raise LabelgenError(f"dcgan: unknown options {sorted(set(options) - {'truncation'})} "
                                 "(it takes feature_layers, truncation)")

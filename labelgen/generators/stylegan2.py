@@ -16,7 +16,9 @@ Feature levels (one per synthesis block, coarse to fine): the block output ``x``
 level i is [N, channels(res_i), res_i, res_i] with res_i = 4 * 2**i; strides img_resolution / res_i.
 
 Recipe: ``{"seed", "truncation_psi", "truncation_cutoff", "noise_mode", "class_idx"}`` and optionally
-``"w"``: a W+ list [num_ws][w_dim] (e.g. from inversion) that replaces the seed's mapped latent.
+``"w"``: a W+ list [num_ws][w_dim] (e.g. from inversion, labelgen/inversion.py) that replaces the seed's
+mapped latent (a recipe with "w" needs no seed), and ``"noise"``: {layer name ("b8.conv0"): base64 of
+float16 [R, R]} explicit noise maps that replace the noise mode's for those layers.
 Noise: "const" (the stored noise_const buffers, default), "random" (per-seed, per-layer draws, so still
 deterministic per recipe) or "none".
 """
@@ -157,11 +159,14 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str, noise_seeds: list[int] | None = None,
-                salt: int = 0, gain: float = 1.0) -> torch.Tensor:
+                salt: int = 0, gain: float = 1.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise``: explicit noise [N, 1, R, R] (inversion) instead of the noise mode's."""
         assert x.shape[2] * self.up == self.resolution, (x.shape, self.resolution)
         styles = self.affine(w)  # [N, I]
         x = modulated_conv2d(x, self.weight, styles, up=self.up == 2, resample_filter=self.resample_filter)
-        if self.use_noise and noise_mode == "const":
+        if self.use_noise and noise is not None:
+            x = x + noise * self.noise_strength
+        elif self.use_noise and noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
         elif self.use_noise and noise_mode == "random":
             noise = seeded_randn(noise_seeds, (1, self.resolution, self.resolution), x.device, salt=salt)
@@ -227,20 +232,23 @@ class SynthesisBlock(nn.Module):
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(in_channels, out_channels, resample_filter=resample_filter)
 
-    def forward(self, x, img, ws: torch.Tensor, noise_mode: str, noise_seeds, salt: int):
-        # ws [N, num_conv + num_torgb, w_dim]
+    def forward(self, x, img, ws: torch.Tensor, noise_mode: str, noise_seeds, salt: int,
+                noise_maps: dict[str, torch.Tensor] | None = None):
+        # ws [N, num_conv + num_torgb, w_dim]; noise_maps: layer name ("b8.conv0") -> [N, 1, R, R]
         w_iter = iter(ws.unbind(dim=1))
+        maps = noise_maps or {}
+        n0, n1 = maps.get(f"b{self.resolution}.conv0"), maps.get(f"b{self.resolution}.conv1")
         if self.in_channels == 0:
             x = self.const[None].expand(ws.shape[0], -1, -1, -1)  # [N, C, 4, 4]
-            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt)
+            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt, noise=n1)
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), noise_mode, noise_seeds, salt)
-            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt + 1, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), noise_mode, noise_seeds, salt, noise=n0)
+            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt + 1, gain=math.sqrt(0.5), noise=n1)
             x = y + x
         else:
-            x = self.conv0(x, next(w_iter), noise_mode, noise_seeds, salt)  # [N, C, R, R]
-            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt + 1)
+            x = self.conv0(x, next(w_iter), noise_mode, noise_seeds, salt, noise=n0)  # [N, C, R, R]
+            x = self.conv1(x, next(w_iter), noise_mode, noise_seeds, salt + 1, noise=n1)
         if img is not None:
             img = upsample2x(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
@@ -267,15 +275,22 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{res}", block)
         # fp16 (num_fp16_res) is a speed setting of the original; this implementation always runs fp32.
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise_seeds: list[int] | None = None):
-        """ws [N, num_ws, w_dim] -> (img [N, img_channels, R, R], block outputs [N, C_res, res, res])."""
+    def noise_layers(self) -> dict[str, "SynthesisLayer"]:
+        """Layers that add noise, by name ("b4.conv1", "b8.conv0", ...), coarse to fine."""
+        return {name: module for name, module in self.named_modules()
+                if isinstance(module, SynthesisLayer) and module.use_noise}
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise_seeds: list[int] | None = None,
+                noise_maps: dict[str, torch.Tensor] | None = None):
+        """ws [N, num_ws, w_dim] -> (img [N, img_channels, R, R], block outputs [N, C_res, res, res]);
+        ``noise_maps``: explicit noise per layer name [N, 1, R, R] (the others follow ``noise_mode``)."""
         assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), ws.shape
         x = img = None
         features, w_idx = [], 0
         for i, res in enumerate(self.block_resolutions):
             block = getattr(self, f"b{res}")
             x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + block.num_torgb].float(), noise_mode,
-                           noise_seeds, salt=1 + 2 * i)
+                           noise_seeds, salt=1 + 2 * i, noise_maps=noise_maps)
             w_idx += block.num_conv
             features.append(x)
         return img, features
@@ -329,18 +344,19 @@ class StyleGAN2Generator(Generator):
     def __init__(self, img_resolution: int = 256, z_dim: int = 512, w_dim: int = 512, c_dim: int = 0,
                  img_channels: int = 3, mapping_kwargs: dict | None = None, synthesis_kwargs: dict | None = None,
                  feature_layers: list[int] | None = None, truncation_psi: float = 1.0,
-                 truncation_cutoff: int | None = None, noise_mode: str = "const"):
+                 truncation_cutoff: int | None = None, noise_mode: str = "const", class_idx: int = 0):
         mapping_kwargs, synthesis_kwargs = dict(mapping_kwargs or {}), dict(synthesis_kwargs or {})
         super().__init__({"img_resolution": img_resolution, "z_dim": z_dim, "w_dim": w_dim, "c_dim": c_dim,
                           "img_channels": img_channels, "mapping_kwargs": mapping_kwargs,
                           "synthesis_kwargs": synthesis_kwargs, "feature_layers": feature_layers,
                           "truncation_psi": truncation_psi, "truncation_cutoff": truncation_cutoff,
-                          "noise_mode": noise_mode})
+                          "noise_mode": noise_mode, "class_idx": int(class_idx)})
         if img_channels not in (1, 3):
             raise LabelgenError(f"stylegan2: img_channels must be 1 or 3, got {img_channels}")
         if noise_mode not in NOISE_MODES:
             raise LabelgenError(f"stylegan2: noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         self.z_dim, self.w_dim, self.c_dim, self.img_channels = z_dim, w_dim, c_dim, img_channels
+        self._check_class(class_idx)
         try:
             self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
             self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.synthesis.num_ws, **mapping_kwargs)
@@ -364,32 +380,44 @@ class StyleGAN2Generator(Generator):
         return [self.synthesis.block_resolutions[i] for i in self.layers]
 
     # ---- latents ----
+    def _check_class(self, class_idx) -> None:
+        if class_idx in (None, 0) or (self.c_dim > 0 and 0 <= int(class_idx) < self.c_dim):
+            return
+        if self.c_dim == 0:
+            raise LabelgenError(f"stylegan2: class {class_idx} given, but this generator is not conditional")
+        raise LabelgenError(f"stylegan2: class {class_idx} out of range 0..{self.c_dim - 1}")
+
     def _recipe(self, seed: int, truncation_psi=None, truncation_cutoff=None, noise_mode=None,
                 class_idx=None) -> dict[str, Any]:
         recipe = {"seed": int(seed),
                   "truncation_psi": float(self.config["truncation_psi"] if truncation_psi is None else truncation_psi),
                   "truncation_cutoff": self.config["truncation_cutoff"] if truncation_cutoff is None else truncation_cutoff,
                   "noise_mode": noise_mode or self.config["noise_mode"]}
+        self._check_class(class_idx)
         if self.c_dim > 0:
-            recipe["class_idx"] = int(class_idx or 0)
+            recipe["class_idx"] = int(self.config.get("class_idx", 0) if class_idx is None else class_idx)
         return recipe
 
     def mapped_ws(self, recipes: list[dict[str, Any]]) -> torch.Tensor:
         """W+ latents [N, num_ws, w_dim] of recipes (their "w" if given, else mapped from the seed)."""
         device = module_device(self)
-        seeds = check_seeds([r["seed"] for r in recipes])
-        z = seeded_randn(seeds, (self.z_dim,), device)  # [N, z_dim]
-        c = None
-        if self.c_dim > 0:
-            idx = torch.tensor([int(r.get("class_idx") or 0) for r in recipes], device=device)
-            if (idx < 0).any() or (idx >= self.c_dim).any():
-                raise LabelgenError(f"stylegan2: class_idx out of range 0..{self.c_dim - 1}")
-            c = F.one_hot(idx, self.c_dim).float()
-        psi = torch.tensor([float(r.get("truncation_psi", 1.0)) for r in recipes], device=device)
-        cutoffs = {r.get("truncation_cutoff") for r in recipes}
-        ws = torch.cat([self.mapping(z[i:i + 1], None if c is None else c[i:i + 1], psi[i:i + 1],
-                                     recipes[i].get("truncation_cutoff")) for i in range(len(recipes))]) \
-            if len(cutoffs) > 1 else self.mapping(z, c, psi, cutoffs.pop() if cutoffs else None)
+        ws = torch.empty(len(recipes), self.num_ws, self.w_dim, device=device)
+        mapped = [i for i, r in enumerate(recipes) if r.get("w") is None]
+        if mapped:
+            chosen = [recipes[i] for i in mapped]
+            seeds = check_seeds([r["seed"] for r in chosen])
+            z = seeded_randn(seeds, (self.z_dim,), device)  # [M, z_dim]
+            c = None
+            if self.c_dim > 0:
+                idx = torch.tensor([int(r.get("class_idx") or 0) for r in chosen], device=device)
+                if (idx < 0).any() or (idx >= self.c_dim).any():
+                    raise LabelgenError(f"stylegan2: class_idx out of range 0..{self.c_dim - 1}")
+                c = F.one_hot(idx, self.c_dim).float()
+            psi = torch.tensor([float(r.get("truncation_psi", 1.0)) for r in chosen], device=device)
+            cutoffs = {r.get("truncation_cutoff") for r in chosen}
+            ws[mapped] = torch.cat([self.mapping(z[i:i + 1], None if c is None else c[i:i + 1], psi[i:i + 1],
+                                                 chosen[i].get("truncation_cutoff")) for i in range(len(chosen))]) \
+                if len(cutoffs) > 1 else self.mapping(z, c, psi, cutoffs.pop())
         for i, r in enumerate(recipes):
             if r.get("w") is not None:
                 w = torch.as_tensor(np.asarray(r["w"], dtype=np.float32), device=device)
@@ -401,9 +429,39 @@ class StyleGAN2Generator(Generator):
                 ws[i] = w
         return ws
 
-    def synthesize(self, ws: torch.Tensor, noise_mode: str = "const", noise_seeds: list[int] | None = None):
-        """ws [N, num_ws, w_dim] -> (images [N, 3, R, R] in [-1, 1], selected block features)."""
-        img, blocks = self.synthesis(ws, noise_mode, noise_seeds)
+    def noise_maps_of(self, recipe: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """A recipe's explicit "noise" ({layer: base64 float16 [R, R]}) -> {layer: [1, 1, R, R]}, or None."""
+        import base64
+
+        encoded = recipe.get("noise")
+        if encoded is None:
+            return None
+        layers = self.synthesis.noise_layers()
+        if not isinstance(encoded, dict) or not set(encoded) <= set(layers):
+            raise LabelgenError(f"stylegan2: recipe noise must map layer names ({', '.join(layers)}) to maps")
+        maps = {}
+        for name, text in encoded.items():
+            r = layers[name].resolution
+            try:
+                array = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f2").reshape(r, r)
+            except (ValueError, TypeError):
+                raise LabelgenError(f"stylegan2: recipe noise {name!r} is not a base64 float16 [{r}, {r}] map") from None
+            maps[name] = torch.from_numpy(array.astype(np.float32))[None, None].to(module_device(self))
+        return maps
+
+    @staticmethod
+    def encode_noise_maps(maps: dict[str, torch.Tensor]) -> dict[str, str]:
+        """{layer: [R, R] tensor} -> the recipe's "noise" (base64 of little-endian float16)."""
+        import base64
+
+        return {name: base64.b64encode(m.detach().cpu().numpy().astype("<f2").tobytes()).decode("ascii")
+                for name, m in maps.items()}
+
+    def synthesize(self, ws: torch.Tensor, noise_mode: str = "const", noise_seeds: list[int] | None = None,
+                   noise_maps: dict[str, torch.Tensor] | None = None):
+        """ws [N, num_ws, w_dim] -> (images [N, 3, R, R] in [-1, 1], selected block features);
+        ``noise_maps``: explicit noise {layer name: [N, 1, R, R]} (inversion)."""
+        img, blocks = self.synthesis(ws, noise_mode, noise_seeds, noise_maps)
         if self.img_channels == 1:
             img = img.expand(-1, 3, -1, -1)
         return img.clamp(-1, 1).float(), [blocks[i].float() for i in self.layers]
@@ -414,10 +472,12 @@ class StyleGAN2Generator(Generator):
         if not modes <= set(NOISE_MODES):
             raise LabelgenError(f"stylegan2: noise_mode must be one of {NOISE_MODES}, got {sorted(modes)}")
         ws = self.mapped_ws(recipes)
-        if len(modes) <= 1:
-            images, features = self.synthesize(ws, modes.pop() if modes else "const", [r["seed"] for r in recipes])
-        else:  # mixed noise modes: one image at a time
-            outs = [self.synthesize(ws[i:i + 1], r["noise_mode"], [r["seed"]]) for i, r in enumerate(recipes)]
+        seeds = [r.get("seed", 0) for r in recipes]  # noise seeds ("random" mode); latent-only recipes: 0
+        if len(modes) <= 1 and not any("noise" in r for r in recipes):
+            images, features = self.synthesize(ws, modes.pop() if modes else "const", seeds)
+        else:  # mixed noise modes or explicit noise maps: one image at a time
+            outs = [self.synthesize(ws[i:i + 1], r.get("noise_mode", "const"), seeds[i:i + 1], self.noise_maps_of(r))
+                    for i, r in enumerate(recipes)]
             images = torch.cat([o[0] for o in outs])
             features = [torch.cat([o[1][k] for o in outs]) for k in range(len(self.layers))]
         return GeneratorOutput(images, features, [dict(r) for r in recipes])
@@ -434,9 +494,9 @@ class StyleGAN2Generator(Generator):
 
     def features_from_recipes(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
         for r in recipes:
-            if "seed" not in r:
-                raise LabelgenError(f"stylegan2: recipe {r!r} has no seed")
-        return self._run([{**self._recipe(r["seed"]), **r} for r in recipes])
+            if "seed" not in r and r.get("w") is None:
+                raise LabelgenError(f"stylegan2: recipe {str(r)[:80]} has neither a seed nor a latent w")
+        return self._run([{**self._recipe(r.get("seed", 0)), **r} for r in recipes])
 
     # ---- loading ----
     @classmethod
@@ -446,10 +506,10 @@ class StyleGAN2Generator(Generator):
         truncation_cutoff, noise_mode."""
         if "truncation" in options:
             options["truncation_psi"] = options.pop("truncation")
-        unknown = set(options) - {"feature_layers", "truncation_psi", "truncation_cutoff", "noise_mode"}
+        unknown = set(options) - {"feature_layers", "truncation_psi", "truncation_cutoff", "noise_mode", "class_idx"}
         if unknown:
             raise LabelgenError(f"stylegan2: unknown options {sorted(unknown)} "
-                                "(feature_layers, truncation_psi, truncation_cutoff, noise_mode)")
+                                "(feature_layers, truncation_psi, truncation_cutoff, noise_mode, class_idx)")
         if checkpoint is None:
             raise LabelgenError("stylegan2 has no default weights: pass --checkpoint (an NVIDIA .pkl such as "
                                 "stylegan2-ffhq-256x256.pkl, or a saved labelgen generator folder)")

@@ -60,10 +60,21 @@ class SynthesisConfig:
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
     encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)
     tta: str = "real"  # one of TTA_MODES: horizontal-flip test-time augmentation for real photos, every image, none
+    class_idx: int | None = None  # conditional GANs: class of the samples (None: the workspace's)
+    truncation: float | None = None  # truncation psi / z scale of the samples (None: the workspace's)
+
+    def sampling_options(self) -> dict[str, Any]:
+        """Options of Teacher.sample given for this run (recorded in synthesis.json through plan_key)."""
+        return sampling_options(self.class_idx, self.truncation)
 
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
         return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers")}
+
+
+def sampling_options(class_idx: int | None, truncation: float | None) -> dict[str, Any]:
+    """The GAN sampling options a command was given (None = the workspace's), as Teacher.sample takes them."""
+    return {k: v for k, v in (("class_idx", class_idx), ("truncation", truncation)) if v is not None}
 
 
 @dataclass
@@ -169,7 +180,7 @@ class _Source:
                 arrays.append(resize_image(image, self.teacher.resolution))  # what the shard stores
             return images_to_tensor(np.stack(arrays)), self.teacher.features(images=arrays), metas
         seeds = [self.config.seed_base + j for j in candidates]
-        out = self.teacher.sample(seeds)
+        out = self.teacher.sample(seeds, **self.config.sampling_options())
         return out.images, out.features, [{"seed": seed, "recipe": recipe} for seed, recipe in zip(seeds, out.recipes)]
 
 
