@@ -66,7 +66,7 @@ PRESETS = {
     "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 1, 4.0, 0.5),
     # what runs on the 2-core CPU machine in about an hour
     # (the 16.5 M GPU-trained default is 3.3x slower per image on CPU than the old 4.1 M one: fewer images)
-    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 6, 20.0, 0.5),
+    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5),
     # the full protocol for a GPU machine
     "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20, 20.0, 0.5),
 }
@@ -167,7 +167,7 @@ class Bench:
                 ws.save_config()
             if features == "selected":
                 cmd = labelgen("tune-features", "-w", dest, "--val", self.ccp / "val", "--epochs", self.p.sweep_epochs,
-                               "--seed", self.seed)
+                               "--timesteps", "25,50,100,200,400", "--seed", self.seed)
                 self.sweep_seconds = run(cmd, self.out / "logs" / "tune-features.log")
         return dest
 

@@ -120,15 +120,22 @@ def _file_digest(path: Path) -> str:
     return value
 
 
+# files of a checkpoint folder that define the model (weights and configs); READMEs, sample grids, logs do not
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".json", ".yaml", ".yml")
+
+
 def weights_digest(checkpoint: Path | str) -> str:
-    """Content hash of a checkpoint: a file, or every file of a folder (by relative path, sorted)."""
+    """Content hash of a checkpoint: a file, or a folder's model files (``MODEL_FILE_SUFFIXES``, by relative
+    path, sorted; a training run's ``train/`` state is left out: it is not what the generator loads)."""
     path = Path(checkpoint)
     if path.is_file():
         return _file_digest(path)
     if not path.is_dir():
         raise LabelgenError(f"{checkpoint}: checkpoint not found")
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    files = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in MODEL_FILE_SUFFIXES and p.relative_to(path).parts[0] != "train")
+    for file in sorted(files):
         digest.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\0".encode())
     return digest.hexdigest()
 

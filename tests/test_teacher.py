@@ -160,6 +160,11 @@ def test_weights_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: hashed.append(str(p)) or real_open(p, *a, **k))
     teacher_module._DIGESTS.clear()  # a new process: only the disk cache is left
     assert weights_digest(folder) == first and not any(p.endswith("w.bin") for p in hashed)
+    (folder / "README.md").write_text("notes")  # documentation and sample grids are not the model
+    (folder / "samples.png").write_bytes(b"png")
+    (folder / "train").mkdir()
+    (folder / "train" / "checkpoint.pt").write_bytes(b"resume state")
+    assert weights_digest(folder) == first
     (folder / "w.bin").write_bytes(b"b" * 1000)  # same size, new content (and mtime)
     os.utime(folder / "w.bin", ns=(1, 1))
     assert weights_digest(folder) != first
