@@ -337,7 +337,7 @@ def test_full_cli_run(tmp_path, backend, capsys, monkeypatch):
         assert ws.config.generator_options["flags"]["num_channels"] == 32
         assert ws.config.generator_options["timesteps"] == [50, 400] and len(ws.config.feature_channels) == 4
     else:
-        assert ws.config.generator_options == {"class_id": 3, "truncation": 0.5}
+        assert ws.config.generator_options == {"class_idx": 3, "truncation": 0.5}  # --class: one option name for every backend
     _cli(main, "sample", "-w", w, "--n", "2")
     _photos(tmp_path / "photos", 3)
     if backend == "adm":

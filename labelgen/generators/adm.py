@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME
+from labelgen.generators.base import CONFIG_NAME, check_options, require_checkpoint
 from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
@@ -398,18 +398,12 @@ class ADMGenerator(PixelDiffusionGenerator):
         Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, bf16, channels_last, max_batch."""
         from labelgen.generators.state_dicts import load_by_name, read_state_dict
 
-        unknown = set(options) - set(OPTION_KEYS)
-        if unknown:
-            raise LabelgenError(f"adm: unknown options {sorted(unknown)} ({', '.join(OPTION_KEYS)})")
-        if checkpoint is None:
-            raise LabelgenError("adm has no default weights: pass --checkpoint (a guided-diffusion .pt such as "
-                                "lsun_horse.pt) with --preset or --model-flags")
-        path = Path(checkpoint)
+        check_options("adm", options, OPTION_KEYS)
+        path = require_checkpoint("adm", checkpoint, "a guided-diffusion .pt such as lsun_horse.pt, with --preset or "
+                                  "--model-flags")
         if path.is_dir():
-            if not (path / CONFIG_NAME).is_file():
-                raise LabelgenError(f"{path}: a folder without {CONFIG_NAME}: pass the guided-diffusion .pt file")
-            model = cls.from_pretrained(path)
-            return model.with_options(**options) if options else model
+            return cls.from_saved_folder(path, options, f"a folder without {CONFIG_NAME}: pass the guided-diffusion "
+                                                        ".pt file")
         resolved = resolve_flags(path, preset, flags)
         state = read_state_dict(path, "guided-diffusion UNet")
         model = cls(resolved, **options)

@@ -94,6 +94,14 @@ class Generator(nn.Module, ABC):
             raise LabelgenError(f"{folder / WEIGHTS_NAME}: weights do not fit the saved config ({one_line(e, 200)})") from None
         return model.eval()
 
+    @classmethod
+    def from_saved_folder(cls, folder: Path, options: dict[str, Any], not_one: str) -> "Generator":
+        """A ``save_pretrained`` folder with ``options`` applied; ``not_one``: the error when it is not one."""
+        if not (Path(folder) / CONFIG_NAME).is_file():
+            raise LabelgenError(f"{folder}: {not_one}")
+        model = cls.from_pretrained(folder)
+        return model.with_options(**options) if options else model
+
     def with_options(self, **options) -> "Generator":
         """A new generator with the same weights and other constructor options (feature_layers, ...)."""
         model = type(self)(**{**self.config, **options})
@@ -140,6 +148,20 @@ def check_feature_layers(feature_layers: list[int] | None, num_levels: int, back
     if not out:
         raise LabelgenError(f"{backend}: feature_layers is empty")
     return out
+
+
+def check_options(backend: str, options: dict[str, Any], allowed) -> None:
+    """Refuse options a backend does not take (one line naming them and the ones it takes)."""
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise LabelgenError(f"{backend}: unknown options {sorted(unknown)} ({', '.join(allowed)})")
+
+
+def require_checkpoint(backend: str, checkpoint: Path | str | None, what: str) -> Path:
+    """The checkpoint path of a backend without default weights (``what``: the kind of file it loads)."""
+    if checkpoint is None:
+        raise LabelgenError(f"{backend} has no default weights: pass --checkpoint ({what})")
+    return Path(checkpoint)
 
 
 def check_seeds(seeds) -> list[int]:

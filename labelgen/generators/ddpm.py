@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME
+from labelgen.generators.base import CONFIG_NAME, check_options, require_checkpoint
 from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, plain_config
 
 MODEL_INDEX = "model_index.json"
@@ -131,12 +131,9 @@ class DDPMGenerator(PixelDiffusionGenerator):
     def from_checkpoint(cls, checkpoint: Path | str | None, **options) -> "DDPMGenerator":
         """A local DDPMPipeline folder; options: timesteps, feature_layers, ddim_steps, noise_seed, bf16,
         channels_last, max_batch."""
-        unknown = set(options) - set(OPTION_KEYS)
-        if unknown:
-            raise LabelgenError(f"ddpm: unknown options {sorted(unknown)} ({', '.join(OPTION_KEYS)})")
-        if checkpoint is None:
-            raise LabelgenError("ddpm has no default weights: pass --checkpoint (a local DDPMPipeline folder with "
-                                "unet/ and scheduler/, e.g. from `labelgen train-generator --backend ddpm`)")
+        check_options("ddpm", options, OPTION_KEYS)
+        require_checkpoint("ddpm", checkpoint, "a local DDPMPipeline folder with unet/ and scheduler/, e.g. from "
+                           "`labelgen train-generator --backend ddpm`")
         if not Path(checkpoint).is_dir():
             raise LabelgenError(f"{checkpoint}: not a folder (a DDPM checkpoint is a DDPMPipeline folder)")
         return cls.from_pretrained(checkpoint, **options)

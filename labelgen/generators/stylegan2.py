@@ -35,8 +35,8 @@ from torch import nn
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.base import (
-    CONFIG_NAME, Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, module_device,
-    seeded_randn,
+    CONFIG_NAME, Generator, GeneratorOutput, check_feature_layers, check_options, check_seeds, inference, module_device,
+    require_checkpoint, seeded_randn,
 )
 
 NOISE_MODES = ("const", "random", "none")
@@ -506,19 +506,12 @@ class StyleGAN2Generator(Generator):
         truncation_cutoff, noise_mode."""
         if "truncation" in options:
             options["truncation_psi"] = options.pop("truncation")
-        unknown = set(options) - {"feature_layers", "truncation_psi", "truncation_cutoff", "noise_mode", "class_idx"}
-        if unknown:
-            raise LabelgenError(f"stylegan2: unknown options {sorted(unknown)} "
-                                "(feature_layers, truncation_psi, truncation_cutoff, noise_mode, class_idx)")
-        if checkpoint is None:
-            raise LabelgenError("stylegan2 has no default weights: pass --checkpoint (an NVIDIA .pkl such as "
-                                "stylegan2-ffhq-256x256.pkl, or a saved labelgen generator folder)")
-        path = Path(checkpoint)
+        check_options("stylegan2", options, ("feature_layers", "truncation_psi", "truncation_cutoff", "noise_mode",
+                                             "class_idx"))
+        path = require_checkpoint("stylegan2", checkpoint, "an NVIDIA .pkl such as stylegan2-ffhq-256x256.pkl, or a "
+                                  "saved labelgen generator folder")
         if path.is_dir():
-            if not (path / CONFIG_NAME).is_file():
-                raise LabelgenError(f"{path}: not a saved labelgen generator (no {CONFIG_NAME})")
-            model = cls.from_pretrained(path)
-            return model.with_options(**options) if options else model
+            return cls.from_saved_folder(path, options, f"not a saved labelgen generator (no {CONFIG_NAME})")
         from labelgen.generators.stylegan2_pickle import load_nvidia_pickle
 
         return load_nvidia_pickle(path, **options)
