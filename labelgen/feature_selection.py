@@ -153,7 +153,8 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
         log(f"  {candidate.label():40s} mIoU {candidate.miou:.4f}  ({candidate.seconds:.0f} s)")
         return candidate
 
-    how = f"--val {val_folder}" if val_set is not None else f"{min(config.folds, len(annotated))}-fold over the annotations"
+    how = (f"--val {val_folder}" if val_set is not None
+           else f"{min(config.folds, len(annotated))}-fold over the annotations")
     log(f"feature sweep ({head_type} heads, {config.epochs} epochs each, scored on {how}):")
     all_blocks = tuple(blocks)
     if timesteps:  # forward selection of timesteps with every block
