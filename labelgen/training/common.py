@@ -17,7 +17,7 @@ from torch import nn
 
 from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import DataError, LabelgenError
-from labelgen.run import load_resume, pick_device
+from labelgen.run import load_resume, pick_device, progress as run_progress
 
 CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/: the run's resume file (labelgen.run.save_resume)
 TRAIN_DIR = "train"  # OUT/train/: checkpoint, log.csv, tb/, sample grids (not needed to load the model)
@@ -46,11 +46,8 @@ def load_images(path: Path, resolution: tuple[int, int] | None = None, progress:
     files = list_images(folder)
     if not files:
         raise DataError(f"{folder}: no images (.png/.jpg/...) to train on")
-    iterator = files
-    if progress and len(files) > 200:
-        from tqdm import tqdm
-
-        iterator = tqdm(files, desc="load images", unit="img", leave=False)
+    iterator = run_progress(len(files), desc="load images", unit="img", leave=False, iterable=files,
+                            disable=not progress)
     arrays: list[np.ndarray] = []
     for f in iterator:
         arr = read_image(f)
