@@ -192,24 +192,13 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
 
 
 def _val_features(workspace, teacher: Teacher, folder: Path, store, progress: bool):
-    from labelgen.data.folder import open_labelled
-    from labelgen.imaging import resize_image, resize_mask
-    from labelgen.run import progress as progress_bar
+    from labelgen.heads.train import real_images
 
-    data = open_labelled(folder, require_masks=True)
-    if len(data.classes) != len(workspace.classes):
-        raise LabelgenError(f"{folder}: {len(data.classes)} classes, the workspace has {len(workspace.classes)}")
     if not teacher.can_encode_images:
         raise LabelgenError(f"--val scores real images: the {workspace.config.backend} teacher cannot compute their "
                             "features; leave --val out (k-fold over the annotations)")
-    out = []
-    for i in progress_bar(len(data), desc=f"features ({folder.name})", unit="image", disable=not progress,
-                          iterable=range(len(data))):
-        item = data[i]
-        image = resize_image(item.image, workspace.resolution)
-        mask = resize_mask(item.mask, workspace.resolution)
-        out.append((store(teacher.features(images=[image])), torch.from_numpy(mask.astype(np.int64))[None]))
-    return out
+    return [(store(teacher.features(images=[image])), mask)
+            for _, image, mask in real_images(workspace, folder, progress=progress)]
 
 
 def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options, num_classes, resolution,

@@ -176,10 +176,10 @@ def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu
     return matrix.compute()
 
 
-def real_examples(workspace, folder_path, cache: bool = False, limit: int | None = None, progress: bool = False):
-    """(features, mask) of each labelled real image of a folder (project format), resized to the
-    generator's resolution (images area, masks nearest): what ``evaluate_head`` scores a teacher on.
-    ``cache``: keep the features in the workspace feature cache (validation during training)."""
+def real_images(workspace, folder_path, limit: int | None = None, progress: bool = False):
+    """(key, image uint8 [H, W, 3], mask int64 [1, H, W]) of each labelled real image of a folder (project format),
+    resized to the generator's resolution by the one resize rule; ``key``: a hash of the image's path (for feature
+    cache keys). Shared by head validation, ``evaluate_teacher`` and ``tune-features``."""
     from labelgen.data.folder import open_labelled
     from labelgen.imaging import resize_image, resize_mask
 
@@ -194,11 +194,17 @@ def real_examples(workspace, folder_path, cache: bool = False, limit: int | None
     for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress,
                           iterable=range(count)):
         item = folder[i]
-        image, mask = item.image, item.mask
-        if image.shape[:2] != workspace.resolution:
-            image, mask = resize_image(image, workspace.resolution), resize_mask(mask, workspace.resolution)
-        key = "val/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16] if cache else None
-        yield workspace.image_features(image, cache_key=key), torch.from_numpy(mask.astype("int64"))[None]
+        image = resize_image(item.image, workspace.resolution)
+        mask = resize_mask(item.mask, workspace.resolution)
+        key = hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16]
+        yield key, image, torch.from_numpy(mask.astype("int64"))[None]
+
+
+def real_examples(workspace, folder_path, cache: bool = False, limit: int | None = None, progress: bool = False):
+    """(features, mask) of each labelled real image of a folder (``real_images``): what ``evaluate_head`` scores
+    a teacher on. ``cache``: keep the features in the workspace feature cache (validation during training)."""
+    for key, image, mask in real_images(workspace, folder_path, limit, progress):
+        yield workspace.image_features(image, cache_key=f"val/{key}" if cache else None), mask
 
 
 TRAIN_LOG_NAME = "train_log.json"  # W/heads/train_log.json: the finished run's record

@@ -22,35 +22,23 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
     """Score the workspace's teacher (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip
     test-time augmentation) on a labelled split. ``cache``: keep the split's features in the workspace's feature
     cache (several heads scored on the same features)."""
-    import hashlib
-
-    from labelgen.data.folder import open_labelled
-    from labelgen.errors import LabelgenError
-    from labelgen.imaging import resize_image, resize_mask
+    from labelgen.heads.train import real_images
     from labelgen.metrics import ConfusionMatrix
-    from labelgen.run import progress as progress_bar
     from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
     teacher = workspace.teacher()  # refused when trained on other generator weights, options or levels
-    folder = open_labelled(split, require_masks=True)
-    if len(folder.classes) != len(workspace.classes):
-        raise LabelgenError(f"{split}: {len(folder.classes)} classes, the workspace has {len(workspace.classes)}")
     start = time.monotonic()
     matrix = ConfusionMatrix(len(workspace.classes))
-    count = len(folder) if limit is None else min(limit, len(folder))
-    device = teacher.device
-    for i in progress_bar(count, desc=f"teacher on {Path(split).name}", unit="image", disable=not progress,
-                          iterable=range(count)):
-        item = folder[i]
-        image, mask = resize_image(item.image, teacher.resolution), resize_mask(item.mask, teacher.resolution)
-        key = "eval/" + hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16] if cache else None
-        features = [f.to(device) for f in workspace.image_features(image, cache_key=key)]
+    device, count = teacher.device, 0
+    for key, image, mask in real_images(workspace, split, limit, progress):
+        features = [f.to(device) for f in workspace.image_features(image, cache_key=f"eval/{key}" if cache else None)]
         flipped = None
         if flip:
             mirror = np.ascontiguousarray(image[:, ::-1])
-            flipped = [f.to(device) for f in workspace.image_features(mirror, cache_key=key and key + "-flip")]
+            flipped = [f.to(device) for f in workspace.image_features(mirror, f"eval/{key}-flip" if cache else None)]
         matrix.update(teacher.predict(features, flipped=flipped).mask.cpu(), mask)
+        count += 1
     scores = matrix.compute()
     return {"split": str(split), "images": count, "flip_tta": flip, "miou": scores.miou,
             "pixel_accuracy": scores.pixel_accuracy,
