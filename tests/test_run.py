@@ -134,13 +134,16 @@ def test_device_and_single_process_dist(monkeypatch):
 
 
 def test_two_process_dist_sums_and_broadcasts(tmp_path):
-    script = ("from labelgen.run import init_dist\nd = init_dist('cpu')\n"
-              "print(d.rank, d.world, d.sum(d.rank + 1), d.broadcast(f'from {d.rank}'), d.gather(d.rank), flush=True)\n"
+    # each rank writes its own file: two processes printing to one pipe can interleave within a line
+    script = ("import pathlib, sys\nfrom labelgen.run import init_dist\nd = init_dist('cpu')\n"
+              "line = f\"{d.rank} {d.world} {d.sum(d.rank + 1)} {d.broadcast(f'from {d.rank}')} {d.gather(d.rank)}\"\n"
+              "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(line)\n"
               "d.close()\n")
     (tmp_path / "job.py").write_text(script)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(tmp_path / "job.py")], env=env, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "job.py"), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.strip())
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert lines == ["0 2 3 from 0 [0, 1]", "1 2 3 from 0 [0, 1]"]
