@@ -192,15 +192,14 @@ class Workspace:
     def annotation_features(self, annotation_id: str) -> list:
         """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each, on the CPU
         (disk-cached): ``Teacher.features`` of its recipe and stored image."""
-        image_bytes = self.image_path(annotation_id).read_bytes()
+        image = read_image(self.image_path(annotation_id))  # [H, W, 3] uint8, read once
         recipe = read_json(self.recipe_path(annotation_id))
 
         def compute() -> list:
-            features = self.teacher(head=False).features(recipes=[recipe], images=[read_image(self.image_path(annotation_id))])
-            return [f.cpu() for f in features]
+            return [f.cpu() for f in self.teacher(head=False).features(recipes=[recipe], images=[image])]
 
-        return self.cached_features(f"annotations/{annotation_id}", [recipe, hashlib.sha256(image_bytes).hexdigest()],
-                                    compute)
+        return self.cached_features(f"annotations/{annotation_id}",
+                                    [recipe, hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)], compute)
 
     def image_features(self, image: np.ndarray, cache_key: str | None = None) -> list:
         """Selected features of any image uint8 [H, W, 3] (image-encoding teachers; resized to the generator
