@@ -7,7 +7,12 @@ classes), a head trained for 1 epoch (quality is irrelevant here), then
 and the ratio synthesis/bare samples per second. PNG encoding in 2 threads vs the main thread is
 measured too (``encode`` column).
 
+Synthesis overlaps labelling of batch k with sampling of batch k+1 (SynthesisConfig.overlap, default on).
+``--compile`` sets the DDPM rows' generator option compile (auto = on for CUDA only; true on CPU needs a C++
+toolchain and compiles for minutes; a failure falls back to eager with one warning line).
+
     .venv/bin/python bench/bench_synthesis.py [--n 32] [--batch-size 16] [--threads 1] [--skip-ddpm]
+        [--compile auto|true|false]
 """
 from __future__ import annotations
 
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--skip-ddpm", action="store_true")
+    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                        help="the DDPM rows' generator option compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
@@ -101,7 +108,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         create_generator("ddpm", unet_config=TINY_DDPM_UNET, timesteps=[50, 150, 250]).save_pretrained(tmp / "ddpm")
-        cases += [("ddpm", "conv", tmp / "ddpm", {"ddim_steps": 20}), ("ddpm", "conv", tmp / "ddpm", {"ddim_steps": 50})]
+        cases += [("ddpm", "conv", tmp / "ddpm", {"ddim_steps": steps, "compile": args.compile}) for steps in (20, 50)]
     rows = []
     for k, (backend, head, checkpoint, options) in enumerate(cases):
         ws = make_workspace(tmp / f"w{k}", backend, head, checkpoint, options)
@@ -116,7 +123,7 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     encode_rows = [(size, encode_rates(size)) for size in (64, 256, 512)]
     print(f"command: .venv/bin/python bench/bench_synthesis.py --n {args.n} --batch-size {args.batch_size} "
-          f"--threads {args.threads}{' --skip-ddpm' if args.skip_ddpm else ''}\n")
+          f"--threads {args.threads}{' --skip-ddpm' if args.skip_ddpm else f' --compile {args.compile}'}\n")
     print("| generator | head | resolution | bare sampling (samples/s) | synthesis, 2 encode threads (samples/s) | "
           "ratio | synthesis, encode in main thread (samples/s) | bytes/sample |")
     print("|---|---|---|---|---|---|---|---|")

@@ -268,10 +268,12 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
               help="Horizontal-flip test-time augmentation (image-encoding teachers): for --from-images photos "
                    "(real), for every image (all), or none.")
 @click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
-              help="Threads encoding PNGs (0 = main thread).")
+              help="Threads encoding PNG/npz (0 = in the labelling thread); default: this machine's CPUs - 1.")
+@click.option("--overlap/--no-overlap", default=SYNTHESIS["overlap"], show_default=True,
+              help="Label batch k in a background thread while batch k+1 samples (same shards either way).")
 @sampling_flags
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, tta, encode_workers, class_idx, truncation):
+                   seed_base, tta, encode_workers, overlap, class_idx, truncation):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards
     (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher).
 
@@ -285,7 +287,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),
-                             encode_workers=encode_workers, tta=tta, class_idx=class_idx, truncation=truncation)
+                             encode_workers=encode_workers, overlap=overlap, tta=tta, class_idx=class_idx, truncation=truncation)
     summary = synthesize(ws, config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes

@@ -213,3 +213,53 @@ def test_output_folder_in_use_is_refused(trained, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and f"in use by pid {os.getpid()}" in lines[0], err
     assert not list(out.glob("0*.tar"))
+
+
+def _shard_files(out: Path) -> dict[str, bytes]:
+    """Every shard tar and shard index of a finished set (the manifest holds timings)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".json")
+            and p.name[0].isdigit()}
+
+
+def test_pipelined_synthesis_writes_the_same_bytes_as_sequential(trained, tmp_path, monkeypatch):
+    """Labelling in a background thread while the next batch samples, encoding in 3 threads: the shards are
+    byte for byte those of one-thing-at-a-time synthesis (several shards, a partial batch, drops, soft labels)."""
+    from labelgen.teacher import Teacher
+
+    threads = []
+    predict = Teacher.predict
+
+    def recording_predict(self, *args, **kwargs):
+        threads.append(__import__("threading").current_thread().name)
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Teacher, "predict", recording_predict)
+    settings = dict(n=7, shard_size=3, batch_size=2, drop_uncertain=0.25, soft_labels="uint8")
+    sequential = synthesize(trained, SynthesisConfig(**settings, overlap=False, encode_workers=0), tmp_path / "seq",
+                            progress=False)
+    assert threads and all(name == "MainThread" for name in threads)
+    threads.clear()
+    pipelined = synthesize(trained, SynthesisConfig(**settings, overlap=True, encode_workers=3), tmp_path / "pipe",
+                           progress=False)
+    assert threads and all(name.startswith("label") for name in threads)
+    assert (pipelined.kept, pipelined.dropped, pipelined.shards) == (sequential.kept, sequential.dropped, 3)
+    files = _shard_files(tmp_path / "seq")
+    assert len(files) == 6 and files == _shard_files(tmp_path / "pipe")
+
+
+def test_encode_workers_default_is_sized_from_the_machine(monkeypatch):
+    import re
+
+    from click.testing import CliRunner
+
+    from labelgen.cli import cli
+    from labelgen.synthesis.synthesize import default_encode_workers
+
+    help_text = CliRunner().invoke(cli, ["synthesize", "--help"], terminal_width=200).output
+    shown = re.search(r"--encode-workers.*?\[default: (\d+)", help_text, re.S)
+    assert shown and int(shown.group(1)) == default_encode_workers() and "--overlap / --no-overlap" in help_text
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    assert default_encode_workers() == 11
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_encode_workers() == 1 and SynthesisConfig().encode_workers == 1
+    assert not {"encode_workers", "overlap", "batch_size"} & set(SynthesisConfig().plan_key())

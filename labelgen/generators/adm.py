@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.base import CONFIG_NAME, check_options, require_checkpoint
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator
+from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
 FLAG_DEFAULTS: dict[str, Any] = {
@@ -72,7 +72,7 @@ ADM_PRESETS: dict[str, dict[str, Any]] = {
 DDPM_SEG_BLOCKS = [5, 6, 7, 8, 12]  # DDPM-seg's default output blocks for the 256x256 layout
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
 OPTION_KEYS = ("preset", "flags", "timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last",
-               "max_batch")
+               "compile", "max_batch")
 
 
 def _int_tuple(value: Any, name: str, cast=int) -> tuple:
@@ -361,13 +361,14 @@ class ADMGenerator(PixelDiffusionGenerator):
 
     def __init__(self, flags: dict[str, Any], timesteps: list[int] | None = None,
                  feature_layers: list[int] | None = None, ddim_steps: int = 50, noise_seed: int = 0,
-                 bf16: bool = False, channels_last: bool = False, max_batch: int = 16):
+                 bf16: bool | str = "auto", channels_last: bool | str = "auto", compile: bool | str = "auto",
+                 max_batch: int = 16):
         from diffusers import DDIMScheduler
 
         flags = normalize_flags(flags)
         super().__init__({"flags": flags, "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
                           "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          "bf16": bool(bf16), "channels_last": bool(channels_last), "max_batch": int(max_batch)})
+                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
         self.flags = flags
         self.unet = ADMUNet(flags)
         self.scheduler_config = schedule_config(flags)
@@ -395,7 +396,8 @@ class ADMGenerator(PixelDiffusionGenerator):
     def from_checkpoint(cls, checkpoint: Path | str | None, preset: str | None = None,
                         flags: dict[str, Any] | None = None, **options) -> "ADMGenerator":
         """A guided-diffusion ``.pt`` state dict (or .safetensors) + its model flags, or a save_pretrained folder.
-        Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, bf16, channels_last, max_batch."""
+        Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, bf16, channels_last, compile,
+        max_batch."""
         from labelgen.generators.state_dicts import load_by_name, read_state_dict
 
         check_options("adm", options, OPTION_KEYS)

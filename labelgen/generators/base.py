@@ -83,6 +83,7 @@ class Generator(nn.Module, ABC):
 
         folder = Path(folder)
         config = json.loads((folder / CONFIG_NAME).read_text())
+        config = {k: v for k, v in config.items() if k not in MACHINE_OPTIONS}  # older folders: always "false"
         backend = config.pop("backend", cls.backend)
         if backend != cls.backend:
             raise LabelgenError(f"{folder}: holds a {backend!r} generator, not {cls.backend!r}")
@@ -114,7 +115,25 @@ class Generator(nn.Module, ABC):
 
         folder = Path(folder)
         save_safetensors(folder / WEIGHTS_NAME, self.state_dict())
-        atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": self.backend, **self.config}, indent=2).encode())
+        config = {k: v for k, v in self.config.items() if k not in MACHINE_OPTIONS}
+        atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": self.backend, **config}, indent=2).encode())
+
+
+# Speed switches of the machine a generator runs on, not of the model: "auto" (on for CUDA), true or false.
+# A saved generator folder does not carry them (folders written before they had an "auto" value always held
+# "false", chosen or not, so it is dropped when read); a workspace's generator_options or a call sets them.
+MACHINE_OPTIONS = ("bf16", "channels_last", "compile")
+
+
+def machine_option(name: str, value: Any) -> bool | str:
+    """One of MACHINE_OPTIONS normalised to "auto", True or False (also from the strings true/false/on/off)."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "on", "1", "false", "off", "0"):
+        return value.lower() in ("true", "on", "1")
+    raise LabelgenError(f"generator option {name}: auto, true or false, got {value!r}")
 
 
 # ---- helpers shared by the backends ----

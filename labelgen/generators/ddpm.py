@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME, check_options, require_checkpoint
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, plain_config
+from labelgen.generators.base import MACHINE_OPTIONS, CONFIG_NAME, check_options, require_checkpoint
+from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options, plain_config
 
 MODEL_INDEX = "model_index.json"
-OPTION_KEYS = ("timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last", "max_batch")
+OPTION_KEYS = ("timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last", "compile",
+               "max_batch")
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -44,7 +45,7 @@ def _read_json(path: Path, what: str) -> dict:
 def write_labelgen_config(folder: Path, backend: str, config: dict[str, Any], skip: tuple[str, ...]) -> None:
     from labelgen.data.io import atomic_write_bytes
 
-    options = {k: v for k, v in config.items() if k not in skip}
+    options = {k: v for k, v in config.items() if k not in skip and k not in MACHINE_OPTIONS}
     atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": backend, **options}, indent=2).encode())
 
 
@@ -56,7 +57,7 @@ def read_labelgen_options(folder: Path, backend: str) -> dict[str, Any]:
     saved = _read_json(path, "labelgen generator")
     if saved.pop("backend", backend) != backend:
         raise LabelgenError(f"{folder}: holds a different generator backend, not {backend!r}")
-    return {k: v for k, v in saved.items() if k in OPTION_KEYS}
+    return {k: v for k, v in saved.items() if k in OPTION_KEYS and k not in MACHINE_OPTIONS}  # see MACHINE_OPTIONS
 
 
 class DDPMGenerator(PixelDiffusionGenerator):
@@ -64,8 +65,8 @@ class DDPMGenerator(PixelDiffusionGenerator):
 
     def __init__(self, unet_config: dict[str, Any], scheduler_config: dict[str, Any] | None = None,
                  timesteps: list[int] | None = None, feature_layers: list[int] | None = None, ddim_steps: int = 50,
-                 noise_seed: int = 0, bf16: bool = False, channels_last: bool = False, max_batch: int = 16,
-                 _unet=None):
+                 noise_seed: int = 0, bf16: bool | str = "auto", channels_last: bool | str = "auto",
+                 compile: bool | str = "auto", max_batch: int = 16, _unet=None):
         from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
         scheduler_config = plain_config(scheduler_config or DDPMScheduler().config)
@@ -73,7 +74,7 @@ class DDPMGenerator(PixelDiffusionGenerator):
         super().__init__({"unet_config": plain_config(unet.config), "scheduler_config": scheduler_config,
                           "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
                           "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          "bf16": bool(bf16), "channels_last": bool(channels_last), "max_batch": int(max_batch)})
+                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
         self.unet = unet
         if self.unet.config.in_channels != 3 or self.unet.config.out_channels != 3:
             raise LabelgenError("ddpm: the UNet must map 3 to 3 channels (RGB pixel space)")
@@ -130,7 +131,7 @@ class DDPMGenerator(PixelDiffusionGenerator):
     @classmethod
     def from_checkpoint(cls, checkpoint: Path | str | None, **options) -> "DDPMGenerator":
         """A local DDPMPipeline folder; options: timesteps, feature_layers, ddim_steps, noise_seed, bf16,
-        channels_last, max_batch."""
+        channels_last, compile, max_batch."""
         check_options("ddpm", options, OPTION_KEYS)
         require_checkpoint("ddpm", checkpoint, "a local DDPMPipeline folder with unet/ and scheduler/, e.g. from "
                            "`labelgen train-generator --backend ddpm`")

@@ -12,21 +12,44 @@ Flat feature order: level-major, then timestep — ``features[li * len(timesteps
 Sampling: DDIM (eta 0, ``ddim_steps`` steps, built from the model's scheduler config) from x_T drawn per
 seed, so an image never depends on its batch; ``sample`` returns the decoded images, quantised to uint8
 levels (what a saved PNG holds), and ``features_of_images`` of them.
+
+Speed (generator options, MACHINE_OPTIONS in base.py; "auto" = on for CUDA, off on CPU; true/false as given):
+  * ``bf16``: bf16 autocast of the UNet (CUDA only: an explicit true on CPU stays fp32, as before).
+  * ``channels_last``: UNet weights and inputs in NHWC memory format (CUDA only).
+  * ``compile``: the DDIM loop's UNet through ``torch.compile(mode=COMPILE_MODE, dynamic=False)``; every call
+    has ``max_batch`` rows (the last partial micro-batch is padded by repeating its last row and the padding
+    is cut off again), so one graph serves a whole run. An explicit true also compiles on CPU (needs a C++
+    toolchain). If compiling fails (no compiler, any exception on the first call) the loop falls back to the
+    eager UNet with one warning line. The feature capture pass (hooks on up-blocks, T rows per image) stays
+    eager: a compiled graph does not re-trace forward hooks registered per call (dynamo skips hook guards),
+    so a compiled capture could return stale features silently; it gets bf16 + channels_last.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.imaging import quantize
 from labelgen.generators.base import (
-    Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, module_device, seeded_randn,
+    Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, machine_option, module_device,
+    seeded_randn,
 )
 
 DEFAULT_TIMESTEPS = [50, 150, 250]
+# torch.compile mode of the DDIM loop: static shapes (padded micro-batches) make autotuning pay off once per run;
+# no CUDA graphs, because their output buffers are overwritten by the next replay while the loop still holds
+# the outputs of earlier micro-batches (torch.cat of all of them per step).
+COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+def machine_options(bf16, channels_last, compile) -> dict[str, bool | str]:
+    """The constructors' bf16 / channels_last / compile arguments, normalised ("auto", True or False)."""
+    return {"bf16": machine_option("bf16", bf16), "channels_last": machine_option("channels_last", channels_last),
+            "compile": machine_option("compile", compile)}
 
 
 def plain_config(config) -> dict[str, Any]:
@@ -99,20 +122,68 @@ class DiffusionGenerator(Generator):
         levels = self._level_channels_and_strides()
         return [levels[i][0] for i in self.layers for _ in self.timesteps]
 
-    # ---- options ----
+    # ---- options (see the module docstring) ----
+    def _option_on(self, name: str, device: torch.device) -> bool:
+        """bf16 / channels_last: "auto" or true on CUDA, never on CPU. compile: "auto" on CUDA, true anywhere."""
+        value = self.config.get(name, "auto")
+        if name == "compile" and value is True:
+            return True
+        return device.type == "cuda" and value is not False
+
     def _autocast(self, device: torch.device):
-        if self.config.get("bf16") and device.type == "cuda":
+        if self._option_on("bf16", device):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.get("channels_last") and x.device.type == "cuda":
+        if self._option_on("channels_last", x.device):
+            if not getattr(self, "_unet_channels_last", False):  # once: the weights too, else NHWC inputs gain nothing
+                self.unet.to(memory_format=torch.channels_last)
+                self._unet_channels_last = True
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
     @property
     def max_batch(self) -> int:
         return int(self.config.get("max_batch") or 16)
+
+    def _compiled_unet(self, device: torch.device) -> Callable | None:
+        """The compiled ``unet_eps`` of the DDIM loop, or None (eager: option off, or compiling failed)."""
+        if not self._option_on("compile", device):
+            return None
+        state = self.__dict__.setdefault("_compile_state", {})
+        if "fn" not in state:
+            try:
+                state["fn"] = torch.compile(self.unet_eps, mode=COMPILE_MODE, dynamic=False)
+            except Exception as e:  # e.g. torch.compile unsupported on this Python / platform
+                self._compile_failed(e)
+        return state["fn"]
+
+    def _compile_failed(self, error: Exception) -> None:
+        self._compile_state.update(fn=None, ok=False)
+        print(f"warning: {self.backend}: torch.compile of the UNet failed ({type(error).__name__}: "
+              f"{(str(error).splitlines() or [''])[0][:160]}); sampling with the eager UNet", file=sys.stderr)
+
+    def _sample_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """UNet output of one DDIM micro-batch x [n <= max_batch, C, h, w] at timesteps t [n]: compiled with
+        static shape (padded to max_batch rows, padding cut off) when ``compile`` is on, else eager."""
+        fn = self._compiled_unet(x.device)
+        if fn is None:
+            return self.unet_eps(self._prepare(x), t)
+        n = x.shape[0]
+        pad = self.max_batch - n
+        if pad > 0:  # repeat the last row: rows never interact, so the real rows are unchanged
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            t = torch.cat([t, t[-1:].expand(pad)])
+        try:
+            out = fn(self._prepare(x), t.contiguous())
+        except Exception as e:
+            if self._compile_state.get("ok"):  # compiled and ran before: a real error, not a missing compiler
+                raise
+            self._compile_failed(e)
+            return self.unet_eps(self._prepare(x[:n]), t[:n])
+        self._compile_state["ok"] = True
+        return out[:n]
 
     # ---- features ----
     def _capture_pass(self, x0: torch.Tensor, noise_seed: int) -> list[torch.Tensor]:
@@ -164,9 +235,9 @@ class DiffusionGenerator(Generator):
         x = seeded_randn(seeds, self.latent_shape, device) * scheduler.init_noise_sigma  # [N, C, h, w]
         with self._autocast(device):
             for t in scheduler.timesteps:
-                out = torch.cat([self.unet_eps(self._prepare(x[s:s + self.max_batch]),
-                                               t.expand(min(self.max_batch, x.shape[0] - s)).to(device)).float()
-                                 for s in range(0, x.shape[0], self.max_batch)])
+                out = torch.cat([self._sample_eps(x[s:s + self.max_batch],
+                                                  t.expand(min(self.max_batch, x.shape[0] - s)).to(device)).float()
+                                 for s in range(0, x.shape[0], self.max_batch)])  # [N, C, h, w]
                 x = scheduler.step(out, t, x, eta=0.0).prev_sample
         return x
 

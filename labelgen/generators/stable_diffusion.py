@@ -27,7 +27,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.generators.ddpm import MODEL_INDEX, OPTION_KEYS, _read_json, read_labelgen_options, write_labelgen_config
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, DiffusionGenerator, plain_config
+from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, DiffusionGenerator, machine_options, plain_config
 
 EMBEDS_FILE = "empty_prompt_embeds.safetensors"
 EMBEDS_KEY = "prompt_embeds"
@@ -75,7 +75,8 @@ class StableDiffusionGenerator(DiffusionGenerator):
     def __init__(self, unet_config: dict[str, Any], vae_config: dict[str, Any],
                  scheduler_config: dict[str, Any] | None = None, prompt_length: int = 77,
                  timesteps: list[int] | None = None, feature_layers: list[int] | None = None, ddim_steps: int = 50,
-                 noise_seed: int = 0, bf16: bool = False, channels_last: bool = False, max_batch: int = 8,
+                 noise_seed: int = 0, bf16: bool | str = "auto", channels_last: bool | str = "auto",
+                 compile: bool | str = "auto", max_batch: int = 8,
                  _unet=None, _vae=None, _prompt_embeds: torch.Tensor | None = None):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -87,7 +88,7 @@ class StableDiffusionGenerator(DiffusionGenerator):
                           "scheduler_config": scheduler_config, "prompt_length": int(prompt_length),
                           "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
                           "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          "bf16": bool(bf16), "channels_last": bool(channels_last), "max_batch": int(max_batch)})
+                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
         self.unet, self.vae = unet, vae
         if vae.config.latent_channels != unet.config.in_channels:
             raise LabelgenError(f"stable-diffusion: VAE latents have {vae.config.latent_channels} channels but the "

@@ -12,6 +12,7 @@ Common interface (every head)::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -53,13 +54,23 @@ class TaskHead(nn.Module):
             if f.ndim != 4 or f.shape[1] != c:
                 raise LabelgenError(f"feature level {level}: expected [N, {c}, h, w], got {list(f.shape)}")
 
+    # bf16 autocast of predict_proba: "auto" = on CUDA (projections, upsampling and sums in bf16, not fp32),
+    # True = on any device (CPU bf16 is slow on most CPUs; tests), False = fp32. Training always runs fp32.
+    inference_bf16: bool | str = "auto"
+
+    def _inference_autocast(self, device: torch.device):
+        on = self.inference_bf16 is True or (self.inference_bf16 == "auto" and device.type == "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
     @torch.no_grad()
     def predict_proba(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Per-member class probabilities [N, K, C, H, W] (eval mode)."""
+        """Per-member class probabilities [N, K, C, H, W] float32 (eval mode)."""
         was_training = self.training
         self.eval()
         try:
-            return torch.softmax(self(features), dim=2)
+            with self._inference_autocast(features[0].device):
+                logits = self(features)
+            return torch.softmax(logits.float(), dim=2)
         finally:
             self.train(was_training)
 

@@ -49,7 +49,7 @@ class _Interpreter(nn.Module):
             fused = F.conv2d(proj(level.float()), weight_i)  # [N, hidden, h_i, w_i]
             up = F.interpolate(fused, size=output_size, mode="bilinear", align_corners=False)  # [N, hidden, H, W]
             x = up if x is None else x + up
-        x = x + self.fuse.bias.view(1, -1, 1, 1)
+        x = x + self.fuse.bias.to(x.dtype).view(1, -1, 1, 1)  # in x's dtype (bf16 under autocast)
         return self.classify(self.blocks(x))  # [N, C, H, W]
 
 

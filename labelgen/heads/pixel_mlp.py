@@ -4,7 +4,9 @@ Each member: D -> 256 -> 128 -> C with ReLU + BatchNorm1d (D = sum of feature ch
 bilinearly upsampled to the output resolution). DatasetGAN used K = 10; the default here is 3.
 Inference projects each level with the members' first layer at native resolution and upsamples the
 projections band by band (``max_chunk_floats``), so a full-resolution [N, D, H, W] tensor is never
-built (see ``forward``).
+built (see ``forward``); in eval mode the K members' later layers run as one batched matmul per layer with
+each BatchNorm folded into the Linear after it. ``predict_proba`` on CUDA runs it under bf16 autocast
+(projections, upsampling and sums in bf16; TaskHead.inference_bf16).
 """
 from __future__ import annotations
 
@@ -71,15 +73,20 @@ class PixelMLPEnsemble(TaskHead):
             projected.append(F.conv2d(level.float(), weight[:, offset:offset + channels, None, None])
                              .contiguous(memory_format=torch.channels_last))  # [N, K*H1, h_i, w_i], NHWC in memory
             offset += channels
-        logits = projected[0].new_empty(n, self.ensemble, self.num_classes, height, width)  # [N, K, C, H, W]
+        logits = projected[0].new_empty(n, self.ensemble, self.num_classes, height, width,
+                                        dtype=torch.float32)  # [N, K, C, H, W]
         floats_per_image = height * width * weight.shape[0]
         if floats_per_image <= self.max_chunk_floats:  # whole images at a time: F.interpolate (fast on CPU)
             step = max(1, self.max_chunk_floats // floats_per_image)
             for start in range(0, n, step):
                 summed = None
                 for level in projected:
-                    up = F.interpolate(level[start:start + step], size=self.output_size, mode="bilinear",
-                                       align_corners=False)  # [n', K*H1, H, W]
+                    up = level[start:start + step]
+                    if tuple(up.shape[-2:]) != self.output_size:
+                        up = F.interpolate(up, size=self.output_size, mode="bilinear",
+                                           align_corners=False)  # [n', K*H1, H, W]
+                    elif summed is None:
+                        up = up.clone()  # summed is added to in place: not the projection itself
                     summed = up if summed is None else summed.add_(up)
                 logits[start:start + step] = self._classify(summed, bias, hidden)
         else:  # very large outputs: bands of rows, bilinear lookup with grid_sample (same values)
@@ -94,6 +101,32 @@ class PixelMLPEnsemble(TaskHead):
     def _classify(self, summed: torch.Tensor, bias: torch.Tensor, hidden: int) -> torch.Tensor:
         """Upsampled first-layer outputs [N, K*H1, h, w] (+ bias [K*H1]) -> logits [N, K, C, h, w]."""
         n, _, h, w = summed.shape
-        pixels = (summed.permute(0, 2, 3, 1) + bias).reshape(-1, self.ensemble, hidden)  # [N*h*w, K, H1]
-        out = torch.stack([member[1:](pixels[:, k]) for k, member in enumerate(self.members)], dim=1)  # [P, K, C]
-        return out.view(n, h, w, self.ensemble, self.num_classes).permute(0, 3, 4, 1, 2)
+        pixels = (summed.permute(0, 2, 3, 1) + bias.to(summed.dtype)).reshape(-1, self.ensemble, hidden)  # [P, K, H1]
+        if self.training:  # BatchNorm on batch statistics: member by member
+            out = torch.stack([member[1:](pixels[:, k]) for k, member in enumerate(self.members)], dim=1)  # [P, K, C]
+        else:  # eval: all members in one batched matmul per layer, BatchNorm folded into the next Linear
+            x = torch.relu(pixels).transpose(0, 1)  # [K, P, H1]
+            layers = self._folded_layers()
+            for i, (weight, layer_bias) in enumerate(layers):
+                x = torch.baddbmm(layer_bias.to(x.dtype), x, weight.to(x.dtype))  # [K, P, out]
+                if i < len(layers) - 1:
+                    x = torch.relu(x)
+            out = x.transpose(0, 1)  # [P, K, C]
+        return out.reshape(n, h, w, self.ensemble, self.num_classes).permute(0, 3, 4, 1, 2)
+
+    def _folded_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eval: each member's Linear layers after the first, stacked over members as (weight [K, in, out],
+        bias [K, 1, out]), the BatchNorm before each folded in: BN(r) = a * r + c with a = gamma / sqrt(var + eps),
+        c = beta - mean * a, so Linear(BN(r)) = (W diag(a)) r + (W c + b). A member is [Linear, ReLU, BN] *
+        len(hidden) + [Linear]."""
+        stacked = []
+        for index in range(3, len(self.members[0]), 3):
+            weights, biases = [], []
+            for member in self.members:
+                norm, linear = member[index - 1], member[index]
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # a [in]
+                shift = norm.bias - norm.running_mean * scale  # c [in]
+                weights.append((linear.weight * scale).t())  # [in, out]
+                biases.append((linear.bias + linear.weight @ shift)[None])  # [1, out]
+            stacked.append((torch.stack(weights), torch.stack(biases)))
+        return stacked

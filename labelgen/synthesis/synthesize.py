@@ -19,12 +19,18 @@ Per sample (tar members): <key>.png, <key>.mask.png (argmax of the ensemble mean
 (seed/recipe or source image, generator id, head id, uncertainty score and measure), and with
 ``soft_labels="uint8"`` <key>.soft.npz: array "probs" uint8 [C, H, W] = round(255 * mean
 probability), deflate-compressed (C*H*W bytes before compression; see docs/benchmarks.md).
-PNG/npz encoding runs in a thread pool (PIL and zlib release the GIL) while the next batch computes.
+Pipeline: the main thread samples batch k+1 (generator, and flipped features for TTA) while one labelling
+thread labels batch k (head, mask, uncertainty; on CUDA on its own stream) and writes a shard when its last
+batch is labelled; PNG/npz encoding runs in ``encode_workers`` threads (PIL and zlib release the GIL; default
+from the CPUs the process may use). Batches are labelled in order, so the shards are the same bytes as
+without overlap (``overlap=False``).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +54,12 @@ TTA_MODES = ("real", "all", "none")  # flip TTA (image-encoding teachers): --fro
 SOFT_LABELS = ("none", "uint8")  # soft_labels: no <key>.soft.npz, or uint8-quantised probabilities
 
 
+def default_encode_workers() -> int:
+    """PNG/npz encoding threads: the CPUs this process may use, less one for the sampling thread (1..16)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus - 1))
+
+
 @dataclass
 class SynthesisConfig:
     n: int | None = 1000  # kept samples (sampling); with from_images: at most this many images (None = all)
@@ -58,7 +70,8 @@ class SynthesisConfig:
     soft_labels: str = "none"  # one of SOFT_LABELS
     from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
-    encode_workers: int = 2  # threads encoding PNG/npz (0 = encode in the main thread)
+    encode_workers: int = field(default_factory=default_encode_workers)  # PNG/npz threads (0 = inline)
+    overlap: bool = True  # label batch k in a background thread while batch k+1 samples (False: one after another)
     tta: str = "real"  # one of TTA_MODES: horizontal-flip test-time augmentation for real photos, every image, none
     class_idx: int | None = None  # conditional GANs: class of the samples (None: the workspace's)
     truncation: float | None = None  # truncation psi / z scale of the samples (None: the workspace's)
@@ -69,7 +82,8 @@ class SynthesisConfig:
 
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers")}
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers", "overlap")}
+
 
 
 def sampling_options(class_idx: int | None, truncation: float | None) -> dict[str, Any]:
@@ -184,6 +198,74 @@ class _Source:
         return out.images, out.features, [{"seed": seed, "recipe": recipe} for seed, recipe in zip(seeds, out.recipes)]
 
 
+class _Labeller:
+    """Labels batches (head, mask, uncertainty), hands samples to the encoders and writes each shard when its
+    last batch is labelled. Jobs run in candidate order (the labelling thread, or this one without overlap), so
+    the shards are the same bytes either way. On CUDA a job runs on its own stream, after the sampling
+    stream's work on its batch (an event), so labelling overlaps the next batch's UNet passes on the GPU too."""
+
+    def __init__(self, teacher: Teacher, config: SynthesisConfig, writer: ShardWriter, base_meta: dict,
+                 pool: ThreadPoolExecutor | None):
+        self.teacher, self.config, self.writer, self.base_meta, self.pool = teacher, config, writer, base_meta, pool
+        self.scored: list[tuple[float, int, Future | bytes]] = []  # the current shard's samples so far
+        self.stream = torch.cuda.Stream(teacher.device) if teacher.device.type == "cuda" else None
+
+    def job(self, shard: ShardPlan, candidates: list[int], images: torch.Tensor, features: list[torch.Tensor],
+            flipped: list[torch.Tensor] | None, metas: list[dict]):
+        """A callable labelling one sampled batch (returns its size); made on the sampling thread."""
+        ready = None
+        if self.stream is not None:
+            ready = torch.cuda.Event()
+            ready.record()  # on the sampling (current) stream, after the batch's kernels
+        return lambda: self._label(shard, candidates, images, features, flipped, metas, ready)
+
+    def _label(self, shard, candidates, images, features, flipped, metas, ready) -> int:
+        if self.stream is None:
+            self._label_batch(shard, candidates, images, features, flipped, metas)
+            return len(candidates)
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            for tensor in [images, *features, *(flipped or [])]:
+                tensor.record_stream(self.stream)  # not reused by the sampling stream while labelled here
+            self._label_batch(shard, candidates, images, features, flipped, metas)
+        return len(candidates)
+
+    def _label_batch(self, shard, candidates, images, features, flipped, metas) -> None:
+        config = self.config
+        pred = self.teacher.predict(features, config.top_fraction, flipped)
+        masks = pred.mask.cpu().numpy()  # [B, H, W]
+        scores = pred.scores.cpu().tolist()  # [B]
+        soft = ((pred.probs * 255).round().to(torch.uint8).cpu().numpy()
+                if config.soft_labels == "uint8" else None)  # [B, C, H, W]
+        images_u8 = tensor_to_uint8(images)  # [B, H, W, 3]
+        for k, candidate in enumerate(candidates):
+            meta = {"key": sample_key(candidate), "candidate": candidate, **metas[k], **self.base_meta,
+                    "uncertainty": round(float(scores[k]), 6)}
+            sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta,
+                                 soft=None if soft is None else soft[k])  # soft: uint8 [C, H, W]
+            self.scored.append((round(float(scores[k]), 6), candidate,
+                                self.pool.submit(encode_sample, sample) if self.pool else encode_sample(sample)))
+        if self.pool:  # back-pressure: at most ~4 batches of raw arrays wait for the encoders
+            for _, _, pending in self.scored[:max(0, len(self.scored) - 4 * config.batch_size)]:
+                pending.result()
+        if len(self.scored) == len(shard.candidates):
+            self._write(shard)
+
+    def _write(self, shard: ShardPlan) -> None:
+        ranked = sorted(self.scored, key=lambda item: (item[0], item[1]))
+        kept = sorted(ranked[:shard.keep], key=lambda item: item[1])
+        dropped = sorted(ranked[shard.keep:], key=lambda item: item[1])
+        for _, _, job in dropped:
+            if isinstance(job, Future):
+                job.cancel()
+        encoded = [job.result() if isinstance(job, Future) else job for _, _, job in kept]
+        self.writer.write_shard(shard.shard_id, encoded=encoded, info={
+            "candidates": len(shard.candidates), "kept": len(kept), "dropped": len(dropped),
+            "dropped_keys": [sample_key(c) for _, c, _ in dropped],
+            "dropped_scores": [s for s, _, _ in dropped]})
+        self.scored = []
+
+
 def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
                log=print) -> SynthesisSummary:
     """``labelgen synthesize`` (see module docstring). Under torchrun each rank writes its shards;
@@ -249,52 +331,44 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
     base_meta = {"generator": teacher.generator_id, "head": teacher.head_id,
                  "uncertainty_measure": teacher.uncertainty_measure}
     pool = ThreadPoolExecutor(max_workers=config.encode_workers) if config.encode_workers > 0 else None
+    labeller = _Labeller(teacher, config, writer, base_meta, pool)
     bar = progress_bar(sum(len(p.candidates) for p in mine), unit="sample", desc=f"synthesize (rank {dist.rank})"
                        if dist.world > 1 else "synthesize", disable=not progress or dist.rank != 0)
     started = time.perf_counter()
     processed = 0
+    # bounded pipeline: this thread samples batch k+1 while one labelling thread labels batch k (in order)
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label") if config.overlap else None
+    in_flight: deque[Future] = deque()
     try:
         for shard in mine:
-            scored: list[tuple[float, int, Future | list]] = []
             for start in range(0, len(shard.candidates), config.batch_size):
                 candidates = shard.candidates[start:start + config.batch_size]
                 images, features, metas = source.batch(candidates)
-                flipped = teacher.flipped_features(images) if flip else None  # test-time augmentation
-                pred = teacher.predict(features, config.top_fraction, flipped)
-                masks = pred.mask.cpu().numpy()  # [B, H, W]
-                scores = pred.scores.cpu().tolist()  # [B]
-                soft = ((pred.probs * 255).round().to(torch.uint8).cpu().numpy()
-                        if config.soft_labels == "uint8" else None)  # [B, C, H, W]
-                images_u8 = tensor_to_uint8(images)  # [B, H, W, 3]
-                for k, candidate in enumerate(candidates):
-                    meta = {"key": sample_key(candidate), "candidate": candidate, **metas[k], **base_meta,
-                            "uncertainty": round(float(scores[k]), 6)}
-                    sample = ShardSample(sample_key(candidate), images_u8[k], masks[k], meta,
-                                         soft=None if soft is None else soft[k])  # soft: uint8 [C, H, W]
-                    job = (lambda s=sample: encode_sample(s))
-                    scored.append((round(float(scores[k]), 6), candidate, pool.submit(job) if pool else job()))
-                if pool:  # back-pressure: at most ~4 batches of raw arrays wait for the encoders
-                    for _, _, pending in scored[:max(0, len(scored) - 4 * config.batch_size)]:
-                        pending.result()
-                processed += len(candidates)
-                bar.update(len(candidates))
-            ranked = sorted(scored, key=lambda item: (item[0], item[1]))
-            kept = sorted(ranked[:shard.keep], key=lambda item: item[1])
-            dropped = sorted(ranked[shard.keep:], key=lambda item: item[1])
-            for _, _, job in dropped:
-                if isinstance(job, Future):
-                    job.cancel()
-            encoded = [job.result() if isinstance(job, Future) else job for _, _, job in kept]
-            writer.write_shard(shard.shard_id, encoded=encoded, info={
-                "candidates": len(shard.candidates), "kept": len(kept), "dropped": len(dropped),
-                "dropped_keys": [sample_key(c) for _, c, _ in dropped],
-                "dropped_scores": [s for s, _, _ in dropped]})
+                flipped = teacher.flipped_features(images) if flip else None  # TTA (the generator: this thread)
+                job = labeller.job(shard, candidates, images, features, flipped, metas)
+                if thread is None:
+                    processed += job()
+                    bar.update(len(candidates))
+                    continue
+                in_flight.append(thread.submit(job))
+                while len(in_flight) > 1:  # at most one batch labelled while the next one samples
+                    count = in_flight.popleft().result()
+                    processed += count
+                    bar.update(count)
+        while in_flight:
+            count = in_flight.popleft().result()
+            processed += count
+            bar.update(count)
     except Exception:
+        if thread:
+            thread.shutdown(wait=True, cancel_futures=True)
         if new_plan and not writer.done_shards():  # a bad input before the first shard: --out as it was
             (out_dir / PLAN_NAME).unlink(missing_ok=True)
         raise
     finally:
         bar.close()
+        if thread:
+            thread.shutdown(wait=True, cancel_futures=True)
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - started
