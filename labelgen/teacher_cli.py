@@ -269,8 +269,9 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
                    "(real), for every image (all), or none.")
 @click.option("--encode-workers", type=click.IntRange(0), default=SYNTHESIS["encode_workers"], show_default=True,
               help="Threads encoding PNG/npz (0 = in the labelling thread); default: this machine's CPUs - 1.")
-@click.option("--overlap/--no-overlap", default=SYNTHESIS["overlap"], show_default=True,
-              help="Label batch k in a background thread while batch k+1 samples (same shards either way).")
+@click.option("--overlap/--no-overlap", default=SYNTHESIS["overlap"],
+              help="Label batch k in a background thread while batch k+1 samples (same shards either way); "
+                   "default: on with a GPU, off on a CPU (the two would share its cores).")
 @sampling_flags
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
                    seed_base, tta, encode_workers, overlap, class_idx, truncation):

@@ -215,15 +215,24 @@ def test_output_folder_in_use_is_refused(trained, tmp_path):
     assert not list(out.glob("0*.tar"))
 
 
-def _shard_files(out: Path) -> dict[str, bytes]:
-    """Every shard tar and shard index of a finished set (the manifest holds timings)."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".json")
-            and p.name[0].isdigit()}
+def _shard_files(out: Path) -> dict[str, bytes | list]:
+    """Every shard index's bytes and every shard tar's members (name, bytes) of a finished set (the manifest
+    holds timings, a tar header the time it was written)."""
+    import tarfile
+
+    files: dict[str, bytes | list] = {}
+    for p in sorted(out.iterdir()):
+        if p.name[0].isdigit() and p.suffix == ".json":
+            files[p.name] = p.read_bytes()
+        elif p.name[0].isdigit() and p.suffix == ".tar":
+            with tarfile.open(p) as tar:
+                files[p.name] = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    return files
 
 
 def test_pipelined_synthesis_writes_the_same_bytes_as_sequential(trained, tmp_path, monkeypatch):
     """Labelling in a background thread while the next batch samples, encoding in 3 threads: the shards are
-    byte for byte those of one-thing-at-a-time synthesis (several shards, a partial batch, drops, soft labels)."""
+    member for member (names and bytes) those of one-thing-at-a-time synthesis (several shards, a partial batch, drops, soft labels)."""
     from labelgen.teacher import Teacher
 
     threads = []

@@ -22,7 +22,7 @@ probability), deflate-compressed (C*H*W bytes before compression; see docs/bench
 Pipeline: the main thread samples batch k+1 (generator, and flipped features for TTA) while one labelling
 thread labels batch k (head, mask, uncertainty; on CUDA on its own stream) and writes a shard when its last
 batch is labelled; PNG/npz encoding runs in ``encode_workers`` threads (PIL and zlib release the GIL; default
-from the CPUs the process may use). Batches are labelled in order, so the shards are the same bytes as
+from the CPUs the process may use). Batches are labelled in order, so the shards hold the same samples (member bytes) as
 without overlap (``overlap=False``).
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ class SynthesisConfig:
     from_images: str | None = None  # folder of real images to pseudo-label instead of sampling
     top_fraction: float = TOP_FRACTION  # image score = mean of this top fraction of pixel uncertainties
     encode_workers: int = field(default_factory=default_encode_workers)  # PNG/npz threads (0 = inline)
-    overlap: bool = True  # label batch k in a background thread while batch k+1 samples (False: one after another)
+    overlap: bool | None = None  # label batch k in a thread while batch k+1 samples; None: on CUDA only (on a CPU
+    # the two would share the same cores), False: one after another
     tta: str = "real"  # one of TTA_MODES: horizontal-flip test-time augmentation for real photos, every image, none
     class_idx: int | None = None  # conditional GANs: class of the samples (None: the workspace's)
     truncation: float | None = None  # truncation psi / z scale of the samples (None: the workspace's)
@@ -83,7 +84,6 @@ class SynthesisConfig:
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
         return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers", "overlap")}
-
 
 
 def sampling_options(class_idx: int | None, truncation: float | None) -> dict[str, Any]:
@@ -201,7 +201,7 @@ class _Source:
 class _Labeller:
     """Labels batches (head, mask, uncertainty), hands samples to the encoders and writes each shard when its
     last batch is labelled. Jobs run in candidate order (the labelling thread, or this one without overlap), so
-    the shards are the same bytes either way. On CUDA a job runs on its own stream, after the sampling
+    the shards hold the same members either way. On CUDA a job runs on its own stream, after the sampling
     stream's work on its batch (an event), so labelling overlaps the next batch's UNet passes on the GPU too."""
 
     def __init__(self, teacher: Teacher, config: SynthesisConfig, writer: ShardWriter, base_meta: dict,
@@ -337,7 +337,8 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
     started = time.perf_counter()
     processed = 0
     # bounded pipeline: this thread samples batch k+1 while one labelling thread labels batch k (in order)
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label") if config.overlap else None
+    overlap = teacher.device.type == "cuda" if config.overlap is None else config.overlap
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label") if overlap else None
     in_flight: deque[Future] = deque()
     try:
         for shard in mine:
