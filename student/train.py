@@ -34,6 +34,7 @@ from labelgen.losses import class_balance_weights
 from labelgen.run import (
     RunLock, RunLog, init_dist, load_resume, progress, rng_state, save_resume, seed_everything, set_rng_state,
 )
+from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
 )
@@ -86,6 +87,7 @@ class TrainOptions:
     init: str | None = None
     workers: int = 0
     augment: bool = True
+    augment_policy: str = "basic"  # basic | strong (labelgen.student.augment)
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     seed: int = 0
     save_every: int = 200
@@ -157,6 +159,9 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError("--max-steps must be positive")
     if options.tau <= 0:
         raise LabelgenError("--tau must be positive")
+    if options.augment_policy not in AUGMENT_POLICIES:
+        raise LabelgenError(f"unknown augmentation policy {options.augment_policy!r} (one of "
+                            f"{', '.join(AUGMENT_POLICIES)})")
     if options.schedule not in SCHEDULES:
         raise LabelgenError(f"unknown schedule {options.schedule!r} (one of {', '.join(SCHEDULES)})")
     if options.val_every is not None and options.val_every <= 0:
@@ -217,7 +222,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
     dataset = StudentDataset(source, len(classes), options.image_size, IMAGENET_MEAN, IMAGENET_STD, seed=options.seed,
                              augment=options.augment, geometric=mode not in FEATURE_MODES,
                              want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting,
-                             warn=is_main)
+                             warn=is_main, policy=options.augment_policy)
     class_weights = None
     if options.class_balance > 0 and mode != "feature-distill":
         freq = class_frequencies(source, len(classes), options.data_weights, seed=options.seed)
