@@ -86,6 +86,9 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--augment-policy", type=click.Choice(AUGMENT_POLICIES), default=D["augment_policy"],
               help="basic: flip, mild affine and colour jitter; strong: random crop (35-100 % of the area, resized "
                    "by the one resize rule), flip, strong colour jitter, greyscale, blur (labelgen.student.augment).")
+@click.option("--consistency-weight", type=NON_NEGATIVE, default=D["consistency_weight"],
+              help="Consistency term: the prediction on the colour-augmented view follows (KL) the prediction on "
+                   "the same view without the colour part (detached); 0 = off.")
 @click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,

@@ -176,15 +176,17 @@ class StudentDataset(Dataset):
     """Items for training/validation (indexed by (index, epoch) from :class:`ResumableSampler`, or an int).
 
     Returns dict: image float [3, H, W] (normalised), image_pm1 float [3, H, W] in [-1, 1],
-    mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long."""
+    mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long; with
+    ``want_plain_colour`` also image_plain [3, H, W]: the same geometric draw without the colour part."""
 
     def __init__(self, source, num_classes: int, image_size: tuple[int, int], mean, std, seed: int = 0,
                  augment: bool = True, geometric: bool = True, want_soft: bool = False,
-                 uncertainty_weighting: bool = False, warn: bool = True, policy: str = "basic", colour: bool = True):
+                 uncertainty_weighting: bool = False, warn: bool = True, policy: str = "basic", colour: bool = True,
+                 want_plain_colour: bool = False):
         self.source, self.num_classes, self.image_size = source, num_classes, tuple(image_size)
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.std = np.asarray(std, np.float32) * 255.0
-        self.seed, self.want_soft = seed, want_soft
+        self.seed, self.want_soft, self.want_plain_colour = seed, want_soft, want_plain_colour
         self.geo, self.col = build_augment(policy, geometric and augment, augment and colour)
         self.crop = StrongAugment() if policy == "strong" and geometric and augment else None
         self.weights = np.ones(len(source), np.float32)
@@ -222,18 +224,25 @@ class StudentDataset(Dataset):
         image = self.col(image=out["image"])["image"]  # [H, W, 3] uint8
         h, w = self.image_size
         assert image.shape == (h, w, 3), image.shape
-        x = (image.astype(np.float32) - self.mean) / self.std
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "image": self._normalise(image),
             "image_pm1": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1.0,
             "mask": torch.from_numpy(out["mask"].astype(np.int64)),
             "weight": torch.tensor(float(self.weights[index])),
             "index": torch.tensor(index),
         }
+        if self.want_plain_colour:  # the same geometric draw without the colour part (--consistency-weight)
+            item["image_plain"] = self._normalise(out["image"])
         if soft is not None:
             s = np.asarray(out["soft"], np.float32).reshape(h, w, self.num_classes)
             item["soft"] = torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1)))
         return item
+
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 [H, W, 3] -> float [3, H, W], (x - mean) / std."""
+        x = (image.astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def _warn_missing_soft(source) -> None:

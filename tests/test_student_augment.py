@@ -113,3 +113,35 @@ def test_a_student_trains_with_strong_augmentation(tmp_path: Path):
     assert json.loads((tmp_path / "run" / "student_config.json").read_text())["train"]["augment_policy"] == "strong"
     with pytest.raises(LabelgenError, match="augmentation policy"):
         train(TrainOptions(out=str(tmp_path / "bad"), **{**options, "augment_policy": "wild"}))
+
+
+def test_plain_colour_view_has_the_same_geometry():
+    data = StudentDataset(ColourCoded(), 4, SIZE, IMAGENET_MEAN, IMAGENET_STD, want_soft=True, policy="strong",
+                          want_plain_colour=True, warn=False)
+    recoloured = 0
+    for epoch in range(6):
+        item = data[(2, epoch)]
+        plain = {"image_pm1": item["image_plain"] * torch.tensor(IMAGENET_STD)[:, None, None] * 2
+                 + torch.tensor(IMAGENET_MEAN)[:, None, None] * 2 - 1}  # back to [-1, 1]
+        inside = _interior(item["mask"])
+        assert (_pixel_labels(plain) == item["mask"].long())[inside].float().mean() > 0.97
+        recoloured += not torch.allclose(item["image"], item["image_plain"])
+    assert recoloured >= 3
+
+
+def test_consistency_term_trains_and_is_logged(tmp_path: Path):
+    import csv
+
+    shards = make_shards(tmp_path / "shards", 8, (32, 32))
+    options = dict(mode="label-distill", data=str(shards), encoder="resnet18", image_size=(32, 32), batch_size=4,
+                   max_steps=2, lr=3e-3, progress=False, warmup_steps=0, augment_policy="strong")
+    plain = train(TrainOptions(out=str(tmp_path / "plain"), **options))
+    consistent = train(TrainOptions(out=str(tmp_path / "cons"), consistency_weight=1.0, **options))
+    assert all(math.isfinite(v) for v in consistent.losses)
+    assert consistent.losses[0] != pytest.approx(plain.losses[0], rel=1e-4)
+    with open(tmp_path / "cons" / "log.csv") as f:
+        parts = [row["parts"] for row in csv.DictReader(f)]
+    assert parts and all("consistency=" in p and "kd=" in p for p in parts)
+    with pytest.raises(LabelgenError, match="feature-distill"):
+        train(TrainOptions(out=str(tmp_path / "bad"), **{**options, "mode": "feature-distill",
+                                                          "teacher": str(tmp_path)}, consistency_weight=1.0))
