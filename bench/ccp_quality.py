@@ -15,16 +15,22 @@ on ``test``. Rows:
     teacher-selected-cb  + class-balanced head loss (train-heads --class-balance)
     teacher-selected-cb-tta  the same heads with horizontal-flip test-time augmentation
     teacher-conv         the conv interpreter on the selected features, class-balanced
+    teacher-ensemble     both heads combined by the Teacher (every member of the pixel-MLP and conv heads of
+                         teacher-selected-cb and teacher-conv, reused, not retrained: W/heads/ + W/heads/conv/, as
+                         `labelgen train-heads --type conv` makes them)
     label-distill        student from synthetic samples + pseudo-labelled `unlabeled` (flip TTA) + annotated-20,
                          soft labels at tau=4, from the best teacher (selected features, class balance)
     label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
                          and a fresh student distils from them + the synthetic samples + annotated-20
+    label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
+    label-distill-uw     label-distill + `--uncertainty-weighting` (samples weighted by the teacher's uncertainty)
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the best student, fine-tuned on annotated-20
 
 Prints a markdown table and writes ``bench/results/ccp_quality.json`` (one object per row: name,
 miou, per_class, device, seconds, trained_on, command). Every step is a CLI command (recorded per row),
-and finished rows are kept in RUN_DIR/rows/, so a killed run resumes where it stopped.
+and finished rows are kept in RUN_DIR/rows/, so a killed run resumes where it stopped. ``--rows`` takes row
+groups (supervised, teacher, distill) and/or row names (a row runs the rows it builds on first, if not done).
 """
 from __future__ import annotations
 
@@ -207,6 +213,36 @@ class Bench:
                          + f"; heads: fixed {self.p.head_epochs} epochs",
         })
 
+    def ensemble_row(self) -> dict:
+        """teacher-ensemble: the heads of teacher-selected-cb (pixel-MLP, W/heads/) and teacher-conv (W/heads/conv/)
+        in one workspace (copied, not retrained), combined by the Teacher."""
+        from labelgen.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
+        from labelgen.training.evaluate_teacher import evaluate_teacher
+
+        name = "teacher-ensemble"
+        if row := self.row_done(name):
+            return row
+        (mlp_ws, _, mlp_cmd), (conv_ws, _, conv_cmd) = (self.heads_workspace(*spec) for spec in ENSEMBLE_HEADS)
+        dest = self.out / "ws-selected-ensemble-cb0.5"
+        if not (dest / "heads" / "conv" / HEAD_CONFIG_NAME).is_file():
+            partial = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(mlp_ws, partial)  # its heads (W/heads/) and feature cache
+            (partial / "heads" / "conv").mkdir()
+            for file in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME):
+                shutil.copy2(conv_ws / "heads" / file, partial / "heads" / "conv" / file)
+            shutil.rmtree(dest, ignore_errors=True)
+            partial.rename(dest)
+        result = evaluate_teacher(dest, self.ccp / "test", progress=False, cache=True)
+        return self.save_row({
+            "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP + conv heads)",
+            "miou": result["miou"], "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
+            "device": self.device, "seconds": round(result["seconds"], 1), "heads": result["heads"],
+            "command": f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)} ; evaluate_teacher",
+            "selection": "heads of teacher-selected-cb and teacher-conv reused (seconds: evaluation only); "
+                         "every member averaged (labelgen.teacher.predict_heads)",
+        })
+
     def student_row(self, name: str, mode: str, data: list[tuple[Path, float]], steps: int, trained_on: str,
                     extra: tuple = (), init: Path | None = None, lr: float = 1e-3, record: dict | None = None) -> dict:
         """Train + test one student row (``record``: extra fields saved with it)."""
@@ -265,40 +301,58 @@ class Bench:
         self.data_note = f"{n_syn} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos + annotated-20"
         return data, seconds
 
-    def supervised_rows(self) -> list[dict]:
-        p = self.p
-        return [
-            self.student_row("supervised-20", "supervised", [(self.ccp / "annotated-20", 1)], p.supervised_steps,
-                             "annotated-20"),
-            self.student_row("supervised-full", "supervised", [(self.ccp / "train-full", 1)], p.full_steps,
-                             "train-full (upper bound)"),
-        ]
+    def distill_record(self) -> tuple[list[tuple[Path, float]], dict]:
+        """The distillation data, and the record its cost adds beside each distilled row's own training time."""
+        if not hasattr(self, "_distill"):
+            data, data_seconds = self.distill_data()
+            self._distill = data, ({} if data_seconds is None else {"data_seconds": round(data_seconds, 1)})
+        return self._distill
 
-    def teacher_rows(self) -> list[dict]:
-        return [self.teacher_row(name, *spec) for name, spec in TEACHER_ROWS.items()]
+    def label_distill_row(self) -> dict:
+        data, record = self.distill_record()
+        return self.student_row("label-distill", "label-distill", data, self.p.distill_steps,
+                                f"{self.data_note}; soft labels tau=4", extra=("--tau", 4), record=record)
 
-    def distill_rows(self) -> list[dict]:
-        p = self.p
-        data, data_seconds = self.distill_data()
-        # the shared data's cost, beside each distilled row's own training time
-        record = {} if data_seconds is None else {"data_seconds": round(data_seconds, 1)}
-        label = self.student_row("label-distill", "label-distill", data, p.distill_steps,
-                                 f"{self.data_note}; soft labels tau=4", extra=("--tau", 4), record=record)
-        round2 = self.round_two(data, record)
+    def lever_row(self, name: str) -> dict:
+        """label-distill + one student lever (STUDENT_LEVERS), on the same data."""
+        data, record = self.distill_record()
+        extra, what = STUDENT_LEVERS[name]
+        return self.student_row(name, "label-distill", data, self.p.distill_steps,
+                                f"{self.data_note}; soft labels tau=4; {what}", extra=("--tau", 4, *extra), record=record)
+
+    def dream_row(self) -> dict:
+        data, record = self.distill_record()
         teacher_ws = self.heads_workspace(*BEST_TEACHER)[0]
-        dream = self.student_row("dreamteacher", "dreamteacher", data, p.dreamteacher_steps,
-                                 f"{self.data_note}; features + soft labels tau=4",
-                                 extra=("--tau", 4, "--teacher", teacher_ws), record=record)
-        best = max((label, round2, dream), key=lambda r: r["miou"])
-        finetuned = self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], p.finetune_steps,
-                                     f"{best['name']} + annotated-20", init=self.out / "students" / best["name"],
-                                     lr=2e-4)
-        return [label, round2, dream, finetuned]
+        return self.student_row("dreamteacher", "dreamteacher", data, self.p.dreamteacher_steps,
+                                f"{self.data_note}; features + soft labels tau=4",
+                                extra=("--tau", 4, "--teacher", teacher_ws), record=record)
 
-    def round_two(self, data: list[tuple[Path, float]], record: dict) -> dict:
+    def finetuned_row(self) -> dict:
+        best = max((self.label_distill_row(), self.round_two(), self.dream_row()), key=lambda r: r["miou"])
+        return self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], self.p.finetune_steps,
+                                f"{best['name']} + annotated-20", init=self.out / "students" / best["name"], lr=2e-4)
+
+    def row(self, name: str) -> dict:
+        """Run (or read back) one row by name."""
+        if name in TEACHER_ROWS:
+            return self.teacher_row(name, *TEACHER_ROWS[name])
+        if name in STUDENT_LEVERS:
+            return self.lever_row(name)
+        supervised = {"supervised-20": ("annotated-20", self.p.supervised_steps, "annotated-20"),
+                      "supervised-full": ("train-full", self.p.full_steps, "train-full (upper bound)")}
+        if name in supervised:
+            split, steps, trained_on = supervised[name]
+            return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
+        return {"teacher-ensemble": self.ensemble_row, "label-distill": self.label_distill_row,
+                "label-distill-r2": self.round_two, "dreamteacher": self.dream_row,
+                "finetuned-20": self.finetuned_row}[name]()
+
+    def round_two(self) -> dict:
         """The label-distill student relabels the pseudo-labelled photos; a fresh student distils from those."""
         if row := self.row_done("label-distill-r2"):
             return row
+        self.label_distill_row()
+        data, record = self.distill_record()
         relabelled = self.out / "data" / "pseudo-r2"
         images = self.ccp / "unlabeled" / "images"
         if not (relabelled / "manifest.json").is_file():
@@ -327,10 +381,22 @@ TEACHER_ROWS = {
     "teacher-conv": ("selected", "conv", 0.5, False, "annotated-20 (selected features, class balance)"),
 }
 BEST_TEACHER = ("selected", "pixel-mlp", 0.5)  # (features, head type, class balance) that labels the student data
+# teacher-ensemble combines the heads of these rows' workspaces: teacher-selected-cb's (W/heads/) + teacher-conv's
+ENSEMBLE_HEADS = (BEST_TEACHER, ("selected", "conv", 0.5))
+# name -> (extra `student train` options over label-distill's, what the row adds)
+STUDENT_LEVERS = {
+    "label-distill-strong-aug": (("--augment-policy", "strong"), "strong augmentation (crop, flip, colour)"),
+    "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty"),
+}
 
-
-ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "label-distill", "label-distill-r2", "dreamteacher",
-             "finetuned-20")
+# groups of --rows, in the order they run (rows added later run after the rows they are compared with)
+ROW_GROUPS = {
+    "supervised": ("supervised-20", "supervised-full"),
+    "teacher": (*TEACHER_ROWS, "teacher-ensemble"),
+    "distill": ("label-distill", "label-distill-r2", "dreamteacher", "finetuned-20", *STUDENT_LEVERS),
+}
+ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "label-distill",
+             "label-distill-r2", *STUDENT_LEVERS, "dreamteacher", "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -355,8 +421,8 @@ def markdown(rows: list[dict]) -> str:
               help="Where the table's JSON goes.")
 @click.option("--threads", type=int, default=1, help="Torch threads per training process.")
 @click.option("--seed", type=int, default=0)
-@click.option("--rows", "row_groups", type=str, default="supervised,teacher,distill",
-              help="Row groups to run now (finished rows of other groups are read back from --out).")
+@click.option("--rows", "row_groups", type=str, default=",".join(ROW_GROUPS),
+              help="Row groups and/or row names to run now (finished rows of others are read back from --out).")
 def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Path, results: Path, threads: int,
          seed: int, row_groups: str):
     """Run (or resume) every row, print the markdown table, write the JSON."""
@@ -368,11 +434,14 @@ def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Pa
         run(labelgen("data", "import-ccp", "--src", src, "--out", ccp, "--size", "96x64"), out / "logs" / "import.log")
     start = time.perf_counter()
     bench = Bench(ccp, teacher, out, PRESETS[preset], threads, seed)
-    groups = {"supervised": bench.supervised_rows, "teacher": bench.teacher_rows, "distill": bench.distill_rows}
-    for group in row_groups.split(","):
-        if group not in groups:
-            raise click.BadParameter(f"{group!r}: row groups are {', '.join(groups)}")
-        groups[group]()
+    names = []
+    for item in (g.strip() for g in row_groups.split(",") if g.strip()):
+        if item not in ROW_GROUPS and item not in ROW_ORDER:
+            raise click.BadParameter(f"{item!r}: row groups are {', '.join(ROW_GROUPS)}; rows are {', '.join(ROW_ORDER)}",
+                                     param_hint="--rows")
+        names += [n for n in ROW_GROUPS.get(item, (item,)) if n not in names]
+    for name in names:
+        bench.row(name)
     rows = [r for name in ROW_ORDER if (r := bench.row_done(name))]
     for r in rows:
         r["preset"] = preset

@@ -21,3 +21,22 @@ class FiniteRange(click.FloatRange):
 
 POSITIVE = FiniteRange(min=0, min_open=True)  # a finite number > 0 (learning rates, temperatures)
 NON_NEGATIVE = FiniteRange(min=0)  # a finite number >= 0 (loss weights)
+
+
+def parse_heads(text: str | None) -> list[str] | None:
+    """``--heads pixel-mlp,conv`` -> ["pixel-mlp", "conv"] (known head types; None when not given)."""
+    from labelgen.errors import LabelgenError
+    from labelgen.heads import HEADS
+
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in HEADS]
+    if unknown or not names:
+        raise LabelgenError(f"--heads {text!r}: comma-separated head types ({', '.join(HEADS)})")
+    return names
+
+
+heads_option = click.option(
+    "--heads", default=None, help="Comma-separated head types to ensemble, e.g. pixel-mlp,conv [default: "
+                                  "workspace.json \"heads\", else every trained head: W/heads/ + W/heads/<type>/].")

@@ -19,8 +19,13 @@ Recipes reach the teacher in several dresses (an annotation's ``<id>.json`` with
 shard's meta with a ``recipe`` entry, a bare backend recipe); :func:`recipe_of` is the one place that
 normalises them.
 
+Heads: one trained head, or several (both head types trained, ``labelgen train-heads --type``): the teacher is
+the one place where they are combined: ``predict`` averages the probabilities of every member of every head
+(:func:`predict_heads`), and the uncertainty is the JS divergence over all those members.
+
 Identities: ``generator_id`` = backend + a content hash of the checkpoint's weights (cached per file by
-size and mtime) + a hash of the feature-affecting options; ``head_id`` = content hash of the saved head.
+size and mtime) + a hash of the feature-affecting options; ``head_id`` = content hash of the saved head
+(several heads: :func:`heads_identity` of their ids).
 A head records the generator id and levels it was trained on; :func:`check_head` refuses a head trained
 on other weights or levels (the command stops, telling the user to run ``labelgen train-heads``).
 
@@ -159,6 +164,15 @@ def generator_identity(backend: str, weights: str, options: dict[str, Any], time
     return f"{backend}:{weights[:12]}:{hashlib.sha256(opts.encode()).hexdigest()[:8]}"
 
 
+def heads_identity(head_ids: Sequence[str]) -> str:
+    """The identity of the heads a teacher combines: one head's own id; several: 12 hex digits of a hash of
+    their ids in order (so a synthesis made with both heads is not taken for one made with either alone)."""
+    ids = [str(i) for i in head_ids]
+    if len(ids) == 1:
+        return ids[0]
+    return hashlib.sha256("+".join(ids).encode()).hexdigest()[:12]
+
+
 # ---------------------------------------------------------------- predictions
 @dataclass
 class ImagePrediction:
@@ -201,7 +215,8 @@ class Teacher:
     """A generator, the feature levels a head reads, and (optionally) the trained head.
 
     ``levels``: indices into the generator's feature list (None = all). ``head``: a TaskHead whose
-    ``in_channels`` are the selected levels' channels (None: features only, e.g. feature distillation)."""
+    ``in_channels`` are the selected levels' channels, or a list of them (several head types, combined by
+    ``predict``); None: features only, e.g. feature distillation."""
 
     def __init__(self, generator, levels: Sequence[int] | None = None, head=None, generator_id: str | None = None,
                  head_id: str | None = None):
@@ -212,10 +227,15 @@ class Teacher:
         self.levels = list(range(n)) if levels is None else [int(i) for i in levels]
         if not self.levels or any(not 0 <= i < n for i in self.levels):
             raise LabelgenError(f"feature levels {self.levels}: the generator has levels 0..{n - 1}")
-        self.head = None if head is None else head.eval()
-        if self.head is not None and list(self.head.in_channels) != self.channels:
-            raise LabelgenError(f"the head reads channels {list(self.head.in_channels)}, the selected generator "
-                                f"levels have {self.channels}: run `labelgen train-heads` again")
+        heads = [] if head is None else list(head) if isinstance(head, (list, tuple)) else [head]
+        self.heads = [h.eval() for h in heads]
+        for h in self.heads:
+            if list(h.in_channels) != self.channels:
+                raise LabelgenError(f"the {h.head_type} head reads channels {list(h.in_channels)}, the selected "
+                                    f"generator levels have {self.channels}: run `labelgen train-heads` again")
+        if len({(h.num_classes, tuple(h.output_size)) for h in self.heads}) > 1:
+            raise LabelgenError("the heads predict different class counts or sizes: "
+                                + ", ".join(f"{h.head_type} {h.num_classes} classes at {h.output_size}" for h in self.heads))
         self.generator_id = generator_id or f"{generator.backend}:{state_digest(generator)[:12]}"
         self.head_id = head_id
 
@@ -241,19 +261,35 @@ class Teacher:
         return module_device(self.generator)
 
     @property
+    def head(self):
+        """The first (primary) head, None without heads."""
+        return self.heads[0] if self.heads else None
+
+    @property
+    def head_type(self) -> str:
+        """The head type, or the types combined: ``pixel-mlp+conv``."""
+        self._need_head()
+        return "+".join(h.head_type for h in self.heads)
+
+    @property
+    def ensemble(self) -> int:
+        """Members K over all heads (what the ensemble mean and the uncertainty run over)."""
+        self._need_head()
+        return sum(int(h.ensemble) for h in self.heads)
+
+    @property
     def num_classes(self) -> int:
         self._need_head()
-        return int(self.head.num_classes)
+        return int(self.heads[0].num_classes)
 
     @property
     def uncertainty_measure(self) -> str:
-        self._need_head()
-        return uncertainty_measure(self.head.ensemble)
+        return uncertainty_measure(self.ensemble)
 
     def to(self, device) -> "Teacher":
         self.generator.to(device)
-        if self.head is not None:
-            self.head.to(device)
+        for h in self.heads:
+            h.to(device)
         return self
 
     # ---- items -> features ----
@@ -318,23 +354,15 @@ class Teacher:
 
     # ---- features -> prediction ----
     def _need_head(self) -> None:
-        if self.head is None:
+        if not self.heads:
             raise LabelgenError("this teacher has no trained head (run `labelgen train-heads`)")
 
-    @torch.no_grad()
     def predict(self, features: list[torch.Tensor], top_fraction: float = TOP_FRACTION,
                 flipped: list[torch.Tensor] | None = None) -> Prediction:
-        """The head's prediction for a batch of selected features (``features`` output). ``flipped``: the
-        features of the horizontally flipped images (test-time augmentation): each member's probabilities
-        are the mean of its prediction and the flipped-back prediction of the mirror image."""
+        """The heads' prediction for a batch of selected features (``features`` output): :func:`predict_heads`.
+        ``flipped``: the features of the horizontally flipped images (test-time augmentation)."""
         self._need_head()
-        member_probs = self.head.predict_proba(features)  # [N, K, C, H, W]
-        if flipped is not None:
-            member_probs = (member_probs + self.head.predict_proba(flipped).flip(-1)) / 2
-        probs = member_probs.mean(dim=1)  # [N, C, H, W]
-        uncertainty = pixel_uncertainty(member_probs)  # [N, H, W]
-        return Prediction(member_probs, probs, probs.argmax(dim=1).to(torch.uint8), uncertainty,
-                          image_scores(uncertainty, top_fraction), uncertainty_measure(self.head.ensemble))
+        return predict_heads(self.heads, features, top_fraction, flipped)
 
     def flipped_features(self, images) -> list[torch.Tensor]:
         """Features of the horizontally mirrored images (image-encoding teachers: flip test-time augmentation)."""
@@ -350,6 +378,28 @@ class Teacher:
         """``predict(features(recipes, images))``; ``flip``: with horizontal-flip test-time augmentation."""
         return self.predict(self.features(recipes, images), top_fraction,
                             self.flipped_features(images) if flip else None)
+
+
+@torch.no_grad()
+def predict_heads(heads: Sequence, features: list[torch.Tensor], top_fraction: float = TOP_FRACTION,
+                  flipped: list[torch.Tensor] | None = None) -> Prediction:
+    """The one way from features to a prediction (``Teacher.predict``; head validation in heads.train too).
+
+    Each head's members are averaged, then the heads with equal weight (a 1-member conv head counts as much
+    as a 3-member pixel MLP); the uncertainty is the JS divergence over every member of every head, stacked
+    [N, sum K, C, H, W] (entropy for a single member). ``flipped``: each
+    member's probabilities are the mean of its prediction and the flipped-back prediction of the mirror image."""
+    members = []
+    for head in heads:
+        probs = head.predict_proba(features)  # [N, K, C, H, W]
+        if flipped is not None:
+            probs = (probs + head.predict_proba(flipped).flip(-1)) / 2
+        members.append(probs)
+    member_probs = members[0] if len(members) == 1 else torch.cat(members, dim=1)  # [N, K_total, C, H, W]
+    probs = torch.stack([m.mean(dim=1) for m in members]).mean(dim=0)  # [N, C, H, W], heads weighted equally
+    uncertainty = pixel_uncertainty(member_probs)  # [N, H, W]
+    return Prediction(member_probs, probs, probs.argmax(dim=1).to(torch.uint8), uncertainty,
+                      image_scores(uncertainty, top_fraction), uncertainty_measure(member_probs.shape[1]))
 
 
 def check_head(head_meta: dict[str, Any], generator_id: str, levels: list[int], heads_dir: Path | str) -> None:

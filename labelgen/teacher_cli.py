@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import POSITIVE, FiniteRange
+from labelgen.cli_types import POSITIVE, FiniteRange, heads_option, parse_heads
 from labelgen.errors import LabelgenError
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
@@ -62,6 +62,14 @@ def sampling_flags(fn):
     return click.option("--class", "class_idx", type=click.IntRange(0), default=None,
                         help="Class index of a conditional StyleGAN2 or BigGAN [default: the workspace's, else the "
                              "backend's].")(fn)
+
+
+def select_heads(ws, heads: str | None) -> None:
+    """``--heads``: the trained head types this run's teacher ensembles, over workspace.json's "heads" (in memory
+    only); checked now (one line when one is not trained)."""
+    if heads is not None:
+        ws.config.heads = parse_heads(heads)
+        ws.selected_heads()
 
 
 def _open(workspace_dir: Path | None):
@@ -228,23 +236,31 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps):
 @click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
                    "W/heads/train_log.json.")
+@click.option("--type", "head_type", type=click.Choice(list(HEADS)), default=None,
+              help="Train this head type instead of the workspace's: saved to W/heads/<type>/, and the teacher "
+                   "ensembles it with W/heads/ [default: the workspace's head type, W/heads/].")
 def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, class_balance,
-                    holdout):
-    """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)."""
+                    holdout, head_type):
+    """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)
+    (--type: a second head type, W/heads/<type>/)."""
     from labelgen.heads.train import train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
                          seed=seed, class_balance=class_balance)
     device = _generator_to_best_device(ws)
-    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout)
-    msg = f"trained {ws.config.head['type']} head on {len(ws.annotated_ids()) - holdout} annotated images " \
+    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout,
+                                   head_type=head_type)
+    msg = f"trained {head_type or ws.head_type} head on {len(ws.annotated_ids()) - holdout} annotated images " \
           f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
     if result.val_miou:
         msg += f", val mIoU {result.val_miou[-1]:.4f}"
     if result.holdout is not None:
         msg += f", held-out mIoU {result.holdout.miou:.4f} on {holdout} image(s)"
-    click.echo(msg + f" -> {ws.heads_dir}")
+    click.echo(msg + f" -> {ws.head_dir(head_type)}")
+    if len(ws.trained_heads()) > 1:
+        click.echo(f"the teacher ensembles the heads {', '.join(ws.selected_heads())} (workspace.json \"heads\" "
+                   "selects; synthesize --heads for one run)")
 
 
 @click.command("synthesize")
@@ -272,9 +288,10 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
 @click.option("--overlap/--no-overlap", default=SYNTHESIS["overlap"],
               help="Label batch k in a background thread while batch k+1 samples (same shards either way); "
                    "default: on with a GPU, off on a CPU (the two would share its cores).")
+@heads_option
 @sampling_flags
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, tta, encode_workers, overlap, class_idx, truncation):
+                   seed_base, tta, encode_workers, overlap, class_idx, truncation, heads):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards
     (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher).
 
@@ -285,6 +302,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
     if count is None and from_images is None:
         raise LabelgenError("--n is required (or --from-images DIR)")
     ws = _open_or_default(workspace_dir)
+    select_heads(ws, heads)
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),

@@ -7,7 +7,10 @@
                                      or {"source": "real"} for imported images)
     W/annotations/<id>.mask.png      index mask, absent until annotated (CVAT or any paint program may
                                      drop one in: 0..C-1, 255 = ignore, or the class colours)
-    W/heads/                         trained task head (head_config.json + head.safetensors) + train_log.json
+    W/heads/                         trained task head (head_config.json + head.safetensors) + train_log.json,
+                                     of the workspace's head type (config "head")
+    W/heads/<type>/                  a second head type, trained by `labelgen train-heads --type <type>` (same
+                                     files); the teacher ensembles every trained head (config "heads" selects)
     W/cache/features/<id>.safetensors   native-resolution features of annotated images (recomputed when
                                      the generator, layers or image change; safe to delete)
     W/synthetic/                     default synthesis output
@@ -36,7 +39,7 @@ from labelgen.data.io import (
 from labelgen.errors import LabelgenError
 from labelgen.heads.base import HEAD_CONFIG_NAME
 from labelgen.imaging import resize_image, resize_mask, tensor_to_uint8
-from labelgen.teacher import Teacher, check_head, generator_identity, state_digest, weights_digest
+from labelgen.teacher import Teacher, check_head, generator_identity, heads_identity, state_digest, weights_digest
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
@@ -54,6 +57,7 @@ class WorkspaceConfig:
     feature_layers: list[int] | None = None  # indices into the generator's feature levels; None = all
     timesteps: list[int] = field(default_factory=lambda: [50, 150, 250])  # diffusion feature timesteps
     head: dict[str, Any] = field(default_factory=lambda: {"type": "pixel-mlp", "ensemble": 3})
+    heads: list[str] | None = None  # head types the teacher ensembles (W/heads/ + W/heads/<type>/); None = all trained
     feature_channels: list[int] = field(default_factory=list)  # C_i of every generator level (all, unselected too)
     can_encode_images: bool = False  # the generator computes features of given (real) images
 
@@ -90,6 +94,46 @@ class Workspace:
     @property
     def heads_dir(self) -> Path:
         return self.root / "heads"
+
+    @property
+    def head_type(self) -> str:
+        """The workspace's (primary) head type: the one W/heads/ holds."""
+        return str(self.config.head.get("type", "pixel-mlp"))
+
+    def head_dir(self, head_type: str | None = None) -> Path:
+        """Where a head of ``head_type`` lives: W/heads/ for the workspace's head type (None), else W/heads/<type>/."""
+        from labelgen.heads import head_class
+
+        if head_type is None or head_type == self.head_type:
+            return self.heads_dir
+        head_class(head_type)  # a known type (one line otherwise)
+        return self.heads_dir / head_type
+
+    def trained_heads(self) -> dict[str, Path]:
+        """{head type: folder} of every trained head, W/heads/ first (its type read from its head_config.json)
+        then W/heads/<type>/ in registry order; a type W/heads/ already holds is not read twice."""
+        from labelgen.heads import HEADS, read_head_config
+
+        found: dict[str, Path] = {}
+        if (self.heads_dir / HEAD_CONFIG_NAME).is_file():
+            found[str(read_head_config(self.heads_dir).get("type", self.head_type))] = self.heads_dir
+        for name in HEADS:
+            folder = self.heads_dir / name
+            if name not in found and (folder / HEAD_CONFIG_NAME).is_file():
+                found[name] = folder
+        return found
+
+    def selected_heads(self, heads: list[str] | None = None) -> dict[str, Path]:
+        """The trained heads the teacher combines: ``heads`` (types), else the config's "heads", else all trained."""
+        trained = self.trained_heads()
+        wanted = heads if heads is not None else self.config.heads
+        if wanted is None:
+            return trained
+        missing = [t for t in wanted if t not in trained]
+        if missing or not wanted:
+            raise LabelgenError(f"heads {','.join(wanted) or '(none)'}: not trained in {self.heads_dir} ("
+                                f"trained: {', '.join(trained) or 'none'}; `labelgen train-heads [--type TYPE]`)")
+        return {t: trained[t] for t in wanted}
 
     @property
     def synthetic_dir(self) -> Path:
@@ -154,32 +198,38 @@ class Workspace:
         return (int(self.config.resolution[0]), int(self.config.resolution[1]))
 
     def has_head(self) -> bool:
-        return (self.heads_dir / HEAD_CONFIG_NAME).is_file()
+        """Any trained head (W/heads/ or W/heads/<type>/)."""
+        return bool(self.trained_heads())
 
-    def teacher(self, head: bool = True, device: str | None = None) -> Teacher:
+    def teacher(self, head: bool = True, device: str | None = None, heads: list[str] | None = None) -> Teacher:
         """The workspace's :class:`~labelgen.teacher.Teacher`: its generator, selected levels and (``head``)
-        the trained head of W/heads, refused with one line when that head was trained on other generator
-        weights, options or levels, or for another class count. Reused while the head files stay the same."""
+        the trained heads (``heads``: these types; default the config's "heads", else every trained one), each
+        refused with one line when trained on other generator weights, options or levels, or for another class
+        count. Reused while the head files stay the same."""
         from labelgen.heads import head_id, load_head, read_head_config
 
-        stamp = None
+        stamp, folders = None, {}
         if head:
-            if not self.has_head():
+            folders = self.selected_heads(heads)
+            if not folders:
                 raise LabelgenError(f"{self.heads_dir}: no trained head ({HEAD_CONFIG_NAME} missing; run "
                                     "`labelgen train-heads`)")
-            stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(self.heads_dir.glob("head*")))
-        key = (head, tuple(self.layer_indices))
+            stamp = tuple((str(p.relative_to(self.heads_dir)), p.stat().st_mtime_ns, p.stat().st_size)
+                          for folder in folders.values() for p in sorted(folder.glob("head*")) if p.is_file())
+        key = (head, tuple(self.layer_indices), tuple(folders))
         cached = self._teachers.get(key)
         if cached is None or cached[0] != stamp:
-            task_head, this_head = None, None
-            if head:
-                check_head(read_head_config(self.heads_dir).get("meta", {}), self.generator_id(), self.layer_indices,
-                           self.heads_dir)
-                task_head, this_head = load_head(self.heads_dir), head_id(self.heads_dir)
+            task_heads, ids = [], []
+            for folder in folders.values():
+                check_head(read_head_config(folder).get("meta", {}), self.generator_id(), self.layer_indices, folder)
+                task_head = load_head(folder)
                 if task_head.num_classes != len(self.classes):
-                    raise LabelgenError(f"{self.heads_dir}: the head predicts {task_head.num_classes} classes, the "
+                    raise LabelgenError(f"{folder}: the head predicts {task_head.num_classes} classes, the "
                                         f"workspace has {len(self.classes)}: run `labelgen train-heads` again")
-            cached = (stamp, Teacher(self.generator(), self.layer_indices, task_head, self.generator_id(), this_head))
+                task_heads.append(task_head)
+                ids.append(head_id(folder))
+            cached = (stamp, Teacher(self.generator(), self.layer_indices, task_heads or None, self.generator_id(),
+                                     heads_identity(ids) if ids else None))
             self._teachers[key] = cached
         teacher = cached[1]
         return teacher.to(device) if device is not None else teacher

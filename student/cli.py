@@ -18,6 +18,7 @@ import click
 from labelgen.cli import debug_option, format_size, parse_size, run_click
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import NON_NEGATIVE, POSITIVE
+from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.models import architectures
 from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
@@ -82,6 +83,12 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--image-size", type=str, default=format_size(D["image_size"]), help="Training size HxW.")
 @click.option("--workers", type=click.IntRange(min=0), default=D["workers"], help="DataLoader worker processes.")
 @click.option("--augment/--no-augment", default=D["augment"], help="Flip/affine/colour augmentation.")
+@click.option("--augment-policy", type=click.Choice(AUGMENT_POLICIES), default=D["augment_policy"],
+              help="basic: flip, mild affine and colour jitter; strong: random crop (35-100 % of the area, resized "
+                   "by the one resize rule), flip, strong colour jitter, greyscale, blur (labelgen.student.augment).")
+@click.option("--consistency-weight", type=NON_NEGATIVE, default=D["consistency_weight"],
+              help="Consistency term: the prediction on the colour-augmented view follows (KL) the prediction on "
+                   "the same view without the colour part (detached); 0 = off.")
 @click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,

@@ -10,11 +10,11 @@ Per-sample uncertainty: ``meta["uncertainty"]`` (a number), optional sample weig
 
 Resizing to the training size: the project's one rule (labelgen.imaging: images and soft labels area
 when shrinking / bicubic when enlarging, masks nearest), the same rule evaluation and prediction use.
-Augmentation (albumentations, applied jointly): image, hard mask (nearest) and soft labels (as an
-extra float image target: bilinear, zero fill) go through the same geometric transforms; colour
-jitter touches the image only. Each sample's augmentation is seeded by (seed, epoch, index), so a
-resumed run sees exactly the batches it would have seen. Feature-distillation modes use only the
-resize + colour jitter (geometric augmentation would misalign the generator's features).
+Augmentation (labelgen.student.augment: the ``basic`` and ``strong`` policies, applied jointly): image,
+hard mask and soft labels go through the same geometric transforms; colour jitter touches the image only.
+Each sample's augmentation is seeded by (seed, epoch, index), so a resumed run sees exactly the batches it
+would have seen. Feature-distillation modes use only the resize + colour jitter (geometric augmentation
+would misalign the generator's features).
 
 Several sources in one run (``--data A --data B``): :class:`MultiSource` concatenates them (one
 class list, checked by name; every image is resized to the training size anyway). With
@@ -42,6 +42,7 @@ from labelgen.data.io import IGNORE_INDEX
 from labelgen.data.shards import ShardReader, is_shard_set, soft_probabilities
 from labelgen.errors import DataError, LabelgenError
 from labelgen.imaging import resize_image, resize_mask
+from labelgen.student.augment import StrongAugment, build_augment
 
 
 def one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,6 +51,15 @@ def one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
     valid = mask != IGNORE_INDEX
     out[valid, mask[valid]] = 1.0
     return out
+
+
+def crop_like(array: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """The crop ``box`` (top, left, height, width in a [shape] frame) of ``array`` [H, W, ...], scaled to its size
+    (an image stored at another size than its mask: the same region)."""
+    top, left, ch, cw = box
+    sy, sx = array.shape[0] / shape[0], array.shape[1] / shape[1]
+    y0, x0 = round(top * sy), round(left * sx)
+    return array[y0:max(y0 + 1, round((top + ch) * sy)), x0:max(x0 + 1, round((left + cw) * sx))]
 
 
 @dataclass
@@ -162,35 +172,23 @@ def open_sources(paths, require_masks: bool = True):
     return MultiSource([open_source(path, require_masks) for path in paths])
 
 
-def build_augment(geometric: bool, colour: bool):
-    """(geometric Compose over image + mask + soft, colour Compose over the image only); images arrive
-    already resized to the training size."""
-    import albumentations as A
-    import cv2
-
-    geo = []
-    if geometric:
-        geo += [A.HorizontalFlip(p=0.5),
-                A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5,
-                         border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX)]
-    col = [A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5)] if colour else []
-    return A.Compose(geo, additional_targets={"soft": "image"}), A.Compose(col)
-
-
 class StudentDataset(Dataset):
     """Items for training/validation (indexed by (index, epoch) from :class:`ResumableSampler`, or an int).
 
     Returns dict: image float [3, H, W] (normalised), image_pm1 float [3, H, W] in [-1, 1],
-    mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long."""
+    mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long; with
+    ``want_plain_colour`` also image_plain [3, H, W]: the same geometric draw without the colour part."""
 
     def __init__(self, source, num_classes: int, image_size: tuple[int, int], mean, std, seed: int = 0,
                  augment: bool = True, geometric: bool = True, want_soft: bool = False,
-                 uncertainty_weighting: bool = False, warn: bool = True):
+                 uncertainty_weighting: bool = False, warn: bool = True, policy: str = "basic", colour: bool = True,
+                 want_plain_colour: bool = False):
         self.source, self.num_classes, self.image_size = source, num_classes, tuple(image_size)
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.std = np.asarray(std, np.float32) * 255.0
-        self.seed, self.want_soft = seed, want_soft
-        self.geo, self.col = build_augment(geometric and augment, augment)
+        self.seed, self.want_soft, self.want_plain_colour = seed, want_soft, want_plain_colour
+        self.geo, self.col = build_augment(policy, geometric and augment, augment and colour)
+        self.crop = StrongAugment() if policy == "strong" and geometric and augment else None
         self.weights = np.ones(len(source), np.float32)
         if uncertainty_weighting:
             u = np.asarray([float(m.get("uncertainty", 0.0)) for m in source.metas], np.float32)
@@ -213,25 +211,38 @@ class StudentDataset(Dataset):
         seed = (self.seed * 1_000_003 + epoch * 7919 + index + copy * 104_729) % (2 ** 31)
         self.geo.set_random_seed(seed)
         self.col.set_random_seed(seed + 1)
-        data = {"image": resize_image(raw.image, self.image_size), "mask": resize_mask(raw.mask, self.image_size)}
+        image, mask = raw.image, raw.mask
+        if self.crop is not None:  # strong policy: crop at the sample's own resolution, one resize below
+            box = self.crop.crop_box(*mask.shape[:2], np.random.default_rng(seed))
+            image, soft = (None if a is None else crop_like(a, box, mask.shape[:2]) for a in (image, soft))
+            mask = crop_like(mask, box, mask.shape[:2])
+        data = {"image": resize_image(np.ascontiguousarray(image), self.image_size),
+                "mask": resize_mask(np.ascontiguousarray(mask), self.image_size)}
         if soft is not None:
-            data["soft"] = resize_image(soft, self.image_size)  # [H, W, C] float: the image rule
+            data["soft"] = resize_image(np.ascontiguousarray(soft), self.image_size)  # [H, W, C] float: the image rule
         out = self.geo(**data)
         image = self.col(image=out["image"])["image"]  # [H, W, 3] uint8
         h, w = self.image_size
         assert image.shape == (h, w, 3), image.shape
-        x = (image.astype(np.float32) - self.mean) / self.std
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "image": self._normalise(image),
             "image_pm1": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1.0,
             "mask": torch.from_numpy(out["mask"].astype(np.int64)),
             "weight": torch.tensor(float(self.weights[index])),
             "index": torch.tensor(index),
         }
+        if self.want_plain_colour:  # the same geometric draw without the colour part (--consistency-weight)
+            item["image_plain"] = self._normalise(out["image"])
         if soft is not None:
             s = np.asarray(out["soft"], np.float32).reshape(h, w, self.num_classes)
             item["soft"] = torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1)))
         return item
+
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 [H, W, 3] -> float [3, H, W], (x - mean) / std."""
+        x = (image.astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def _warn_missing_soft(source) -> None:

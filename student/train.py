@@ -34,6 +34,7 @@ from labelgen.losses import class_balance_weights
 from labelgen.run import (
     RunLock, RunLog, init_dist, load_resume, progress, rng_state, save_resume, seed_everything, set_rng_state,
 )
+from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
 )
@@ -86,6 +87,8 @@ class TrainOptions:
     init: str | None = None
     workers: int = 0
     augment: bool = True
+    augment_policy: str = "basic"  # basic | strong (labelgen.student.augment)
+    consistency_weight: float = 0.0  # KL(student on the un-jittered view -> on the colour-augmented view); 0 = off
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     seed: int = 0
     save_every: int = 200
@@ -157,6 +160,13 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError("--max-steps must be positive")
     if options.tau <= 0:
         raise LabelgenError("--tau must be positive")
+    if options.consistency_weight < 0:
+        raise LabelgenError("--consistency-weight must be >= 0")
+    if options.consistency_weight > 0 and options.mode == "feature-distill":
+        raise LabelgenError("--consistency-weight compares segmentation predictions; --mode feature-distill has none")
+    if options.augment_policy not in AUGMENT_POLICIES:
+        raise LabelgenError(f"unknown augmentation policy {options.augment_policy!r} (one of "
+                            f"{', '.join(AUGMENT_POLICIES)})")
     if options.schedule not in SCHEDULES:
         raise LabelgenError(f"unknown schedule {options.schedule!r} (one of {', '.join(SCHEDULES)})")
     if options.val_every is not None and options.val_every <= 0:
@@ -217,7 +227,8 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
     dataset = StudentDataset(source, len(classes), options.image_size, IMAGENET_MEAN, IMAGENET_STD, seed=options.seed,
                              augment=options.augment, geometric=mode not in FEATURE_MODES,
                              want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting,
-                             warn=is_main)
+                             warn=is_main, policy=options.augment_policy,
+                             want_plain_colour=options.consistency_weight > 0)
     class_weights = None
     if options.class_balance > 0 and mode != "feature-distill":
         freq = class_frequencies(source, len(classes), options.data_weights, seed=options.seed)
@@ -458,8 +469,12 @@ def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None
 
 def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherTargets | None, metas, device, amp: bool,
           class_weights: torch.Tensor | None = None):
-    """One forward + loss. Returns (loss, {part: value}). ``class_weights`` [C]: --class-balance."""
+    """One forward + loss. Returns (loss, {part: value}). ``class_weights`` [C]: --class-balance.
+    ``options.consistency_weight``: + KL(softmax(student on the un-jittered view, detached) || student on the
+    colour-augmented view), over every pixel (unlabelled ones too)."""
     x = batch["image"].to(device, non_blocking=True)  # [N, 3, H, W]
+    if options.consistency_weight > 0:  # and the un-jittered view: one forward over both, [2N, 3, H, W]
+        x = torch.cat([x, batch["image_plain"].to(device, non_blocking=True)])
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     mask = batch["mask"].to(device)  # [N, H, W]
@@ -467,6 +482,11 @@ def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherTarge
     weights = loss_weights(mask, class_weights, weights)  # [N, H, W] with class balance, else [N] or None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits, regressed = module(x)
+    plain = None
+    if options.consistency_weight > 0:  # split the two views again
+        n = mask.shape[0]
+        logits, plain = logits[:n], logits[n:]
+        regressed = None if regressed is None else [r[:n] for r in regressed]
     parts: dict[str, float] = {}
     loss = x.new_zeros(())
     if mode == "supervised":
@@ -489,4 +509,10 @@ def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherTarge
         feat, fparts = feature_distill_loss(regressed, targets, options.at_weight)
         parts.update(fparts)
         loss = loss + options.feature_weight * feat
+    if plain is not None:
+        # the prediction on the colour-augmented view follows the one on the un-jittered view (no gradient to it)
+        target = torch.softmax(plain.detach().float(), dim=1)  # [N, C, H, W]
+        consistency = soft_label_loss(logits, target, 1.0)
+        parts["consistency"] = float(consistency.detach())
+        loss = loss + options.consistency_weight * consistency
     return loss, parts

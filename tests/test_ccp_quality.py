@@ -50,7 +50,9 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     rows = json.loads(results.read_text())
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
-                                         "label-distill", "label-distill-r2", "dreamteacher", "finetuned-20"]
+                                         "teacher-ensemble", "label-distill", "label-distill-r2",
+                                         "label-distill-strong-aug", "label-distill-uw", "dreamteacher", "finetuned-20"]
+    by_name = {r["name"]: r for r in rows}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
         assert row["device"] and row["seconds"] >= 0 and row["command"]
@@ -63,12 +65,26 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     # its cost is recorded beside the distilled rows (and kept for a resumed run)
     timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
     assert timing["synthetic"] > 0 and timing["pseudo"] > 0
-    for row in rows[7:10]:
-        assert row["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
+    for name in ("label-distill", "label-distill-r2", "label-distill-strong-aug", "label-distill-uw", "dreamteacher"):
+        assert by_name[name]["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
+    # the student levers: label-distill's command + one option each, on the same data
+    base = by_name["label-distill"]["command"]
+    for name, option in (("label-distill-strong-aug", "--augment-policy strong"),
+                         ("label-distill-uw", "--uncertainty-weighting")):
+        expected = base.replace("students/label-distill ", f"students/{name} ").replace("--tau 4", f"--tau 4 {option}")
+        assert by_name[name]["command"] == expected
+    # the ensemble reuses the two trained heads (same files, nothing retrained) and the Teacher combines them
+    run = tmp_path / "run"
+    ensemble = run / "ws-selected-ensemble-cb0.5" / "heads"
+    for own, reused in ((ensemble, run / "ws-selected-pixel-mlp-cb0.5" / "heads"),
+                        (ensemble / "conv", run / "ws-selected-conv-cb0.5" / "heads")):
+        assert (own / "head.safetensors").read_bytes() == (reused / "head.safetensors").read_bytes()
+    assert by_name["teacher-ensemble"]["heads"] == "pixel-mlp+conv" and "--type conv" in by_name["teacher-ensemble"]["command"]
     # the levers: features chosen on val (stored in the workspace), class balance, flip TTA, round 2
     sweep = json.loads((tmp_path / "run" / "ws-selected" / "feature_sweep.json").read_text())
     assert sweep["scored_on"].startswith("--val") and sweep["candidates"]
-    assert "--class-balance 0.5" in rows[4]["command"] and rows[5]["command"].endswith("--flip")
+    assert "--class-balance 0.5" in by_name["teacher-selected-cb"]["command"]
+    assert by_name["teacher-selected-cb-tta"]["command"].endswith("--flip")
     relabelled = json.loads((tmp_path / "run" / "data" / "pseudo-r2" / "manifest.json").read_text())
     assert relabelled["num_samples"] == 2 and relabelled["config"]["relabelled_by"].startswith("label-distill")
     # a second invocation resumes: every row is read back, nothing retrained
@@ -76,3 +92,12 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                             "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads(results.read_text()) == rows
+    # --rows takes row names too; an unknown one is refused naming the choices
+    one = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
+                          "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results),
+                          "--rows", "teacher-ensemble,label-distill-uw"], capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and json.loads(results.read_text()) == rows
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--preset", "tiny",
+                          "--out", str(tmp_path / "run"), "--results", str(results), "--rows", "teacher-magic"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "teacher-ensemble" in bad.stderr

@@ -29,8 +29,8 @@ def _stamp(set_dir: Path) -> float:
 
 
 def _head_stamp(ws: Workspace) -> str | None:
-    files = sorted(ws.heads_dir.glob("head*"))
-    return "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in files) or None
+    files = sorted(p for folder in ws.trained_heads().values() for p in folder.glob("head*") if p.is_file())
+    return "|".join(f"{p.relative_to(ws.heads_dir)}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
 def _decide(set_name: str, key: str, decision: str | None) -> None:

@@ -168,11 +168,13 @@ def steps_per_epoch(head_type: str, num_examples: int, config: TrainConfig) -> i
 
 @torch.no_grad()
 def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu") -> Scores:
-    """mIoU (labelgen.metrics.ConfusionMatrix) of the ensemble-mean prediction over (levels, mask) pairs."""
+    """mIoU (labelgen.metrics.ConfusionMatrix) of the teacher's prediction (``labelgen.teacher.predict_heads``:
+    the ensemble mean) over (levels, mask) pairs."""
+    from labelgen.teacher import predict_heads
+
     matrix = ConfusionMatrix(num_classes)
     for levels, mask in examples:
-        probs = head.predict_proba([level.to(device) for level in levels])  # [N, K, C, H, W]
-        matrix.update(probs.mean(dim=1).argmax(dim=1).cpu(), mask)
+        matrix.update(predict_heads([head], [level.to(device) for level in levels]).mask.long().cpu(), mask)
     return matrix.compute()
 
 
@@ -224,8 +226,11 @@ def _finite(value: float) -> float | None:
 
 
 def train_workspace_heads(workspace, config: TrainConfig | None = None, val_folder=None, device: str = "cpu",
-                          log: Callable[[str], None] = print, progress: bool = True, holdout: int = 0) -> TrainResult:
+                          log: Callable[[str], None] = print, progress: bool = True, holdout: int = 0,
+                          head_type: str | None = None) -> TrainResult:
     """``labelgen train-heads``: train the workspace's head type on its annotated images, save it to W/heads/.
+    ``head_type`` (``--type``): another head type, with its own defaults, saved to W/heads/<type>/ (the teacher
+    then ensembles both); the workspace's own type (or None) is W/heads/.
 
     Features are computed once per annotation (native resolution, disk cache W/cache/features) and
     read back one mini-batch at a time. ``val_folder``: real images + masks (project folder format,
@@ -234,12 +239,12 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic).
     While it runs, W/heads/ is locked and W/heads/log.csv + tb/ get one row per epoch (the app's
     progress)."""
-    with RunLock(workspace.heads_dir, "train-heads"):
-        return _train_workspace_heads(workspace, config, val_folder, device, log, progress, holdout)
+    with RunLock(workspace.head_dir(head_type), "train-heads"):
+        return _train_workspace_heads(workspace, config, val_folder, device, log, progress, holdout, head_type)
 
 
 def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, device: str, log: Callable[[str], None],
-                           progress: bool, holdout: int) -> TrainResult:
+                           progress: bool, holdout: int, head_type: str | None) -> TrainResult:
     from labelgen.data.io import atomic_write_json
     from labelgen.heads import create_head
 
@@ -277,11 +282,13 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
         class_weights = class_balance_weights(torch.from_numpy(frequencies), config.class_balance)  # [C]
         log(f"class balance (frequency^-{config.class_balance:g}): " + ", ".join(
             f"{n} {f:.3f}->x{w:.2f}" for n, f, w in zip(names, frequencies, class_weights.tolist())))
-    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"}
-    head = create_head(workspace.config.head.get("type", "pixel-mlp"), workspace.head_in_channels, num_classes,
+    head_dir = workspace.head_dir(head_type)  # W/heads/ (the workspace's type) or W/heads/<type>/
+    primary = head_dir == workspace.heads_dir
+    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
+    head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
                        workspace.resolution, **head_options)
     total = config.epochs * steps_per_epoch(head.head_type, len(ids), config)
-    run_log = RunLog(workspace.heads_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
+    run_log = RunLog(head_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
     done = [0]  # optimiser steps so far (tqdm does not count while disabled)
 
@@ -312,12 +319,12 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
                        "per_class": {n: _finite(v) for n, v in zip(names, result.holdout.per_class_iou)}}
         log(f"held-out IoU on {len(held_out)} annotated image(s) not trained on ({', '.join(held_out)}):\n"
             + result.holdout.table(names))
-    head.cpu().save_pretrained(workspace.heads_dir, extra={
+    head.cpu().save_pretrained(head_dir, extra={
         "generator": workspace.generator_id(), "feature_layers": workspace.layer_indices,
         "classes": names, "annotations": ids, "holdout": held_out, "train": asdict(config),
         "final_loss": result.losses[-1] if result.losses else None,
         "val_miou": result.val_miou[-1] if result.val_miou else None})
-    atomic_write_json(workspace.heads_dir / TRAIN_LOG_NAME, {
+    atomic_write_json(head_dir / TRAIN_LOG_NAME, {
         "head": head.head_type, "ensemble": head.ensemble, "classes": names, "train_ids": ids,
         "train": asdict(config), "steps": result.steps, "losses": result.losses, "val_miou": result.val_miou,
         "holdout": holdout_log})

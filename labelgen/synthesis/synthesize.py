@@ -304,8 +304,8 @@ def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: boo
     if not error:
         run_config = {**config.plan_key(),
                       "from_images": None if config.from_images is None else str(Path(config.from_images).resolve()),
-                      "generator": teacher.generator_id, "head": teacher.head_id, "head_type": teacher.head.head_type,
-                      "ensemble": teacher.head.ensemble, "uncertainty": teacher.uncertainty_measure,
+                      "generator": teacher.generator_id, "head": teacher.head_id, "head_type": teacher.head_type,
+                      "ensemble": teacher.ensemble, "uncertainty": teacher.uncertainty_measure,
                       "resolution": list(teacher.resolution)}
     if dist.rank == 0 and not error:
         if config.from_images is not None:  # candidate j is the j-th of these files, with this content

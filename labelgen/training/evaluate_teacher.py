@@ -16,18 +16,21 @@ from typing import Any
 import click
 import numpy as np
 
+from labelgen.cli_types import heads_option, parse_heads
+
 
 def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True,
-                     flip: bool = False, cache: bool = False) -> dict[str, Any]:
+                     flip: bool = False, cache: bool = False, heads: list[str] | None = None) -> dict[str, Any]:
     """Score the workspace's teacher (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip
     test-time augmentation) on a labelled split. ``cache``: keep the split's features in the workspace's feature
-    cache (several heads scored on the same features)."""
+    cache (several heads scored on the same features). ``heads``: the head types to ensemble (default: the
+    workspace's setting, else every trained head)."""
     from labelgen.heads.train import real_images
     from labelgen.metrics import ConfusionMatrix
     from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
-    teacher = workspace.teacher()  # refused when trained on other generator weights, options or levels
+    teacher = workspace.teacher(heads=heads)  # refused when trained on other generator weights, options or levels
     start = time.monotonic()
     matrix = ConfusionMatrix(len(workspace.classes))
     device, count = teacher.device, 0
@@ -42,7 +45,7 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
     scores = matrix.compute()
     return {"split": str(split), "images": count, "flip_tta": flip, "miou": scores.miou,
             "pixel_accuracy": scores.pixel_accuracy,
-            "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
+            "heads": teacher.head_type, "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
             "seconds": round(time.monotonic() - start, 1)}
 
 
@@ -53,9 +56,11 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores here.")
 @click.option("--flip", is_flag=True, help="Horizontal-flip test-time augmentation.")
 @click.option("--cache", is_flag=True, help="Keep the split's features in the workspace's feature cache.")
-def main(workspace_dir: Path, split: Path, limit: int | None, json_out: Path | None, flip: bool, cache: bool):
+@heads_option
+def main(workspace_dir: Path, split: Path, limit: int | None, json_out: Path | None, flip: bool, cache: bool,
+         heads: str | None):
     """Print mIoU / per-class IoU / pixel accuracy of WORKSPACE's teacher on SPLIT (images/ + masks/)."""
-    result = evaluate_teacher(workspace_dir, split, limit, flip=flip, cache=cache)
+    result = evaluate_teacher(workspace_dir, split, limit, flip=flip, cache=cache, heads=parse_heads(heads))
     click.echo(json.dumps(result, indent=2))
     if json_out:
         from labelgen.data.io import atomic_write_json
