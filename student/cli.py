@@ -80,7 +80,8 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
               help="Linear warm-up [default: 5% of the steps, at most 500].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=D["batch_size"], help="Images per step per process.")
 @click.option("--image-size", type=str, default=format_size(D["image_size"]), help="Training size HxW.")
-@click.option("--workers", type=click.IntRange(min=0), default=D["workers"], help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=D["workers"],
+              help="DataLoader worker processes (decode + augment; default from this machine: its cores less 2, at most 12).")
 @click.option("--augment/--no-augment", default=D["augment"], help="Flip/affine/colour augmentation.")
 @click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
