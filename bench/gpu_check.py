@@ -111,6 +111,8 @@ class Check:
                                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                        "command": command, "tiny": tiny, "minutes": minutes, "sizes": asdict(sizes),
                                        "steps": {}}
+        if os.environ.get("GPU_CHECK_SETUP_S"):  # bench/gpu_check.sh: installing the wheels (before this process)
+            self.record["setup_seconds"] = float(os.environ["GPU_CHECK_SETUP_S"])
 
     def limit(self, name: str) -> float:
         extra = self.minutes * 60 if name == "train_generator" else 0
@@ -141,7 +143,7 @@ class Check:
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, old)
-            entry["seconds"] = round(time.perf_counter() - started, 2)
+            entry["seconds"] = round(time.perf_counter() - started, 3)
             print(f"[gpu_check] {name}: {entry['status']} in {entry['seconds']:.1f} s", flush=True)
         self.record["steps"][name] = entry
         self.save()
@@ -164,7 +166,9 @@ class Check:
             if self.tiny:
                 code = run_in_process(command[2], [str(c) for c in command[3:]], f)
             else:
-                code = subprocess.run([str(c) for c in command], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                # cwd: not the repository root, whose labelgen/ would shadow the installed package (labelgen.student
+                # is student/ only once installed)
+                code = subprocess.run([str(c) for c in command], stdout=f, stderr=subprocess.STDOUT, cwd=self.out,
                                       timeout=max(1.0, limit)).returncode
         if code != 0:
             tail = "\n".join(log.read_text().splitlines()[-12:])
