@@ -227,7 +227,8 @@ class Check:
         started = time.perf_counter()
         self.cli("heads", labelgen("init", ws, "--generator", "ddpm", "--checkpoint", self.out / "generator",
                                    "--classes", names, "--timesteps", "50,150,250"), limit)
-        set_generator_options(ws, {"max_batch": self.s.rate_batch, "ddim_steps": 20})
+        # bf16 autocast + channels_last: used on CUDA only (the measured setup of issue 13), features unchanged
+        set_generator_options(ws, {"max_batch": self.s.rate_batch, "ddim_steps": 20, "bf16": True, "channels_last": True})
         self.cli("heads", labelgen("import", "-w", ws, "--images", self.ccp / "annotated-20" / "images",
                                    "--masks", self.ccp / "annotated-20" / "masks"), self.remaining(started, limit))
         seconds = self.cli("heads", labelgen("train-heads", "-w", ws, "--epochs", self.s.head_epochs),
@@ -237,7 +238,10 @@ class Check:
     def teacher_test(self, limit: float) -> dict:
         from labelgen.training.evaluate_teacher import evaluate_teacher
 
-        result = evaluate_teacher(self.out / "ws", self.ccp / "test", progress=False)
+        import torch
+
+        result = evaluate_teacher(self.out / "ws", self.ccp / "test", progress=False,
+                                  device="cuda" if torch.cuda.is_available() else None)
         return {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
                 "per_class_iou": result["per_class_iou"], "images": result.get("images")}
 
