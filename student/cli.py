@@ -81,7 +81,8 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
               help="Linear warm-up [default: 5% of the steps, at most 500].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=D["batch_size"], help="Images per step per process.")
 @click.option("--image-size", type=str, default=format_size(D["image_size"]), help="Training size HxW.")
-@click.option("--workers", type=click.IntRange(min=0), default=D["workers"], help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=D["workers"],
+              help="DataLoader worker processes (decode + augment; default from this machine: its cores less 2, at most 12).")
 @click.option("--augment/--no-augment", default=D["augment"], help="Flip/affine/colour augmentation.")
 @click.option("--augment-policy", type=click.Choice(AUGMENT_POLICIES), default=D["augment_policy"],
               help="basic: flip, mild affine and colour jitter; strong: random crop (35-100 % of the area, resized "

@@ -28,6 +28,7 @@ per-rank slicing work exactly as with one source.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from labelgen.data.classes import ClassList
 from labelgen.data.io import IGNORE_INDEX
@@ -378,3 +379,26 @@ def class_frequencies(source, num_classes: int, weights: list[float] | None = No
     if total.sum() == 0:
         raise DataError("--class-balance: the training data has no labelled pixels")
     return total / total.sum()
+
+
+# ---------------------------------------------------------------- the training loader
+def default_loader_workers() -> int:
+    """DataLoader worker processes for this machine (the default of ``student train --workers``).
+
+    Decoding (PNG + soft-label npz), resizing and augmentation run in the workers, so the model never
+    waits on them: every core this process may use, less two (the training loop and the rest of the
+    system), split among the ranks of this node under torchrun (``LOCAL_WORLD_SIZE``), at most 12 each.
+    A machine of 2 cores gets 0: loading runs in the training process, which on CPU is ~70x faster than
+    the training step it feeds (docs/benchmarks.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(12, cpus // ranks - 2))
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    """The training DataLoader (``student train`` and bench/bench_student.py's loader-only rate): ``workers``
+    processes kept alive across epochs (the sampler runs in this process, so ``set_epoch`` reaches them),
+    4 batches prefetched per worker, page-locked batches for the copy to a GPU (``pin_memory``)."""
+    extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      drop_last=True, **extra)

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
@@ -36,7 +35,8 @@ from labelgen.run import (
 )
 from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.data import (
-    ResumableSampler, StudentDataset, class_frequencies, classes_of, open_sources, parse_weights,
+    ResumableSampler, StudentDataset, class_frequencies, classes_of, default_loader_workers, make_loader, open_sources,
+    parse_weights,
 )
 from labelgen.student.distill import (
     FeatureRegressor, TeacherTargets, feature_distill_loss, hard_label_loss, loss_weights,
@@ -85,7 +85,7 @@ class TrainOptions:
     teacher: str | None = None
     feature_cache: bool = False
     init: str | None = None
-    workers: int = 0
+    workers: int = field(default_factory=default_loader_workers)  # DataLoader processes: sized from the machine
     augment: bool = True
     augment_policy: str = "basic"  # basic | strong (labelgen.student.augment)
     consistency_weight: float = 0.0  # KL(student on the un-jittered view -> on the colour-augmented view); 0 = off
@@ -237,8 +237,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
             f"{name} {f:.3f}->x{w:.2f}" for name, f, w in zip(classes.names, freq, class_weights.tolist())))
     sampler = ResumableSampler(len(dataset), options.batch_size, rank, world, options.seed,
                                sizes=[len(p) for p in parts], weights=options.data_weights)
-    loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=options.workers,
-                        pin_memory=cuda, persistent_workers=False, drop_last=True)
+    loader = make_loader(dataset, sampler, options.batch_size, options.workers, pin_memory=cuda)
     steps_per_epoch = sampler.batches_per_epoch
     total = options.max_steps or options.epochs * steps_per_epoch
     warmup = options.warmup_steps if options.warmup_steps is not None else min(500, max(1, total // 20))

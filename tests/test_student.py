@@ -32,7 +32,7 @@ ENCODER = "resnet18"
 
 def _options(tmp: Path, mode: str, data: Path, out: str, **kw) -> TrainOptions:
     base = dict(mode=mode, data=data if isinstance(data, list) else str(data), out=str(tmp / out), encoder=ENCODER, image_size=SIZE, batch_size=4,
-                max_steps=5, lr=3e-3, progress=False, warmup_steps=0)
+                max_steps=5, lr=3e-3, progress=False, warmup_steps=0, workers=0)  # not the machine-sized default
     return TrainOptions(**{**base, **kw})
 
 
@@ -679,3 +679,38 @@ def test_pseudo_label_round_two(tiny, supervised_run, tmp_path):
     assert result.steps == 2
     with pytest.raises(LabelgenError, match="already exists"):
         pseudo_label_folder(model, config, images, tmp_path / "r2", "sup")
+
+
+# ------------------------------------------------------------------ the loader
+def test_default_loader_workers_are_sized_from_the_machine(monkeypatch):
+    from labelgen.student.data import default_loader_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, expected in ((2, 0), (3, 1), (8, 6), (16, 12), (64, 12)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert default_loader_workers() == expected, cores
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this 16-core node share it
+    assert default_loader_workers() == 6
+    assert TrainOptions.__dataclass_fields__["workers"].default_factory is default_loader_workers
+
+
+def test_worker_processes_load_the_same_batches_and_persist(tiny, monkeypatch):
+    """Decoding/augmentation in 2 persistent workers: the same losses as loading in the training process
+    (augmentation is seeded per sample); 5 steps of 2 per epoch cross two epoch boundaries."""
+    import labelgen.student.train as train_module
+
+    loaders = []
+
+    def spy(*args, **kwargs):
+        loaders.append(make_loader(*args, **kwargs))
+        return loaders[-1]
+
+    from labelgen.student.data import make_loader
+
+    monkeypatch.setattr(train_module, "make_loader", spy)
+    inline = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld_w0"))
+    workers = train(_options(tiny["root"], "label-distill", tiny["shards"], "ld_w2", workers=2))
+    assert inline.losses == workers.losses and len(workers.losses) == 5
+    assert loaders[0].num_workers == 0 and not loaders[0].persistent_workers
+    assert loaders[1].num_workers == 2 and loaders[1].persistent_workers and not loaders[1].pin_memory  # CPU run

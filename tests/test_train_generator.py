@@ -325,3 +325,96 @@ def test_cli_refuses_a_crafted_checkpoint(tmp_path, plant_payload, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and CHECKPOINT_NAME in lines[0], err
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- GPU speed-ups leave the CPU path unchanged
+def _reference_run(data: Path, steps: int, lr: float) -> tuple[dict, list[float]]:
+    """The DDPM objective written out step by step (the loop train_ddpm ran before compile / fused AdamW /
+    deferred loss reads): same RNG order (batch indices, flips, noise, timesteps), AdamW, clip, warm-up."""
+    import torch.nn.functional as F
+
+    from labelgen.training.common import augment_batch, load_images
+    from labelgen.training.train_generator import DDPM_ARCH_DEFAULTS, build_scheduler, build_unet
+
+    images = load_images(data)
+    run = {**DDPM_ARCH_DEFAULTS, "channels": TINY["channels"], "resolution": (H, W)}
+    torch.manual_seed(0)
+    unet, scheduler = build_unet(run), build_scheduler(run)
+    gen = torch.Generator("cpu").manual_seed(0)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    batch, losses = TINY["batch_size"], []
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        x0 = augment_batch(images, idx, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, run["num_train_timesteps"], (batch,), generator=gen)
+        a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / TINY["warmup"])
+        opt.step()
+        losses.append(loss.item())
+    return unet.state_dict(), losses
+
+
+def _model(out: Path) -> dict:
+    return load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)["model"]
+
+
+def test_cpu_training_matches_the_plain_loop(tmp_path):
+    """compile "auto" is off on CPU, AdamW unfused, losses read every step: bit-identical to the plain loop."""
+    data = _images(tmp_path / "imgs")
+    summary = _train(data, tmp_path / "run", steps=5, lr=1e-3)
+    weights, losses = _reference_run(data, 5, 1e-3)
+    saved = _model(tmp_path / "run")
+    for k, v in weights.items():
+        assert torch.equal(saved[k], v), k
+    assert summary["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert load_checkpoint(tmp_path / "run" / TRAIN_DIR / CHECKPOINT_NAME)["optimizer"]["param_groups"][0]["fused"] in (None, False)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
+    data = _images(tmp_path / "imgs")
+    _train(data, tmp_path / "eager", steps=3, lr=1e-3, compile="off")
+    calls = []
+
+    class Broken:  # what a failing torch.compile hands back: the error comes at the first call
+        def __init__(self, model):
+            calls.append(model)
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Broken(model))
+    expected = r"torch.compile failed \(RuntimeError: inductor: no C\+\+ compiler found\); training the UNet eagerly"
+    with pytest.warns(RuntimeWarning, match=expected) as seen:
+        _train(data, tmp_path / "fallback", steps=3, lr=1e-3, compile="on")
+    assert len(calls) == 1 and len([w for w in seen if "torch.compile" in str(w.message)]) == 1
+    eager, fallback = _model(tmp_path / "eager"), _model(tmp_path / "fallback")
+    assert all(torch.equal(eager[k], fallback[k]) for k in eager)
+
+
+def test_compiled_step_is_used_when_it_works(tmp_path, monkeypatch):
+    data = _images(tmp_path / "imgs")
+    _train(data, tmp_path / "eager", steps=3, lr=1e-3, compile="off")
+    used = []
+
+    def fake_compile(model, **kw):  # a "compiler" that runs the same module (and shares its parameters)
+        assert kw.get("dynamic") is False
+        return lambda *a, **k: used.append(1) or model(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    _train(data, tmp_path / "compiled", steps=3, lr=1e-3, compile="on")
+    assert len(used) == 3
+    eager, compiled = _model(tmp_path / "eager"), _model(tmp_path / "compiled")
+    assert all(torch.equal(eager[k], compiled[k]) for k in eager)
+    # "auto" does not compile on CPU; a bad value is one clear error
+    used.clear()
+    _train(data, tmp_path / "auto", steps=2, lr=1e-3, compile="auto")
+    assert used == []
+    proc = subprocess.run([sys.executable, "-m", "labelgen.cli", "train-generator", "--data", str(data), "--out",
+                           str(tmp_path / "bad"), "--compile", "sometimes"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "sometimes" in proc.stderr

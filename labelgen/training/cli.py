@@ -8,7 +8,7 @@ import click
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange
 from labelgen.errors import LabelgenError
-from labelgen.training.train_generator import trainers
+from labelgen.training.train_generator import COMPILE_CHOICES, trainers
 
 # backend -> every default of its trainer (training config + architecture); shown in --help, stated there once
 TRAINER_DEFAULTS = {name: {**defaults_of(config), **arch} for name, (config, _, arch) in trainers().items()}
@@ -82,11 +82,14 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
               help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
 @click.option("--seed", type=int, default=None, help=f"Random seed {_shown('seed')}.")
 @click.option("--device", type=str, default=None, help=f"auto, cpu or cuda {_shown('device')}.")
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default=None,
+              help=f"ddpm: torch.compile the UNet (auto = on CUDA; falls back to eager with a warning) "
+                   f"{_shown('compile', only='ddpm')}.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, export_fp16,
                         beta_schedule, z_dim,
                         r1_gamma, diffaug, batch_size, steps, lr, ema, warmup, grad_clip, sample_every,
-                        checkpoint_every, time_limit_min, seed, device, quiet):
+                        checkpoint_every, time_limit_min, seed, device, compile_mode, quiet):
     """Train a generator of your own domain on unlabeled images (resumable; see --time-limit).
 
     \b
@@ -109,10 +112,11 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
     if backend == "ddpm":
         bad = [n for n, v in (("--z-dim", z_dim), ("--r1-gamma", r1_gamma), ("--diffaug", diffaug)) if v is not None]
         options.update(channels=ch, layers_per_block=layers_per_block, attention=attention, beta_schedule=beta_schedule,
-                       export_fp16=export_fp16)
+                       export_fp16=export_fp16, compile=compile_mode)
     else:
         bad = [n for n, v in (("--layers-per-block", layers_per_block), ("--attention", attention),
-                              ("--beta-schedule", beta_schedule), ("--export-fp16", export_fp16)) if v is not None]
+                              ("--beta-schedule", beta_schedule), ("--export-fp16", export_fp16),
+                              ("--compile", compile_mode)) if v is not None]
         if ch is not None and len(ch) != 1:
             raise LabelgenError("stylegan2: --channels takes one number (the maximum channel count), e.g. 256")
         options.update(max_channels=ch[0] if ch else None, z_dim=z_dim, r1_gamma=r1_gamma, diffaug=diffaug)

@@ -138,7 +138,7 @@ class StopControl:
 
 
 # ---------------------------------------------------------------- start / resume
-NOT_CARRIED = ("time_limit_min", "device")  # per session: never taken from the resumed run
+NOT_CARRIED = ("time_limit_min", "device", "compile")  # per session: never taken from the resumed run
 
 
 @dataclass

@@ -20,7 +20,8 @@ from labelgen.cli_types import heads_option, parse_heads
 
 
 def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True,
-                     flip: bool = False, cache: bool = False, heads: list[str] | None = None) -> dict[str, Any]:
+                     flip: bool = False, cache: bool = False, heads: list[str] | None = None,
+                     device: str | None = None) -> dict[str, Any]:
     """Score the workspace's teacher (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip
     test-time augmentation) on a labelled split. ``cache``: keep the split's features in the workspace's feature
     cache (several heads scored on the same features). ``heads``: the head types to ensemble (default: the
@@ -30,7 +31,8 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
     from labelgen.workspace import Workspace
 
     workspace = Workspace(workspace_dir)
-    teacher = workspace.teacher(heads=heads)  # refused when trained on other generator weights, options or levels
+    # refused when trained on other generator weights, options or levels; ``device``: run it there (e.g. "cuda")
+    teacher = workspace.teacher(heads=heads, device=device)
     start = time.monotonic()
     matrix = ConfusionMatrix(len(workspace.classes))
     device, count = teacher.device, 0

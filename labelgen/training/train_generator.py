@@ -3,7 +3,11 @@
 DDPM (``backend="ddpm"``): a diffusers ``UNet2DModel`` with a 1000-step DDPM schedule (linear or
 cosine betas), epsilon prediction, MSE loss, AdamW with linear warm-up, gradient clipping, an EMA
 copy, random horizontal flips; bf16 autocast + channels_last on GPU only. The whole data set lives
-in memory as one uint8 tensor. All training randomness (batch indices, flips, noise, timesteps)
+on the training device as one uint8 tensor and batches are drawn and flipped there (no loader). On
+CUDA the UNet is compiled (``compile``: "auto" = on for CUDA only; a model that fails to compile falls
+back to eager with one warning), AdamW is the fused kernel, and the loss is read back to the host only
+every ``log_every`` steps (and before any checkpoint or sample grid), so the GPU never waits on the
+Python loop; on CPU the loop is unchanged (eager, plain AdamW, loss checked every step). All training randomness (batch indices, flips, noise, timesteps)
 comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly
 where an uninterrupted one would have been.
 
@@ -67,6 +71,10 @@ class DDPMTrainConfig:
     time_limit_min: float | None = None
     seed: int = 0
     device: str = "auto"
+    compile: str = "auto"  # torch.compile the UNet: "auto" (on for CUDA), "on", "off"; eager fallback on failure
+
+
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 def build_unet(cfg: dict[str, Any]):
@@ -115,6 +123,69 @@ def ddim_sample(unet, scheduler, n: int, steps: int, seed: int, device: torch.de
         eps = unet(x.to(dtype), t.to(device)).sample.float()
         x = ddim.step(eps, t, x).prev_sample
     return x.clamp(-1, 1)
+
+
+def wants_compile(setting: str, device: torch.device) -> bool:
+    """``compile`` setting -> compile or not ("auto": on CUDA only)."""
+    if setting not in COMPILE_CHOICES:
+        raise LabelgenError(f"--compile {setting!r}: one of {', '.join(COMPILE_CHOICES)}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+class TrainStep:
+    """Forward + epsilon MSE + backward of one DDPM step, through ``torch.compile(model)`` when asked.
+
+    Compilation happens lazily at the first call (and its backward); if it fails, the step is run again
+    eagerly on the same inputs, one warning says why, and the run stays eager. ``compiled`` shares the
+    model's parameters, so the optimiser, EMA and checkpoints see one set of weights."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool):
+        self.model = model
+        self.compiled = None
+        if compile:
+            try:
+                self.compiled = torch.compile(model, dynamic=False)  # static shapes: one batch size, one resolution
+            except Exception as e:  # e.g. a Python or platform torch.compile does not support
+                self._fall_back(e)
+
+    def _fall_back(self, error: Exception) -> None:
+        import warnings
+
+        self.compiled = None
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"train-generator: torch.compile failed ({type(error).__name__}: {first_line}); "
+                      f"training the UNet eagerly", RuntimeWarning, stacklevel=2)
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, autocast) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self._run(self.compiled, xt, t, noise, autocast)
+            except Exception as e:  # a compiler error (inductor, triton, C++ toolchain), at forward or backward
+                self._fall_back(e)
+                for p in self.model.parameters():
+                    p.grad = None
+        return self._run(self.model, xt, t, noise, autocast)
+
+    @staticmethod
+    def _run(model, xt, t, noise, autocast) -> torch.Tensor:
+        with autocast:
+            pred = model(xt, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        loss.backward()
+        return loss
+
+
+def set_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
+    """After ``load_state_dict``: use (or not) the fused AdamW kernel whatever the checkpoint's run used
+    (its ``step`` counters live on the parameters' device when fused, on the CPU otherwise)."""
+    for group in opt.param_groups:
+        group["fused"] = fused
+        if fused:
+            group["foreach"] = None
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if fused else "cpu", torch.float32)
 
 
 def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
@@ -168,7 +239,9 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     unet = build_unet(run)
     scheduler = build_scheduler(run)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda"  # the fused AdamW kernel on CUDA; CPU keeps the plain one (same numbers as before)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+                            **({"fused": True} if fused else {}))
     step = 0
     prior_seconds = 0.0
     if saved_state is not None:
@@ -178,6 +251,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     if saved_state is not None:
         ema.shadow.load_state_dict(saved_state["ema"])
         opt.load_state_dict(saved_state["optimizer"])
+        set_fused(opt, fused)  # a checkpoint of a CPU run resumed on CUDA (or back) takes this device's kernel
         step = int(saved_state["step"])
         prior_seconds = float(saved_state.get("seconds", 0.0))
         set_rng_state(saved_state["rng"][0], gen)
@@ -186,13 +260,32 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
     if cuda:
         unet.to(memory_format=torch.channels_last)
         ema.shadow.to(memory_format=torch.channels_last)
-    images = images.to(device)
+    images = images.to(device)  # uint8 [N, 3, H, W] on the device: batches are drawn and flipped there
+    step_fn = TrainStep(unet, wants_compile(cfg.compile, device))
+    sync_every_step = device.type != "cuda"  # CUDA: the loss comes back to the host only when it is needed
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     n_params = sum(p.numel() for p in unet.parameters())
     echo(f"ddpm: {len(images)} images {run['resolution'][0]}x{run['resolution'][1]}, UNet {list(run['channels'])} "
-         f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}")
+         f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}"
+         f"{', compiled' if step_fn.compiled is not None else ''}{', fused AdamW' if fused else ''}")
+
+    pending: list[torch.Tensor] = []  # losses of the steps not yet read back (0-d tensors on the device)
+
+    def read_losses(done: int) -> None:
+        """Read the pending losses back to the host (one sync); a non-finite one stops the run.
+        ``done``: the steps taken, the pending ones included."""
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = done - len(pending)  # the step index of pending[0]
+        pending.clear()
+        for k, value in enumerate(values):
+            if not math.isfinite(value):
+                raise LabelgenError(f"loss became {value} at step {first + k}; lower --lr or check the data")
+            losses.add(value)
 
     def checkpoint(export: bool = True) -> None:
+        read_losses(step)
         run_log.flush()
         save_resume(ckpt_path, "ddpm", step, {
             "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
@@ -226,13 +319,11 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             if cuda:
                 xt = xt.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                pred = unet(xt, t).sample
-            loss = F.mse_loss(pred.float(), noise)
-            if not torch.isfinite(loss):
-                raise LabelgenError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = step_fn(xt, t, noise, autocast)  # forward + backward
+            pending.append(loss.detach())
+            if sync_every_step:
+                read_losses(step + 1)  # before the optimiser step: a non-finite loss never reaches the weights
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -241,13 +332,14 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
             opt.step()
             ema.update(unet, step)
             step += 1
-            loss_v = loss.item()
-            losses.add(loss_v)
+            log_due = step % cfg.log_every == 0 or step == cfg.steps
+            if log_due:
+                read_losses(step)
             if bar is not None:
                 bar.update(1)
-                if step % 10 == 0:
+                if step % 10 == 0 and not pending:
                     bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if log_due:
                 run_log.row(step, {"loss": round(losses.mean, 5), "lr": lr,
                                    "seconds": round(prior_seconds + stop.elapsed, 1)},
                             scalars={"train/loss": losses.mean, "train/lr": lr})
@@ -258,6 +350,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 checkpoint(export=True)
             if stopped:
                 break
+        read_losses(step)
         if bar is not None:
             bar.close()
         if done_before:  # export only: the checkpoint keeps the run's own record
