@@ -4,15 +4,16 @@ the heads read (``labelgen tune-features``).
 DDPM-seg chose its timesteps and blocks by hand; here a sweep decides, scored like everything else in the
 project (labelgen.metrics mIoU of the workspace's head type):
 
-1. a *sweep teacher*: the workspace's generator with every candidate timestep and every block switched on
-   (``Generator.with_options``), so one pass gives the features of all candidates; the features of the annotated
+1. a *sweep teacher*: the workspace's generator with every candidate timestep (and the workspace's current ones)
+   and every block switched on (``Generator.with_options``), so one pass gives the features of all candidates; the features of the annotated
    images (and of ``--val`` images) are computed once through ``Teacher.features`` and kept in memory (float16);
 2. a candidate = (timesteps, blocks); its score = mIoU on ``--val`` of a head trained on the annotations with
    those levels, or, without ``--val``, k-fold cross-validation over the annotations (one confusion matrix over
    every held-out fold);
 3. search: forward selection of timesteps with all blocks (add the timestep that helps most, up to
    ``max_timesteps``; stop when nothing helps), then backward elimination of blocks (drop a block while that
-   helps). Ties keep the smaller set.
+   helps). Ties keep the smaller set. The workspace's current choice is scored too, as it is, and kept when
+   nothing beats it.
 
 The winner is written into the workspace (generator options ``timesteps`` / ``feature_layers`` for the built-in
 backends, so the generator computes only those levels; ``feature_layers`` of the workspace for plug-ins), and the
@@ -78,14 +79,18 @@ class _Layout:
 
 
 def _sweep_generator(workspace, config: SweepConfig):
-    """(generator with every candidate level on, blocks, timesteps) for the workspace's backend."""
+    """(generator with every candidate level on, blocks, timesteps) for the workspace's backend. A diffusion
+    teacher also computes the workspace's current timesteps when they are not candidates, so that today's
+    choice is scored as it is (the reference the sweep must beat), not as its overlap with the candidates."""
     generator = workspace.generator()
     builtin = ":" not in workspace.config.backend
     diffusion = builtin and hasattr(generator, "timesteps") and "timesteps" in generator.config
     if diffusion:
         if not config.timesteps:
             raise LabelgenError("--timesteps: give at least one candidate timestep")
-        sweep = generator.with_options(timesteps=sorted(set(config.timesteps)), feature_layers=None)
+        current = workspace.config.generator_options.get("timesteps") or workspace.config.timesteps or []
+        sweep = generator.with_options(timesteps=sorted(set(config.timesteps) | {int(t) for t in current}),
+                                       feature_layers=None)
         return sweep, list(sweep.layers), list(sweep.timesteps)
     if builtin and "feature_layers" in generator.config:
         sweep = generator.with_options(feature_layers=None)
@@ -161,7 +166,8 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
         chosen: tuple[int, ...] = ()
         best = None
         while len(chosen) < config.max_timesteps:
-            trials = [score(Candidate(tuple(sorted(chosen + (t,))), all_blocks)) for t in timesteps if t not in chosen]
+            trials = [score(Candidate(tuple(sorted(chosen + (t,))), all_blocks))
+                      for t in sorted(set(config.timesteps)) if t not in chosen]
             top = max(trials, key=lambda c: c.miou)
             if best is not None and not top.miou > best.miou:
                 break
@@ -225,7 +231,7 @@ def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options
 
 
 def _current_choice(workspace, blocks: list[int], timesteps: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The workspace's selection today, as (timesteps, blocks) of the sweep (candidates it lacks are skipped)."""
+    """The workspace's selection today, as (timesteps, blocks) of the sweep (the sweep computes its timesteps)."""
     options = workspace.config.generator_options
     if timesteps:
         ts = tuple(sorted(t for t in (options.get("timesteps") or workspace.config.timesteps) if t in timesteps))

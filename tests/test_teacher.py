@@ -307,6 +307,11 @@ def test_tune_features_sweeps_timesteps_and_blocks_and_stores_the_choice(tmp_pat
     assert len(fresh.config.feature_channels) == len(best["timesteps"]) * len(best["blocks"])
     assert fresh.generator_id() != before or (best["timesteps"] == [50, 150, 250])
     assert any(line.startswith("best: ") for line in lines)
+    # today's choice (t = 50, 150, 250: none of them a candidate) is the reference, scored as it is
+    assert report["before"]["timesteps"] == [50, 150, 250]
+    assert report["before"]["blocks"] == candidates[0]["blocks"]  # every block, as the first candidate
+    assert {tuple(c["timesteps"]) for c in candidates} <= {(10,), (300,), (700,), (10, 300), (10, 700), (300, 700),
+                                                          (50, 150, 250)}  # forward selection: candidates only
 
 
 def test_tune_features_on_a_gan_teacher_selects_blocks(tmp_path):
