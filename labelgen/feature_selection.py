@@ -212,7 +212,7 @@ def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options
     from labelgen.heads import create_head
 
     def fit(examples):
-        head = create_head(head_type, in_channels, num_classes, resolution, **head_options)
+        head = create_head(head_type, in_channels, num_classes, resolution, seed=train_config.seed, **head_options)
         train_head(head, lambda i: pick(examples[i]), len(examples), train_config, class_weights=class_weights)
         return head
 

@@ -256,6 +256,23 @@ def test_class_balanced_heads_weight_rare_classes_up(tmp_path):
     assert json.loads((ws.heads_dir / "head_config.json").read_text())["meta"]["train"]["class_balance"] == 0.5
 
 
+@pytest.mark.parametrize("head_type", ["pixel-mlp", "conv"])
+def test_head_training_is_reproducible_from_its_seed(tmp_path, head_type):
+    """The same seed gives the same weights whatever the process did before (initial weights included)."""
+    from safetensors.torch import load_file
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=3)
+    weights = []
+    for seed, global_seed in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(global_seed)  # another history of the global RNG: must not matter
+        train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64, seed=seed), head_type=head_type,
+                              progress=False)
+        weights.append(load_file(str(ws.head_dir(head_type) / "head.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # another seed, other weights
+
+
 def test_synthesize_without_a_workspace_uses_the_embedded_default(tmp_path):
     import os
     import subprocess

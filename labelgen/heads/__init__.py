@@ -12,6 +12,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from labelgen.errors import LabelgenError
 from labelgen.heads.base import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, TaskHead, head_id, read_head_config
 from labelgen.heads.conv import ConvInterpreter
@@ -34,9 +36,16 @@ def default_ensemble(name: str) -> int:
     return int(inspect.signature(head_class(name)).parameters["ensemble"].default)
 
 
-def create_head(name: str, in_channels: list[int], num_classes: int, output_size=(64, 64), **options: Any) -> TaskHead:
-    """A new head of type ``name`` (options: ensemble, hidden, ... — see each head's constructor)."""
-    return head_class(name)(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
+def create_head(name: str, in_channels: list[int], num_classes: int, output_size=(64, 64), seed: int | None = None,
+                **options: Any) -> TaskHead:
+    """A new head of type ``name`` (options: ensemble, hidden, ... — see each head's constructor). ``seed``: its
+    initial weights drawn from that seed (the global torch RNG is left as it was); None: from the global RNG."""
+    cls = head_class(name)
+    if seed is None:
+        return cls(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
 
 
 def load_head(folder: Path | str, device: str = "cpu") -> TaskHead:

@@ -286,7 +286,7 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
     primary = head_dir == workspace.heads_dir
     head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
     head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
-                       workspace.resolution, **head_options)
+                       workspace.resolution, seed=config.seed, **head_options)
     total = config.epochs * steps_per_epoch(head.head_type, len(ids), config)
     run_log = RunLog(head_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
