@@ -70,7 +70,7 @@ class Preset:
 PRESETS = {
     # the test suite's version: minutes -> seconds, on tiny data
     "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 1, 4.0, 0.5),
-    # what runs on the 2-core CPU machine in about an hour
+    # the 2-core CPU machine in one sitting: 6,382 s measured for all 14 rows, other jobs beside it (2026-12-01)
     # (the 16.5 M GPU-trained default is 3.3x slower per image on CPU than the old 4.1 M one: fewer images)
     "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5),
     # the full protocol for a GPU machine
