@@ -5,8 +5,9 @@ DDPM-seg chose its timesteps and blocks by hand; here a sweep decides, scored li
 project (labelgen.metrics mIoU of the workspace's head type):
 
 1. a *sweep teacher*: the workspace's generator with every candidate timestep (and the workspace's current ones)
-   and every block switched on (``Generator.with_options``), so one pass gives the features of all candidates; the features of the annotated
-   images (and of ``--val`` images) are computed once through ``Teacher.features`` and kept in memory (float16);
+   and every block switched on (``Generator.with_options``), so one pass gives the features of all candidates;
+   the features of the annotated images (and of ``--val`` images) are computed once through ``Teacher.features``
+   and kept in memory (float16);
 2. a candidate = (timesteps, blocks); its score = mIoU on ``--val`` of a head trained on the annotations with
    those levels, or, without ``--val``, k-fold cross-validation over the annotations (one confusion matrix over
    every held-out fold);
@@ -88,8 +89,7 @@ def _sweep_generator(workspace, config: SweepConfig):
     if diffusion:
         if not config.timesteps:
             raise LabelgenError("--timesteps: give at least one candidate timestep")
-        current = workspace.config.generator_options.get("timesteps") or workspace.config.timesteps or []
-        sweep = generator.with_options(timesteps=sorted(set(config.timesteps) | {int(t) for t in current}),
+        sweep = generator.with_options(timesteps=sorted(set(config.timesteps) | set(_workspace_timesteps(workspace))),
                                        feature_layers=None)
         return sweep, list(sweep.layers), list(sweep.timesteps)
     if builtin and "feature_layers" in generator.config:
@@ -230,11 +230,16 @@ def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options
     return matrix.compute()
 
 
+def _workspace_timesteps(workspace) -> list[int]:
+    """The diffusion timesteps the workspace's heads read today (generator options, else the workspace's)."""
+    return [int(t) for t in workspace.config.generator_options.get("timesteps") or workspace.config.timesteps or []]
+
+
 def _current_choice(workspace, blocks: list[int], timesteps: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The workspace's selection today, as (timesteps, blocks) of the sweep (the sweep computes its timesteps)."""
     options = workspace.config.generator_options
     if timesteps:
-        ts = tuple(sorted(t for t in (options.get("timesteps") or workspace.config.timesteps) if t in timesteps))
+        ts = tuple(sorted(t for t in _workspace_timesteps(workspace) if t in timesteps))
         chosen_blocks = options.get("feature_layers")
         bl = tuple(sorted(blocks if chosen_blocks is None else [b % len(blocks) for b in chosen_blocks]))
         return ts or (timesteps[0],), bl
