@@ -1,6 +1,8 @@
 """One run infrastructure for every loop (DDPM and StyleGAN2 trainers, heads, student) and synthesis.
 
     pick_device(name)            "auto" | "cpu" | "cuda[:k]" -> torch.device (one clear error without a GPU)
+    option_on(value, device)     the one rule of the speed options (bf16, channels_last, compile):
+                                 "auto" = on for CUDA only
     init_dist() -> Dist          torchrun set-up from WORLD_SIZE/RANK/LOCAL_RANK (gloo on CPU, nccl on GPU);
                                  Dist: rank, world, device, barrier, broadcast, sum, gather, close
     seed_everything(seed)        python, numpy, torch (and CUDA) seeds
@@ -57,6 +59,17 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LabelgenError("--device cuda requested but no CUDA GPU is available")
     return torch.device(device)
+
+
+def option_on(value: bool | str | None, device: torch.device, true_anywhere: bool = False) -> bool:
+    """Whether a speed option (bf16, channels_last, compile: "auto" | True | False) is on for ``device``:
+    "auto" (or None) = on for CUDA only, False = off. True = on for CUDA only too, unless ``true_anywhere``
+    (options that also work, if slowly, on the CPU: compile, the heads' bf16 in tests)."""
+    if value is False:
+        return False
+    if value is True and true_anywhere:
+        return True
+    return device.type == "cuda"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.run import (
-    RunLock, RunLog, init_dist, load_resume, pick_device, read_log, read_progress, rng_state, save_resume,
+    RunLock, RunLog, init_dist, load_resume, option_on, pick_device, read_log, read_progress, rng_state, save_resume,
     seed_everything, set_rng_state,
 )
 
@@ -131,6 +131,13 @@ def test_device_and_single_process_dist(monkeypatch):
         assert pick_device("auto") == torch.device("cpu")
         with pytest.raises(LabelgenError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_speed_options_auto_is_cuda_only_and_true_anywhere_only_where_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # devices as values: no GPU needed
+    assert [option_on(v, cuda) for v in ("auto", None, True, False)] == [True, True, True, False]
+    assert [option_on(v, cpu) for v in ("auto", None, True, False)] == [False, False, False, False]
+    assert [option_on(v, cpu, true_anywhere=True) for v in ("auto", True, False)] == [False, True, False]
 
 
 def test_two_process_dist_sums_and_broadcasts(tmp_path):

@@ -34,6 +34,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.imaging import quantize
+from labelgen.run import option_on
 from labelgen.generators.base import (
     Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, machine_option, module_device,
     seeded_randn,
@@ -125,10 +126,7 @@ class DiffusionGenerator(Generator):
     # ---- options (see the module docstring) ----
     def _option_on(self, name: str, device: torch.device) -> bool:
         """bf16 / channels_last: "auto" or true on CUDA, never on CPU. compile: "auto" on CUDA, true anywhere."""
-        value = self.config.get(name, "auto")
-        if name == "compile" and value is True:
-            return True
-        return device.type == "cuda" and value is not False
+        return option_on(self.config.get(name, "auto"), device, true_anywhere=name == "compile")
 
     def _autocast(self, device: torch.device):
         if self._option_on("bf16", device):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from labelgen.errors import LabelgenError
+from labelgen.run import option_on
 
 HEAD_CONFIG_NAME = "head_config.json"
 HEAD_WEIGHTS_NAME = "head.safetensors"
@@ -59,7 +60,7 @@ class TaskHead(nn.Module):
     inference_bf16: bool | str = "auto"
 
     def _inference_autocast(self, device: torch.device):
-        on = self.inference_bf16 is True or (self.inference_bf16 == "auto" and device.type == "cuda")
+        on = option_on(self.inference_bf16, device, true_anywhere=True)
         return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
     @torch.no_grad()
