@@ -14,6 +14,9 @@ on ``test``. Rows:
     teacher-selected     the same on the features `labelgen tune-features --val val` chose
     teacher-selected-cb  + class-balanced head loss (train-heads --class-balance)
     teacher-selected-cb-tta  the same heads with horizontal-flip test-time augmentation
+    teacher-selected-cb-flip  + flip augmentation of the heads' training set (train-heads --augment flip: each
+                         annotation also as its mirror image); the rows above train with --augment none
+    teacher-selected-cb-flip-tta  the same heads with flip test-time augmentation
     teacher-conv         the conv interpreter on the selected features, class-balanced
     teacher-ensemble     both heads combined by the Teacher (every member of the pixel-MLP and conv heads of
                          teacher-selected-cb and teacher-conv, reused, not retrained: W/heads/ + W/heads/conv/, as
@@ -177,13 +180,14 @@ class Bench:
                 self.sweep_seconds = run(cmd, self.out / "logs" / "tune-features.log")
         return dest
 
-    def heads_workspace(self, features: str, head_type: str, class_balance: float) -> tuple[Path, float, str]:
+    def heads_workspace(self, features: str, head_type: str, class_balance: float, augment: str = "none"
+                        ) -> tuple[Path, float, str]:
         """(workspace with trained heads, seconds, command): a copy of ws-<features> (its feature cache too)."""
         from labelgen.workspace import Workspace
 
-        dest = self.out / f"ws-{features}-{head_type}-cb{class_balance:g}"
+        dest = self.out / (f"ws-{features}-{head_type}-cb{class_balance:g}" + ("" if augment == "none" else f"-{augment}"))
         cmd = labelgen("train-heads", "-w", dest, "--epochs", self.p.head_epochs, "--seed", self.seed,
-                       "--class-balance", class_balance)
+                       "--class-balance", class_balance, "--augment", augment)
         if (dest / "heads" / "head_config.json").is_file():
             return dest, 0.0, " ".join(map(str, cmd[2:]))
         source = self.features_workspace(features)
@@ -196,13 +200,13 @@ class Bench:
         seconds = run(cmd, self.out / "logs" / f"{dest.name}.log")
         return dest, seconds, " ".join(map(str, cmd[2:]))
 
-    def teacher_row(self, name: str, features: str, head_type: str, class_balance: float, flip: bool,
+    def teacher_row(self, name: str, features: str, head_type: str, class_balance: float, augment: str, flip: bool,
                     trained_on: str) -> dict:
         from labelgen.training.evaluate_teacher import evaluate_teacher
 
         if row := self.row_done(name):
             return row
-        ws_dir, seconds, command = self.heads_workspace(features, head_type, class_balance)
+        ws_dir, seconds, command = self.heads_workspace(features, head_type, class_balance, augment)
         result = evaluate_teacher(ws_dir, self.ccp / "test", progress=False, flip=flip, cache=True)
         return self.save_row({
             "name": name, "trained_on": trained_on, "miou": result["miou"],
@@ -372,13 +376,18 @@ class Bench:
                                 "; soft labels tau=4", extra=("--tau", 4), record=record)
 
 
-# name -> (features, head type, class balance, flip TTA, trained on)
+# name -> (features, head type, class balance, train-heads --augment, flip TTA, trained on)
 TEACHER_ROWS = {
-    "teacher-pixel-mlp": ("default", "pixel-mlp", 0.0, False, "annotated-20 (default features)"),
-    "teacher-selected": ("selected", "pixel-mlp", 0.0, False, "annotated-20 (features chosen on val)"),
-    "teacher-selected-cb": ("selected", "pixel-mlp", 0.5, False, "annotated-20 (selected features, class balance)"),
-    "teacher-selected-cb-tta": ("selected", "pixel-mlp", 0.5, True, "annotated-20 (selected, class balance, flip TTA)"),
-    "teacher-conv": ("selected", "conv", 0.5, False, "annotated-20 (selected features, class balance)"),
+    "teacher-pixel-mlp": ("default", "pixel-mlp", 0.0, "none", False, "annotated-20 (default features)"),
+    "teacher-selected": ("selected", "pixel-mlp", 0.0, "none", False, "annotated-20 (features chosen on val)"),
+    "teacher-selected-cb": ("selected", "pixel-mlp", 0.5, "none", False, "annotated-20 (selected features, class balance)"),
+    "teacher-selected-cb-tta": ("selected", "pixel-mlp", 0.5, "none", True,
+                                "annotated-20 (selected, class balance, flip TTA)"),
+    "teacher-conv": ("selected", "conv", 0.5, "none", False, "annotated-20 (selected features, class balance)"),
+    "teacher-selected-cb-flip": ("selected", "pixel-mlp", 0.5, "flip", False,
+                                 "annotated-20 + mirror images (selected, class balance)"),
+    "teacher-selected-cb-flip-tta": ("selected", "pixel-mlp", 0.5, "flip", True,
+                                     "annotated-20 + mirror images (selected, class balance, flip TTA)"),
 }
 BEST_TEACHER = ("selected", "pixel-mlp", 0.5)  # (features, head type, class balance) that labels the student data
 # teacher-ensemble combines the heads of these rows' workspaces: teacher-selected-cb's (W/heads/) + teacher-conv's

@@ -10,7 +10,8 @@ project (labelgen.metrics mIoU of the workspace's head type):
    and kept in memory (float16);
 2. a candidate = (timesteps, blocks); its score = mIoU on ``--val`` of a head trained on the annotations with
    those levels, or, without ``--val``, k-fold cross-validation over the annotations (one confusion matrix over
-   every held-out fold);
+   every held-out fold); the sweep's heads train without flip augmentation (``train-heads --augment``: it doubles
+   the cost of every candidate, and the final heads, trained by ``train-heads``, get it);
 3. search: forward selection of timesteps with all blocks (add the timestep that helps most, up to
    ``max_timesteps``; stop when nothing helps), then backward elimination of blocks (drop a block while that
    helps). Ties keep the smaller set. The workspace's current choice is scored too, as it is, and kept when

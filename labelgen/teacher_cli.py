@@ -16,7 +16,7 @@ from labelgen.errors import LabelgenError
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
-from labelgen.heads.train import TrainConfig
+from labelgen.heads.train import AUGMENTS, TrainConfig
 from labelgen.inversion import INVERTERS, InversionConfig
 from labelgen.synthesis.synthesize import SOFT_LABELS, TTA_MODES, SynthesisConfig, sampling_options
 from labelgen.workspace import WorkspaceConfig
@@ -233,6 +233,9 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps):
 @click.option("--seed", type=int, default=HEAD_TRAINING["seed"], show_default=True)
 @click.option("--class-balance", type=click.FloatRange(0, 2), default=HEAD_TRAINING["class_balance"], show_default=True,
               help="Weight each class's loss by its pixel share in the annotations^-P (0 = off, 0.5 = 1/sqrt).")
+@click.option("--augment", type=click.Choice(AUGMENTS), default=HEAD_TRAINING["augment"], show_default=True,
+              help="flip: also train on each annotation's mirror image (its features computed from the mirrored "
+                   "pixels); auto: flip for teachers that compute features of images (diffusion), else none.")
 @click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
                    "W/heads/train_log.json.")
@@ -240,14 +243,14 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps):
               help="Train this head type instead of the workspace's: saved to W/heads/<type>/, and the teacher "
                    "ensembles it with W/heads/ [default: the workspace's head type, W/heads/].")
 def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, class_balance,
-                    holdout, head_type):
+                    augment, holdout, head_type):
     """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)
     (--type: a second head type, W/heads/<type>/)."""
     from labelgen.heads.train import train_workspace_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
-                         seed=seed, class_balance=class_balance)
+                         seed=seed, class_balance=class_balance, augment=augment)
     device = _generator_to_best_device(ws)
     result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout,
                                    head_type=head_type)

@@ -11,8 +11,9 @@
                                      of the workspace's head type (config "head")
     W/heads/<type>/                  a second head type, trained by `labelgen train-heads --type <type>` (same
                                      files); the teacher ensembles every trained head (config "heads" selects)
-    W/cache/features/<id>.safetensors   native-resolution features of annotated images (recomputed when
-                                     the generator, layers or image change; safe to delete)
+    W/cache/features/annotations/<id>[.mirror].safetensors   native-resolution features of annotated images
+                                     (.mirror: of the mirrored image, head training's flip augmentation;
+                                     recomputed when the generator, layers or image change; safe to delete)
     W/synthetic/                     default synthesis output
 
 Backends are the names in labelgen.generators.BACKENDS, or "module:Class" for a Generator subclass
@@ -239,17 +240,22 @@ class Workspace:
     def feature_cache_dir(self) -> Path:
         return self.root / "cache" / "features"
 
-    def annotation_features(self, annotation_id: str) -> list:
+    def annotation_features(self, annotation_id: str, mirror: bool = False) -> list:
         """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each, on the CPU
-        (disk-cached): ``Teacher.features`` of its recipe and stored image."""
+        (disk-cached): ``Teacher.features`` of its recipe and stored image. ``mirror``: the features of the
+        horizontally mirrored image (``Teacher.flipped_features``; image-encoding teachers), what head training's
+        flip augmentation reads with the mirrored mask."""
         image = read_image(self.image_path(annotation_id))  # [H, W, 3] uint8, read once
         recipe = read_json(self.recipe_path(annotation_id))
 
         def compute() -> list:
-            return [f.cpu() for f in self.teacher(head=False).features(recipes=[recipe], images=[image])]
+            teacher = self.teacher(head=False)
+            features = teacher.flipped_features([image]) if mirror else teacher.features(recipes=[recipe], images=[image])
+            return [f.cpu() for f in features]
 
-        return self.cached_features(f"annotations/{annotation_id}",
-                                    [recipe, hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)], compute)
+        return self.cached_features(f"annotations/{annotation_id}" + (".mirror" if mirror else ""),
+                                    [recipe, hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)]
+                                    + (["mirror"] if mirror else []), compute)
 
     def image_features(self, image: np.ndarray, cache_key: str | None = None) -> list:
         """Selected features of any image uint8 [H, W, 3] (image-encoding teachers; resized to the generator

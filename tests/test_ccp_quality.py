@@ -50,7 +50,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     rows = json.loads(results.read_text())
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
-                                         "teacher-ensemble", "label-distill", "label-distill-r2",
+                                         "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble", "label-distill", "label-distill-r2",
                                          "label-distill-strong-aug", "label-distill-uw", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
@@ -84,6 +84,13 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     sweep = json.loads((tmp_path / "run" / "ws-selected" / "feature_sweep.json").read_text())
     assert sweep["scored_on"].startswith("--val") and sweep["candidates"]
     assert "--class-balance 0.5" in by_name["teacher-selected-cb"]["command"]
+    assert "--augment none" in by_name["teacher-selected-cb"]["command"]
+    assert "--augment flip" in by_name["teacher-selected-cb-flip"]["command"]
+    assert by_name["teacher-selected-cb-flip-tta"]["command"].endswith("--flip")
+    flip_log = json.loads((run / "ws-selected-pixel-mlp-cb0.5-flip" / "heads" / "train_log.json").read_text())
+    plain_log = json.loads((run / "ws-selected-pixel-mlp-cb0.5" / "heads" / "train_log.json").read_text())
+    assert flip_log["train"]["augment"] == "flip" and plain_log["train"]["augment"] == "none"
+    assert flip_log["steps"] == 2 * plain_log["steps"]  # each annotation and its mirror image
     assert by_name["teacher-selected-cb-tta"]["command"].endswith("--flip")
     relabelled = json.loads((tmp_path / "run" / "data" / "pseudo-r2" / "manifest.json").read_text())
     assert relabelled["num_samples"] == 2 and relabelled["config"]["relabelled_by"].startswith("label-distill")

@@ -167,10 +167,10 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
     trained_on, in_training = set(), []
     real_features, real_train_head = ws.annotation_features, train_module.train_head
 
-    def spy_features(annotation_id):
+    def spy_features(annotation_id, mirror=False):
         if in_training:
             trained_on.add(annotation_id)
-        return real_features(annotation_id)
+        return real_features(annotation_id, mirror)
 
     def spy_train_head(*args, **kwargs):
         in_training.append(True)
@@ -217,3 +217,51 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
             assert log["holdout"]["ids"] == ["g000003", "g000004"] and log["train_ids"] == ["g000001", "g000002"]
         else:
             assert log["holdout"] is None and len(log["train_ids"]) == 4
+
+
+def test_flip_augmentation_trains_on_features_of_the_mirrored_pixels_with_the_mirrored_mask(tmp_path, monkeypatch):
+    """augment auto on an image-encoding teacher = flip: the examples are the annotations, then each one's mirror
+    image, whose features the generator computes from the mirrored pixels (not the mirrored feature maps: the
+    fake below is made position-dependent so the two differ) and whose mask is mirrored; "auto" is saved as what
+    it became."""
+    import labelgen.heads.train as train_module
+    from teacher_fakes import FakeDiffusion
+
+    plain_features = FakeDiffusion.features_of_images
+
+    def position_dependent(self, images, seed=0):  # a ramp over x: not mirror-equivariant
+        return [f + torch.linspace(0, 1, f.shape[-1]) for f in plain_features(self, images, seed)]
+
+    monkeypatch.setattr(FakeDiffusion, "features_of_images", position_dependent)
+    ws = annotated_workspace(tmp_path / "w", backend="FakeDiffusion", count=2)
+    seen, real_train_head = [], train_module.train_head
+
+    def spy_train_head(head, load_example, num_examples, *args, **kwargs):
+        seen.extend(load_example(k) for k in range(num_examples))
+        return real_train_head(head, load_example, num_examples, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_head", spy_train_head)
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False, log=lambda _: None)
+    assert len(seen) == 4
+    teacher = ws.teacher(head=False)
+    for k, annotation_id in enumerate(["g000001", "g000002"]):
+        image, _, mask = ws.read_annotation(annotation_id)
+        (plain, plain_mask), (mirror, mirror_mask) = seen[k], seen[k + 2]
+        assert torch.equal(plain_mask[0], torch.from_numpy(mask.astype(np.int64)))
+        assert torch.equal(mirror_mask[0], torch.from_numpy(mask[:, ::-1].astype(np.int64)))
+        expected = teacher.features(images=[np.ascontiguousarray(image[:, ::-1])])
+        for got, want, unmirrored in zip(mirror, expected, plain):
+            torch.testing.assert_close(got, want.cpu())
+            assert not torch.allclose(got, unmirrored.flip(-1))  # new feature vectors, not the old ones moved
+    log = json.loads((ws.heads_dir / "train_log.json").read_text())
+    assert log["train"]["augment"] == "flip" and log["steps"] == 2 * train_module.steps_per_epoch("pixel-mlp", 2, TrainConfig(pixels_per_image=64))
+    assert (ws.feature_cache_dir / "annotations" / "g000001.mirror.safetensors").is_file()
+
+
+def test_flip_augmentation_is_off_for_teachers_that_compute_features_from_recipes(tmp_path):
+    ws = annotated_workspace(tmp_path / "w", count=2)  # FakeGAN: no features of arbitrary images
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False, log=lambda _: None)
+    log = json.loads((ws.heads_dir / "train_log.json").read_text())
+    assert log["train"]["augment"] == "none" and log["steps"] == 4  # 2 images / 2 per step x 4 steps
+    with pytest.raises(LabelgenError, match="--augment none"):
+        train_workspace_heads(ws, TrainConfig(epochs=1, augment="flip"), progress=False, log=lambda _: None)

@@ -10,8 +10,14 @@ ignore), so only one mini-batch of ``images_per_step`` images is ever in memory:
   (DatasetGAN materialised every upsampled pixel: ~160 GB for 16 images at 512^2.)
 * conv: a mini-batch forward at the output resolution; loss CE + 3 * Dice.
 
-One epoch = one pass over the annotated images in random mini-batches; the pixel MLP takes
+One epoch = one pass over the training examples in random mini-batches; the pixel MLP takes
 ``steps_per_batch`` optimiser steps (fresh pixels each) per loaded mini-batch.
+
+Flip augmentation (``augment``; ``train_workspace_heads``): image-encoding (diffusion) teachers also train on each
+annotation's mirror image, its features computed by the generator from the mirrored pixels (the UNet is not
+mirror-equivariant, so these are new feature vectors, unlike mirrored feature maps, which would give a pixel
+MLP the same pixels again) with the mirrored mask. Measured on CCP-8 val (default teacher, 20 annotations):
+0.407 -> 0.426, 0.424 -> 0.437 with flip TTA, while twice the epochs without it scored 0.405.
 """
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ import hashlib
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +56,21 @@ class TrainConfig:
     dice_weight: float = 3.0  # conv head: loss = CE + dice_weight * Dice
     class_balance: float = 0.0  # CE weight of class c ~ its pixel share in the annotations^-class_balance (0 = off)
     seed: int = 0
+    augment: str = "auto"  # AUGMENTS: "flip" = also each annotation's mirror image; "auto" = flip where the teacher
+    # computes features of images (diffusion), else none; a saved run records what "auto" became
+
+
+AUGMENTS = ("auto", "flip", "none")
+
+
+def resolve_augment(augment: str, can_encode_images: bool, backend: str = "") -> str:
+    """"flip" or "none": what ``augment`` means for a teacher (``Teacher.can_encode_images``)."""
+    if augment not in AUGMENTS:
+        raise LabelgenError(f"augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    if augment == "flip" and not can_encode_images:
+        raise LabelgenError(f"--augment flip needs the features of mirrored images; the {backend or 'this'} teacher "
+                            "computes features from generator recipes (use --augment none)")
+    return "flip" if augment == "flip" or (augment == "auto" and can_encode_images) else "none"
 
 
 @dataclass
@@ -252,7 +274,11 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
     annotated = workspace.annotated_ids()
     if not annotated:
         raise LabelgenError(f"{workspace.annotations_dir}: no annotated images (no <id>.mask.png yet)")
+    config = replace(config, augment=resolve_augment(config.augment, workspace.config.can_encode_images,
+                                                     workspace.config.backend))
+    mirror = config.augment == "flip"
     ids, held_out = split_holdout(annotated, holdout)
+    examples = [(i, False) for i in ids] + ([(i, True) for i in ids] if mirror else [])  # (annotation id, mirrored)
     num_classes = len(workspace.classes)
     names = list(workspace.classes.names)
     image_shape = (*workspace.resolution, 3)
@@ -260,13 +286,20 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
                                       iterable=annotated):
         workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
         workspace.annotation_features(annotation_id)  # fills the disk cache
+        if mirror and annotation_id in ids:
+            workspace.annotation_features(annotation_id, mirror=True)
+    if mirror:
+        log(f"flip augmentation: {len(ids)} annotated images + their mirror images = {len(examples)} training examples")
 
-    def annotation_example(annotation_id: str) -> Example:  # from disk each time: nothing stays in memory
-        mask = workspace.read_mask(annotation_id, image_shape)
-        return workspace.annotation_features(annotation_id), torch.from_numpy(mask.astype("int64"))[None]  # [1, H, W]
+    def annotation_example(annotation_id: str, mirrored: bool = False) -> Example:  # from disk each time
+        mask = workspace.read_mask(annotation_id, image_shape)  # [H, W]
+        if mirrored:
+            mask = np.ascontiguousarray(mask[:, ::-1])
+        return (workspace.annotation_features(annotation_id, mirror=mirrored),
+                torch.from_numpy(mask.astype("int64"))[None])  # [1, H, W]
 
     def load_example(i: int) -> Example:
-        return annotation_example(ids[i])
+        return annotation_example(*examples[i])
 
     validate = None
     if val_folder is not None:
@@ -287,7 +320,7 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
     head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
     head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
                        workspace.resolution, seed=config.seed, **head_options)
-    total = config.epochs * steps_per_epoch(head.head_type, len(ids), config)
+    total = config.epochs * steps_per_epoch(head.head_type, len(examples), config)
     run_log = RunLog(head_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
     done = [0]  # optimiser steps so far (tqdm does not count while disabled)
@@ -306,7 +339,7 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
             (bar.write if progress else log)(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {scores.miou:.4f}")
 
     try:
-        result = train_head(head, load_example, len(ids), config, validate, on_epoch, on_step=on_step,
+        result = train_head(head, load_example, len(examples), config, validate, on_epoch, on_step=on_step,
                             device=device, class_weights=class_weights)
     finally:
         bar.close()
