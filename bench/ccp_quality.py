@@ -19,10 +19,10 @@ on ``test``. Rows:
     teacher-selected-cb-flip-tta  the same heads with flip test-time augmentation
     teacher-conv         the conv interpreter on the selected features, class-balanced
     teacher-ensemble     both heads combined by the Teacher (every member of the pixel-MLP and conv heads of
-                         teacher-selected-cb and teacher-conv, reused, not retrained: W/heads/ + W/heads/conv/, as
+                         teacher-selected-cb-flip and teacher-conv, reused, not retrained: W/heads/ + W/heads/conv/, as
                          `labelgen train-heads --type conv` makes them)
     label-distill        student from synthetic samples + pseudo-labelled `unlabeled` (flip TTA) + annotated-20,
-                         soft labels at tau=4, from the best teacher (selected features, class balance)
+                         soft labels at tau=4, from the pixel-MLP teacher of teacher-selected-cb-flip
     label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
                          and a fresh student distils from them + the synthetic samples + annotated-20
     label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
@@ -218,7 +218,7 @@ class Bench:
         })
 
     def ensemble_row(self) -> dict:
-        """teacher-ensemble: the heads of teacher-selected-cb (pixel-MLP, W/heads/) and teacher-conv (W/heads/conv/)
+        """teacher-ensemble: the heads of teacher-selected-cb-flip (pixel-MLP, W/heads/) and teacher-conv (W/heads/conv/)
         in one workspace (copied, not retrained), combined by the Teacher."""
         from labelgen.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
         from labelgen.training.evaluate_teacher import evaluate_teacher
@@ -227,7 +227,7 @@ class Bench:
         if row := self.row_done(name):
             return row
         (mlp_ws, _, mlp_cmd), (conv_ws, _, conv_cmd) = (self.heads_workspace(*spec) for spec in ENSEMBLE_HEADS)
-        dest = self.out / "ws-selected-ensemble-cb0.5"
+        dest = self.out / "ws-selected-ensemble-cb0.5-flip"
         if not (dest / "heads" / "conv" / HEAD_CONFIG_NAME).is_file():
             partial = dest.with_name(dest.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
@@ -239,11 +239,11 @@ class Bench:
             partial.rename(dest)
         result = evaluate_teacher(dest, self.ccp / "test", progress=False, cache=True)
         return self.save_row({
-            "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP + conv heads)",
+            "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP with mirror images + conv heads)",
             "miou": result["miou"], "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
             "device": self.device, "seconds": round(result["seconds"], 1), "heads": result["heads"],
             "command": f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)} ; evaluate_teacher",
-            "selection": "heads of teacher-selected-cb and teacher-conv reused (seconds: evaluation only); "
+            "selection": "heads of teacher-selected-cb-flip and teacher-conv reused (seconds: evaluation only); "
                          "every member averaged (labelgen.teacher.predict_heads)",
         })
 
@@ -389,8 +389,8 @@ TEACHER_ROWS = {
     "teacher-selected-cb-flip-tta": ("selected", "pixel-mlp", 0.5, "flip", True,
                                      "annotated-20 + mirror images (selected, class balance, flip TTA)"),
 }
-BEST_TEACHER = ("selected", "pixel-mlp", 0.5)  # (features, head type, class balance) that labels the student data
-# teacher-ensemble combines the heads of these rows' workspaces: teacher-selected-cb's (W/heads/) + teacher-conv's
+BEST_TEACHER = ("selected", "pixel-mlp", 0.5, "flip")  # (features, head type, class balance, augment): labels the students' data
+# teacher-ensemble combines the heads of these rows' workspaces: teacher-selected-cb-flip's (W/heads/) + teacher-conv's
 ENSEMBLE_HEADS = (BEST_TEACHER, ("selected", "conv", 0.5))
 # name -> (extra `student train` options over label-distill's, what the row adds)
 STUDENT_LEVERS = {

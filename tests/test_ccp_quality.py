@@ -75,8 +75,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         assert by_name[name]["command"] == expected
     # the ensemble reuses the two trained heads (same files, nothing retrained) and the Teacher combines them
     run = tmp_path / "run"
-    ensemble = run / "ws-selected-ensemble-cb0.5" / "heads"
-    for own, reused in ((ensemble, run / "ws-selected-pixel-mlp-cb0.5" / "heads"),
+    ensemble = run / "ws-selected-ensemble-cb0.5-flip" / "heads"
+    for own, reused in ((ensemble, run / "ws-selected-pixel-mlp-cb0.5-flip" / "heads"),
                         (ensemble / "conv", run / "ws-selected-conv-cb0.5" / "heads")):
         assert (own / "head.safetensors").read_bytes() == (reused / "head.safetensors").read_bytes()
     assert by_name["teacher-ensemble"]["heads"] == "pixel-mlp+conv" and "--type conv" in by_name["teacher-ensemble"]["command"]
