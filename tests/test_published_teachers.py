@@ -395,8 +395,8 @@ def test_head_training_memory_flat_in_annotations(tmp_path, monkeypatch):
     alive: weakref.WeakSet = weakref.WeakSet()
     most = {"alive": 0}
 
-    def tracked(self, annotation_id):
-        features = original(self, annotation_id)
+    def tracked(self, annotation_id, mirror=False):  # plain and mirrored (flip augmentation: on for ADM)
+        features = original(self, annotation_id, mirror)
         alive.update(features)
         most["alive"] = max(most["alive"], len(alive))
         return features
