@@ -16,8 +16,8 @@ One epoch = one pass over the training examples in random mini-batches; the pixe
 Flip augmentation (``augment``; ``train_workspace_heads``): image-encoding (diffusion) teachers also train on each
 annotation's mirror image, its features computed by the generator from the mirrored pixels (the UNet is not
 mirror-equivariant, so these are new feature vectors, unlike mirrored feature maps, which would give a pixel
-MLP the same pixels again) with the mirrored mask. Measured on CCP-8 val (default teacher, 20 annotations):
-0.407 -> 0.426, 0.424 -> 0.437 with flip TTA, while twice the epochs without it scored 0.405.
+MLP the same pixels again) with the mirrored mask. What it did on CCP-8: labelgen/default_teacher/README.md and
+the README's CCP-8 table (row teacher-selected-cb-flip).
 """
 from __future__ import annotations
 
