@@ -27,6 +27,9 @@ on ``test``. Rows:
                          and a fresh student distils from them + the synthetic samples + annotated-20
     label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
     label-distill-uw     label-distill + `--uncertainty-weighting` (samples weighted by the teacher's uncertainty)
+    label-distill-long   label-distill with 4x the training steps (same data)
+    label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
+                         other rows use the first 400); the same data as label-distill-long where the preset has no limit
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the best student, fine-tuned on annotated-20
 
@@ -72,8 +75,9 @@ class Preset:
 
 PRESETS = {
     # the test suite's version: minutes -> seconds, on tiny data
-    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 4, 1, 1, 4.0, 0.5),
-    # the 2-core CPU machine in one sitting: 6,382 s measured for all 14 rows, other jobs beside it (2026-12-01)
+    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 1, 1, 1, 4.0, 0.5),
+    # the 2-core CPU machine in one sitting: 6,382 s measured for the first 14 rows, other jobs beside it; the two
+    # -long rows added 1,603 s of training + 595 s of labelling every unlabeled photo (2026-12-01)
     # (the 16.5 M GPU-trained default is 3.3x slower per image on CPU than the old 4.1 M one: fewer images)
     "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5),
     # the full protocol for a GPU machine
@@ -291,19 +295,28 @@ class Bench:
             timing["synthetic"] = run(cmd, self.out / "logs" / "synthesize.log")
             atomic_write_json(timing_path, timing)
         if not (pseudo / "manifest.json").is_file():
-            images = self.ccp / "unlabeled" / "images"
-            cmd = labelgen("synthesize", "-w", ws_dir, "--from-images", images, "--out", pseudo,
-                           "--soft-labels", "uint8", "--shard-size", 500)
-            if self.p.unlabeled_limit:
-                cmd += ["--n", str(self.p.unlabeled_limit)]
-            timing["pseudo"] = run(cmd, self.out / "logs" / "pseudo-label.log")
+            timing["pseudo"] = self.pseudo_label(ws_dir, pseudo, self.p.unlabeled_limit)
             atomic_write_json(timing_path, timing)
         seconds = timing["synthetic"] + timing["pseudo"] if {"synthetic", "pseudo"} <= set(timing) else None
         n_syn = json.loads((synthetic / "manifest.json").read_text())["num_samples"]
         n_pseudo = json.loads((pseudo / "manifest.json").read_text())["num_samples"]
         data = [(synthetic, 1.0), (pseudo, 1.0), (self.ccp / "annotated-20", self.p.real_weight)]
-        self.data_note = f"{n_syn} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos + annotated-20"
+        self.n_synthetic = n_syn
+        self.data_note = self.note(n_pseudo)
         return data, seconds
+
+    def note(self, n_pseudo: int, which: str = "") -> str:
+        return (f"{self.n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos{which} "
+                "+ annotated-20")
+
+    def pseudo_label(self, ws_dir: Path, dest: Path, limit: int | None) -> float:
+        """The teacher labels the first ``limit`` (None: all) `unlabeled` photos into ``dest`` (soft labels, flip
+        TTA); returns seconds."""
+        cmd = labelgen("synthesize", "-w", ws_dir, "--from-images", self.ccp / "unlabeled" / "images", "--out", dest,
+                       "--soft-labels", "uint8", "--shard-size", 500)
+        if limit:
+            cmd += ["--n", str(limit)]
+        return run(cmd, self.out / "logs" / f"{dest.name}-label.log")
 
     def distill_record(self) -> tuple[list[tuple[Path, float]], dict]:
         """The distillation data, and the record its cost adds beside each distilled row's own training time."""
@@ -324,6 +337,35 @@ class Bench:
         return self.student_row(name, "label-distill", data, self.p.distill_steps,
                                 f"{self.data_note}; soft labels tau=4; {what}", extra=("--tau", 4, *extra), record=record)
 
+    def long_row(self) -> dict:
+        """label-distill-long: label-distill with LONG_FACTOR x the steps, on the same data."""
+        data, record = self.distill_record()
+        return self.student_row("label-distill-long", "label-distill", data, LONG_FACTOR * self.p.distill_steps,
+                                f"{self.data_note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4),
+                                record=record)
+
+    def long_all_row(self) -> dict:
+        """label-distill-long-all: label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher."""
+        from labelgen.data.io import atomic_write_json
+
+        if row := self.row_done("label-distill-long-all"):
+            return row
+        data, record = self.distill_record()
+        pseudo_all, note = data[1][0], self.data_note
+        if self.p.unlabeled_limit:
+            pseudo_all = self.out / "data" / "pseudo-all"
+            timing_path = self.out / "data" / "seconds.json"
+            timing = json.loads(timing_path.read_text())
+            if not (pseudo_all / "manifest.json").is_file():
+                timing["pseudo-all"] = self.pseudo_label(self.heads_workspace(*BEST_TEACHER)[0], pseudo_all, None)
+                atomic_write_json(timing_path, timing)
+            note = self.note(json.loads((pseudo_all / "manifest.json").read_text())["num_samples"], " (all)")
+            if "pseudo-all" in timing and "synthetic" in timing:
+                record = {"data_seconds": round(timing["synthetic"] + timing["pseudo-all"], 1)}
+        data = [data[0], (pseudo_all, 1.0), *data[2:]]
+        return self.student_row("label-distill-long-all", "label-distill", data, LONG_FACTOR * self.p.distill_steps,
+                                f"{note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4), record=record)
+
     def dream_row(self) -> dict:
         data, record = self.distill_record()
         teacher_ws = self.heads_workspace(*BEST_TEACHER)[0]
@@ -332,7 +374,8 @@ class Bench:
                                 extra=("--tau", 4, "--teacher", teacher_ws), record=record)
 
     def finetuned_row(self) -> dict:
-        best = max((self.label_distill_row(), self.round_two(), self.dream_row()), key=lambda r: r["miou"])
+        best = max((self.label_distill_row(), self.round_two(), self.dream_row(), self.long_row(), self.long_all_row()),
+                   key=lambda r: r["miou"])
         return self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], self.p.finetune_steps,
                                 f"{best['name']} + annotated-20", init=self.out / "students" / best["name"], lr=2e-4)
 
@@ -348,7 +391,8 @@ class Bench:
             split, steps, trained_on = supervised[name]
             return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
         return {"teacher-ensemble": self.ensemble_row, "label-distill": self.label_distill_row,
-                "label-distill-r2": self.round_two, "dreamteacher": self.dream_row,
+                "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
+                "label-distill-long-all": self.long_all_row, "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
 
     def round_two(self) -> dict:
@@ -398,14 +442,18 @@ STUDENT_LEVERS = {
     "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty"),
 }
 
+LONG_FACTOR = 4  # label-distill-long(-all): this many times the preset's distill_steps
+
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
 ROW_GROUPS = {
     "supervised": ("supervised-20", "supervised-full"),
     "teacher": (*TEACHER_ROWS, "teacher-ensemble"),
-    "distill": ("label-distill", "label-distill-r2", "dreamteacher", "finetuned-20", *STUDENT_LEVERS),
+    "distill": ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
+                "label-distill-long-all", "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "label-distill",
-             "label-distill-r2", *STUDENT_LEVERS, "dreamteacher", "finetuned-20")
+             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all", "dreamteacher",
+             "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:

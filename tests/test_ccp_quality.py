@@ -51,7 +51,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
                                          "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble", "label-distill", "label-distill-r2",
-                                         "label-distill-strong-aug", "label-distill-uw", "dreamteacher", "finetuned-20"]
+                                         "label-distill-strong-aug", "label-distill-uw", "label-distill-long",
+                                         "label-distill-long-all", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
@@ -60,7 +61,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     # the distillation data really was made: synthetic samples and pseudo-labelled unlabeled photos, soft labels
     synthetic = json.loads((tmp_path / "run" / "data" / "synthetic" / "manifest.json").read_text())
     pseudo = json.loads((tmp_path / "run" / "data" / "pseudo" / "manifest.json").read_text())
-    assert synthetic["num_samples"] == 4 and pseudo["num_samples"] == 2
+    assert synthetic["num_samples"] == 4 and pseudo["num_samples"] == 1  # the tiny preset's unlabeled_limit
     assert synthetic["config"]["soft_labels"] == "uint8"
     # its cost is recorded beside the distilled rows (and kept for a resumed run)
     timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
@@ -73,6 +74,15 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                          ("label-distill-uw", "--uncertainty-weighting")):
         expected = base.replace("students/label-distill ", f"students/{name} ").replace("--tau 4", f"--tau 4 {option}")
         assert by_name[name]["command"] == expected
+    # the long rows: label-distill's command with 4x the steps; -all on every unlabeled photo (the other rows: the first 1)
+    long = by_name["label-distill-long"]["command"]
+    assert long == base.replace("students/label-distill ", "students/label-distill-long ").replace(
+        "--max-steps 3 ", "--max-steps 12 ")
+    assert by_name["label-distill-long-all"]["command"] == long.replace(
+        "students/label-distill-long ", "students/label-distill-long-all ").replace("data/pseudo ", "data/pseudo-all ")
+    pseudo_all = json.loads((tmp_path / "run" / "data" / "pseudo-all" / "manifest.json").read_text())
+    assert pseudo_all["num_samples"] == len(list((ccp / "unlabeled" / "images").iterdir())) == 2
+    assert by_name["label-distill-long-all"]["data_seconds"] == round(timing["synthetic"] + timing["pseudo-all"], 1)
     # the ensemble reuses the two trained heads (same files, nothing retrained) and the Teacher combines them
     run = tmp_path / "run"
     ensemble = run / "ws-selected-ensemble-cb0.5-flip" / "heads"
@@ -93,7 +103,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert flip_log["steps"] == 2 * plain_log["steps"]  # each annotation and its mirror image
     assert by_name["teacher-selected-cb-tta"]["command"].endswith("--flip")
     relabelled = json.loads((tmp_path / "run" / "data" / "pseudo-r2" / "manifest.json").read_text())
-    assert relabelled["num_samples"] == 2 and relabelled["config"]["relabelled_by"].startswith("label-distill")
+    assert relabelled["num_samples"] == 1 and relabelled["config"]["relabelled_by"].startswith("label-distill")
     # a second invocation resumes: every row is read back, nothing retrained
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
                             "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
