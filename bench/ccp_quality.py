@@ -280,49 +280,55 @@ class Bench:
             **(record or {}),
         })
 
-    def distill_data(self) -> tuple[list[tuple[Path, float]], float | None]:
-        """Synthetic samples + pseudo-labelled unlabeled photos (soft labels), + annotated-20; and the
-        seconds it took to make them (None if they were made before their timing was recorded)."""
+    def data_part(self, name: str, make) -> int:
+        """One part of the students' data, RUN_DIR/data/<name>: made by ``make(dest) -> seconds`` if missing (the
+        seconds kept in data/seconds.json under ``name``, so a resumed run still reports them); its sample count."""
         from labelgen.data.io import atomic_write_json
 
-        ws_dir = self.heads_workspace(*BEST_TEACHER)[0]
-        synthetic, pseudo = self.out / "data" / "synthetic", self.out / "data" / "pseudo"
-        timing_path = self.out / "data" / "seconds.json"  # how long each part took when it was made
-        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-        if not (synthetic / "manifest.json").is_file():
-            cmd = labelgen("synthesize", "-w", ws_dir, "--n", self.p.synthetic_n, "--out", synthetic,
-                           "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500)
-            timing["synthetic"] = run(cmd, self.out / "logs" / "synthesize.log")
-            atomic_write_json(timing_path, timing)
-        if not (pseudo / "manifest.json").is_file():
-            timing["pseudo"] = self.pseudo_label(ws_dir, pseudo, self.p.unlabeled_limit)
-            atomic_write_json(timing_path, timing)
-        seconds = timing["synthetic"] + timing["pseudo"] if {"synthetic", "pseudo"} <= set(timing) else None
-        n_syn = json.loads((synthetic / "manifest.json").read_text())["num_samples"]
-        n_pseudo = json.loads((pseudo / "manifest.json").read_text())["num_samples"]
-        data = [(synthetic, 1.0), (pseudo, 1.0), (self.ccp / "annotated-20", self.p.real_weight)]
-        self.n_synthetic = n_syn
-        self.data_note = self.note(n_pseudo)
-        return data, seconds
+        dest = self.out / "data" / name
+        if not (dest / "manifest.json").is_file():
+            timing = self.data_timing()
+            timing[name] = make(dest)
+            atomic_write_json(self.out / "data" / "seconds.json", timing)
+        return json.loads((dest / "manifest.json").read_text())["num_samples"]
+
+    def data_timing(self) -> dict:
+        path = self.out / "data" / "seconds.json"  # how long each part took when it was made
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def data_record(self, *names: str) -> dict:
+        """{"data_seconds": what these parts took}, or {} if one was made before its timing was recorded."""
+        timing = self.data_timing()
+        return {"data_seconds": round(sum(timing[n] for n in names), 1)} if set(names) <= set(timing) else {}
+
+    def synthesize(self, dest: Path) -> float:
+        cmd = labelgen("synthesize", "-w", self.heads_workspace(*BEST_TEACHER)[0], "--n", self.p.synthetic_n, "--out",
+                       dest, "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500)
+        return run(cmd, self.out / "logs" / "synthesize.log")
+
+    def pseudo_label(self, dest: Path, limit: int | None) -> float:
+        """The teacher labels the first ``limit`` (None: all) `unlabeled` photos into ``dest`` (soft labels, flip
+        TTA); returns seconds."""
+        cmd = labelgen("synthesize", "-w", self.heads_workspace(*BEST_TEACHER)[0], "--from-images",
+                       self.ccp / "unlabeled" / "images", "--out", dest, "--soft-labels", "uint8", "--shard-size", 500)
+        if limit:
+            cmd += ["--n", str(limit)]
+        return run(cmd, self.out / "logs" / f"{dest.name}-label.log")
 
     def note(self, n_pseudo: int, which: str = "") -> str:
         return (f"{self.n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_pseudo} pseudo-labelled photos{which} "
                 "+ annotated-20")
 
-    def pseudo_label(self, ws_dir: Path, dest: Path, limit: int | None) -> float:
-        """The teacher labels the first ``limit`` (None: all) `unlabeled` photos into ``dest`` (soft labels, flip
-        TTA); returns seconds."""
-        cmd = labelgen("synthesize", "-w", ws_dir, "--from-images", self.ccp / "unlabeled" / "images", "--out", dest,
-                       "--soft-labels", "uint8", "--shard-size", 500)
-        if limit:
-            cmd += ["--n", str(limit)]
-        return run(cmd, self.out / "logs" / f"{dest.name}-label.log")
-
     def distill_record(self) -> tuple[list[tuple[Path, float]], dict]:
-        """The distillation data, and the record its cost adds beside each distilled row's own training time."""
+        """The distillation data (synthetic samples + pseudo-labelled unlabeled photos, soft labels, + annotated-20),
+        and the record its cost adds beside each distilled row's own training time."""
         if not hasattr(self, "_distill"):
-            data, data_seconds = self.distill_data()
-            self._distill = data, ({} if data_seconds is None else {"data_seconds": round(data_seconds, 1)})
+            self.n_synthetic = self.data_part("synthetic", self.synthesize)
+            n_pseudo = self.data_part("pseudo", lambda dest: self.pseudo_label(dest, self.p.unlabeled_limit))
+            self.data_note = self.note(n_pseudo)
+            data = [(self.out / "data" / "synthetic", 1.0), (self.out / "data" / "pseudo", 1.0),
+                    (self.ccp / "annotated-20", self.p.real_weight)]
+            self._distill = data, self.data_record("synthetic", "pseudo")
         return self._distill
 
     def label_distill_row(self) -> dict:
@@ -346,23 +352,14 @@ class Bench:
 
     def long_all_row(self) -> dict:
         """label-distill-long-all: label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher."""
-        from labelgen.data.io import atomic_write_json
-
         if row := self.row_done("label-distill-long-all"):
             return row
         data, record = self.distill_record()
-        pseudo_all, note = data[1][0], self.data_note
-        if self.p.unlabeled_limit:
-            pseudo_all = self.out / "data" / "pseudo-all"
-            timing_path = self.out / "data" / "seconds.json"
-            timing = json.loads(timing_path.read_text())
-            if not (pseudo_all / "manifest.json").is_file():
-                timing["pseudo-all"] = self.pseudo_label(self.heads_workspace(*BEST_TEACHER)[0], pseudo_all, None)
-                atomic_write_json(timing_path, timing)
-            note = self.note(json.loads((pseudo_all / "manifest.json").read_text())["num_samples"], " (all)")
-            if "pseudo-all" in timing and "synthetic" in timing:
-                record = {"data_seconds": round(timing["synthetic"] + timing["pseudo-all"], 1)}
-        data = [data[0], (pseudo_all, 1.0), *data[2:]]
+        note = self.data_note
+        if self.p.unlabeled_limit:  # else label-distill's photos are all of them already
+            note = self.note(self.data_part("pseudo-all", lambda dest: self.pseudo_label(dest, None)), " (all)")
+            data = [data[0], (self.out / "data" / "pseudo-all", 1.0), *data[2:]]
+            record = self.data_record("synthetic", "pseudo-all")
         return self.student_row("label-distill-long-all", "label-distill", data, LONG_FACTOR * self.p.distill_steps,
                                 f"{note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4), record=record)
 
