@@ -27,6 +27,7 @@ on ``test``. Rows:
                          and a fresh student distils from them + the synthetic samples + annotated-20
     label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
     label-distill-uw     label-distill + `--uncertainty-weighting` (samples weighted by the teacher's uncertainty)
+    label-distill-2x     label-distill + `--image-size 192x128`: the student at twice the photos' size
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
@@ -53,6 +54,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+STUDENT_SIZE = "96x64"  # `student train --image-size` of every student row (the photos' size) but label-distill-2x
 
 
 @dataclass(frozen=True)
@@ -252,14 +254,16 @@ class Bench:
         })
 
     def student_row(self, name: str, mode: str, data: list[tuple[Path, float]], steps: int, trained_on: str,
-                    extra: tuple = (), init: Path | None = None, lr: float = 1e-3, record: dict | None = None) -> dict:
-        """Train + test one student row (``record``: extra fields saved with it)."""
+                    extra: tuple = (), init: Path | None = None, lr: float = 1e-3, record: dict | None = None,
+                    image_size: str = STUDENT_SIZE) -> dict:
+        """Train + test one student row (``record``: extra fields saved with it; ``image_size``: the student's
+        training and inference size, its predictions resized back to the photos' 96x64 when scored)."""
         if row := self.row_done(name):
             return row
         run_dir = self.out / "students" / name
         cmd = student("train", "--mode", mode, "--out", run_dir, "--val", self.ccp / "val",
                       "--val-every", self.p.val_every, "--max-steps", steps, "--batch-size", self.p.batch_size,
-                      "--image-size", "96x64", "--arch", "unet", "--encoder", "resnet18", "--seed", self.seed,
+                      "--image-size", image_size, "--arch", "unet", "--encoder", "resnet18", "--seed", self.seed,
                       "--threads", self.threads, "--lr", lr, "--class-balance", self.p.class_balance, *extra)
         for path, _ in data:
             cmd += ["--data", str(path)]
@@ -339,9 +343,10 @@ class Bench:
     def lever_row(self, name: str) -> dict:
         """label-distill + one student lever (STUDENT_LEVERS), on the same data."""
         data, record = self.distill_record()
-        extra, what = STUDENT_LEVERS[name]
+        extra, what, image_size = STUDENT_LEVERS[name]
         return self.student_row(name, "label-distill", data, self.p.distill_steps,
-                                f"{self.data_note}; soft labels tau=4; {what}", extra=("--tau", 4, *extra), record=record)
+                                f"{self.data_note}; soft labels tau=4; {what}", extra=("--tau", 4, *extra), record=record,
+                                image_size=image_size)
 
     def long_row(self) -> dict:
         """label-distill-long: label-distill with LONG_FACTOR x the steps, on the same data."""
@@ -433,10 +438,13 @@ TEACHER_ROWS = {
 BEST_TEACHER = ("selected", "pixel-mlp", 0.5, "flip")  # (features, head type, class balance, augment): labels the students' data
 # teacher-ensemble combines the heads of these rows' workspaces: teacher-selected-cb-flip's (W/heads/) + teacher-conv's
 ENSEMBLE_HEADS = (BEST_TEACHER, ("selected", "conv", 0.5))
-# name -> (extra `student train` options over label-distill's, what the row adds)
+# name -> (extra `student train` options over label-distill's, what the row adds, --image-size)
 STUDENT_LEVERS = {
-    "label-distill-strong-aug": (("--augment-policy", "strong"), "strong augmentation (crop, flip, colour)"),
-    "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty"),
+    "label-distill-strong-aug": (("--augment-policy", "strong"), "strong augmentation (crop, flip, colour)", STUDENT_SIZE),
+    "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty", STUDENT_SIZE),
+    # resnet18's stem divides by 4 at once: at 96x64 its first features are 24x16. The student reads the photos
+    # (and its labels) resized to twice their size and its predictions are resized back: 4x the compute
+    "label-distill-2x": ((), "student at 2x the photos' size (192x128 input, predictions resized to 96x64)", "192x128"),
 }
 
 LONG_FACTOR = 4  # label-distill-long(-all): this many times the preset's distill_steps

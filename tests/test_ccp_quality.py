@@ -51,7 +51,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
                                          "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble", "label-distill", "label-distill-r2",
-                                         "label-distill-strong-aug", "label-distill-uw", "label-distill-long",
+                                         "label-distill-strong-aug", "label-distill-uw", "label-distill-2x", "label-distill-long",
                                          "label-distill-long-all", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
@@ -66,7 +66,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     # its cost is recorded beside the distilled rows (and kept for a resumed run)
     timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
     assert timing["synthetic"] > 0 and timing["pseudo"] > 0
-    for name in ("label-distill", "label-distill-r2", "label-distill-strong-aug", "label-distill-uw", "dreamteacher"):
+    for name in ("label-distill", "label-distill-r2", "label-distill-strong-aug", "label-distill-uw", "label-distill-2x",
+                 "dreamteacher"):
         assert by_name[name]["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
     # the student levers: label-distill's command + one option each, on the same data
     base = by_name["label-distill"]["command"]
@@ -74,6 +75,12 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                          ("label-distill-uw", "--uncertainty-weighting")):
         expected = base.replace("students/label-distill ", f"students/{name} ").replace("--tau 4", f"--tau 4 {option}")
         assert by_name[name]["command"] == expected
+    # the 2x student: the same command at twice the photos' size; scored like the others at the photos' size
+    assert "--image-size 96x64 " in base
+    assert by_name["label-distill-2x"]["command"] == base.replace(
+        "students/label-distill ", "students/label-distill-2x ").replace("--image-size 96x64 ", "--image-size 192x128 ")
+    config_2x = json.loads((tmp_path / "run" / "students" / "label-distill-2x" / "student_config.json").read_text())
+    assert config_2x["image_size"] == [192, 128]
     # the long rows: label-distill's command with 4x the steps; -all on every unlabeled photo (the other rows: the first 1)
     long = by_name["label-distill-long"]["command"]
     assert long == base.replace("students/label-distill ", "students/label-distill-long ").replace(
