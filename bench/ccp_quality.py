@@ -31,8 +31,9 @@ on ``test``. Rows:
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
+    label-distill-long-all-2x  label-distill-long-all with the student at 192x128 (the -2x and -long-all levers combined)
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
-    finetuned-20         the best student, fine-tuned on annotated-20
+    finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
 Prints a markdown table and writes ``bench/results/ccp_quality.json`` (one object per row: name,
 miou, per_class, device, seconds, trained_on, command). Every step is a CLI command (recorded per row),
@@ -355,9 +356,10 @@ class Bench:
                                 f"{self.data_note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4),
                                 record=record)
 
-    def long_all_row(self) -> dict:
-        """label-distill-long-all: label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher."""
-        if row := self.row_done("label-distill-long-all"):
+    def long_all_row(self, name: str = "label-distill-long-all", image_size: str = STUDENT_SIZE) -> dict:
+        """label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher (``name`` and
+        ``image_size``: label-distill-long-all-2x is the same at twice the photos' size, the two levers combined)."""
+        if row := self.row_done(name):
             return row
         data, record = self.distill_record()
         note = self.data_note
@@ -365,8 +367,11 @@ class Bench:
             note = self.note(self.data_part("pseudo-all", lambda dest: self.pseudo_label(dest, None)), " (all)")
             data = [data[0], (self.out / "data" / "pseudo-all", 1.0), *data[2:]]
             record = self.data_record("synthetic", "pseudo-all")
-        return self.student_row("label-distill-long-all", "label-distill", data, LONG_FACTOR * self.p.distill_steps,
-                                f"{note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4), record=record)
+        what = f"soft labels tau=4; {LONG_FACTOR}x steps"
+        if image_size != STUDENT_SIZE:
+            what += f"; student at {image_size} (predictions resized to the photos' size)"
+        return self.student_row(name, "label-distill", data, LONG_FACTOR * self.p.distill_steps, f"{note}; {what}",
+                                extra=("--tau", 4), record=record, image_size=image_size)
 
     def dream_row(self) -> dict:
         data, record = self.distill_record()
@@ -376,10 +381,22 @@ class Bench:
                                 extra=("--tau", 4, "--teacher", teacher_ws), record=record)
 
     def finetuned_row(self) -> dict:
-        best = max((self.label_distill_row(), self.round_two(), self.dream_row(), self.long_row(), self.long_all_row()),
-                   key=lambda r: r["miou"])
+        """The distilled student with the best val mIoU (of those trained in this run folder: a row read back from
+        another sitting has no checkpoint here) fine-tuned on annotated-20 at its own size."""
+        if row := self.row_done("finetuned-20"):
+            return row
+        val = {}
+        for name in DISTILLED_ROWS:
+            self.row(name)
+            if (best := self.out / "students" / name / "best.json").is_file():
+                val[name] = json.loads(best.read_text())["miou"]
+        if not val:
+            raise click.ClickException(f"finetuned-20: no distilled student checkpoint in {self.out / 'students'}")
+        name = max(val, key=val.get)
+        width, height = json.loads((self.out / "students" / name / "student_config.json").read_text())["image_size"]
         return self.student_row("finetuned-20", "supervised", [(self.ccp / "annotated-20", 1)], self.p.finetune_steps,
-                                f"{best['name']} + annotated-20", init=self.out / "students" / best["name"], lr=2e-4)
+                                f"{name} + annotated-20", init=self.out / "students" / name, lr=2e-4,
+                                image_size=f"{width}x{height}", record={"fine_tuned": name, "fine_tuned_val_miou": val[name]})
 
     def row(self, name: str) -> dict:
         """Run (or read back) one row by name."""
@@ -394,7 +411,9 @@ class Bench:
             return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
         return {"teacher-ensemble": self.ensemble_row, "label-distill": self.label_distill_row,
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
-                "label-distill-long-all": self.long_all_row, "dreamteacher": self.dream_row,
+                "label-distill-long-all": self.long_all_row,
+                "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", "192x128"),
+                "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
 
     def round_two(self) -> dict:
@@ -447,18 +466,20 @@ STUDENT_LEVERS = {
     "label-distill-2x": ((), "student at 2x the photos' size (192x128 input, predictions resized to 96x64)", "192x128"),
 }
 
-LONG_FACTOR = 4  # label-distill-long(-all): this many times the preset's distill_steps
+LONG_FACTOR = 4  # label-distill-long(-all, -all-2x): this many times the preset's distill_steps
+# the distilled students finetuned-20 chooses from (the best one on test is fine-tuned)
+DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
+                  "label-distill-long-all", "label-distill-long-all-2x")
 
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
 ROW_GROUPS = {
     "supervised": ("supervised-20", "supervised-full"),
     "teacher": (*TEACHER_ROWS, "teacher-ensemble"),
-    "distill": ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
-                "label-distill-long-all", "finetuned-20"),
+    "distill": (*DISTILLED_ROWS, "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "label-distill",
-             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all", "dreamteacher",
-             "finetuned-20")
+             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all",
+             "label-distill-long-all-2x", "dreamteacher", "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:

@@ -52,7 +52,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
                                          "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble", "label-distill", "label-distill-r2",
                                          "label-distill-strong-aug", "label-distill-uw", "label-distill-2x", "label-distill-long",
-                                         "label-distill-long-all", "dreamteacher", "finetuned-20"]
+                                         "label-distill-long-all", "label-distill-long-all-2x", "dreamteacher",
+                                         "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
@@ -90,6 +91,21 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     pseudo_all = json.loads((tmp_path / "run" / "data" / "pseudo-all" / "manifest.json").read_text())
     assert pseudo_all["num_samples"] == len(list((ccp / "unlabeled" / "images").iterdir())) == 2
     assert by_name["label-distill-long-all"]["data_seconds"] == round(timing["synthetic"] + timing["pseudo-all"], 1)
+    # the two levers combined: label-distill-long-all's command at twice the photos' size
+    assert by_name["label-distill-long-all-2x"]["command"] == by_name["label-distill-long-all"]["command"].replace(
+        "students/label-distill-long-all ", "students/label-distill-long-all-2x ").replace(
+        "--image-size 96x64 ", "--image-size 192x128 ")
+    # finetuned-20 starts from the distilled student with the best val mIoU, at that student's size
+    students = tmp_path / "run" / "students"
+    val = {name: json.loads((students / name / "best.json").read_text())["miou"]
+           for name in ("label-distill", "label-distill-r2", "dreamteacher", "label-distill-strong-aug",
+                        "label-distill-uw", "label-distill-2x", "label-distill-long", "label-distill-long-all",
+                        "label-distill-long-all-2x")}
+    chosen = by_name["finetuned-20"]["fine_tuned"]
+    assert val[chosen] == max(val.values()) == by_name["finetuned-20"]["fine_tuned_val_miou"]
+    assert f"--init {students / chosen}" in by_name["finetuned-20"]["command"]
+    assert json.loads((students / "finetuned-20" / "student_config.json").read_text())["image_size"] == \
+        json.loads((students / chosen / "student_config.json").read_text())["image_size"]
     # the ensemble reuses the two trained heads (same files, nothing retrained) and the Teacher combines them
     run = tmp_path / "run"
     ensemble = run / "ws-selected-ensemble-cb0.5-flip" / "heads"
