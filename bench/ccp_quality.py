@@ -32,6 +32,8 @@ on ``test``. Rows:
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
     label-distill-long-all-2x  label-distill-long-all with the student at 192x128 (the -2x and -long-all levers combined)
+    label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
+                         relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
@@ -413,6 +415,7 @@ class Bench:
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
                 "label-distill-long-all": self.long_all_row,
                 "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", "192x128"),
+                "label-distill-long-all-2x-r2": self.round_two_long_all_2x,
                 "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
 
@@ -422,23 +425,51 @@ class Bench:
             return row
         self.label_distill_row()
         data, record = self.distill_record()
-        relabelled = self.out / "data" / "pseudo-r2"
         images = self.ccp / "unlabeled" / "images"
-        if not (relabelled / "manifest.json").is_file():
-            shutil.rmtree(relabelled, ignore_errors=True)
-            subset = images
-            if self.p.unlabeled_limit:  # the same photos the teacher labelled
-                subset = self.out / "data" / "unlabeled-subset"
-                if not subset.is_dir():
-                    subset.mkdir(parents=True)
-                    for path in sorted(images.glob("*.png"))[:self.p.unlabeled_limit]:
-                        shutil.copy(path, subset / path.name)
-            run(student("pseudo-label", "--checkpoint", self.out / "students" / "label-distill", "--images", subset,
-                        "--out", relabelled), self.out / "logs" / "pseudo-label-r2.log")
+        if self.p.unlabeled_limit:  # the same photos the teacher labelled
+            subset = self.out / "data" / "unlabeled-subset"
+            if not subset.is_dir():
+                subset.mkdir(parents=True)
+                for path in sorted(images.glob("*.png"))[:self.p.unlabeled_limit]:
+                    shutil.copy(path, subset / path.name)
+            images = subset
+        relabelled = self.relabel("pseudo-r2", "label-distill", images)
         data2 = [(data[0][0], 1.0), (relabelled, 1.0), *data[2:]]
         return self.student_row("label-distill-r2", "label-distill", data2, self.p.distill_steps,
                                 f"{self.data_note.replace('pseudo-labelled photos', 'photos relabelled by label-distill')}"
                                 "; soft labels tau=4", extra=("--tau", 4), record=record)
+
+    def round_two_long_all_2x(self) -> dict:
+        """Round 2 of the combined student: label-distill-long-all-2x and the teacher (soft labels averaged, weight
+        R2_TEACHER_WEIGHT) relabel every `unlabeled` photo; a fresh student distils from those, trained as it was."""
+        name = "label-distill-long-all-2x-r2"
+        if row := self.row_done(name):
+            return row
+        self.long_all_row("label-distill-long-all-2x", "192x128")
+        data, _ = self.distill_record()
+        teacher_labels = self.out / "data" / ("pseudo-all" if self.p.unlabeled_limit else "pseudo")
+        relabelled = self.relabel("pseudo-all-r2", "label-distill-long-all-2x", self.ccp / "unlabeled" / "images",
+                                  teacher_labels)
+        n = json.loads((relabelled / "manifest.json").read_text())["num_samples"]
+        return self.student_row(name, "label-distill", [(data[0][0], 1.0), (relabelled, 1.0), *data[2:]],
+                                LONG_FACTOR * self.p.distill_steps,
+                                f"{self.n_synthetic} DDIM-{self.p.ddim_steps} samples + {n} photos (all) relabelled by "
+                                f"label-distill-long-all-2x + teacher (weight {R2_TEACHER_WEIGHT:g}) + annotated-20; "
+                                f"soft labels tau=4; {LONG_FACTOR}x steps; student at 192x128", extra=("--tau", 4),
+                                record=self.data_record("synthetic", teacher_labels.name),
+                                image_size="192x128")
+
+    def relabel(self, part: str, student_row: str, images: Path, teacher_labels: Path | None = None) -> Path:
+        """RUN_DIR/data/<part>: ``images`` relabelled by this run's ``student_row`` student (flip TTA; with
+        ``teacher_labels``, averaged with the teacher's soft labels of the same photos at R2_TEACHER_WEIGHT)."""
+        dest = self.out / "data" / part
+        if not (dest / "manifest.json").is_file():
+            shutil.rmtree(dest, ignore_errors=True)
+            mix = () if teacher_labels is None else ("--teacher-shards", teacher_labels, "--teacher-weight",
+                                                     R2_TEACHER_WEIGHT)
+            run(student("pseudo-label", "--checkpoint", self.out / "students" / student_row, "--images", images,
+                        "--out", dest, *mix), self.out / "logs" / f"pseudo-label-{part}.log")
+        return dest
 
 
 # name -> (features, head type, class balance, train-heads --augment, flip TTA, trained on)
@@ -467,9 +498,12 @@ STUDENT_LEVERS = {
 }
 
 LONG_FACTOR = 4  # label-distill-long(-all, -all-2x): this many times the preset's distill_steps
+# label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
+# set once, not tuned (an even mix of the two models, the student being about level with its teacher)
+R2_TEACHER_WEIGHT = 0.5
 # the distilled students finetuned-20 chooses from (the best one on test is fine-tuned)
 DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
-                  "label-distill-long-all", "label-distill-long-all-2x")
+                  "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-2x-r2")
 
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
 ROW_GROUPS = {
@@ -479,7 +513,7 @@ ROW_GROUPS = {
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "label-distill",
              "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all",
-             "label-distill-long-all-2x", "dreamteacher", "finetuned-20")
+             "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:
