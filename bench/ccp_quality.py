@@ -57,7 +57,8 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-STUDENT_SIZE = "96x64"  # `student train --image-size` of every student row (the photos' size) but label-distill-2x
+STUDENT_SIZE = "96x64"  # `student train --image-size` of every student row (the photos' size) but the -2x rows
+STUDENT_SIZE_2X = "192x128"  # the -2x rows: twice the photos' size
 
 
 @dataclass(frozen=True)
@@ -363,17 +364,21 @@ class Bench:
         ``image_size``: label-distill-long-all-2x is the same at twice the photos' size, the two levers combined)."""
         if row := self.row_done(name):
             return row
-        data, record = self.distill_record()
-        note = self.data_note
-        if self.p.unlabeled_limit:  # else label-distill's photos are all of them already
-            note = self.note(self.data_part("pseudo-all", lambda dest: self.pseudo_label(dest, None)), " (all)")
-            data = [data[0], (self.out / "data" / "pseudo-all", 1.0), *data[2:]]
-            record = self.data_record("synthetic", "pseudo-all")
+        data, note, record = self.all_photos_record()
         what = f"soft labels tau=4; {LONG_FACTOR}x steps"
         if image_size != STUDENT_SIZE:
             what += f"; student at {image_size} (predictions resized to the photos' size)"
         return self.student_row(name, "label-distill", data, LONG_FACTOR * self.p.distill_steps, f"{note}; {what}",
                                 extra=("--tau", 4), record=record, image_size=image_size)
+
+    def all_photos_record(self) -> tuple[list[tuple[Path, float]], str, dict]:
+        """label-distill's data with every `unlabeled` photo pseudo-labelled (the second part), its note and record."""
+        data, record = self.distill_record()
+        if not self.p.unlabeled_limit:  # label-distill's photos are all of them already
+            return data, self.data_note, record
+        note = self.note(self.data_part("pseudo-all", lambda dest: self.pseudo_label(dest, None)), " (all)")
+        data = [data[0], (self.out / "data" / "pseudo-all", 1.0), *data[2:]]
+        return data, note, self.data_record("synthetic", "pseudo-all")
 
     def dream_row(self) -> dict:
         data, record = self.distill_record()
@@ -414,7 +419,7 @@ class Bench:
         return {"teacher-ensemble": self.ensemble_row, "label-distill": self.label_distill_row,
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
                 "label-distill-long-all": self.long_all_row,
-                "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", "192x128"),
+                "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", STUDENT_SIZE_2X),
                 "label-distill-long-all-2x-r2": self.round_two_long_all_2x,
                 "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
@@ -445,19 +450,17 @@ class Bench:
         name = "label-distill-long-all-2x-r2"
         if row := self.row_done(name):
             return row
-        self.long_all_row("label-distill-long-all-2x", "192x128")
-        data, _ = self.distill_record()
-        teacher_labels = self.out / "data" / ("pseudo-all" if self.p.unlabeled_limit else "pseudo")
+        self.long_all_row("label-distill-long-all-2x", STUDENT_SIZE_2X)
+        data, _, record = self.all_photos_record()  # data[1]: the teacher's labels of every photo
         relabelled = self.relabel("pseudo-all-r2", "label-distill-long-all-2x", self.ccp / "unlabeled" / "images",
-                                  teacher_labels)
+                                  data[1][0])
         n = json.loads((relabelled / "manifest.json").read_text())["num_samples"]
-        return self.student_row(name, "label-distill", [(data[0][0], 1.0), (relabelled, 1.0), *data[2:]],
+        return self.student_row(name, "label-distill", [data[0], (relabelled, 1.0), *data[2:]],
                                 LONG_FACTOR * self.p.distill_steps,
                                 f"{self.n_synthetic} DDIM-{self.p.ddim_steps} samples + {n} photos (all) relabelled by "
                                 f"label-distill-long-all-2x + teacher (weight {R2_TEACHER_WEIGHT:g}) + annotated-20; "
-                                f"soft labels tau=4; {LONG_FACTOR}x steps; student at 192x128", extra=("--tau", 4),
-                                record=self.data_record("synthetic", teacher_labels.name),
-                                image_size="192x128")
+                                f"soft labels tau=4; {LONG_FACTOR}x steps; student at {STUDENT_SIZE_2X}",
+                                extra=("--tau", 4), record=record, image_size=STUDENT_SIZE_2X)
 
     def relabel(self, part: str, student_row: str, images: Path, teacher_labels: Path | None = None) -> Path:
         """RUN_DIR/data/<part>: ``images`` relabelled by this run's ``student_row`` student (flip TTA; with
@@ -494,14 +497,15 @@ STUDENT_LEVERS = {
     "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty", STUDENT_SIZE),
     # resnet18's stem divides by 4 at once: at 96x64 its first features are 24x16. The student reads the photos
     # (and its labels) resized to twice their size and its predictions are resized back: 4x the compute
-    "label-distill-2x": ((), "student at 2x the photos' size (192x128 input, predictions resized to 96x64)", "192x128"),
+    "label-distill-2x": ((), "student at 2x the photos' size (192x128 input, predictions resized to 96x64)",
+                         STUDENT_SIZE_2X),
 }
 
 LONG_FACTOR = 4  # label-distill-long(-all, -all-2x): this many times the preset's distill_steps
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
-# the distilled students finetuned-20 chooses from (the best one on test is fine-tuned)
+# the distilled students finetuned-20 chooses from (the one with the best val mIoU is fine-tuned)
 DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
                   "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-2x-r2")
 
