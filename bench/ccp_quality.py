@@ -21,6 +21,7 @@ on ``test``. Rows:
     teacher-ensemble     both heads combined by the Teacher (every member of the pixel-MLP and conv heads of
                          teacher-selected-cb-flip and teacher-conv, reused, not retrained: W/heads/ + W/heads/conv/, as
                          `labelgen train-heads --type conv` makes them)
+    teacher-ensemble-tta the same heads with flip test-time augmentation
     label-distill        student from synthetic samples + pseudo-labelled `unlabeled` (flip TTA) + annotated-20,
                          soft labels at tau=4, from the pixel-MLP teacher of teacher-selected-cb-flip
     label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
@@ -232,13 +233,14 @@ class Bench:
                          + f"; heads: fixed {self.p.head_epochs} epochs",
         })
 
-    def ensemble_row(self) -> dict:
+    def ensemble_row(self, flip: bool = False) -> dict:
         """teacher-ensemble: the heads of teacher-selected-cb-flip (pixel-MLP, W/heads/) and teacher-conv (W/heads/conv/)
-        in one workspace (copied, not retrained), combined by the Teacher."""
+        in one workspace (copied, not retrained), combined by the Teacher (``flip``: teacher-ensemble-tta, the same
+        heads with flip test-time augmentation)."""
         from labelgen.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
         from labelgen.training.evaluate_teacher import evaluate_teacher
 
-        name = "teacher-ensemble"
+        name = "teacher-ensemble-tta" if flip else "teacher-ensemble"
         if row := self.row_done(name):
             return row
         (mlp_ws, _, mlp_cmd), (conv_ws, _, conv_cmd) = (self.heads_workspace(*spec) for spec in ENSEMBLE_HEADS)
@@ -252,12 +254,14 @@ class Bench:
                 shutil.copy2(conv_ws / "heads" / file, partial / "heads" / "conv" / file)
             shutil.rmtree(dest, ignore_errors=True)
             partial.rename(dest)
-        result = evaluate_teacher(dest, self.ccp / "test", progress=False, cache=True)
+        result = evaluate_teacher(dest, self.ccp / "test", progress=False, flip=flip, cache=True)
         return self.save_row({
-            "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP with mirror images + conv heads)",
+            "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP with mirror images + conv heads"
+                                        + ("; flip TTA)" if flip else ")"),
             "miou": result["miou"], "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
             "device": self.device, "seconds": round(result["seconds"], 1), "heads": result["heads"],
-            "command": f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)} ; evaluate_teacher",
+            "command": f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)} ; evaluate_teacher"
+                       + (" --flip" if flip else ""),
             "selection": "heads of teacher-selected-cb-flip and teacher-conv reused (seconds: evaluation only); "
                          "every member averaged (labelgen.teacher.predict_heads)",
         })
@@ -421,7 +425,8 @@ class Bench:
         if name in supervised:
             split, steps, trained_on = supervised[name]
             return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
-        return {"teacher-ensemble": self.ensemble_row, "label-distill": self.label_distill_row,
+        return {"teacher-ensemble": self.ensemble_row, "teacher-ensemble-tta": lambda: self.ensemble_row(flip=True),
+                "label-distill": self.label_distill_row,
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
                 "label-distill-long-all": self.long_all_row,
                 "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", STUDENT_SIZE_2X),
@@ -519,10 +524,10 @@ DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
 ROW_GROUPS = {
     "supervised": ("supervised-20", "supervised-full"),
-    "teacher": (*TEACHER_ROWS, "teacher-ensemble"),
+    "teacher": (*TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta"),
     "distill": (*DISTILLED_ROWS, "finetuned-20"),
 }
-ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "label-distill",
+ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta", "label-distill",
              "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all",
              "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "label-distill-long-all-3x", "dreamteacher",
              "finetuned-20")

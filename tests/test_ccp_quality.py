@@ -50,7 +50,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     rows = json.loads(results.read_text())
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
-                                         "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble", "label-distill", "label-distill-r2",
+                                         "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble",
+                                         "teacher-ensemble-tta", "label-distill", "label-distill-r2",
                                          "label-distill-strong-aug", "label-distill-uw", "label-distill-2x", "label-distill-long",
                                          "label-distill-long-all", "label-distill-long-all-2x",
                                          "label-distill-long-all-2x-r2", "label-distill-long-all-3x", "dreamteacher",
@@ -129,6 +130,9 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                         (ensemble / "conv", run / "ws-selected-conv-cb0.5" / "heads")):
         assert (own / "head.safetensors").read_bytes() == (reused / "head.safetensors").read_bytes()
     assert by_name["teacher-ensemble"]["heads"] == "pixel-mlp+conv" and "--type conv" in by_name["teacher-ensemble"]["command"]
+    # the same heads with flip TTA: the same commands, scored with --flip
+    assert by_name["teacher-ensemble-tta"]["heads"] == "pixel-mlp+conv"
+    assert by_name["teacher-ensemble-tta"]["command"] == by_name["teacher-ensemble"]["command"] + " --flip"
     # the levers: features chosen on val (stored in the workspace), class balance, flip TTA, round 2
     sweep = json.loads((tmp_path / "run" / "ws-selected" / "feature_sweep.json").read_text())
     assert sweep["scored_on"].startswith("--val") and sweep["candidates"]
