@@ -59,7 +59,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-STUDENT_SIZE = "96x64"  # `student train --image-size` of every student row (the photos' size) but the -2x rows
+STUDENT_SIZE = "96x64"  # `student train --image-size` of every student row (the photos' size) but the -2x / -3x rows
 STUDENT_SIZE_2X = "192x128"  # the -2x rows: twice the photos' size
 STUDENT_SIZE_3X = "288x192"  # the -3x row: three times (on val, 800 steps: 0.432 vs 0.421 at 2x; docs/student.md)
 
@@ -512,7 +512,7 @@ STUDENT_LEVERS = {
                          STUDENT_SIZE_2X),
 }
 
-LONG_FACTOR = 4  # label-distill-long(-all, -all-2x): this many times the preset's distill_steps
+LONG_FACTOR = 4  # label-distill-long(-all, -all-2x, -all-3x): this many times the preset's distill_steps
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
