@@ -36,6 +36,8 @@ on ``test``. Rows:
     label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
                          relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
     label-distill-long-all-3x  label-distill-long-all with the student at 288x192 (3x the photos' size)
+    label-distill-long-all-2x-ens  label-distill-long-all-2x with its data labelled by teacher-ensemble-tta's heads
+                         (pixel-MLP + conv; flip TTA on the synthetic samples too) instead of the pixel-MLP alone
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
@@ -233,16 +235,11 @@ class Bench:
                          + f"; heads: fixed {self.p.head_epochs} epochs",
         })
 
-    def ensemble_row(self, flip: bool = False) -> dict:
-        """teacher-ensemble: the heads of teacher-selected-cb-flip (pixel-MLP, W/heads/) and teacher-conv (W/heads/conv/)
-        in one workspace (copied, not retrained), combined by the Teacher (``flip``: teacher-ensemble-tta, the same
-        heads with flip test-time augmentation)."""
+    def ensemble_workspace(self) -> tuple[Path, str]:
+        """(W, the commands that trained its heads): the heads of teacher-selected-cb-flip (pixel-MLP, W/heads/) and
+        teacher-conv (W/heads/conv/) in one workspace (copied, not retrained), combined by the Teacher."""
         from labelgen.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
-        from labelgen.training.evaluate_teacher import evaluate_teacher
 
-        name = "teacher-ensemble-tta" if flip else "teacher-ensemble"
-        if row := self.row_done(name):
-            return row
         (mlp_ws, _, mlp_cmd), (conv_ws, _, conv_cmd) = (self.heads_workspace(*spec) for spec in ENSEMBLE_HEADS)
         dest = self.out / "ws-selected-ensemble-cb0.5-flip"
         if not (dest / "heads" / "conv" / HEAD_CONFIG_NAME).is_file():
@@ -254,14 +251,24 @@ class Bench:
                 shutil.copy2(conv_ws / "heads" / file, partial / "heads" / "conv" / file)
             shutil.rmtree(dest, ignore_errors=True)
             partial.rename(dest)
+        return dest, f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)}"
+
+    def ensemble_row(self, flip: bool = False) -> dict:
+        """teacher-ensemble: both heads of ensemble_workspace() (``flip``: teacher-ensemble-tta, the same heads with
+        flip test-time augmentation)."""
+        from labelgen.training.evaluate_teacher import evaluate_teacher
+
+        name = "teacher-ensemble-tta" if flip else "teacher-ensemble"
+        if row := self.row_done(name):
+            return row
+        dest, commands = self.ensemble_workspace()
         result = evaluate_teacher(dest, self.ccp / "test", progress=False, flip=flip, cache=True)
         return self.save_row({
             "name": name, "trained_on": "annotated-20 (selected features, class balance; pixel-MLP with mirror images + conv heads"
                                         + ("; flip TTA)" if flip else ")"),
             "miou": result["miou"], "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
             "device": self.device, "seconds": round(result["seconds"], 1), "heads": result["heads"],
-            "command": f"{mlp_cmd} ; {conv_cmd.replace('train-heads', 'train-heads --type conv', 1)} ; evaluate_teacher"
-                       + (" --flip" if flip else ""),
+            "command": f"{commands} ; evaluate_teacher" + (" --flip" if flip else ""),
             "selection": "heads of teacher-selected-cb-flip and teacher-conv reused (seconds: evaluation only); "
                          "every member averaged (labelgen.teacher.predict_heads)",
         })
@@ -318,15 +325,19 @@ class Bench:
         timing = self.data_timing()
         return {"data_seconds": round(sum(timing[n] for n in names), 1)} if set(names) <= set(timing) else {}
 
-    def synthesize(self, dest: Path) -> float:
-        cmd = labelgen("synthesize", "-w", self.heads_workspace(*BEST_TEACHER)[0], "--n", self.p.synthetic_n, "--out",
-                       dest, "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500)
-        return run(cmd, self.out / "logs" / "synthesize.log")
+    def synthesize(self, dest: Path, workspace: Path | None = None, tta: str = "real") -> float:
+        """``synthetic_n`` samples labelled by ``workspace``'s heads (default: BEST_TEACHER's; ``tta``: synthesize
+        --tta, "all" = flip TTA on the samples too) into ``dest``; returns seconds."""
+        workspace = workspace or self.heads_workspace(*BEST_TEACHER)[0]
+        cmd = labelgen("synthesize", "-w", workspace, "--n", self.p.synthetic_n, "--out", dest, "--soft-labels", "uint8",
+                       "--drop-uncertain", 0.1, "--shard-size", 500, "--tta", tta)
+        return run(cmd, self.out / "logs" / f"{dest.name}.log")
 
-    def pseudo_label(self, dest: Path, limit: int | None) -> float:
-        """The teacher labels the first ``limit`` (None: all) `unlabeled` photos into ``dest`` (soft labels, flip
-        TTA); returns seconds."""
-        cmd = labelgen("synthesize", "-w", self.heads_workspace(*BEST_TEACHER)[0], "--from-images",
+    def pseudo_label(self, dest: Path, limit: int | None, workspace: Path | None = None) -> float:
+        """``workspace``'s heads (default: BEST_TEACHER's) label the first ``limit`` (None: all) `unlabeled` photos
+        into ``dest`` (soft labels, flip TTA); returns seconds."""
+        workspace = workspace or self.heads_workspace(*BEST_TEACHER)[0]
+        cmd = labelgen("synthesize", "-w", workspace, "--from-images",
                        self.ccp / "unlabeled" / "images", "--out", dest, "--soft-labels", "uint8", "--shard-size", 500)
         if limit:
             cmd += ["--n", str(limit)]
@@ -368,20 +379,32 @@ class Bench:
                                 f"{self.data_note}; soft labels tau=4; {LONG_FACTOR}x steps", extra=("--tau", 4),
                                 record=record)
 
-    def long_all_row(self, name: str = "label-distill-long-all", image_size: str = STUDENT_SIZE) -> dict:
-        """label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher (``name`` and
-        ``image_size``: label-distill-long-all-2x and -3x are the same at 2x / 3x the photos' size, the levers combined)."""
+    def long_all_row(self, name: str) -> dict:
+        """label-distill-long with every `unlabeled` photo pseudo-labelled, the student at LONG_ALL_ROWS[name]'s size,
+        the data labelled by its labeller (the -2x / -3x rows: the levers combined; -ens: the ensemble's labels)."""
         if row := self.row_done(name):
             return row
-        data, note, record = self.all_photos_record()
+        image_size, labeller = LONG_ALL_ROWS[name]
+        data, note, record = self.all_photos_record(labeller)
         what = f"soft labels tau=4; {LONG_FACTOR}x steps"
         if image_size != STUDENT_SIZE:
             what += f"; student at {image_size} (predictions resized to the photos' size)"
         return self.student_row(name, "label-distill", data, LONG_FACTOR * self.p.distill_steps, f"{note}; {what}",
                                 extra=("--tau", 4), record=record, image_size=image_size)
 
-    def all_photos_record(self) -> tuple[list[tuple[Path, float]], str, dict]:
-        """label-distill's data with every `unlabeled` photo pseudo-labelled (the second part), its note and record."""
+    def all_photos_record(self, labeller: str = "teacher") -> tuple[list[tuple[Path, float]], str, dict]:
+        """label-distill's data with every `unlabeled` photo pseudo-labelled (the second part), its note and record.
+        ``labeller`` "ensemble": the synthetic samples and every photo labelled by teacher-ensemble-tta's heads
+        instead (both heads, flip TTA on the samples too), parts of their own."""
+        if labeller == "ensemble":
+            workspace = self.ensemble_workspace()[0]
+            n_synthetic = self.data_part("synthetic-ensemble", lambda dest: self.synthesize(dest, workspace, tta="all"))
+            n_photos = self.data_part("pseudo-all-ensemble", lambda dest: self.pseudo_label(dest, None, workspace))
+            data = [(self.out / "data" / "synthetic-ensemble", 1.0), (self.out / "data" / "pseudo-all-ensemble", 1.0),
+                    (self.ccp / "annotated-20", self.p.real_weight)]
+            note = (f"{n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_photos} pseudo-labelled photos (all) + "
+                    "annotated-20, labelled by teacher-ensemble-tta (both heads; flip TTA on samples and photos)")
+            return data, note, self.data_record("synthetic-ensemble", "pseudo-all-ensemble")
         data, record = self.distill_record()
         if not self.p.unlabeled_limit:  # label-distill's photos are all of them already
             return data, self.data_note, record
@@ -420,6 +443,8 @@ class Bench:
             return self.teacher_row(name, *TEACHER_ROWS[name])
         if name in STUDENT_LEVERS:
             return self.lever_row(name)
+        if name in LONG_ALL_ROWS:
+            return self.long_all_row(name)
         supervised = {"supervised-20": ("annotated-20", self.p.supervised_steps, "annotated-20"),
                       "supervised-full": ("train-full", self.p.full_steps, "train-full (upper bound)")}
         if name in supervised:
@@ -428,10 +453,7 @@ class Bench:
         return {"teacher-ensemble": self.ensemble_row, "teacher-ensemble-tta": lambda: self.ensemble_row(flip=True),
                 "label-distill": self.label_distill_row,
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
-                "label-distill-long-all": self.long_all_row,
-                "label-distill-long-all-2x": lambda: self.long_all_row("label-distill-long-all-2x", STUDENT_SIZE_2X),
                 "label-distill-long-all-2x-r2": self.round_two_long_all_2x,
-                "label-distill-long-all-3x": lambda: self.long_all_row("label-distill-long-all-3x", STUDENT_SIZE_3X),
                 "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
 
@@ -461,7 +483,7 @@ class Bench:
         name = "label-distill-long-all-2x-r2"
         if row := self.row_done(name):
             return row
-        self.long_all_row("label-distill-long-all-2x", STUDENT_SIZE_2X)
+        self.long_all_row("label-distill-long-all-2x")
         data, _, record = self.all_photos_record()  # data[1]: the teacher's labels of every photo
         relabelled = self.relabel("pseudo-all-r2", "label-distill-long-all-2x", self.ccp / "unlabeled" / "images",
                                   data[1][0])
@@ -512,14 +534,21 @@ STUDENT_LEVERS = {
                          STUDENT_SIZE_2X),
 }
 
-LONG_FACTOR = 4  # label-distill-long(-all, -all-2x, -all-3x): this many times the preset's distill_steps
+LONG_FACTOR = 4  # label-distill-long and the LONG_ALL_ROWS: this many times the preset's distill_steps
+# label-distill-long on every `unlabeled` photo: name -> (student --image-size, who labels the students' data:
+# "teacher" = BEST_TEACHER's pixel-MLP (label-distill's labeller), "ensemble" = teacher-ensemble-tta's heads)
+LONG_ALL_ROWS = {
+    "label-distill-long-all": (STUDENT_SIZE, "teacher"),
+    "label-distill-long-all-2x": (STUDENT_SIZE_2X, "teacher"),
+    "label-distill-long-all-3x": (STUDENT_SIZE_3X, "teacher"),
+    "label-distill-long-all-2x-ens": (STUDENT_SIZE_2X, "ensemble"),
+}
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
 # the distilled students finetuned-20 chooses from (the one with the best val mIoU is fine-tuned)
 DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
-                  "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-2x-r2",
-                  "label-distill-long-all-3x")
+                  *LONG_ALL_ROWS, "label-distill-long-all-2x-r2")
 
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
 ROW_GROUPS = {
@@ -528,9 +557,8 @@ ROW_GROUPS = {
     "distill": (*DISTILLED_ROWS, "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta", "label-distill",
-             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", "label-distill-long-all",
-             "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "label-distill-long-all-3x", "dreamteacher",
-             "finetuned-20")
+             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, "label-distill-long-all-2x-r2",
+             "dreamteacher", "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:

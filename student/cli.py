@@ -127,6 +127,10 @@ WEIGHTS_OPTION = click.option("--weights", type=click.Choice(["best", "last"]), 
                               help="best.safetensors (selected on --val) or model.safetensors (last step). "
                                    "[default: best if the run has it, else last]")
 
+TTA_OPTION = click.option("--flip/--no-flip", default=False, show_default=True,
+                          help="Horizontal-flip test-time augmentation: the mean of the photo's and its mirror image's "
+                               "probabilities (two forward passes).")
+
 
 def _load(checkpoint: Path, weights: str | None):
     from labelgen.student.models import describe_weights, load_student, weights_file
@@ -142,18 +146,19 @@ def _load(checkpoint: Path, weights: str | None):
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled folder (images + masks).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where the PNGs go (default RUN_DIR/eval).")
 @click.option("--grid", type=click.IntRange(min=1), default=8, help="Images in the overlay grid.")
+@TTA_OPTION
 @WEIGHTS_OPTION
-def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, weights: str | None):
+def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, flip: bool, weights: str | None):
     """mIoU + per-class IoU table; writes confusion.png and overlays.png (image | truth | prediction)."""
     from labelgen.student.evaluate import evaluate_folder, write_eval_outputs
 
     model, config, weights_path = _load(checkpoint, weights)
-    scores, kept = evaluate_folder(model, config, data, keep=grid)
+    scores, kept = evaluate_folder(model, config, data, keep=grid, flip=flip)
     names = [c["name"] for c in config.classes]
     click.echo(f"mIoU: {scores.miou:.4f}")
     click.echo(scores.table(names))
     out = out or checkpoint / "eval"
-    cm_path, grid_path = write_eval_outputs(out, scores, kept, config, {"weights": str(weights_path)})
+    cm_path, grid_path = write_eval_outputs(out, scores, kept, config, {"weights": str(weights_path), "flip_tta": flip})
     click.echo(f"wrote {cm_path} and {grid_path}")
 
 
@@ -161,13 +166,14 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, weights:
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Student run folder.")
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of images.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for index-mask PNGs (class palette).")
+@TTA_OPTION
 @WEIGHTS_OPTION
-def predict_cmd(checkpoint: Path, images: Path, out: Path, weights: str | None):
+def predict_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, weights: str | None):
     """Predict an index mask PNG per image."""
     from labelgen.student.evaluate import predict_folder
 
     model, config, weights_path = _load(checkpoint, weights)
-    n = predict_folder(model, config, images, out)
+    n = predict_folder(model, config, images, out, flip=flip)
     click.echo(f"wrote {n} masks -> {out}")
 
 

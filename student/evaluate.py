@@ -30,16 +30,30 @@ def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_image(model, config: StudentConfig, image: np.ndarray, device="cpu") -> np.ndarray:
-    """uint8 [H, W, 3] -> class ids uint8 [H, W]."""
-    logits = model(preprocess(image, config).to(device)).float()  # [1, C, h, w]
-    logits = resize_image(logits, image.shape[:2])  # back to the image's own size
-    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+def student_scores(model, config: StudentConfig, image: np.ndarray, flip: bool = False, device="cpu") -> torch.Tensor:
+    """uint8 [H, W, 3] -> class scores float [1, C, h, w] at the training size: the logits, or with ``flip``
+    (horizontal-flip test-time augmentation) the log of the mean of the photo's and the mirrored photo's
+    (flipped-back) probabilities. softmax(scores) is the probabilities either way."""
+    x = preprocess(image, config).to(device)  # [1, 3, h, w]
+    logits = model(x).float()  # [1, C, h, w]
+    if not flip:
+        return logits
+    probs = (torch.softmax(logits, dim=1) + torch.softmax(model(x.flip(-1)).float(), dim=1).flip(-1)) / 2
+    return probs.clamp_min(1e-12).log()
 
 
-def evaluate_folder(model, config: StudentConfig, folder, device="cpu", keep: int = 0
+@torch.no_grad()
+def predict_image(model, config: StudentConfig, image: np.ndarray, device="cpu", flip: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] -> class ids uint8 [H, W] (``flip``: with flip test-time augmentation)."""
+    scores = student_scores(model, config, image, flip, device)  # [1, C, h, w]
+    scores = resize_image(scores, image.shape[:2])  # back to the image's own size
+    return scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
+
+
+def evaluate_folder(model, config: StudentConfig, folder, device="cpu", keep: int = 0, flip: bool = False
                     ) -> tuple[Scores, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Scores over a labelled folder, and the first ``keep`` (image, target, prediction) triples."""
+    """Scores over a labelled folder, and the first ``keep`` (image, target, prediction) triples (``flip``: the
+    predictions with flip test-time augmentation)."""
     from labelgen.data.folder import open_labelled
 
     data = open_labelled(folder, require_masks=True)
@@ -52,7 +66,7 @@ def evaluate_folder(model, config: StudentConfig, folder, device="cpu", keep: in
     kept = []
     try:
         for item in data:
-            pred = predict_image(model, config, item.image, device)
+            pred = predict_image(model, config, item.image, device, flip)
             cm.update(pred, item.mask)
             if len(kept) < keep:
                 kept.append((item.image, item.mask, pred))
@@ -104,14 +118,15 @@ def write_eval_outputs(out: Path, scores: Scores, kept, config: StudentConfig, e
     return out / "confusion.png", out / "overlays.png"
 
 
-def predict_folder(model, config: StudentConfig, images: Path, out: Path, device="cpu") -> int:
+def predict_folder(model, config: StudentConfig, images: Path, out: Path, device="cpu", flip: bool = False) -> int:
     """OUT/<stem>.png index mask per image of IMAGES, all or none (a bad image or a full disk leaves OUT as
-    it was)."""
+    it was); ``flip``: with flip test-time augmentation."""
     paths = list_images(Path(images))
     if not paths:
         raise LabelgenError(f"{images}: no images")
     palette = config.class_list.palette
     with staged_folder(out) as stage:
         for p in paths:
-            write_png(stage / f"{p.stem}.png", predict_image(model, config, read_image(p), device), palette)
+            write_png(stage / f"{p.stem}.png", predict_image(model, config, read_image(p), device, flip),
+                      palette)
     return len(paths)

@@ -21,19 +21,14 @@ from labelgen.data.io import list_images, read_image
 from labelgen.data.shards import ShardReader, ShardSample, ShardWriter, soft_probabilities
 from labelgen.errors import LabelgenError
 from labelgen.imaging import resize_image
-from labelgen.student.evaluate import preprocess
+from labelgen.student.evaluate import student_scores
 from labelgen.student.models import StudentConfig
 
 
-@torch.no_grad()
 def student_probabilities(model, config: StudentConfig, image: np.ndarray, flip: bool = False,
                           device="cpu") -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [C, h, w] class probabilities at the training size (h, w)."""
-    x = preprocess(image, config).to(device)  # [1, 3, h, w]
-    probs = torch.softmax(model(x).float(), dim=1)  # [1, C, h, w]
-    if flip:
-        probs = (probs + torch.softmax(model(x.flip(-1)).float(), dim=1).flip(-1)) / 2
-    return probs[0].cpu().numpy()
+    return torch.softmax(student_scores(model, config, image, flip, device), dim=1)[0].cpu().numpy()
 
 
 def _teacher_soft(teacher_shards: Path) -> dict[str, np.ndarray]:

@@ -322,6 +322,40 @@ def test_predict_writes_palette_masks(tiny, supervised_run, capsys, tmp_path):
     assert im.mode == "P" and im.size == (32, 32) and np.asarray(im).max() < 3
 
 
+def test_flip_tta_predicts_the_mean_of_the_photo_and_its_mirror_image(tiny, supervised_run, capsys, tmp_path):
+    """eval / predict --flip: argmax of the mean of the photo's and the mirrored photo's (flipped back)
+    probabilities, computed here from the model's own forward passes; scores.json says which."""
+    import torch
+    from PIL import Image
+
+    from labelgen.data.io import list_images, read_image
+    from labelgen.metrics import ConfusionMatrix
+    from labelgen.student.evaluate import preprocess
+    from labelgen.student.models import load_student
+
+    run_dir, _ = supervised_run
+    model, config = load_student(run_dir)
+    model.eval()
+    code, out, err = _cli(["predict", "--checkpoint", str(run_dir), "--images", str(tiny["val"] / "images"),
+                           "--out", str(tmp_path / "masks"), "--flip"], capsys)
+    assert code == 0, err
+    cm = ConfusionMatrix(len(CLASSES.names))
+    for path in list_images(tiny["val"] / "images"):
+        x = preprocess(read_image(path), config)  # [1, 3, 32, 32]: the training size, no resize back
+        with torch.no_grad():
+            probs = torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1).flip(-1)
+        expected = probs.argmax(1)[0].numpy()
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / f"{path.stem}.png")), expected)
+        cm.update(expected.astype(np.uint8), np.asarray(Image.open(tiny["val"] / "masks" / f"{path.stem}.png")))
+    for flip in (True, False):
+        code, out, err = _cli(["eval", "--checkpoint", str(run_dir), "--data", str(tiny["val"]),
+                               "--out", str(tmp_path / f"eval-{flip}"), "--flip" if flip else "--no-flip"], capsys)
+        assert code == 0, err
+        scores = json.loads((tmp_path / f"eval-{flip}" / "scores.json").read_text())
+        assert scores["flip_tta"] is flip
+    assert json.loads((tmp_path / "eval-True" / "scores.json").read_text())["miou"] == pytest.approx(cm.compute().miou)
+
+
 def test_export_onnx_matches(supervised_run, capsys, tmp_path):
     run_dir, _ = supervised_run
     code, out, err = _cli(["export", "--checkpoint", str(run_dir), "--onnx", str(tmp_path / "s.onnx")], capsys)
