@@ -32,12 +32,12 @@ on ``test``. Rows:
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
+    label-distill-long-all-ens  label-distill-long-all with its data labelled by teacher-ensemble-tta's heads
+                         (pixel-MLP + conv; flip TTA on the synthetic samples too) instead of the pixel-MLP alone
     label-distill-long-all-2x  label-distill-long-all with the student at 192x128 (the -2x and -long-all levers combined)
     label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
                          relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
     label-distill-long-all-3x  label-distill-long-all with the student at 288x192 (3x the photos' size)
-    label-distill-long-all-2x-ens  label-distill-long-all-2x with its data labelled by teacher-ensemble-tta's heads
-                         (pixel-MLP + conv; flip TTA on the synthetic samples too) instead of the pixel-MLP alone
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
@@ -405,11 +405,13 @@ class Bench:
             note = (f"{n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_photos} pseudo-labelled photos (all) + "
                     "annotated-20, labelled by teacher-ensemble-tta (both heads; flip TTA on samples and photos)")
             return data, note, self.data_record("synthetic-ensemble", "pseudo-all-ensemble")
-        data, record = self.distill_record()
         if not self.p.unlabeled_limit:  # label-distill's photos are all of them already
+            data, record = self.distill_record()
             return data, self.data_note, record
+        self.n_synthetic = self.data_part("synthetic", self.synthesize)  # label-distill's samples (not its photos)
         note = self.note(self.data_part("pseudo-all", lambda dest: self.pseudo_label(dest, None)), " (all)")
-        data = [data[0], (self.out / "data" / "pseudo-all", 1.0), *data[2:]]
+        data = [(self.out / "data" / "synthetic", 1.0), (self.out / "data" / "pseudo-all", 1.0),
+                (self.ccp / "annotated-20", self.p.real_weight)]
         return data, note, self.data_record("synthetic", "pseudo-all")
 
     def dream_row(self) -> dict:
@@ -539,9 +541,9 @@ LONG_FACTOR = 4  # label-distill-long and the LONG_ALL_ROWS: this many times the
 # "teacher" = BEST_TEACHER's pixel-MLP (label-distill's labeller), "ensemble" = teacher-ensemble-tta's heads)
 LONG_ALL_ROWS = {
     "label-distill-long-all": (STUDENT_SIZE, "teacher"),
+    "label-distill-long-all-ens": (STUDENT_SIZE, "ensemble"),
     "label-distill-long-all-2x": (STUDENT_SIZE_2X, "teacher"),
     "label-distill-long-all-3x": (STUDENT_SIZE_3X, "teacher"),
-    "label-distill-long-all-2x-ens": (STUDENT_SIZE_2X, "ensemble"),
 }
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
