@@ -13,8 +13,9 @@ project (labelgen.metrics mIoU of the workspace's head type):
    every held-out fold); the sweep's heads train without flip augmentation (``train-heads --augment``: it doubles
    the cost of every candidate, and the final heads, trained by ``train-heads``, get it);
 3. search: forward selection of timesteps with all blocks (add the timestep that helps most, up to
-   ``max_timesteps``; stop when nothing helps), then backward elimination of blocks (drop a block while that
-   helps). Ties keep the smaller set. The workspace's current choice is scored too, as it is, and kept when
+   ``max_timesteps``, going on past a step that does not help; the best set seen wins. On CCP, t = 25 alone and
+   t = 25, 50 score within 0.0003 of each other on val (0.3650 / 0.3653); where the pair came out a hair lower, a
+   search that stopped there kept t = 25, where it came out higher it went on to t = 25, 50, 100 at 0.3716), then backward elimination of blocks (drop a block while that helps). Ties keep the smaller set. The workspace's current choice is scored too, as it is, and kept when
    nothing beats it.
 
 The winner is written into the workspace (generator options ``timesteps`` / ``feature_layers`` for the built-in
@@ -163,16 +164,8 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
            else f"{min(config.folds, len(annotated))}-fold over the annotations")
     log(f"feature sweep ({head_type} heads, {config.epochs} epochs each, scored on {how}):")
     all_blocks = tuple(blocks)
-    if timesteps:  # forward selection of timesteps with every block
-        chosen: tuple[int, ...] = ()
-        best = None
-        while len(chosen) < config.max_timesteps:
-            trials = [score(Candidate(tuple(sorted(chosen + (t,))), all_blocks))
-                      for t in sorted(set(config.timesteps)) if t not in chosen]
-            top = max(trials, key=lambda c: c.miou)
-            if best is not None and not top.miou > best.miou:
-                break
-            best, chosen = top, top.timesteps
+    if timesteps:
+        best = forward_select(score, config.timesteps, all_blocks, config.max_timesteps)
     else:
         best = score(Candidate((), all_blocks))
     improved = True  # backward elimination of blocks
@@ -196,6 +189,24 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
     report = json.loads(json.dumps(report))  # as saved (lists, not tuples)
     atomic_write_json(workspace.root / SWEEP_NAME, report)
     return report
+
+
+def forward_select(score: Callable[[Candidate], Candidate], timesteps, blocks: tuple[int, ...],
+                   max_timesteps: int) -> Candidate:
+    """Forward selection of timesteps with ``blocks``: each step adds the timestep whose set scores best, up to
+    ``max_timesteps`` (or every timestep), going on past a step that does not beat the best so far (the scores of
+    neighbouring sets are often within a few 1e-4 of each other, and a near-tie at one size must not hide a better
+    larger set); the best set seen wins, a tie keeping the smaller."""
+    chosen: tuple[int, ...] = ()
+    best = None
+    pool = sorted(set(timesteps))
+    while len(chosen) < min(max_timesteps, len(pool)):
+        trials = [score(Candidate(tuple(sorted(chosen + (t,))), blocks)) for t in pool if t not in chosen]
+        top = max(trials, key=lambda c: c.miou)
+        if best is None or top.miou > best.miou:
+            best = top
+        chosen = top.timesteps
+    return best
 
 
 def _val_features(workspace, teacher: Teacher, folder: Path, store, progress: bool):

@@ -331,6 +331,26 @@ def test_tune_features_sweeps_timesteps_and_blocks_and_stores_the_choice(tmp_pat
                                                           (50, 150, 250)}  # forward selection: candidates only
 
 
+def test_forward_selection_goes_past_a_near_tie_and_keeps_the_best_set_seen():
+    from labelgen.feature_selection import Candidate, forward_select
+
+    table = {(25,): 0.3650, (50,): 0.3614, (100,): 0.3616, (25, 50): 0.3649, (25, 100): 0.3564,
+             (25, 50, 100): 0.3716, (25, 50, 400): 0.3580, (400,): 0.30, (25, 400): 0.35}
+    asked = []
+
+    def score(c):
+        asked.append(c.timesteps)
+        c.miou = table[c.timesteps]
+        return c
+
+    best = forward_select(score, (400, 25, 100, 50), (0, 1), max_timesteps=3)
+    assert best.timesteps == (25, 50, 100) and best.blocks == (0, 1)  # step 2 lost by 1e-4, step 3 won
+    assert (25, 50, 100) in asked and len(asked) == 4 + 3 + 2
+    table[(25, 50, 100)] = 0.3650  # a tie with the single timestep: the smaller set
+    assert forward_select(score, (400, 25, 100, 50), (0, 1), max_timesteps=3).timesteps == (25,)
+    assert forward_select(score, (25, 50), (0,), max_timesteps=3).timesteps == (25,)  # no more than the pool
+
+
 def test_tune_features_on_a_gan_teacher_selects_blocks(tmp_path):
     from labelgen.feature_selection import SweepConfig, tune_features
 
