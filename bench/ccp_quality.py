@@ -24,6 +24,8 @@ on ``test``. Rows:
     teacher-ensemble-tta the same heads with flip test-time augmentation
     label-distill        student from synthetic samples + pseudo-labelled `unlabeled` (flip TTA) + annotated-20,
                          soft labels at tau=4, from the pixel-MLP teacher of teacher-selected-cb-flip
+    label-distill-ens    label-distill on its data made again with teacher-ensemble-tta's heads labelling it (both
+                         heads; flip TTA on the synthetic samples too): the same sample seeds and photos
     label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
                          and a fresh student distils from them + the synthetic samples + annotated-20
     label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
@@ -32,8 +34,6 @@ on ``test``. Rows:
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
-    label-distill-long-all-ens  label-distill-long-all with its data labelled by teacher-ensemble-tta's heads
-                         (pixel-MLP + conv; flip TTA on the synthetic samples too) instead of the pixel-MLP alone
     label-distill-long-all-2x  label-distill-long-all with the student at 192x128 (the -2x and -long-all levers combined)
     label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
                          relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
@@ -364,6 +364,28 @@ class Bench:
         return self.student_row("label-distill", "label-distill", data, self.p.distill_steps,
                                 f"{self.data_note}; soft labels tau=4", extra=("--tau", 4), record=record)
 
+    def ensemble_record(self) -> tuple[list[tuple[Path, float]], str, dict]:
+        """label-distill's data made again with teacher-ensemble-tta's heads labelling it (both heads; flip TTA on
+        the synthetic samples too, `synthesize --tta all`): as many samples from the same seeds, the same photos;
+        its parts, note and record."""
+        workspace = self.ensemble_workspace()[0]
+        n_synthetic = self.data_part("synthetic-ensemble", lambda dest: self.synthesize(dest, workspace, tta="all"))
+        n_photos = self.data_part("pseudo-ensemble",
+                                  lambda dest: self.pseudo_label(dest, self.p.unlabeled_limit, workspace))
+        data = [(self.out / "data" / "synthetic-ensemble", 1.0), (self.out / "data" / "pseudo-ensemble", 1.0),
+                (self.ccp / "annotated-20", self.p.real_weight)]
+        note = (f"{n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_photos} pseudo-labelled photos + annotated-20, "
+                "labelled by teacher-ensemble-tta (both heads; flip TTA on samples and photos)")
+        return data, note, self.data_record("synthetic-ensemble", "pseudo-ensemble")
+
+    def ensemble_labels_row(self) -> dict:
+        """label-distill-ens: label-distill on ensemble_record()'s data."""
+        if row := self.row_done("label-distill-ens"):
+            return row
+        data, note, record = self.ensemble_record()
+        return self.student_row("label-distill-ens", "label-distill", data, self.p.distill_steps,
+                                f"{note}; soft labels tau=4", extra=("--tau", 4), record=record)
+
     def lever_row(self, name: str) -> dict:
         """label-distill + one student lever (STUDENT_LEVERS), on the same data."""
         data, record = self.distill_record()
@@ -380,31 +402,20 @@ class Bench:
                                 record=record)
 
     def long_all_row(self, name: str) -> dict:
-        """label-distill-long with every `unlabeled` photo pseudo-labelled, the student at LONG_ALL_ROWS[name]'s size,
-        the data labelled by its labeller (the -2x / -3x rows: the levers combined; -ens: the ensemble's labels)."""
+        """label-distill-long with every `unlabeled` photo pseudo-labelled by the same teacher, the student at
+        LONG_ALL_ROWS[name]'s size (the -2x / -3x rows: the levers combined)."""
         if row := self.row_done(name):
             return row
-        image_size, labeller = LONG_ALL_ROWS[name]
-        data, note, record = self.all_photos_record(labeller)
+        image_size = LONG_ALL_ROWS[name]
+        data, note, record = self.all_photos_record()
         what = f"soft labels tau=4; {LONG_FACTOR}x steps"
         if image_size != STUDENT_SIZE:
             what += f"; student at {image_size} (predictions resized to the photos' size)"
         return self.student_row(name, "label-distill", data, LONG_FACTOR * self.p.distill_steps, f"{note}; {what}",
                                 extra=("--tau", 4), record=record, image_size=image_size)
 
-    def all_photos_record(self, labeller: str = "teacher") -> tuple[list[tuple[Path, float]], str, dict]:
-        """label-distill's data with every `unlabeled` photo pseudo-labelled (the second part), its note and record.
-        ``labeller`` "ensemble": the synthetic samples and every photo labelled by teacher-ensemble-tta's heads
-        instead (both heads, flip TTA on the samples too), parts of their own."""
-        if labeller == "ensemble":
-            workspace = self.ensemble_workspace()[0]
-            n_synthetic = self.data_part("synthetic-ensemble", lambda dest: self.synthesize(dest, workspace, tta="all"))
-            n_photos = self.data_part("pseudo-all-ensemble", lambda dest: self.pseudo_label(dest, None, workspace))
-            data = [(self.out / "data" / "synthetic-ensemble", 1.0), (self.out / "data" / "pseudo-all-ensemble", 1.0),
-                    (self.ccp / "annotated-20", self.p.real_weight)]
-            note = (f"{n_synthetic} DDIM-{self.p.ddim_steps} samples + {n_photos} pseudo-labelled photos (all) + "
-                    "annotated-20, labelled by teacher-ensemble-tta (both heads; flip TTA on samples and photos)")
-            return data, note, self.data_record("synthetic-ensemble", "pseudo-all-ensemble")
+    def all_photos_record(self) -> tuple[list[tuple[Path, float]], str, dict]:
+        """label-distill's data with every `unlabeled` photo pseudo-labelled (the second part), its note and record."""
         if not self.p.unlabeled_limit:  # label-distill's photos are all of them already
             data, record = self.distill_record()
             return data, self.data_note, record
@@ -453,7 +464,7 @@ class Bench:
             split, steps, trained_on = supervised[name]
             return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
         return {"teacher-ensemble": self.ensemble_row, "teacher-ensemble-tta": lambda: self.ensemble_row(flip=True),
-                "label-distill": self.label_distill_row,
+                "label-distill": self.label_distill_row, "label-distill-ens": self.ensemble_labels_row,
                 "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
                 "label-distill-long-all-2x-r2": self.round_two_long_all_2x,
                 "dreamteacher": self.dream_row,
@@ -537,19 +548,17 @@ STUDENT_LEVERS = {
 }
 
 LONG_FACTOR = 4  # label-distill-long and the LONG_ALL_ROWS: this many times the preset's distill_steps
-# label-distill-long on every `unlabeled` photo: name -> (student --image-size, who labels the students' data:
-# "teacher" = BEST_TEACHER's pixel-MLP (label-distill's labeller), "ensemble" = teacher-ensemble-tta's heads)
+# label-distill-long on every `unlabeled` photo: name -> student --image-size
 LONG_ALL_ROWS = {
-    "label-distill-long-all": (STUDENT_SIZE, "teacher"),
-    "label-distill-long-all-ens": (STUDENT_SIZE, "ensemble"),
-    "label-distill-long-all-2x": (STUDENT_SIZE_2X, "teacher"),
-    "label-distill-long-all-3x": (STUDENT_SIZE_3X, "teacher"),
+    "label-distill-long-all": STUDENT_SIZE,
+    "label-distill-long-all-2x": STUDENT_SIZE_2X,
+    "label-distill-long-all-3x": STUDENT_SIZE_3X,
 }
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
 # the distilled students finetuned-20 chooses from (the one with the best val mIoU is fine-tuned)
-DISTILLED_ROWS = ("label-distill", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
+DISTILLED_ROWS = ("label-distill", "label-distill-ens", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
                   *LONG_ALL_ROWS, "label-distill-long-all-2x-r2")
 
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
@@ -559,7 +568,7 @@ ROW_GROUPS = {
     "distill": (*DISTILLED_ROWS, "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta", "label-distill",
-             "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, "label-distill-long-all-2x-r2",
+             "label-distill-ens", "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, "label-distill-long-all-2x-r2",
              "dreamteacher", "finetuned-20")
 
 

@@ -51,10 +51,9 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
                                          "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
                                          "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble",
-                                         "teacher-ensemble-tta", "label-distill", "label-distill-r2",
+                                         "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
                                          "label-distill-strong-aug", "label-distill-uw", "label-distill-2x", "label-distill-long",
-                                         "label-distill-long-all", "label-distill-long-all-ens",
-                                         "label-distill-long-all-2x", "label-distill-long-all-3x",
+                                         "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
                                          "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
@@ -78,6 +77,18 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                          ("label-distill-uw", "--uncertainty-weighting")):
         expected = base.replace("students/label-distill ", f"students/{name} ").replace("--tau 4", f"--tau 4 {option}")
         assert by_name[name]["command"] == expected
+    # -ens: label-distill's command on data of its own, labelled by the ensemble's heads (flip TTA on the synthetic
+    # samples too): as many samples and the same photos
+    assert by_name["label-distill-ens"]["command"] == base.replace(
+        "students/label-distill ", "students/label-distill-ens ").replace(
+        "data/synthetic ", "data/synthetic-ensemble ").replace("data/pseudo ", "data/pseudo-ensemble ")
+    for part, like in (("synthetic-ensemble", "synthetic"), ("pseudo-ensemble", "pseudo")):
+        manifest = json.loads((tmp_path / "run" / "data" / part / "manifest.json").read_text())
+        assert manifest["num_samples"] == json.loads((tmp_path / "run" / "data" / like / "manifest.json").read_text())[
+            "num_samples"]
+        assert manifest["config"]["head_type"] == "pixel-mlp+conv"
+        assert manifest["config"]["tta"] == ("all" if part == "synthetic-ensemble" else "real")
+    assert by_name["label-distill-ens"]["data_seconds"] == round(timing["synthetic-ensemble"] + timing["pseudo-ensemble"], 1)
     # the 2x student: the same command at twice the photos' size; scored like the others at the photos' size
     assert "--image-size 96x64 " in base
     assert by_name["label-distill-2x"]["command"] == base.replace(
@@ -103,19 +114,6 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "--image-size 96x64 ", "--image-size 288x192 ")
     config_3x = json.loads((tmp_path / "run" / "students" / "label-distill-long-all-3x" / "student_config.json").read_text())
     assert config_3x["image_size"] == [288, 192]
-    # -ens: label-distill-long-all's command on data of its own, labelled by the ensemble's heads (flip TTA on
-    # the synthetic samples too): the same photos and as many samples
-    assert by_name["label-distill-long-all-ens"]["command"] == by_name["label-distill-long-all"]["command"].replace(
-        "students/label-distill-long-all ", "students/label-distill-long-all-ens ").replace(
-        "data/synthetic ", "data/synthetic-ensemble ").replace("data/pseudo-all ", "data/pseudo-all-ensemble ")
-    for part, like in (("synthetic-ensemble", "synthetic"), ("pseudo-all-ensemble", "pseudo-all")):
-        manifest = json.loads((tmp_path / "run" / "data" / part / "manifest.json").read_text())
-        assert manifest["num_samples"] == json.loads((tmp_path / "run" / "data" / like / "manifest.json").read_text())[
-            "num_samples"]
-        assert manifest["config"]["head_type"] == "pixel-mlp+conv"
-        assert manifest["config"]["tta"] == ("all" if part == "synthetic-ensemble" else "real")
-    assert by_name["label-distill-long-all-ens"]["data_seconds"] == round(
-        timing["synthetic-ensemble"] + timing["pseudo-all-ensemble"], 1)
     # its round 2: that student + the teacher relabel every unlabeled photo; a fresh student trained the same way
     r2_all = json.loads((tmp_path / "run" / "data" / "pseudo-all-r2" / "manifest.json").read_text())
     assert r2_all["num_samples"] == 2 and r2_all["config"]["relabelled_by"].startswith("label-distill-long-all-2x")
@@ -131,7 +129,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
            for name in ("label-distill", "label-distill-r2", "dreamteacher", "label-distill-strong-aug",
                         "label-distill-uw", "label-distill-2x", "label-distill-long", "label-distill-long-all",
                         "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "label-distill-long-all-3x",
-                        "label-distill-long-all-ens")}
+                        "label-distill-ens")}
     chosen = by_name["finetuned-20"]["fine_tuned"]
     assert val[chosen] == max(val.values()) == by_name["finetuned-20"]["fine_tuned_val_miou"]
     assert f"--init {students / chosen}" in by_name["finetuned-20"]["command"]
