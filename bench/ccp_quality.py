@@ -91,7 +91,8 @@ PRESETS = {
     # -long rows added 1,603 s of training + 595 s of labelling every unlabeled photo (2026-12-01)
     # the two -long-all-2x rows ~1,700 s each, -long-all-3x 3,258 s (2026-12-02): the rows' seconds in the JSON sum
     # to 4.3 h, 4.7 h with the students' data, for every row from scratch; later rows were added in sittings of
-    # their own (--rows)
+    # their own (--rows); label-distill-ens adds a dataset of its own (1,520 s with the t = 25, 50, 100 heads of the
+    # seventh sitting, whose labelling ran ~6x slower a photo than with t = 25)
     # (the 16.5 M GPU-trained default is 3.3x slower per image on CPU than the old 4.1 M one: fewer images)
     "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5),
     # the full protocol for a GPU machine
