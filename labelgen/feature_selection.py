@@ -15,7 +15,9 @@ project (labelgen.metrics mIoU of the workspace's head type):
 3. search: forward selection of timesteps with all blocks (add the timestep that helps most, up to
    ``max_timesteps``, going on past a step that does not help; the best set seen wins. On CCP, t = 25 alone and
    t = 25, 50 score within 0.0003 of each other on val (0.3650 / 0.3653); where the pair came out a hair lower, a
-   search that stopped there kept t = 25, where it came out higher it went on to t = 25, 50, 100 at 0.3716), then backward elimination of blocks (drop a block while that helps). Ties keep the smaller set. The workspace's current choice is scored too, as it is, and kept when
+   search that stopped there kept t = 25, where it came out higher it went on to t = 25, 50, 100 at 0.3716), then
+   backward elimination of blocks (drop a block while that helps). Ties keep the smaller set. The workspace's
+   current choice is scored too, as it is, and kept when
    nothing beats it.
 
 The winner is written into the workspace (generator options ``timesteps`` / ``feature_layers`` for the built-in
