@@ -29,7 +29,10 @@ on ``test``. Rows:
     label-distill-r2     round 2: that student relabels the `unlabeled` photos (`student pseudo-label`, flip TTA)
                          and a fresh student distils from them + the synthetic samples + annotated-20
     label-distill-strong-aug  label-distill + `--augment-policy strong` (crop, flip, strong colour jitter)
+    label-distill-cons   label-distill + `--consistency-weight 1` (KL between the predictions on the colour-jittered and the
+                         plain view of each sample, every pixel)
     label-distill-uw     label-distill + `--uncertainty-weighting` (samples weighted by the teacher's uncertainty)
+    label-distill-ema    label-distill + `--ema-decay 0.99` (the moving average of the weights is validated and tested)
     label-distill-2x     label-distill + `--image-size 192x128`: the student at twice the photos' size
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
@@ -541,7 +544,12 @@ ENSEMBLE_HEADS = (BEST_TEACHER, ("selected", "conv", 0.5))
 # name -> (extra `student train` options over label-distill's, what the row adds, --image-size)
 STUDENT_LEVERS = {
     "label-distill-strong-aug": (("--augment-policy", "strong"), "strong augmentation (crop, flip, colour)", STUDENT_SIZE),
+    # weight 1, set once (not tuned): the KL term at the size of the soft-label loss
+    "label-distill-cons": (("--consistency-weight", 1), "consistency between colour-jittered and plain views (weight 1)",
+                           STUDENT_SIZE),
     "label-distill-uw": (("--uncertainty-weighting",), "samples weighted by teacher uncertainty", STUDENT_SIZE),
+    # 0.99: an average over the last ~100 of label-distill's 800 steps (the val interval); set once, not tuned
+    "label-distill-ema": (("--ema-decay", 0.99), "weights averaged over steps (EMA, decay 0.99)", STUDENT_SIZE),
     # resnet18's stem divides by 4 at once: at 96x64 its first features are 24x16. The student reads the photos
     # (and its labels) resized to twice their size and its predictions are resized back: 4x the compute
     "label-distill-2x": ((), "student at 2x the photos' size (192x128 input, predictions resized to 96x64)",

@@ -90,6 +90,9 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--consistency-weight", type=NON_NEGATIVE, default=D["consistency_weight"],
               help="Consistency term: the prediction on the colour-augmented view follows (KL) the prediction on "
                    "the same view without the colour part (detached); 0 = off.")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=D["ema_decay"],
+              help="Keep an exponential moving average of the weights (e.g. 0.999): it is what --val scores and what "
+                   "best/model.safetensors hold; 0 = off.")
 @click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,

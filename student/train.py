@@ -46,6 +46,7 @@ from labelgen.student.models import (
     BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, NO_FEATURE_PYRAMID, REGRESSOR_NAME, STATE_NAME, StudentConfig,
     check_image_size, create_student, describe_init, encoder_channels, load_matching, read_best, save_student,
 )
+from labelgen.training.common import EMA
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
 FEATURE_MODES = ("feature-distill", "dreamteacher")
@@ -89,6 +90,7 @@ class TrainOptions:
     augment: bool = True
     augment_policy: str = "basic"  # basic | strong (labelgen.student.augment)
     consistency_weight: float = 0.0  # KL(student on the un-jittered view -> on the colour-augmented view); 0 = off
+    ema_decay: float = 0.0  # > 0: an exponential moving average of the weights is what is validated and saved; 0 = off
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
     seed: int = 0
     save_every: int = 200
@@ -164,6 +166,10 @@ def _check(options: TrainOptions) -> None:
         raise LabelgenError("--consistency-weight must be >= 0")
     if options.consistency_weight > 0 and options.mode == "feature-distill":
         raise LabelgenError("--consistency-weight compares segmentation predictions; --mode feature-distill has none")
+    if not 0 <= options.ema_decay < 1:
+        raise LabelgenError(f"--ema-decay must be in [0, 1) (got {options.ema_decay:g}; 0 = off)")
+    if options.ema_decay > 0 and options.mode == "feature-distill":
+        raise LabelgenError("--ema-decay averages the segmentation network; --mode feature-distill trains none")
     if options.augment_policy not in AUGMENT_POLICIES:
         raise LabelgenError(f"unknown augmentation policy {options.augment_policy!r} (one of "
                             f"{', '.join(AUGMENT_POLICIES)})")
@@ -274,11 +280,11 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
     config.train["image_size"] = list(options.image_size)
 
     # ---- resume
-    step, losses, resumed_from = 0, [], 0
+    step, losses, resumed_from, state = 0, [], 0, None
     state_path = run_dir / STATE_NAME
     if options.resume and state_path.is_file():
         state = load_resume(state_path, RUN_KIND)
-        _check_compatible(run_dir, state, config)
+        _check_compatible(run_dir, state, config, options.ema_decay)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -302,6 +308,13 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         train_module = nn.parallel.DistributedDataParallel(
             module, device_ids=[local_rank] if cuda else None, find_unused_parameters=mode == "feature-distill")
 
+    # --ema-decay: the averaged weights (labelgen.training.common.EMA, warm-up min(decay, (1 + k) / (10 + k)) at update k)
+    # are the student that is validated, kept as best and saved; the raw weights train on (and are in last.pt too)
+    ema = EMA(module.student, options.ema_decay) if options.ema_decay > 0 else None
+    if ema is not None and state is not None:
+        ema.shadow.load_state_dict(state["ema"])
+    averaged = ema.shadow if ema is not None else module.student  # what val, best.safetensors and model.safetensors hold
+
     # log.csv + tb/, both cut back to the step resumed from (rows of later steps died with the killed run)
     run_log = RunLog(run_dir, LOG_COLUMNS, total, resume_step=step) if is_main else None
 
@@ -317,8 +330,9 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         run_log.flush()  # everything logged up to this checkpoint is on disk before it
         save_resume(state_path, RUN_KIND, step, {
             "module": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "losses": losses, "rng": rngs, "config": json.loads(json.dumps(asdict(config))), "total": total})
-        save_student(run_dir, module.student, config)
+            "losses": losses, "rng": rngs, "config": json.loads(json.dumps(asdict(config))), "total": total,
+            **({"ema": ema.shadow.state_dict()} if ema is not None else {})})
+        save_student(run_dir, averaged, config)
         if module.regressor is not None:
             save_safetensors(run_dir / REGRESSOR_NAME, module.regressor)
 
@@ -331,7 +345,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
 
         if last_val.get("step") == step:
             return last_val["miou"]
-        scores, _ = evaluate_folder(module.student, config, options.val, device)
+        scores, _ = evaluate_folder(averaged, config, options.val, device)
         miou = float(scores.miou)
         last_val.update(step=step, miou=miou)
         run_log.scalar("val/miou", miou, step)
@@ -339,7 +353,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
             names = [c["name"] for c in config.classes]
             best = {"step": step, "miou": miou, "val": str(options.val),
                     "per_class": scores.to_json(names).get("per_class")}
-            _write_best(run_dir, module.student, best)
+            _write_best(run_dir, averaged, best)
         run_log.scalar("val/best_miou", best["miou"], step)
         log(f"step {step}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
         return miou
@@ -362,6 +376,8 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(module.student, step)  # update k = step (0-based)
                 step += 1
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -456,8 +472,12 @@ def _resume_best(run_dir: Path, val: str, log) -> dict | None:
     return best
 
 
-def _check_compatible(run_dir: Path, state: dict, config: StudentConfig) -> None:
+def _check_compatible(run_dir: Path, state: dict, config: StudentConfig, ema_decay: float) -> None:
     saved = state.get("config", {})
+    saved_decay = float(saved.get("train", {}).get("ema_decay") or 0.0)
+    if saved_decay != ema_decay or (ema_decay > 0) != ("ema" in state):
+        raise LabelgenError(f"{run_dir}: holds a run with --ema-decay {saved_decay:g}, not {ema_decay:g} "
+                            "(use the same, a new --out or --no-resume)")
     for key in ("arch", "encoder", "mode", "image_size"):
         if saved.get(key) != getattr(config, key):
             raise LabelgenError(f"{run_dir}: holds a {saved.get('mode')} run of {saved.get('arch')}/{saved.get('encoder')} "

@@ -48,13 +48,13 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(results.read_text())
-    assert [r["name"] for r in rows] == ["supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected",
-                                         "teacher-selected-cb", "teacher-selected-cb-tta", "teacher-conv",
-                                         "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta", "teacher-ensemble",
-                                         "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
-                                         "label-distill-strong-aug", "label-distill-uw", "label-distill-2x", "label-distill-long",
-                                         "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
-                                         "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
+    assert [r["name"] for r in rows] == [
+        "supervised-20", "supervised-full", "teacher-pixel-mlp", "teacher-selected", "teacher-selected-cb",
+        "teacher-selected-cb-tta", "teacher-conv", "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta",
+        "teacher-ensemble", "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
+        "label-distill-strong-aug", "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x",
+        "label-distill-long", "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
+        "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
@@ -68,13 +68,15 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     # its cost is recorded beside the distilled rows (and kept for a resumed run)
     timing = json.loads((tmp_path / "run" / "data" / "seconds.json").read_text())
     assert timing["synthetic"] > 0 and timing["pseudo"] > 0
-    for name in ("label-distill", "label-distill-r2", "label-distill-strong-aug", "label-distill-uw", "label-distill-2x",
-                 "dreamteacher"):
+    for name in ("label-distill", "label-distill-r2", "label-distill-strong-aug", "label-distill-cons", "label-distill-uw",
+                 "label-distill-ema", "label-distill-2x", "dreamteacher"):
         assert by_name[name]["data_seconds"] == round(timing["synthetic"] + timing["pseudo"], 1)
     # the student levers: label-distill's command + one option each, on the same data
     base = by_name["label-distill"]["command"]
     for name, option in (("label-distill-strong-aug", "--augment-policy strong"),
-                         ("label-distill-uw", "--uncertainty-weighting")):
+                         ("label-distill-cons", "--consistency-weight 1"),
+                         ("label-distill-uw", "--uncertainty-weighting"),
+                         ("label-distill-ema", "--ema-decay 0.99")):
         expected = base.replace("students/label-distill ", f"students/{name} ").replace("--tau 4", f"--tau 4 {option}")
         assert by_name[name]["command"] == expected
     # -ens: label-distill's command on data of its own, labelled by the ensemble's heads (flip TTA on the synthetic
@@ -127,7 +129,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     students = tmp_path / "run" / "students"
     val = {name: json.loads((students / name / "best.json").read_text())["miou"]
            for name in ("label-distill", "label-distill-r2", "dreamteacher", "label-distill-strong-aug",
-                        "label-distill-uw", "label-distill-2x", "label-distill-long", "label-distill-long-all",
+                        "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x", "label-distill-long", "label-distill-long-all",
                         "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "label-distill-long-all-3x",
                         "label-distill-ens")}
     chosen = by_name["finetuned-20"]["fine_tuned"]

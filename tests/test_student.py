@@ -285,6 +285,43 @@ def test_resume_reproduces_next_step_loss(tiny):
     assert resumed.losses[3] == pytest.approx(full.losses[3], rel=1e-5, abs=1e-6)
 
 
+def test_ema_decay_validates_and_saves_the_moving_average_and_resumes_exactly(tiny):
+    from labelgen.errors import LabelgenError
+    from labelgen.student.evaluate import evaluate_folder
+    from labelgen.student.models import create_student, load_student
+
+    decay = 0.6
+    kw = dict(max_steps=3, save_every=1, ema_decay=decay, val=str(tiny["val"]), val_every=1)
+    full = train(_options(tiny["root"], "label-distill", tiny["shards"], "ema_full", **kw))
+    # the same run one step at a time (killed after each step, resumed): the raw weights w_k and the average e_k
+    raw, avg = [], []
+    for k in (1, 2, 3):
+        train(_options(tiny["root"], "label-distill", tiny["shards"], "ema_steps", **kw), stop_after=k)
+        state = load_resume(tiny["root"] / "ema_steps" / "last.pt")
+        assert state["step"] == k
+        raw.append({n[len("student."):]: t for n, t in state["module"].items() if n.startswith("student.")})
+        avg.append(state["ema"])
+    params = set(dict(create_student("unet", ENCODER, len(CLASSES)).named_parameters()))
+    for k in (1, 2):  # e_{k+1} = d e_k + (1 - d) w_{k+1}, d = min(decay, (1 + k) / (10 + k)) at update k (0-based)
+        d = min(decay, (1 + k) / (10 + k))
+        for name in params:
+            assert torch.allclose(avg[k][name], d * avg[k - 1][name] + (1 - d) * raw[k][name], atol=1e-6), name
+        for name in set(avg[k]) - params:  # buffers (batch-norm statistics): the raw model's
+            assert torch.equal(avg[k][name], raw[k][name]), name
+    assert any(not torch.allclose(avg[2][n], raw[2][n]) for n in params)  # the average is not the last weights
+    # the saved student is the average (resumed run = uninterrupted run), and it is what --val scored
+    saved, config = load_student(full.run_dir, weights="last")
+    for name, tensor in saved.state_dict().items():
+        assert torch.allclose(tensor, avg[2][name], atol=1e-6), name
+    scores, _ = evaluate_folder(saved, config, tiny["val"])
+    assert float(scores.miou) == pytest.approx(full.val_miou, abs=1e-9)
+    # a run folder is resumed only with the same setting
+    with pytest.raises(LabelgenError, match="--ema-decay 0.6, not 0"):
+        train(_options(tiny["root"], "label-distill", tiny["shards"], "ema_steps", **{**kw, "ema_decay": 0.0, "max_steps": 4}))
+    with pytest.raises(LabelgenError, match=r"--ema-decay must be in \[0, 1\)"):
+        train(_options(tiny["root"], "label-distill", tiny["shards"], "ema_bad", ema_decay=1.0))
+
+
 # ------------------------------------------------------------------ CLI
 def _cli(argv, capsys) -> tuple[int, str, str]:
     from labelgen.student.cli import main
