@@ -178,3 +178,22 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                           "--out", str(tmp_path / "run"), "--results", str(results), "--rows", "teacher-magic"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "teacher-ensemble" in bad.stderr
+
+
+def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
+    """bench/noise_seed_probe.py: its seed-0, own-heads ensemble row is what `evaluate_teacher --flip` scores (the
+    teacher's one path); every head set is scored at 1..K TTA seeds, for the own heads and for heads trained at K."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from noise_seed_probe import probe
+
+    from labelgen.training.evaluate_teacher import evaluate_teacher
+
+    ccp, ws = tiny_teacher
+    labelgen_cli("train-heads", "-w", ws, "--type", "conv", "--epochs", "1")
+    report = probe(ws, ccp / "val", seeds=2, log=lambda *_: None)
+    rows = {(r["heads"], r["trained_on_seeds"], r["tta_seeds"]): r["miou"] for r in report["rows"]}
+    assert set(rows) == {(h, t, k) for h in ("pixel-mlp", "conv", "pixel-mlp+conv") for t in (1, 2) for k in (1, 2)}
+    assert all(0 <= m <= 1 for m in rows.values())
+    own = evaluate_teacher(ws, ccp / "val", progress=False, flip=True)
+    assert report["images"] == own["images"] > 0
+    assert rows[("pixel-mlp+conv", 1, 1)] == pytest.approx(own["miou"], abs=1e-9)
