@@ -22,7 +22,6 @@ Measured on CCP (README, docs/teacher.md): neither helped, so neither is a `labe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def _mirror(array):
-    import numpy as np
-
-    return np.ascontiguousarray(array[:, ::-1])
+def _features(teacher, image, mirrored: bool, seed: int) -> list:
+    """The teacher's features of ``image`` [H, W, 3] (or of its mirror image) at noise seed ``seed``."""
+    return (teacher.flipped_features if mirrored else teacher.features)(images=[image], seed=seed)
 
 
 def train_noise_augmented(workspace, teacher, seeds: int, log=print) -> dict:
     """{head type: a fresh head trained on the annotations' features at noise seeds 0..seeds-1}, each with the
     saved head's architecture and training recipe (module docstring)."""
+    import numpy as np
     import torch
 
     from labelgen.heads import head_class, read_head_config
@@ -62,9 +61,9 @@ def train_noise_augmented(workspace, teacher, seeds: int, log=print) -> dict:
             image = read_image(workspace.image_path(annotation_id))  # [H, W, 3] uint8
             mask = workspace.read_mask(annotation_id, shape)  # [H, W]
             for mirrored in views:
-                pixels, labels = (_mirror(image), _mirror(mask)) if mirrored else (image, mask)
+                labels = np.ascontiguousarray(mask[:, ::-1]) if mirrored else mask
                 for seed in range(seeds):
-                    levels = [f.cpu() for f in teacher.features(images=[pixels], seed=seed)]
+                    levels = [f.cpu() for f in _features(teacher, image, mirrored, seed)]
                     examples.append((levels, torch.from_numpy(labels.astype("int64"))[None]))
         class_weights = None
         if recipe.class_balance > 0:
@@ -116,7 +115,7 @@ def probe(workspace_dir: Path, val: Path, seeds: int = 2, limit: int | None = No
         views = {key: [] for key in sets}
         for seed in range(seeds):
             for mirrored in (False, True):
-                levels = teacher.features(images=[_mirror(image) if mirrored else image], seed=seed)
+                levels = _features(teacher, image, mirrored, seed)
                 for key, heads in sets.items():
                     p = predict_heads(heads, levels).probs[0]  # [C, H, W]
                     views[key].append(p.flip(-1) if mirrored else p)

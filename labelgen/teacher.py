@@ -364,14 +364,15 @@ class Teacher:
         self._need_head()
         return predict_heads(self.heads, features, top_fraction, flipped)
 
-    def flipped_features(self, images) -> list[torch.Tensor]:
-        """Features of the horizontally mirrored images (image-encoding teachers: flip test-time augmentation)."""
+    def flipped_features(self, images, seed: int | None = None) -> list[torch.Tensor]:
+        """Features of the horizontally mirrored images (image-encoding teachers: flip test-time augmentation);
+        ``seed``: as in :meth:`features`."""
         if not self.can_encode_images:
             raise LabelgenError(f"flip test-time augmentation needs features of images; the {self.generator.backend} "
                                 "teacher computes them from recipes (use --tta none)")
         if isinstance(images, torch.Tensor):
-            return self.features(images=images.flip(-1))
-        return self.features(images=[np.ascontiguousarray(np.asarray(a)[:, ::-1]) for a in images])
+            return self.features(images=images.flip(-1), seed=seed)
+        return self.features(images=[np.ascontiguousarray(np.asarray(a)[:, ::-1]) for a in images], seed=seed)
 
     def label(self, recipes: Sequence[dict | None] | None = None, images=None, flip: bool = False,
               top_fraction: float = TOP_FRACTION) -> Prediction:

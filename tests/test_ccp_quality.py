@@ -197,3 +197,16 @@ def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
     own = evaluate_teacher(ws, ccp / "val", progress=False, flip=True)
     assert report["images"] == own["images"] > 0
     assert rows[("pixel-mlp+conv", 1, 1)] == pytest.approx(own["miou"], abs=1e-9)
+    # the probe's other seeds reach the mirror images too (Teacher.flipped_features(seed=))
+    import numpy as np
+    import torch
+
+    from labelgen.workspace import Workspace
+
+    teacher = Workspace(ws).teacher(head=False)
+    image = np.random.default_rng(0).integers(0, 256, (*teacher.resolution, 3), dtype=np.uint8)
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    for a, b in zip(teacher.flipped_features([image], seed=1), teacher.features(images=[mirror], seed=1), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(teacher.flipped_features([image], seed=1),
+                                                     teacher.flipped_features([image], seed=0)))
