@@ -41,6 +41,9 @@ on ``test``. Rows:
     label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
                          relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
     label-distill-long-all-3x  label-distill-long-all with the student at 288x192 (3x the photos' size)
+    label-distill-long-all-3x-tta  the same checkpoint scored with flip test-time augmentation (`student eval
+                         --flip`: the mean of the photo's and its mirror image's probabilities); `val` without and
+                         with it recorded beside the test score
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
@@ -429,6 +432,34 @@ class Bench:
                 (self.ccp / "annotated-20", self.p.real_weight)]
         return data, note, self.data_record("synthetic", "pseudo-all")
 
+    def student_tta_row(self, name: str) -> dict:
+        """STUDENT_TTA_ROWS[name]'s checkpoint (trained in this run folder) scored again with flip test-time
+        augmentation (`student eval --flip`): on `val` without and with it (the choice), then once on test."""
+        if row := self.row_done(name):
+            return row
+        base = STUDENT_TTA_ROWS[name]
+        base_row = self.row(base)
+        run_dir = self.out / "students" / base
+        if not (run_dir / "student_config.json").is_file():
+            raise click.ClickException(f"{name}: {base}'s checkpoint is not in {self.out / 'students'} (its row was "
+                                       f"read back from another sitting); remove rows/{base}.json to train it here")
+        seconds, scores = 0.0, {}
+        for split, folder, flip in (("val", "val", False), ("val", "val-tta", True), ("test", "test-tta", True)):
+            cmd = student("eval", "--checkpoint", run_dir, "--data", self.ccp / split, "--out", run_dir / folder,
+                          "--flip" if flip else "--no-flip")
+            seconds += run(cmd, self.out / "logs" / f"{name}-{folder}.log")
+            scores[folder] = json.loads((run_dir / folder / "scores.json").read_text())
+        test = scores["test-tta"]
+        return self.save_row({
+            "name": name, "trained_on": f"{base}'s checkpoint; flip TTA", "miou": test["miou"],
+            "per_class": test["per_class"], "pixel_accuracy": test["pixel_accuracy"], "device": self.device,
+            "seconds": round(seconds, 1), "command": " ".join(map(str, cmd[2:])),
+            "selection": f"{base}'s checkpoint (seconds: evaluation only); val mIoU {scores['val']['miou']:.4f} "
+                         f"without TTA, {scores['val-tta']['miou']:.4f} with it",
+            "val_miou": {"no_tta": scores["val"]["miou"], "tta": scores["val-tta"]["miou"]},
+            "tta_of": base, "tta_of_test_miou": base_row["miou"],
+        })
+
     def dream_row(self) -> dict:
         data, record = self.distill_record()
         teacher_ws = self.heads_workspace(*BEST_TEACHER)[0]
@@ -462,6 +493,8 @@ class Bench:
             return self.lever_row(name)
         if name in LONG_ALL_ROWS:
             return self.long_all_row(name)
+        if name in STUDENT_TTA_ROWS:
+            return self.student_tta_row(name)
         supervised = {"supervised-20": ("annotated-20", self.p.supervised_steps, "annotated-20"),
                       "supervised-full": ("train-full", self.p.full_steps, "train-full (upper bound)")}
         if name in supervised:
@@ -563,6 +596,8 @@ LONG_ALL_ROWS = {
     "label-distill-long-all-2x": STUDENT_SIZE_2X,
     "label-distill-long-all-3x": STUDENT_SIZE_3X,
 }
+# a distilled student's checkpoint scored again with flip TTA (two forward passes a photo): row -> the row it re-scores
+STUDENT_TTA_ROWS = {"label-distill-long-all-3x-tta": "label-distill-long-all-3x"}
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
@@ -574,11 +609,11 @@ DISTILLED_ROWS = ("label-distill", "label-distill-ens", "label-distill-r2", "dre
 ROW_GROUPS = {
     "supervised": ("supervised-20", "supervised-full"),
     "teacher": (*TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta"),
-    "distill": (*DISTILLED_ROWS, "finetuned-20"),
+    "distill": (*DISTILLED_ROWS, *STUDENT_TTA_ROWS, "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta", "label-distill",
-             "label-distill-ens", "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, "label-distill-long-all-2x-r2",
-             "dreamteacher", "finetuned-20")
+             "label-distill-ens", "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, *STUDENT_TTA_ROWS,
+             "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20")
 
 
 def markdown(rows: list[dict]) -> str:
