@@ -41,9 +41,9 @@ on ``test``. Rows:
     label-distill-long-all-2x-r2  round 2 of it: that student and the teacher (soft labels averaged, even weights)
                          relabel every `unlabeled` photo and a fresh student is trained as label-distill-long-all-2x
     label-distill-long-all-3x  label-distill-long-all with the student at 288x192 (3x the photos' size)
-    label-distill-long-all-3x-tta  the same checkpoint scored with flip test-time augmentation (`student eval
-                         --flip`: the mean of the photo's and its mirror image's probabilities); `val` without and
-                         with it recorded beside the test score
+    label-distill-long-all-tta, label-distill-long-all-3x-tta  those rows' checkpoints scored with flip test-time
+                         augmentation (`student eval --flip`: the mean of the photo's and its mirror image's
+                         probabilities); `val` without and with it recorded beside the test score
     dreamteacher         the same data as label-distill, feature distillation (teacher in the loop) + labels
     finetuned-20         the distilled student with the best val mIoU, fine-tuned on annotated-20 at its size
 
@@ -597,7 +597,8 @@ LONG_ALL_ROWS = {
     "label-distill-long-all-3x": STUDENT_SIZE_3X,
 }
 # a distilled student's checkpoint scored again with flip TTA (two forward passes a photo): row -> the row it re-scores
-STUDENT_TTA_ROWS = {"label-distill-long-all-3x-tta": "label-distill-long-all-3x"}
+STUDENT_TTA_ROWS = {"label-distill-long-all-tta": "label-distill-long-all",
+                    "label-distill-long-all-3x-tta": "label-distill-long-all-3x"}
 # label-distill-long-all-2x-r2: the teacher's share of the relabelled photos' soft labels (the rest: the student's);
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5

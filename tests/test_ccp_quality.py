@@ -57,7 +57,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "teacher-ensemble", "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
         "label-distill-strong-aug", "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x",
         "label-distill-long", "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
-        "label-distill-long-all-3x-tta", "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
+        "label-distill-long-all-tta", "label-distill-long-all-3x-tta", "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
@@ -119,18 +119,18 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "--image-size 96x64 ", "--image-size 288x192 ")
     config_3x = json.loads((tmp_path / "run" / "students" / "label-distill-long-all-3x" / "student_config.json").read_text())
     assert config_3x["image_size"] == [288, 192]
-    # the same checkpoint scored with flip TTA: on val without it (= the val score that chose the checkpoint) and
-    # with it, then on test with it, into folders of its own
-    tta = by_name["label-distill-long-all-3x-tta"]
-    assert tta["tta_of"] == "label-distill-long-all-3x"
-    assert tta["tta_of_test_miou"] == by_name["label-distill-long-all-3x"]["miou"]
-    assert tta["command"].endswith("--flip") and "students/label-distill-long-all-3x " in tta["command"]
-    best_3x = json.loads((tmp_path / "run" / "students" / "label-distill-long-all-3x" / "best.json").read_text())
-    assert tta["val_miou"]["no_tta"] == pytest.approx(best_3x["miou"], abs=1e-6)
-    for folder, flip in (("val", False), ("val-tta", True), ("test-tta", True)):
-        written = json.loads((tmp_path / "run" / "students" / "label-distill-long-all-3x" / folder / "scores.json").read_text())
-        assert written["flip_tta"] is flip
-    assert tta["miou"] == written["miou"]
+    # the same checkpoints scored with flip TTA: on val without it (= the val score that chose the checkpoint) and
+    # with it, then on test with it, into folders of their own
+    for base in ("label-distill-long-all", "label-distill-long-all-3x"):
+        tta = by_name[f"{base}-tta"]
+        assert tta["tta_of"] == base and tta["tta_of_test_miou"] == by_name[base]["miou"]
+        assert tta["command"].endswith("--flip") and f"students/{base} " in tta["command"]
+        best = json.loads((tmp_path / "run" / "students" / base / "best.json").read_text())
+        assert tta["val_miou"]["no_tta"] == pytest.approx(best["miou"], abs=1e-6)
+        for folder, flip in (("val", False), ("val-tta", True), ("test-tta", True)):
+            written = json.loads((tmp_path / "run" / "students" / base / folder / "scores.json").read_text())
+            assert written["flip_tta"] is flip
+        assert tta["miou"] == written["miou"]
     # its round 2: that student + the teacher relabel every unlabeled photo; a fresh student trained the same way
     r2_all = json.loads((tmp_path / "run" / "data" / "pseudo-all-r2" / "manifest.json").read_text())
     assert r2_all["num_samples"] == 2 and r2_all["config"]["relabelled_by"].startswith("label-distill-long-all-2x")
