@@ -39,11 +39,11 @@ def _features(teacher, image, mirrored: bool, seed: int) -> list:
 def train_noise_augmented(workspace, teacher, seeds: int, log=print) -> dict:
     """{head type: a fresh head trained on the annotations' features at noise seeds 0..seeds-1}, each with the
     saved head's architecture and training recipe (module docstring)."""
-    import numpy as np
     import torch
 
     from labelgen.heads import head_class, read_head_config
     from labelgen.heads.train import TrainConfig, train_head
+    from labelgen.imaging import mirror_image
     from labelgen.losses import class_balance_weights, mask_class_frequencies
     from labelgen.workspace import read_image
 
@@ -61,7 +61,7 @@ def train_noise_augmented(workspace, teacher, seeds: int, log=print) -> dict:
             image = read_image(workspace.image_path(annotation_id))  # [H, W, 3] uint8
             mask = workspace.read_mask(annotation_id, shape)  # [H, W]
             for mirrored in views:
-                labels = np.ascontiguousarray(mask[:, ::-1]) if mirrored else mask
+                labels = mirror_image(mask) if mirrored else mask
                 for seed in range(seeds):
                     levels = [f.cpu() for f in _features(teacher, image, mirrored, seed)]
                     examples.append((levels, torch.from_numpy(labels.astype("int64"))[None]))

@@ -4,6 +4,7 @@
     tensor_to_uint8(float [N, 3, H, W] in [-1, 1]) -> uint8 [N, H, W, 3]
     resize_image(image, (h, w))                    images and other continuous maps (soft labels, logits)
     resize_mask(mask, (h, w))                      index masks
+    mirror_image(array)                            the horizontal mirror image (flip augmentation and TTA)
 
 **The resize rule** (used by every stage: data import, workspace import, teacher features of real images,
 generator training data, student training, evaluation and prediction), the benchmark's own (CCP DATACARD):
@@ -103,6 +104,14 @@ def resize_image(image, size_hw: Size):
         out = np.clip(np.round(out), 0, 255)
     out = out.astype(array.dtype, copy=False)
     return out[0] if array.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
+
+
+def mirror_image(array) -> np.ndarray:
+    """numpy [H, W] or [H, W, C] (image, mask, map) -> its horizontal mirror image, a contiguous copy (what flip
+    augmentation and flip test-time augmentation read)."""
+    array = np.asarray(array)
+    assert array.ndim in (2, 3), array.shape
+    return np.ascontiguousarray(array[:, ::-1])
 
 
 def resize_mask(mask, size_hw: Size):

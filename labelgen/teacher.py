@@ -46,7 +46,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.heads.uncertainty import TOP_FRACTION, image_scores, pixel_uncertainty, uncertainty_measure
-from labelgen.imaging import images_to_tensor, quantize, resize_image
+from labelgen.imaging import images_to_tensor, mirror_image, quantize, resize_image
 
 # keys the workspace / synthesis add around a backend recipe (provenance, not generator input)
 PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic", "inversion")
@@ -372,7 +372,7 @@ class Teacher:
                                 "teacher computes them from recipes (use --tta none)")
         if isinstance(images, torch.Tensor):
             return self.features(images=images.flip(-1), seed=seed)
-        return self.features(images=[np.ascontiguousarray(np.asarray(a)[:, ::-1]) for a in images], seed=seed)
+        return self.features(images=[mirror_image(a) for a in images], seed=seed)
 
     def label(self, recipes: Sequence[dict | None] | None = None, images=None, flip: bool = False,
               top_fraction: float = TOP_FRACTION) -> Prediction:

@@ -38,6 +38,7 @@ from labelgen.errors import LabelgenError
 from labelgen.heads.base import TaskHead
 from labelgen.heads.conv import ConvInterpreter, dice_loss
 from labelgen.heads.pixel_mlp import PixelMLPEnsemble
+from labelgen.imaging import mirror_image
 from labelgen.losses import class_balance_weights, mask_class_frequencies
 from labelgen.metrics import ConfusionMatrix, Scores
 from labelgen.run import RunLock, RunLog, progress as progress_bar
@@ -294,7 +295,7 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
     def annotation_example(annotation_id: str, mirrored: bool = False) -> Example:  # from disk each time
         mask = workspace.read_mask(annotation_id, image_shape)  # [H, W]
         if mirrored:
-            mask = np.ascontiguousarray(mask[:, ::-1])
+            mask = mirror_image(mask)
         return (workspace.annotation_features(annotation_id, mirror=mirrored),
                 torch.from_numpy(mask.astype("int64"))[None])  # [1, H, W]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from labelgen.cli_types import heads_option, parse_heads
 
@@ -27,6 +26,7 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
     cache (several heads scored on the same features). ``heads``: the head types to ensemble (default: the
     workspace's setting, else every trained head)."""
     from labelgen.heads.train import real_images
+    from labelgen.imaging import mirror_image
     from labelgen.metrics import ConfusionMatrix
     from labelgen.workspace import Workspace
 
@@ -40,8 +40,7 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
         features = [f.to(device) for f in workspace.image_features(image, cache_key=f"eval/{key}" if cache else None)]
         flipped = None
         if flip:
-            mirror = np.ascontiguousarray(image[:, ::-1])
-            flipped = [f.to(device) for f in workspace.image_features(mirror, f"eval/{key}-flip" if cache else None)]
+            flipped = [f.to(device) for f in workspace.image_features(mirror_image(image), f"eval/{key}-flip" if cache else None)]
         matrix.update(teacher.predict(features, flipped=flipped).mask.cpu(), mask)
         count += 1
     scores = matrix.compute()
