@@ -43,10 +43,11 @@ def _concat_forward(head, levels):
     ([(4, 4), (4, 4), (16, 8)], (12, 24)),  # a level finer than the output in one axis (downsampling)
 ])
 @pytest.mark.parametrize("max_chunk_floats", [2 ** 25, 300])  # whole images / bands of rows
-def test_pixel_mlp_per_level_forward_equals_concat_forward(sizes, output_size, max_chunk_floats):
+@pytest.mark.parametrize("member_chunk_floats", [2 ** 21, 1])  # (CPU) all 3 members at once / one at a time
+def test_pixel_mlp_per_level_forward_equals_concat_forward(sizes, output_size, max_chunk_floats, member_chunk_floats):
     channels = [5, 3, 2][:len(sizes)]
     head = create_head("pixel-mlp", channels, 4, output_size, ensemble=3, hidden=[16, 8],
-                       max_chunk_floats=max_chunk_floats)
+                       max_chunk_floats=max_chunk_floats, member_chunk_floats=member_chunk_floats)
     _randomize_norms(head)
     head.eval()
     levels = _levels(sizes, channels)
@@ -56,8 +57,10 @@ def test_pixel_mlp_per_level_forward_equals_concat_forward(sizes, output_size, m
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_pixel_mlp_forward_in_train_mode_uses_batch_statistics():
-    head = create_head("pixel-mlp", [5, 3], 4, (8, 8), ensemble=2, hidden=[16, 8]).train()
+@pytest.mark.parametrize("member_chunk_floats", [2 ** 21, 1])
+def test_pixel_mlp_forward_in_train_mode_uses_batch_statistics(member_chunk_floats):
+    head = create_head("pixel-mlp", [5, 3], 4, (8, 8), ensemble=2, hidden=[16, 8],
+                       member_chunk_floats=member_chunk_floats).train()
     levels = _levels([(4, 4), (8, 8)], [5, 3])
     with torch.no_grad():
         torch.testing.assert_close(head(levels), _concat_forward(head, levels), atol=1e-4, rtol=1e-4)
