@@ -2,11 +2,12 @@
 
 Each member: D -> 256 -> 128 -> C with ReLU + BatchNorm1d (D = sum of feature channels, every level
 bilinearly upsampled to the output resolution). DatasetGAN used K = 10; the default here is 3.
-Inference projects each level with the members' first layer at native resolution and upsamples the
-projections band by band (``max_chunk_floats``), so a full-resolution [N, D, H, W] tensor is never
-built (see ``forward``; on the CPU a few members at a time, ``member_chunk_floats``); in eval mode the K members' later layers run as one batched matmul per layer with
-each BatchNorm folded into the Linear after it. ``predict_proba`` on CUDA runs it under bf16 autocast
-(projections, upsampling and sums in bf16; TaskHead.inference_bf16).
+Inference projects the levels with the members' first layer at native resolution (the levels of one size as
+one concatenation) and upsamples the projections band by band (``max_chunk_floats``), so a full-resolution
+[N, D, H, W] tensor is never built (see ``forward``; on the CPU a few members and images at a time,
+``member_chunk_floats``); in eval mode the members' later layers run as one batched matmul per layer with each
+BatchNorm folded into the Linear after it. ``predict_proba`` on CUDA runs it under bf16 autocast (projections,
+upsampling and sums in bf16; TaskHead.inference_bf16).
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ class PixelMLPEnsemble(TaskHead):
             levels_of_size.setdefault(size, []).append(level.float())
             columns_of_size.setdefault(size, []).extend(range(offset, offset + channels))
             offset += channels
-        sized = [(torch.cat(levels_of_size[size], dim=1), torch.tensor(columns_of_size[size]))
+        device = features[0].device
+        sized = [(torch.cat(levels_of_size[size], dim=1), torch.tensor(columns_of_size[size], device=device))
                  for size in levels_of_size]  # ([N, C_s, h_s, w_s], the first layer's input columns [C_s])
         for start in range(0, n, images):
             chunk = [(x[start:start + images], columns) for x, columns in sized]
