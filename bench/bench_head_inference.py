@@ -10,7 +10,8 @@ head is a fresh pixel-MLP (D -> 256 -> 128 -> 8) in eval mode. Timing does not d
 
     .venv/bin/python bench/bench_head_inference.py [--k 3,10] [--batch 1,8] [--repeat 7] [--threads 2]
 
-Prints a markdown table (median and fastest of ``--repeat`` forward passes, ms per image).
+Prints a markdown table (median and fastest of ``--repeat`` forward passes, ms per image); the two modes' logits
+are checked to agree.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ OUTPUT_SIZE = (96, 64)
 NUM_CLASSES = 8  # CCP-8
 
 
-def time_forward(head, levels, repeat: int) -> list[float]:
-    """Seconds of ``repeat`` eval forward passes (one warm-up pass first)."""
+def time_forward(head, levels, repeat: int):
+    """(seconds of ``repeat`` eval forward passes after one warm-up pass, the logits [N, K, C, H, W])."""
     import torch
 
     with torch.no_grad():
@@ -42,7 +43,7 @@ def time_forward(head, levels, repeat: int) -> list[float]:
             logits = head(levels)
             times.append(time.perf_counter() - start)
     assert logits.shape == (levels[0].shape[0], head.ensemble, NUM_CLASSES, *OUTPUT_SIZE), logits.shape
-    return times
+    return times, logits
 
 
 def main(argv=None) -> list[dict]:
@@ -64,11 +65,17 @@ def main(argv=None) -> list[dict]:
         generator = torch.Generator().manual_seed(0)
         levels = [torch.randn(batch, c, h, w, generator=generator) for c, h, w in CCP_LEVELS]  # [N, C_i, h_i, w_i]
         for k in (int(x) for x in args.k.split(",")):
+            reference = None
             for mode, budget in (("all", 2 ** 40), ("groups", MEMBER_CHUNK_FLOATS)):
-                torch.manual_seed(0)
+                torch.manual_seed(0)  # the same weights in both modes
                 head = create_head("pixel-mlp", [c for c, _, _ in CCP_LEVELS], NUM_CLASSES, OUTPUT_SIZE,
                                    ensemble=k, member_chunk_floats=budget).eval()
-                times = [t / batch * 1000 for t in time_forward(head, levels, args.repeat)]
+                seconds, logits = time_forward(head, levels, args.repeat)
+                if reference is None:
+                    reference = logits
+                else:  # the grouping changes the order of work, not the result
+                    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+                times = [t / batch * 1000 for t in seconds]
                 rows.append({"batch": batch, "k": k, "members": mode, "median_ms": statistics.median(times),
                              "min_ms": min(times)})
     print(f"pixel-MLP inference, {len(CCP_LEVELS)} levels -> {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {args.threads} threads, "

@@ -83,3 +83,24 @@ def test_bf16_inference_is_close_to_fp32(head_type, options):
     torch.testing.assert_close(bf16, fp32, atol=0.05, rtol=0)
     assert (bf16.argmax(2) == fp32.argmax(2)).float().mean() > 0.95
     assert head.training  # predict_proba restores the mode
+
+
+def test_head_inference_bench_runs_both_modes_with_equal_logits(capsys):
+    """bench/bench_head_inference.py on CCP's level shapes, K = 2, batches of 1 and 2: a row per batch x mode, and
+    the grouped forward's logits equal the all-at-once one's (the bench asserts it)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_head_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_head_inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--k", "2", "--batch", "1,2", "--repeat", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the bench sets the process's thread count
+    assert [(r["batch"], r["k"], r["members"]) for r in rows] == [
+        (1, 2, "all"), (1, 2, "groups"), (2, 2, "all"), (2, 2, "groups")]
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert "| 2 | 2 | groups |" in capsys.readouterr().out
