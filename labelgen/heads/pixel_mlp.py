@@ -97,25 +97,35 @@ class PixelMLPEnsemble(TaskHead):
         device = features[0].device
         sized = [(torch.cat(levels_of_size[size], dim=1), torch.tensor(columns_of_size[size], device=device))
                  for size in levels_of_size]  # ([N, C_s, h_s, w_s], the first layer's input columns [C_s])
-        for start in range(0, n, images):
-            chunk = [(x[start:start + images], columns) for x, columns in sized]
-            for first in range(0, self.ensemble, group):
-                members = range(first, min(self.ensemble, first + group))
-                logits[start:start + images, first:members.stop] = self._forward_members(chunk, members)
+        first_layers = [member[0] for member in self.members]
+        weight = torch.cat([layer.weight for layer in first_layers])  # [K*H1, D]
+        bias = torch.cat([layer.bias for layer in first_layers])  # [K*H1]
+        hidden = first_layers[0].out_features
+        folded = None if self.training else self._folded_layers()  # once per call, sliced per member group
+        for first in range(0, self.ensemble, group):
+            members = range(first, min(self.ensemble, first + group))
+            rows = slice(first * hidden, members.stop * hidden)
+            projections = [weight[rows][:, columns, None, None] for _, columns in sized]  # [k*H1, C_s, 1, 1] a size
+            layers = None if folded is None else [(w[first:members.stop], b[first:members.stop]) for w, b in folded]
+            for start in range(0, n, images):
+                chunk = [x[start:start + images] for x, _ in sized]
+                logits[start:start + images, first:members.stop] = self._forward_members(
+                    chunk, members, projections, bias[rows], layers)
         return logits
 
-    def _forward_members(self, sized: list[tuple[torch.Tensor, torch.Tensor]], members: range) -> torch.Tensor:
-        """forward() of the members ``members`` only, on forward's levels grouped by size: logits [N, k, C, H, W]."""
-        n = sized[0][0].shape[0]
+    def _forward_members(self, sized: list[torch.Tensor], members: range, projections: list[torch.Tensor],
+                         bias: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """forward() of the members ``members`` only, on forward's levels grouped by size ([N, C_s, h_s, w_s] each),
+        with their first layer's weight for each size ([k*H1, C_s, 1, 1]) and bias [k*H1] and their folded later
+        layers (eval; None in training): logits [N, k, C, H, W]."""
+        n = sized[0].shape[0]
         height, width = self.output_size
-        first_layers = [self.members[k][0] for k in members]
-        weight = torch.cat([layer.weight for layer in first_layers])  # [k*H1, D]
-        bias = torch.cat([layer.bias for layer in first_layers])  # [k*H1]
-        projected = [F.conv2d(x, weight[:, columns, None, None])  # [N, k*H1, h_s, w_s]
-                     .contiguous(memory_format=torch.channels_last) for x, columns in sized]  # NHWC in memory
+        projected = [F.conv2d(x, projection)  # [N, k*H1, h_s, w_s]
+                     .contiguous(memory_format=torch.channels_last)
+                     for x, projection in zip(sized, projections)]  # NHWC in memory
         logits = projected[0].new_empty(n, len(members), self.num_classes, height, width,
                                         dtype=torch.float32)  # [N, k, C, H, W]
-        floats_per_image = height * width * weight.shape[0]
+        floats_per_image = height * width * bias.shape[0]
         if floats_per_image <= self.max_chunk_floats:  # whole images at a time: F.interpolate (fast on CPU)
             step = max(1, self.max_chunk_floats // floats_per_image)
             for start in range(0, n, step):
@@ -128,26 +138,27 @@ class PixelMLPEnsemble(TaskHead):
                     elif summed is None:
                         up = up.clone()  # summed is added to in place: not the projection itself
                     summed = up if summed is None else summed.add_(up)
-                logits[start:start + step] = self._classify(summed, bias, members)
+                logits[start:start + step] = self._classify(summed, bias, members, layers)
         else:  # very large outputs: bands of rows, bilinear lookup with grid_sample (same values)
-            rows_per_chunk = max(1, self.max_chunk_floats // max(1, n * width * weight.shape[0]))
+            rows_per_chunk = max(1, self.max_chunk_floats // max(1, n * width * bias.shape[0]))
             for row_start in range(0, height, rows_per_chunk):
                 row_stop = min(height, row_start + rows_per_chunk)
                 summed = sum(features_of_rows([level], row_start, row_stop, self.output_size)
                              for level in projected)  # [N, k*H1, rows, W]
-                logits[:, :, :, row_start:row_stop] = self._classify(summed, bias, members)
+                logits[:, :, :, row_start:row_stop] = self._classify(summed, bias, members, layers)
         return logits
 
-    def _classify(self, summed: torch.Tensor, bias: torch.Tensor, members: range) -> torch.Tensor:
-        """Upsampled first-layer outputs of ``members`` [N, k*H1, h, w] (+ bias [k*H1]) -> logits [N, k, C, h, w]."""
+    def _classify(self, summed: torch.Tensor, bias: torch.Tensor, members: range,
+                  layers: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """Upsampled first-layer outputs of ``members`` [N, k*H1, h, w] (+ bias [k*H1]) -> logits [N, k, C, h, w]
+        (``layers``: their folded later layers in eval, None in training)."""
         n, _, h, w = summed.shape
         k = len(members)
         pixels = (summed.permute(0, 2, 3, 1) + bias.to(summed.dtype)).reshape(n * h * w, k, -1)  # [P, k, H1]
-        if self.training:  # BatchNorm on batch statistics: member by member
+        if layers is None:  # training: BatchNorm on batch statistics, member by member
             out = torch.stack([self.members[m][1:](pixels[:, i]) for i, m in enumerate(members)], dim=1)  # [P, k, C]
         else:  # eval: the members in one batched matmul per layer, BatchNorm folded into the next Linear
             x = torch.relu(pixels).transpose(0, 1)  # [k, P, H1]
-            layers = self._folded_layers(members)
             for i, (weight, layer_bias) in enumerate(layers):
                 x = torch.baddbmm(layer_bias.to(x.dtype), x, weight.to(x.dtype))  # [k, P, out]
                 if i < len(layers) - 1:
@@ -155,15 +166,15 @@ class PixelMLPEnsemble(TaskHead):
             out = x.transpose(0, 1)  # [P, k, C]
         return out.reshape(n, h, w, k, self.num_classes).permute(0, 3, 4, 1, 2)
 
-    def _folded_layers(self, members: range) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Eval: each of ``members``' Linear layers after the first, stacked over them as (weight [k, in, out],
+    def _folded_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eval: each member's Linear layers after the first, stacked over members as (weight [K, in, out],
         bias [K, 1, out]), the BatchNorm before each folded in: BN(r) = a * r + c with a = gamma / sqrt(var + eps),
         c = beta - mean * a, so Linear(BN(r)) = (W diag(a)) r + (W c + b). A member is [Linear, ReLU, BN] *
         len(hidden) + [Linear]."""
         stacked = []
         for index in range(3, len(self.members[0]), 3):
             weights, biases = [], []
-            for member in (self.members[m] for m in members):
+            for member in self.members:
                 norm, linear = member[index - 1], member[index]
                 scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # a [in]
                 shift = norm.bias - norm.running_mean * scale  # c [in]
