@@ -34,6 +34,8 @@ on ``test``. Rows:
     label-distill-uw     label-distill + `--uncertainty-weighting` (samples weighted by the teacher's uncertainty)
     label-distill-ema    label-distill + `--ema-decay 0.99` (the moving average of the weights is validated and tested)
     label-distill-2x     label-distill + `--image-size 192x128`: the student at twice the photos' size
+    label-distill-8x-samples  label-distill with 8x the synthetic samples: its own + 7x as many from other seeds,
+                         the same photos, steps and per-sample weights (synthetic data's share of the draws grows)
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
@@ -332,12 +334,16 @@ class Bench:
         timing = self.data_timing()
         return {"data_seconds": round(sum(timing[n] for n in names), 1)} if set(names) <= set(timing) else {}
 
-    def synthesize(self, dest: Path, workspace: Path | None = None, tta: str = "real") -> float:
-        """``synthetic_n`` samples labelled by ``workspace``'s heads (default: BEST_TEACHER's; ``tta``: synthesize
-        --tta, "all" = flip TTA on the samples too) into ``dest``; returns seconds."""
+    def synthesize(self, dest: Path, workspace: Path | None = None, tta: str = "real", n: int | None = None,
+                   seed_base: int | None = None) -> float:
+        """``n`` (default: ``synthetic_n``) samples labelled by ``workspace``'s heads (default: BEST_TEACHER's;
+        ``tta``: synthesize --tta, "all" = flip TTA on the samples too) into ``dest``, sample k from seed
+        ``seed_base`` + k (default: synthesize's own base); returns seconds."""
         workspace = workspace or self.heads_workspace(*BEST_TEACHER)[0]
-        cmd = labelgen("synthesize", "-w", workspace, "--n", self.p.synthetic_n, "--out", dest, "--soft-labels", "uint8",
-                       "--drop-uncertain", 0.1, "--shard-size", 500, "--tta", tta)
+        cmd = labelgen("synthesize", "-w", workspace, "--n", n or self.p.synthetic_n, "--out", dest, "--soft-labels",
+                       "uint8", "--drop-uncertain", 0.1, "--shard-size", 500, "--tta", tta)
+        if seed_base is not None:
+            cmd += ["--seed-base", str(seed_base)]
         return run(cmd, self.out / "logs" / f"{dest.name}.log")
 
     def pseudo_label(self, dest: Path, limit: int | None, workspace: Path | None = None) -> float:
@@ -400,6 +406,22 @@ class Bench:
         return self.student_row(name, "label-distill", data, self.p.distill_steps,
                                 f"{self.data_note}; soft labels tau=4; {what}", extra=("--tau", 4, *extra), record=record,
                                 image_size=image_size)
+
+    def more_samples_row(self) -> dict:
+        """label-distill-8x-samples: label-distill's data with (SAMPLES_FACTOR - 1) x ``synthetic_n`` more synthetic
+        samples from other seeds (its own samples stay in; the same photos, steps and per-sample weights)."""
+        name = "label-distill-8x-samples"
+        if row := self.row_done(name):
+            return row
+        data, _ = self.distill_record()
+        n_more = self.data_part("synthetic-more", lambda dest: self.synthesize(
+            dest, n=(SAMPLES_FACTOR - 1) * self.p.synthetic_n, seed_base=MORE_SAMPLES_SEED_BASE))
+        data = [data[0], (self.out / "data" / "synthetic-more", 1.0), *data[1:]]
+        note = self.data_note.replace(f"{self.n_synthetic} DDIM", f"{self.n_synthetic + n_more} DDIM", 1)
+        return self.student_row(name, "label-distill", data, self.p.distill_steps,
+                                f"{note} (label-distill's {self.n_synthetic} samples + {n_more} from other seeds); "
+                                "soft labels tau=4", extra=("--tau", 4),
+                                record=self.data_record("synthetic", "pseudo", "synthetic-more"))
 
     def long_row(self) -> dict:
         """label-distill-long: label-distill with LONG_FACTOR x the steps, on the same data."""
@@ -502,7 +524,8 @@ class Bench:
             return self.student_row(name, "supervised", [(self.ccp / split, 1)], steps, trained_on)
         return {"teacher-ensemble": self.ensemble_row, "teacher-ensemble-tta": lambda: self.ensemble_row(flip=True),
                 "label-distill": self.label_distill_row, "label-distill-ens": self.ensemble_labels_row,
-                "label-distill-r2": self.round_two, "label-distill-long": self.long_row,
+                "label-distill-r2": self.round_two, "label-distill-8x-samples": self.more_samples_row,
+                "label-distill-long": self.long_row,
                 "label-distill-long-all-2x-r2": self.round_two_long_all_2x,
                 "dreamteacher": self.dream_row,
                 "finetuned-20": self.finetuned_row}[name]()
@@ -589,6 +612,10 @@ STUDENT_LEVERS = {
                          STUDENT_SIZE_2X),
 }
 
+# label-distill-8x-samples: this many times label-distill's synthetic samples (the preset's synthetic_n); the added
+# ones start at this seed base, clear of label-distill's (synthesize's default base 1,000,000 + k, k < 2 x synthetic_n)
+SAMPLES_FACTOR = 8
+MORE_SAMPLES_SEED_BASE = 2_000_000
 LONG_FACTOR = 4  # label-distill-long and the LONG_ALL_ROWS: this many times the preset's distill_steps
 # label-distill-long on every `unlabeled` photo: name -> student --image-size
 LONG_ALL_ROWS = {
@@ -603,7 +630,8 @@ STUDENT_TTA_ROWS = {"label-distill-long-all-tta": "label-distill-long-all",
 # set once, not tuned (an even mix of the two models, the student being about level with its teacher)
 R2_TEACHER_WEIGHT = 0.5
 # the distilled students finetuned-20 chooses from (the one with the best val mIoU is fine-tuned)
-DISTILLED_ROWS = ("label-distill", "label-distill-ens", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS, "label-distill-long",
+DISTILLED_ROWS = ("label-distill", "label-distill-ens", "label-distill-r2", "dreamteacher", *STUDENT_LEVERS,
+                  "label-distill-8x-samples", "label-distill-long",
                   *LONG_ALL_ROWS, "label-distill-long-all-2x-r2")
 
 # groups of --rows, in the order they run (rows added later run after the rows they are compared with)
@@ -613,7 +641,8 @@ ROW_GROUPS = {
     "distill": (*DISTILLED_ROWS, *STUDENT_TTA_ROWS, "finetuned-20"),
 }
 ROW_ORDER = ("supervised-20", "supervised-full", *TEACHER_ROWS, "teacher-ensemble", "teacher-ensemble-tta", "label-distill",
-             "label-distill-ens", "label-distill-r2", *STUDENT_LEVERS, "label-distill-long", *LONG_ALL_ROWS, *STUDENT_TTA_ROWS,
+             "label-distill-ens", "label-distill-r2", *STUDENT_LEVERS, "label-distill-8x-samples", "label-distill-long",
+             *LONG_ALL_ROWS, *STUDENT_TTA_ROWS,
              "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20")
 
 

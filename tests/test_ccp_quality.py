@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labelgen.data.ccp import CCP8_CLASSES, import_ccp
+from labelgen.data.shards import iter_shard
 from labelgen.generators import create_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "teacher-selected-cb-tta", "teacher-conv", "teacher-selected-cb-flip", "teacher-selected-cb-flip-tta",
         "teacher-ensemble", "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
         "label-distill-strong-aug", "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x",
-        "label-distill-long", "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
+        "label-distill-8x-samples", "label-distill-long", "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
         "label-distill-long-all-tta", "label-distill-long-all-3x-tta", "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
@@ -100,6 +101,21 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "students/label-distill ", "students/label-distill-2x ").replace("--image-size 96x64 ", "--image-size 192x128 ")
     config_2x = json.loads((tmp_path / "run" / "students" / "label-distill-2x" / "student_config.json").read_text())
     assert config_2x["image_size"] == [192, 128]
+    # 8x the synthetic samples: label-distill's own + 7x as many from seeds of their own, beside the same photos
+    run_data = tmp_path / "run" / "data"
+    more = json.loads((run_data / "synthetic-more" / "manifest.json").read_text())
+    assert more["num_samples"] == 7 * synthetic["num_samples"]
+    seeds = {name: {sample.meta["seed"] for shard in sorted((run_data / name).glob("*.tar"))
+                    for sample in iter_shard(shard, decode=False)} for name in ("synthetic", "synthetic-more")}
+    assert len(seeds["synthetic"]) == 4 and len(seeds["synthetic-more"]) == 28
+    assert not seeds["synthetic"] & seeds["synthetic-more"]
+    assert by_name["label-distill-8x-samples"]["command"] == base.replace(
+        "students/label-distill ", "students/label-distill-8x-samples ").replace(
+        f"--data {run_data / 'synthetic'} ", f"--data {run_data / 'synthetic'} --data {run_data / 'synthetic-more'} ").replace(
+        "--data-weights 1,1,20", "--data-weights 1,1,1,20")
+    assert by_name["label-distill-8x-samples"]["trained_on"].startswith("32 DDIM-2 samples + 1 pseudo-labelled photos")
+    assert by_name["label-distill-8x-samples"]["data_seconds"] == round(
+        timing["synthetic"] + timing["pseudo"] + timing["synthetic-more"], 1)
     # the long rows: label-distill's command with 4x the steps; -all on every unlabeled photo (the other rows: the first 1)
     long = by_name["label-distill-long"]["command"]
     assert long == base.replace("students/label-distill ", "students/label-distill-long ").replace(
@@ -144,7 +160,8 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     students = tmp_path / "run" / "students"
     val = {name: json.loads((students / name / "best.json").read_text())["miou"]
            for name in ("label-distill", "label-distill-r2", "dreamteacher", "label-distill-strong-aug",
-                        "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x", "label-distill-long", "label-distill-long-all",
+                        "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x", "label-distill-8x-samples",
+                        "label-distill-long", "label-distill-long-all",
                         "label-distill-long-all-2x", "label-distill-long-all-2x-r2", "label-distill-long-all-3x",
                         "label-distill-ens")}
     chosen = by_name["finetuned-20"]["fine_tuned"]
