@@ -112,7 +112,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert by_name["label-distill-8x-samples"]["command"] == base.replace(
         "students/label-distill ", "students/label-distill-8x-samples ").replace(
         f"--data {run_data / 'synthetic'} ", f"--data {run_data / 'synthetic'} --data {run_data / 'synthetic-more'} ").replace(
-        "--data-weights 1,1,20", "--data-weights 1,1,1,20")
+        "--data-weights 1,1,", "--data-weights 1,1,1,")
     assert by_name["label-distill-8x-samples"]["trained_on"].startswith("32 DDIM-2 samples + 1 pseudo-labelled photos")
     assert by_name["label-distill-8x-samples"]["data_seconds"] == round(
         timing["synthetic"] + timing["pseudo"] + timing["synthetic-more"], 1)
