@@ -35,7 +35,9 @@ on ``test``. Rows:
     label-distill-ema    label-distill + `--ema-decay 0.99` (the moving average of the weights is validated and tested)
     label-distill-2x     label-distill + `--image-size 192x128`: the student at twice the photos' size
     label-distill-8x-samples  label-distill with 8x the synthetic samples: its own + 7x as many from other seeds,
-                         the same photos, steps and per-sample weights (synthetic data's share of the draws grows)
+                         the same photos, steps and per-sample weights (synthetic data's share of the draws grows;
+                         cpu preset: 896 added, ~45 min here; gpu preset: 140,000 added, the mission's scale, its GPU
+                         time not measured)
     label-distill-long   label-distill with 4x the training steps (same data)
     label-distill-long-all  label-distill-long on every `unlabeled` photo pseudo-labelled (1,498; the CPU preset's
                          other rows use the first 400); the same data as label-distill-long where the preset has no limit
