@@ -101,11 +101,13 @@ class PixelMLPEnsemble(TaskHead):
         weight = torch.cat([layer.weight for layer in first_layers])  # [K*H1, D]
         bias = torch.cat([layer.bias for layer in first_layers])  # [K*H1]
         hidden = first_layers[0].out_features
-        folded = None if self.training else self._folded_layers()  # once per call, sliced per member group
+        # once per call, sliced per member group: the first layer's weight for each size, the folded later layers
+        size_weights = [weight[:, columns, None, None] for _, columns in sized]  # [K*H1, C_s, 1, 1] a size
+        folded = None if self.training else self._folded_layers()
         for first in range(0, self.ensemble, group):
             members = range(first, min(self.ensemble, first + group))
             rows = slice(first * hidden, members.stop * hidden)
-            projections = [weight[rows][:, columns, None, None] for _, columns in sized]  # [k*H1, C_s, 1, 1] a size
+            projections = [w[rows] for w in size_weights]  # [k*H1, C_s, 1, 1] a size
             layers = None if folded is None else [(w[first:members.stop], b[first:members.stop]) for w, b in folded]
             for start in range(0, n, images):
                 chunk = [x[start:start + images] for x, _ in sized]
