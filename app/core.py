@@ -54,17 +54,22 @@ def rle_decode(rle: Any, shape: tuple[int, int], num_classes: int) -> np.ndarray
     h, w = shape
     if not isinstance(rle, (list, tuple)) or len(rle) % 2:
         raise AppError("mask from the browser: expected run-length pairs")
-    try:
-        pairs = np.asarray(rle, dtype=np.int64).reshape(-1, 2)
-    except (TypeError, ValueError):
-        raise AppError("mask from the browser: non-integer run-length data") from None
-    values, counts = pairs[:, 0], pairs[:, 1]
-    if (counts < 0).any() or int(counts.sum()) != h * w:
-        raise AppError(f"mask from the browser: {int(counts.sum())} pixels, expected {h}x{w}")
-    bad = ((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)
-    if bad.any():
-        raise AppError(f"mask from the browser: class id {int(values[bad][0])} out of range")
-    return np.repeat(values.astype(np.uint8), counts).reshape(h, w)
+    # checked as Python ints (no int64 wrap-around: runs of 2**62 must not sum to h*w), floats, bools and
+    # strings refused, before numpy sees a single count
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in rle):
+        raise AppError("mask from the browser: non-integer run-length data")
+    values, counts = rle[0::2], rle[1::2]
+    # runs are named by position: a 5000-digit number is not printable in an error line
+    bad = next((k for k, c in enumerate(counts) if not 0 <= c <= h * w), None)
+    if bad is not None:
+        raise AppError(f"mask from the browser: run {bad} has a length outside 0..{h * w}")
+    if sum(counts) != h * w:
+        raise AppError(f"mask from the browser: {sum(counts)} pixels, expected {h}x{w}")
+    bad = next((k for k, v in enumerate(values) if not (0 <= v < num_classes or v == IGNORE_INDEX)), None)
+    if bad is not None:
+        raise AppError(f"mask from the browser: run {bad} has a class id out of range "
+                       f"(classes 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)")
+    return np.repeat(np.array(values, dtype=np.uint8), np.array(counts, dtype=np.int64)).reshape(h, w)
 
 
 def mask_from_component(value: Any, doc: str, shape: tuple[int, int], num_classes: int) -> np.ndarray | None:

@@ -70,6 +70,19 @@ def test_rle_round_trip_and_validation():
     assert core.mask_from_component({"doc": "a:0", "width": 7, "height": 5, "rle": rle}, "b:0", (5, 7), 3) is None
 
 
+# runs whose counts wrap around in int64 to exactly 64x64 (4 * 2**62 = 2**64): numpy.repeat once wrote
+# out of bounds with them and the server process died (issue 33)
+OVERFLOWING_RUNS = [0, 2**62, 1, 2**62, 0, 2**62, 1, 2**62, 0, 64 * 64]
+HOSTILE_RUNS = [OVERFLOWING_RUNS, [0, 2**64 + 4096], [0, -4096, 0, 8192], [0, 4096.0], [0.5, 4096],
+                [0, True, 0, 4095], ["0", "4096"], [None, 4096], [[0], 4096], [2**70, 4096]]
+
+
+@pytest.mark.parametrize("rle", HOSTILE_RUNS)
+def test_rle_decode_refuses_overflowing_negative_and_non_integer_runs(rle):
+    with pytest.raises(core.AppError, match="^mask from the browser: "):
+        core.rle_decode(rle, (64, 64), 3)
+
+
 def test_paths_never_leave_the_workspace(ws, tmp_path):
     (ws.root / "inside").mkdir()
     assert core.resolve_inside(ws.root, "inside") == ws.root / "inside"
@@ -289,6 +302,22 @@ def test_annotate_page_sidebar_and_explicit_save(app, ws):
     at.run()
     button(at, "Save").click().run()
     np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+
+
+def test_hostile_canvas_values_show_an_error_and_never_reach_the_mask(app, ws):
+    """Each hostile value through the component's message path (its widget value in the session): the page
+    shows one error line, Save refuses, the server keeps running and no mask file is written."""
+    at = app.run()
+    for rle in HOSTILE_RUNS:
+        key, value = canvas_value(at, np.zeros((64, 64), np.uint8))
+        at.session_state[key] = {**value, "rle": rle}
+        at.run()
+        assert not at.exception, (rle, at.exception)
+        assert any(e.value.startswith("mask from the browser: ") for e in at.main.error), rle
+        button(at, "Save").click().run()
+        assert not at.exception, (rle, at.exception)
+        assert any(e.value.startswith("not saved: mask from the browser: ") for e in at.error), rle
+        assert not ws.mask_path("g000001").exists()
 
 
 def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):
