@@ -8,6 +8,7 @@ outside the workspace (or, for imports, outside the allowed roots).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import time
@@ -27,6 +28,8 @@ MAX_UPLOAD_PIXELS = 40_000_000  # decompression-bomb guard for uploads and impor
 MAX_IMPORT_FILES = 500  # per folder import
 REVIEW_FILE = "review.json"
 ACCEPTED, REJECTED = "accepted", "rejected"
+STATUS_SUFFIX = ".status.json"  # W/annotations/<id>.status.json: the annotator's confirmation
+UNLABELLED, PARTLY, DONE = "unlabelled", "partly", "done"
 
 
 class AppError(LabelgenError):
@@ -217,21 +220,98 @@ def generate_into_workspace(ws: Workspace, n: int) -> list[str]:
     return ws.sample_annotations(n)
 
 
-# ---------------------------------------------------------------- statistics and overlays
-def class_pixel_counts(ws: Workspace) -> tuple[int, np.ndarray]:
-    """(number of annotated images, pixels per class over all saved masks)."""
-    counts = np.zeros(len(ws.classes), dtype=np.int64)
-    n = 0
-    for i in ws.annotated_ids():
-        try:
-            mask = ws.read_mask(i)
-        except LabelgenError:
-            continue
-        if mask is None:
-            continue
-        n += 1
+# ---------------------------------------------------------------- annotation status and statistics
+@dataclass
+class ImageProgress:
+    """One annotation image as the annotator sees it: how much is labelled and whether they confirmed it."""
+    annotation_id: str
+    status: str  # UNLABELLED (no labelled pixel), PARTLY (labelled, not confirmed) or DONE (confirmed)
+    labelled: int  # pixels with a class (not 255 = unlabelled)
+    pixels: int  # pixels of the image
+    counts: np.ndarray  # labelled pixels per class
+    edited: bool = False  # marked done, but the mask changed since: needs confirming again
+
+    @property
+    def fraction(self) -> float:
+        return self.labelled / self.pixels if self.pixels else 0.0
+
+
+_PROGRESS: dict[tuple[str, str], tuple[tuple, ImageProgress]] = {}
+
+
+def status_path(ws: Workspace, annotation_id: str) -> Path:
+    """The per-image status sidecar ``W/annotations/<id>.status.json`` (absent: not confirmed)."""
+    return ws.annotations_dir / f"{ws.check_id(annotation_id)}{STATUS_SUFFIX}"
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mask, np.uint8).tobytes() + repr(mask.shape).encode()).hexdigest()
+
+
+def mark_done(ws: Workspace, annotation_id: str) -> ImageProgress:
+    """Record that the annotator confirmed the saved mask of ``annotation_id`` (its digest, so a later change
+    to the mask, in the app or outside it, makes the image unconfirmed again)."""
+    mask = ws.read_mask(annotation_id)
+    if mask is None or not (mask != IGNORE_INDEX).any():
+        raise AppError(f"{annotation_id}: nothing labelled yet; paint the mask before marking it done")
+    atomic_write_json(status_path(ws, annotation_id),
+                      {"version": 1, "status": DONE, "mask_sha256": _mask_digest(mask), "confirmed": time.time()})
+    return image_progress(ws, annotation_id)
+
+
+def reopen(ws: Workspace, annotation_id: str) -> None:
+    """Withdraw the confirmation of ``annotation_id`` (its mask stays)."""
+    status_path(ws, annotation_id).unlink(missing_ok=True)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def image_progress(ws: Workspace, annotation_id: str) -> ImageProgress:
+    """The :class:`ImageProgress` of one image (mask and status re-read only when their files change)."""
+    paths = (ws.mask_path(annotation_id), status_path(ws, annotation_id), ws.image_path(annotation_id))
+    stamp = (len(ws.classes), *map(_stamp, paths))
+    cached = _PROGRESS.get((str(ws.root), annotation_id))
+    if cached and cached[0] == stamp:
+        return cached[1]
+    counts = np.zeros(len(ws.classes), np.int64)
+    try:
+        mask = ws.read_mask(annotation_id)
+    except LabelgenError:  # an unreadable mask file counts as not labelled
+        mask = None
+    if mask is None:
+        with Image.open(paths[2]) as im:
+            pixels = im.width * im.height
+        labelled = 0
+    else:
+        pixels = mask.size
         counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=len(counts))[:len(counts)]
-    return n, counts
+        labelled = int(np.count_nonzero(mask != IGNORE_INDEX))
+    confirmed = None
+    if stamp[2] is not None:
+        try:
+            record = read_json(paths[1])
+            confirmed = record.get("mask_sha256") if isinstance(record, dict) and record.get("status") == DONE else None
+        except LabelgenError:
+            confirmed = None
+    done = confirmed is not None and mask is not None and labelled > 0 and confirmed == _mask_digest(mask)
+    status = DONE if done else (PARTLY if labelled else UNLABELLED)
+    progress = ImageProgress(annotation_id, status, labelled, pixels, counts, edited=confirmed is not None and not done)
+    _PROGRESS[(str(ws.root), annotation_id)] = (stamp, progress)
+    return progress
+
+
+def annotation_progress(ws: Workspace) -> list[ImageProgress]:
+    """:func:`image_progress` of every annotation image, in id order."""
+    return [image_progress(ws, i) for i in ws.annotation_ids()]
+
+
+# ---------------------------------------------------------------- overlays
 
 
 def heat(values: np.ndarray) -> np.ndarray:

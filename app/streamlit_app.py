@@ -11,10 +11,11 @@ import argparse
 import os
 import sys
 
+import numpy as np
 import streamlit as st
 
 from labelgen.app import state
-from labelgen.app.core import class_pixel_counts
+from labelgen.app.core import DONE, PARTLY, annotation_progress
 from labelgen.errors import LabelgenError
 
 PAGES = {"annotate": "Annotate", "train": "Train", "review": "Review"}
@@ -32,8 +33,16 @@ def _sidebar(ws) -> str:
     st.sidebar.title("labelgen")
     st.sidebar.caption(f"workspace `{ws.root}` · {ws.config.backend}")
     page = st.sidebar.radio("Page", list(PAGES), format_func=PAGES.get, key="page", on_change=state.on_navigate)
-    n_annotated, counts = class_pixel_counts(ws)
-    st.sidebar.metric("Images annotated", f"{n_annotated} / {len(ws.annotation_ids())}")
+    progress = annotation_progress(ws)
+    n_done = sum(p.status == DONE for p in progress)
+    n_partly = sum(p.status == PARTLY for p in progress)
+    st.sidebar.metric("Images done", f"{n_done} / {len(progress)}",
+                      help="Images whose mask the annotator confirmed with **Mark done** (a saved or copied mask "
+                           "alone does not count).")
+    pixels = sum(p.pixels for p in progress)
+    st.sidebar.caption(f"{n_partly} partly labelled · {100 * sum(p.labelled for p in progress) / max(1, pixels):.1f}% "
+                       "of all pixels labelled")
+    counts = sum((p.counts for p in progress), np.zeros(len(ws.classes), np.int64))
     total = max(1, int(counts.sum()))
     rows = "".join(
         f"<tr><td><span style='display:inline-block;width:11px;height:11px;background:rgb{tuple(colour)};"

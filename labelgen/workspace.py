@@ -7,6 +7,7 @@
                                      or {"source": "real"} for imported images)
     W/annotations/<id>.mask.png      index mask, absent until annotated (CVAT or any paint program may
                                      drop one in: 0..C-1, 255 = ignore, or the class colours)
+    W/annotations/<id>.status.json   the app's "Mark done" of that mask (docs/app.md; not an annotation id)
     W/heads/                         trained task head (head_config.json + head.safetensors) + train_log.json,
                                      of the workspace's head type (config "head")
     W/heads/<type>/                  a second head type, trained by `labelgen train-heads --type <type>` (same

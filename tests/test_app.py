@@ -291,7 +291,7 @@ def test_annotate_page_sidebar_and_explicit_save(app, ws):
     assert not ws.mask_path("g000001").exists()
     button(at, "Save").click().run()
     np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
-    assert at.sidebar.metric[0].value == "1 / 3"
+    assert at.sidebar.metric[0].value == "0 / 3"  # saved, not confirmed: not done
     assert "saved mask" in status(at)
     assert any("saved g000001" in s.value for s in at.success)
     # a class id outside the palette from the browser is refused, the file keeps the good mask
@@ -318,6 +318,64 @@ def test_hostile_canvas_values_show_an_error_and_never_reach_the_mask(app, ws):
         assert not at.exception, (rle, at.exception)
         assert any(e.value.startswith("not saved: mask from the browser: ") for e in at.error), rle
         assert not ws.mask_path("g000001").exists()
+
+
+def test_images_done_counts_only_masks_the_annotator_confirmed(app, ws):
+    """A saved mask (partly labelled or not) is not "done"; Mark done is, until the mask changes again; a teacher
+    sample copied by "Fix -> annotate" stays unconfirmed. Per-image labelled % in the status line."""
+    at = app.run()
+    assert at.sidebar.metric[0].label == "Images done" and at.sidebar.metric[0].value == "0 / 3"
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[:8, :30] = 1  # 240 of 4096 pixels: 5.9 %
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Save").click().run()
+    assert at.sidebar.metric[0].value == "0 / 3"
+    assert "5.9% labelled · not marked done" in status(at)
+    assert core.image_progress(ws, "g000001").status == core.PARTLY
+    button(at, "Mark done").click().run()  # confirms the partly labelled mask as the annotator's final word
+    assert not at.exception, at.exception
+    assert at.sidebar.metric[0].value == "1 / 3"
+    assert "5.9% labelled · ✓ done" in status(at)
+    record = json.loads(core.status_path(ws, "g000001").read_text())
+    assert record["status"] == "done" and ws.annotation_ids() == ["g000001", "g000002", "g000003"]
+    assert any("2.0% of all pixels labelled" in c.value for c in at.sidebar.caption)  # 240 of 3 x 4096
+    # an edit after confirming: saved, but no longer done until confirmed again
+    mask[60:, :] = 0
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Save").click().run()
+    assert at.sidebar.metric[0].value == "0 / 3" and "edited since marked done" in status(at)
+    # Mark done saves pending strokes first, then confirms what it saved
+    mask[30:40, :] = 2
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Mark done").click().run()
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+    assert at.sidebar.metric[0].value == "1 / 3"
+    button(at, "Reopen").click().run()
+    assert at.sidebar.metric[0].value == "0 / 3" and not core.status_path(ws, "g000001").exists()
+    # nothing labelled: refused with a message, nothing recorded
+    at.session_state["ann_id"] = "g000002"
+    at.run()
+    button(at, "Mark done").click().run()
+    assert any("nothing labelled yet" in e.value for e in at.error)
+    assert not core.status_path(ws, "g000002").exists()
+    # a teacher sample copied for fixing is not done, whatever its mask covers
+    at.sidebar.radio[0].set_value("review").run()
+    at.button(key="fix-s00003").click().run()
+    copied = at.session_state["ann_id"]
+    assert (ws.read_mask(copied) != 255).all() and core.image_progress(ws, copied).status == core.PARTLY
+    assert at.sidebar.metric[0].value == "0 / 4"
+    # a mask replaced outside the app after confirming is not done either
+    button(at, "Mark done").click().run()
+    assert at.sidebar.metric[0].value == "1 / 4"
+    ws.save_mask(copied, np.zeros((64, 64), np.uint8))
+    at.run()
+    assert at.sidebar.metric[0].value == "0 / 4"
 
 
 def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):

@@ -7,8 +7,8 @@ from labelgen.app import state
 from labelgen.app.assist import DEFAULT_SUPERPIXEL_SIZE, SUPERPIXEL_SIZES, SUPERPIXELS, superpixels
 from labelgen.app.canvas import mask_canvas
 from labelgen.app.core import (
-    MAX_UPLOAD_BYTES, AppError, allowed_roots, can_import_real, decode_image_bytes, folder_images,
-    generate_into_workspace, import_real_images,
+    DONE, MAX_UPLOAD_BYTES, AppError, allowed_roots, can_import_real, decode_image_bytes, folder_images,
+    generate_into_workspace, image_progress, import_real_images, mark_done, reopen,
 )
 from labelgen.errors import LabelgenError
 from labelgen.workspace import Workspace
@@ -40,6 +40,23 @@ def _save() -> None:
         state.flash(f"not saved: {e}", "error")
         return
     state.flash(f"saved {saved}" if saved else "nothing to save (no changes)", "success" if saved else "info")
+
+
+def _mark_done(annotation_id: str) -> None:
+    """Save the canvas's edits, then record that the annotator confirmed this mask (what "Images done" counts)."""
+    ws = state.workspace()
+    try:
+        state.save_pending(ws)
+        progress = mark_done(ws, annotation_id)
+    except LabelgenError as e:
+        state.flash(f"not marked done: {e}", "error")
+        return
+    state.flash(f"marked {annotation_id} done ({100 * progress.fraction:.1f}% labelled)")
+
+
+def _reopen(annotation_id: str) -> None:
+    reopen(state.workspace(), annotation_id)
+    state.flash(f"{annotation_id} reopened (no longer counted as done)", "info")
 
 
 def _revert(annotation_id: str) -> None:
@@ -158,7 +175,7 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     annotated = set(ws.annotated_ids())
     if st.session_state.get("ann_id") not in ids:
         st.session_state["ann_id"] = next((i for i in ids if i not in annotated), ids[0])
-    nav = st.columns([3, 1, 1, 1, 1, 2])
+    nav = st.columns([3, 1, 1, 1, 1, 1, 2])
     # (keep the selectbox's label/options independent of what is annotated: a changed identity of an
     # earlier widget remounts the canvas iframe and drops its undo history)
     nav[0].selectbox("Image", ids, key="ann_id", on_change=state.on_navigate)
@@ -167,7 +184,9 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     nav[3].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
     annotation_id = st.session_state["ann_id"]
     st.query_params["id"] = annotation_id
-    nav[4].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
+    nav[4].button("Mark done", on_click=_mark_done, args=(annotation_id,), key="mark_done", use_container_width=True,
+                  help="Save, and confirm this mask as finished: only confirmed images count as done.")
+    nav[5].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
                   help="Drop unsaved strokes and reload the saved mask.")
 
     try:
@@ -179,7 +198,7 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
 
     heads = has_heads(ws)
     if saved is None and heads:
-        nav[5].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
+        nav[6].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
                       use_container_width=True, help="Start from the current heads' prediction.")
     initial, prefilled = saved, False
     prefill = st.session_state.get("prefill")
@@ -200,7 +219,18 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
         st.error(str(e))
         pending = None
     source = recipe.get("source", "generated")
-    status = "unsaved changes" if pending else ("✓ saved mask" if saved is not None else "not annotated yet")
+    progress = image_progress(ws, annotation_id)
+    if progress.status == DONE:
+        nav[6].button("Reopen", on_click=_reopen, args=(annotation_id,), key="reopen", use_container_width=True,
+                      help="Withdraw the confirmation (the mask stays).")
+    if pending:
+        status = "unsaved changes"
+    elif saved is None:
+        status = "not annotated yet"
+    else:
+        status = (f"saved mask, {100 * progress.fraction:.1f}% labelled · "
+                  + ("✓ done" if progress.status == DONE else
+                     "edited since marked done" if progress.edited else "not marked done"))
     st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{_shown_recipe(recipe)}` · "
                f"**{status}**"
                + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))
