@@ -200,3 +200,29 @@ def test_debug_flag_shows_the_traceback_of_an_expected_error_too(tmp_path):
     assert plain.stderr == f"error: {tmp_path / 'nope'}: not found\n"
     assert "Traceback" in debug.stderr and "DataError" in debug.stderr
     assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+# ------------------------------------------------------------------ issue 33 item 2: the -m entry and the cwd
+MARKER_MODULES = ("tqdm", "safetensors", "click", "numpy")  # each reached by the commands below
+
+
+def test_module_entry_never_imports_from_the_working_folder(trained, tmp_path):
+    """`python -m labelgen.cli`, `-m labelgen.student.cli` and the README's `torchrun ... -m labelgen.cli --
+    synthesize -w .` run inside a workspace holding tqdm.py, safetensors.py, click.py and numpy.py that
+    write a marker when imported: none of them runs, and the commands work."""
+    ws = tmp_path / "w"
+    shutil.copytree(trained.root, ws)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    for name in MARKER_MODULES:
+        (ws / f"{name}.py").write_text(f"open({str(markers / name)!r}, 'w').close()\n")
+    python = [sys.executable, "-m", "labelgen.cli"]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "1",
+                "-m", "labelgen.cli", "--"]
+    synth = ["synthesize", "-w", ".", "--n", "2", "--shard-size", "2", "--batch-size", "2"]
+    for cmd in ([*python, "--help"], [sys.executable, "-m", "labelgen.student.cli", "--help"],
+                [*python, *synth, "--out", "out1"], [*torchrun, *synth, "--out", "out2"]):
+        run = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ws, timeout=300)
+        assert sorted(p.name for p in markers.iterdir()) == [], cmd
+        assert run.returncode == 0, (cmd, run.stderr[-2000:])
+    assert len(list(ShardReader(ws / "out1"))) == len(list(ShardReader(ws / "out2"))) == 2
