@@ -25,6 +25,9 @@ Written (``labelgen data export --format coco``): ``OUT/images/<key>.png`` and
 """
 from __future__ import annotations
 
+import codecs
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import numpy as np
 
 from labelgen.data.classes import ClassList, default_colour
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import IGNORE_INDEX, atomic_write_json, read_image, read_json
+from labelgen.data.io import IGNORE_INDEX, atomic_write_json, read_image, read_json, resolve_inside
 from labelgen.errors import DataError
 
 BACKGROUND = "background"
@@ -99,6 +102,8 @@ def polygons_to_mask(polygons: list, hw: tuple[int, int], where: str) -> np.ndar
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
             raise DataError(f"{where}: a polygon needs at least 3 (x, y) points")
         xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():  # NaN passes every bound below and crashes pycocotools' rasteriser
+            raise DataError(f"{where}: polygon vertex {xy[~np.isfinite(xy).all(1)][0].tolist()} is not a finite number")
         tol = OUTSIDE_TOLERANCE_PX
         if (xy[:, 0] < -tol).any() or (xy[:, 0] > w + tol).any() or (xy[:, 1] < -tol).any() or (xy[:, 1] > h + tol).any():
             raise DataError(f"{where}: polygon outside the image (x {xy[:, 0].min():.1f}..{xy[:, 0].max():.1f}, "
@@ -131,13 +136,18 @@ def source_classes(names: list[str], colours: list[tuple[int, int, int] | None],
     return classes, classes.names.index(BACKGROUND) if unlabelled == "background" else IGNORE_INDEX
 
 
-def find_image(file_name: str, folders: list[Path], what: str) -> Path:
-    """The first ``folder/file_name`` (or ``folder/<its base name>``) that exists."""
+def find_image(file_name: str, root: Path, folders: list[Path | str], what: str) -> Path:
+    """The first ``root/folder/file_name`` (or ``root/folder/<its base name>``) that exists, for ``folders``
+    relative to the dataset folder ``root``; one that resolves outside ``root`` (``../``, an absolute path,
+    a symlink out) is refused (:func:`~labelgen.data.io.resolve_inside`)."""
     for folder in folders:
-        for candidate in (folder / file_name, folder / Path(file_name).name):
-            if candidate.is_file():
-                return candidate
-    raise DataError(f"{what}: image {file_name!r} not found (looked in {', '.join(str(f) for f in folders)})")
+        for relative in (Path(folder) / file_name, Path(folder) / Path(file_name).name):
+            if (root / relative).is_file():
+                try:
+                    return resolve_inside(root, relative)
+                except DataError as e:
+                    raise DataError(f"{what}: image {file_name!r}: {e}") from None
+    raise DataError(f"{what}: image {file_name!r} not found (looked in {', '.join(str(root / f) for f in folders)})")
 
 
 # ---------------------------------------------------------------- reader
@@ -156,14 +166,88 @@ def find_annotation_json(src: Path, split: str, what: str) -> Path:
     return candidates[0]
 
 
+JSON_SCAN_CHUNK = 1 << 17  # bytes read at a time when looking for a JSON file's keys (format detection)
+LONGEST_KEY = 1 << 16  # a longer string cut by a chunk's end is not taken for a key
+_AFTER_STRING = re.compile(rb"[ \t\r\n]*(.?)", re.S)  # the next byte that is not white space
+
+
+def _object_keys(buf: bytes, state: tuple[int, bool, bool], target: int, final: bool
+                 ) -> tuple[set[str], tuple[int, bool, bool], int | None, bool]:
+    """One chunk of :func:`json_keys`: the keys met at depth ``target`` in ``buf`` (JSON bytes read from
+    ``state`` = (depth, inside a string, first byte escaped)). Returns (keys, the state after ``buf``, the
+    offset of a key cut off by the chunk's end, to read again with the next chunk, else None, whether the
+    object at ``target`` ended). Values are skipped with array operations, never decoded."""
+    depth, in_string, escaped = state
+    a = np.frombuffer(buf, np.uint8)
+    esc = np.zeros(a.size, bool)
+    esc[:1] = escaped
+    for i in np.flatnonzero(a[:-1] == 0x5C).tolist():  # a backslash escapes the next byte unless itself escaped
+        esc[i + 1] = not esc[i]
+    quote = (a == 0x22) & ~esc
+    inside = (np.cumsum(quote, dtype=np.int32) - quote + in_string) % 2 == 1  # inside a string before each byte
+    outside = ~inside & ~quote
+    delta = (outside & ((a == 0x7B) | (a == 0x5B))).astype(np.int32) - (outside & ((a == 0x7D) | (a == 0x5D)))
+    after = depth + np.cumsum(delta, dtype=np.int32)
+    ended = np.flatnonzero(after < target)
+    end = int(ended[0]) if ended.size else a.size
+    quotes = np.flatnonzero(quote)
+    opens, closes = quotes[~inside[quotes]], quotes[inside[quotes]]
+    keys: set[str] = set()
+    for start in opens[(opens < end) & (after[opens] == target)].tolist():
+        k = int(np.searchsorted(closes, start))
+        stop = int(closes[k]) if k < closes.size else None
+        following = _AFTER_STRING.match(buf, stop + 1).group(1) if stop is not None else b""
+        if not following:  # the key or its colon lies in the next chunk
+            if final or a.size - start > LONGEST_KEY:
+                continue
+            return keys, (target, False, False), start, False
+        if following == b":":
+            try:
+                keys.add(json.loads(buf[start:stop + 1]))
+            except ValueError:  # not valid JSON text: no key
+                pass
+    if not a.size:
+        return keys, state, None, False
+    state = (int(after[-1]), bool(inside[-1] ^ quote[-1]), bool(a[-1] == 0x5C and not esc[-1]))
+    return keys, state, None, end < a.size
+
+
+def json_keys(path: Path, wanted: tuple[str, ...] = ()) -> tuple[str, set[str]]:
+    """(the first character of the JSON file ``path``, the keys of its top-level object or, when it is a list,
+    of the list's first object), read in chunks of :data:`JSON_SCAN_CHUNK` bytes: the values are skipped,
+    never held, so a 450 MB COCO file that names its categories last is recognised in little memory. Stops
+    early once every key of ``wanted`` is seen."""
+    with open(path, "rb") as f:
+        buf = f.read(JSON_SCAN_CHUNK).removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")
+        first = buf[:1].decode("latin-1")
+        target = {"{": 1, "[": 2}.get(first)
+        buf = buf[1:]
+        if target == 2:  # a list: the keys of its first element, an object
+            buf = buf.lstrip(b" \t\r\n")
+            if buf[:1] != b"{":
+                return first, set()
+            buf = buf[1:]
+        keys: set[str] = set()
+        state = (target or 0, False, False)
+        while target is not None:
+            more = f.read(JSON_SCAN_CHUNK)
+            found, state, carry, ended = _object_keys(buf, state, target, final=not more)
+            keys |= found
+            if ended or not more or (wanted and keys >= set(wanted)):
+                break
+            buf = (buf[carry:] if carry is not None else b"") + more
+    return first, keys
+
+
 def json_head_has(path: Path, start: str, keys: tuple[str, ...]) -> bool:
-    """Whether the annotation JSON at (or in) ``path`` starts with ``start`` and names ``keys`` early on
-    (a cheap look for format detection; the reader validates for real)."""
+    """Whether the annotation JSON at (or in) ``path`` starts with ``start`` and its top-level object (or
+    first list element) has ``keys``, wherever in the file they are (format detection, in little memory:
+    :func:`json_keys`; the reader validates for real)."""
     try:
-        head = find_annotation_json(path, "", "annotation").read_text()[:100_000].lstrip()
-    except (DataError, OSError, UnicodeDecodeError):
+        first, found = json_keys(find_annotation_json(path, "", "annotation"), keys)
+    except (DataError, OSError):
         return False
-    return head.startswith(start) and all(f'"{key}"' in head for key in keys)
+    return first == start and set(keys) <= found
 
 
 def looks_like_coco(path: Path) -> bool:
@@ -212,8 +296,9 @@ class CocoReader:
         stem = self.json_path.stem
         for prefix in ("instances_", "stuff_", "panoptic_"):
             stem = stem.removeprefix(prefix)
-        self.image_folders = list(dict.fromkeys([self.json_path.parent, root, root / "images", root / split, root / stem,
-                                                 root / "images" / stem]))
+        self.root = root
+        self.image_folders = list(dict.fromkeys([self.json_path.parent.relative_to(root), Path(), Path("images"),
+                                                 Path(split), Path(stem), Path("images", stem)]))
         self.ids = sorted(self.images)
 
     def __len__(self) -> int:
@@ -226,7 +311,7 @@ class CocoReader:
     def read(self, image_id: int) -> LabelledImage:
         info = self.images[image_id]
         where = f"{self.json_path}: image {image_id}"
-        path = find_image(info["file_name"], self.image_folders, where)
+        path = find_image(info["file_name"], self.root, self.image_folders, where)
         image = read_image(path)
         hw = (info["height"], info["width"])
         if image.shape[:2] != hw:

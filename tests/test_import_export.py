@@ -136,6 +136,61 @@ def test_coco_bad_input_is_one_line_naming_the_annotation(tmp_path, capsys, case
     assert not (tmp_path / "o" / "train").exists() and not (tmp_path / "o" / "train.partial").exists()
 
 
+def _official_layout(data: dict, copies: int) -> dict:
+    """``data`` laid out as the official instances_*.json: info, licenses, images, annotations (each one
+    ``copies`` times, so the same masks in a long file) and the categories last."""
+    annotations = [dict(a, id=a["id"] * 100_000 + k) for k in range(copies) for a in data["annotations"]]
+    return {"info": {"description": "COCO 2017 Dataset", "url": "http://cocodataset.org", "version": "1.0"},
+            "licenses": [{"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1, "name": "by-nc-sa"}],
+            "images": data["images"], "annotations": annotations, "categories": data["categories"]}
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_coco_recognised_with_its_categories_last(tmp_path, indent):
+    path, shapes = make_coco(tmp_path / "coco")
+    path.write_text(json.dumps(_official_layout(json.loads(path.read_text()), 400), indent=indent))
+    assert path.read_text().index('"categories"') > 100_000
+    assert detect_format(path) == detect_format(tmp_path / "coco") == "coco"
+    summary = import_dataset(path, tmp_path / "out")  # --format auto
+    assert summary["format"] == "coco" and summary["images"] == 2
+    ds = open_labelled(tmp_path / "out" / "train")
+    assert (ds[0].mask[shapes["dog"]] == 2).all() and np.array_equal(ds[1].mask == 1, shapes["blob"])
+
+
+def test_own_coco_export_is_recognised(tmp_path):
+    from labelgen.data.export import export_dataset
+
+    rng = np.random.default_rng(0)
+    ClassList.from_names(["background", "a", "b", "c"]).save(tmp_path / "src" / "classes.json")
+    for i in range(60):
+        write_png(tmp_path / "src" / "images" / f"{i}.png", _image(i))
+        write_png(tmp_path / "src" / "masks" / f"{i}.png", rng.integers(0, 4, (H, W), dtype=np.uint8))
+    export_dataset(tmp_path / "src", tmp_path / "exp", "coco")
+    assert (tmp_path / "exp" / "annotations.json").read_text().index('"categories"') > 100_000
+    assert detect_format(tmp_path / "exp") == "coco"
+    assert import_dataset(tmp_path / "exp", tmp_path / "again")["images"] == 60
+
+
+def test_coco_detection_reads_a_large_file_in_little_memory(tmp_path):
+    import tracemalloc
+
+    from labelgen.data.coco import looks_like_coco
+
+    path, _ = make_coco(tmp_path / "coco")
+    data = json.loads(path.read_text())
+    data["annotations"][1]["segmentation"] = [[float(v % 20) for v in range(2000)]]  # a long polygon
+    path.write_text(json.dumps(_official_layout(data, 1800)))
+    size = path.stat().st_size
+    assert size > 20_000_000
+    tracemalloc.start()
+    try:
+        assert looks_like_coco(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 8, (peak, size)
+
+
 # ---------------------------------------------------------------- Cityscapes
 def make_cityscapes(root: Path) -> np.ndarray:
     ids = np.zeros((H, W), np.uint8)  # 0 = unlabeled
