@@ -24,7 +24,7 @@ import torch
 import labelgen  # noqa: F401  (torchvision shim before diffusers)
 from labelgen.errors import LabelgenError
 from labelgen.generators import create_generator, from_checkpoint
-from test_generators import ADM_TINY, BIGGAN_TINY, randomize_biggan_statistics
+from test_generators import ADM_TINY, BIGGAN_TINY, DDPM_UNET, randomize_biggan_statistics
 
 torch.set_num_threads(1)
 
@@ -217,6 +217,80 @@ def test_adm_attention_orders_differ_and_default_blocks():
         assert (legacy.unet(x, t) - new.unet(x, t)).abs().max() > 1e-4
     assert default_feature_blocks(normalize_flags({"image_size": 256})) == [5, 6, 7, 8, 12]
     assert default_feature_blocks(normalize_flags(ADM_TINY)) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# fidelity to the published samplers: the expected values come from the formulas written here
+# ------------------------------------------------------------------------------------------------
+def _ddim_respacing(n: int, T: int = 1000) -> list[int] | None:
+    """guided-diffusion's space_timesteps(T, "ddimN"): range(0, T, i) for the first stride i in 1..T-1 that gives
+    exactly n steps; None where no stride does (guided-diffusion raises)."""
+    for i in range(1, T):
+        if len(range(0, T, i)) == n:
+            return list(range(0, T, i))
+    return None
+
+
+def _record_unet_timesteps(unet) -> tuple[list[int], object]:
+    seen: list[int] = []
+    return seen, unet.register_forward_pre_hook(lambda m, args: seen.extend(args[1].tolist()))
+
+
+def test_adm_ddim_is_guided_diffusions_and_ddpm_keeps_diffusers(tmp_path):
+    """guided-diffusion's ddim_sample (eta 0, clip_denoised): x0 = sqrt(1 / a) x - sqrt(1 / a - 1) eps clipped to
+    [-1, 1], eps re-derived from the clipped x0, x' = sqrt(a') x0 + sqrt(1 - a') eps, over the respaced schedule
+    (betas rebuilt from abar at the kept steps: 1 - abar_t / abar_previous_kept), the model seeing the original
+    timestep; the diffusers-trained DDPM keeps diffusers' DDIMScheduler.step."""
+    from diffusers import DDIMScheduler
+
+    from labelgen.generators.base import seeded_randn
+
+    _, g = _tiny_adm_file(tmp_path, None)  # random output convs: x0 leaves [-1, 1] at high t, so clipping counts
+    assert _ddim_respacing(30)[-2:] == [952, 986] and _ddim_respacing(50)[-1] == 980
+    abar_full = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # linear betas, 1000 steps
+    for n in (30, 50):
+        kept = _ddim_respacing(n)
+        last, betas = 1.0, []
+        for t in kept:
+            betas.append(1 - abar_full[t] / last)
+            last = abar_full[t]
+        abar = np.cumprod(1 - np.array(betas))
+        abar_prev = np.append(1.0, abar[:-1])
+        seen, hook = _record_unet_timesteps(g.unet)
+        try:
+            got = g._ddim([7], n)
+        finally:
+            hook.remove()
+        assert seen == kept[::-1]
+        # guided-diffusion's coefficients: float64 arrays, taken as float32 tensors; the arithmetic in float32
+        recip, recipm1 = (torch.tensor(c, dtype=torch.float32) for c in (np.sqrt(1 / abar), np.sqrt(1 / abar - 1)))
+        a_prev = torch.tensor(abar_prev, dtype=torch.float32)
+        x = seeded_randn([7], (3, 32, 32))  # x_T of seed 7
+        clipped = 0
+        with torch.no_grad():
+            for k in reversed(range(n)):
+                eps = g.unet(x, torch.tensor([kept[k]]))[:, :3]  # learned sigma: eps = the first 3 channels
+                x0 = recip[k] * x - recipm1[k] * eps
+                clipped += int((x0.abs() > 1).sum())
+                x0 = x0.clamp(-1, 1)
+                eps = (recip[k] * x - x0) / recipm1[k]
+                x = x0 * a_prev[k].sqrt() + (1 - a_prev[k]).sqrt() * eps
+        assert clipped > 0
+        torch.testing.assert_close(got, x, atol=1e-5, rtol=0)
+    for n in (1, 700):  # no integer stride makes exactly 1 or 700 of 1000 steps: refused, as guided-diffusion does
+        with pytest.raises(LabelgenError, match=f"ddim_steps {n} is refused: no integer stride") as e:
+            g.sample([0], ddim_steps=n)
+        assert "\n" not in str(e.value)
+
+    torch.manual_seed(0)
+    ddpm = create_generator("ddpm", unet_config=DDPM_UNET, timesteps=[50]).eval()
+    scheduler = DDIMScheduler.from_config(ddpm.scheduler_config)
+    scheduler.set_timesteps(30)
+    x = seeded_randn([7], (3, 16, 24))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(ddpm.unet_eps(x, t.expand(1)), t, x, eta=0.0).prev_sample
+        torch.testing.assert_close(ddpm._ddim([7], 30), x, atol=1e-6, rtol=0)
 
 
 def test_biggan_loads_published_folder_and_samples_classes(tmp_path):

@@ -27,7 +27,8 @@ C / num_head_channels (or num_heads); "legacy" order splits heads first ([q k v]
 Features (DDPM-seg): the outputs of ``output_blocks[i]`` (i in ``feature_layers``) at ``timesteps``; the
 default for the published 256x256 layout is DDPM-seg's blocks 5, 6, 7, 8, 12 at t = 50, 150, 250
 (2,816 channels per timestep), otherwise all output blocks. Noise schedule: linear (or cosine) betas over
-``diffusion_steps``; sampling: DDIM (see :mod:`labelgen.generators.diffusion`).
+``diffusion_steps`` in float64; sampling: guided-diffusion's DDIM (``ADMGenerator._ddim_sampler``: eps re-derived
+from the clipped x0, its "ddimN" respacing), not diffusers' (which keeps the raw eps and spaces steps otherwise).
 
 Flags come from ``preset`` (:data:`ADM_PRESETS`), a ``flags`` dict, or a ``<checkpoint stem>.json/.yaml``
 (or ``model_flags.json/.yaml``) beside the checkpoint; ``flags`` override a preset.
@@ -39,6 +40,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -345,15 +347,42 @@ class ADMUNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ backend
-def schedule_config(flags: dict[str, Any]) -> dict[str, Any]:
-    """The DDPM scheduler config of guided-diffusion's schedule (linear betas scaled to diffusion_steps)."""
-    steps = flags["diffusion_steps"]
-    scale = 1000 / steps
+def alphas_cumprod(flags: dict[str, Any]) -> np.ndarray:
+    """abar_t in float64 (as guided-diffusion computes it): linear betas 1e-4 .. 0.02 scaled by 1000 / diffusion_steps,
+    or the cosine schedule (abar(s) = cos((s + 0.008) / 1.008 * pi / 2)^2, betas capped at 0.999)."""
+    T = flags["diffusion_steps"]
     if flags["noise_schedule"] == "cosine":
-        return {"num_train_timesteps": steps, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
-                "clip_sample": True}
-    return {"num_train_timesteps": steps, "beta_schedule": "linear", "beta_start": scale * 1e-4,
-            "beta_end": scale * 0.02, "prediction_type": "epsilon", "clip_sample": True}
+        f = [math.cos((i / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
+        betas = np.array([min(1 - f[i + 1] / f[i], 0.999) for i in range(T)], dtype=np.float64)
+    else:
+        scale = 1000 / T
+        betas = np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+    return np.cumprod(1 - betas)
+
+
+def ddim_timesteps(steps: int, diffusion_steps: int) -> list[int]:
+    """guided-diffusion's "ddimN" respacing (ascending): range(0, T, stride) for the smallest stride in 1..T-1 that
+    gives exactly ``steps`` timesteps; a count no integer stride gives is refused, as guided-diffusion refuses it."""
+    counts = {}
+    for stride in range(diffusion_steps - 1, 0, -1):  # smallest stride last: it wins
+        counts[len(range(0, diffusion_steps, stride))] = stride
+    if steps in counts:
+        return list(range(0, diffusion_steps, counts[steps]))
+    nearest = [c for c in (max((c for c in counts if c < steps), default=None),
+                           min((c for c in counts if c > steps), default=None)) if c is not None]
+    raise LabelgenError(f"adm: ddim_steps {steps} is refused: no integer stride makes exactly {steps} of "
+                        f"{diffusion_steps} diffusion steps (guided-diffusion's ddimN respacing); nearest: "
+                        f"{' or '.join(map(str, nearest))}")
+
+
+def respaced_alphas_cumprod(abar: np.ndarray, kept: list[int]) -> np.ndarray:
+    """guided-diffusion's respaced schedule: betas rebuilt at the kept timesteps (1 - abar_t / abar of the previous
+    kept one, 1 before the first), then their cumulative product (abar at the kept steps, in its rounding)."""
+    betas, last = [], 1.0
+    for t in kept:
+        betas.append(1 - abar[t] / last)
+        last = abar[t]
+    return np.cumprod(1 - np.array(betas, dtype=np.float64))
 
 
 class ADMGenerator(PixelDiffusionGenerator):
@@ -363,16 +392,14 @@ class ADMGenerator(PixelDiffusionGenerator):
                  feature_layers: list[int] | None = None, ddim_steps: int = 50, noise_seed: int = 0,
                  bf16: bool | str = "auto", channels_last: bool | str = "auto", compile: bool | str = "auto",
                  max_batch: int = 16):
-        from diffusers import DDIMScheduler
-
         flags = normalize_flags(flags)
         super().__init__({"flags": flags, "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
                           "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
                           **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
         self.flags = flags
         self.unet = ADMUNet(flags)
-        self.scheduler_config = schedule_config(flags)
-        self.noise_scheduler = DDIMScheduler.from_config(self.scheduler_config)  # add_noise + alphas
+        self.alphas_cumprod = alphas_cumprod(flags)  # float64 [diffusion_steps]
+        ddim_timesteps(int(ddim_steps), flags["diffusion_steps"])  # a default step count it refuses: refused now
         if feature_layers is None:
             feature_layers = default_feature_blocks(flags)
         self._setup_features(timesteps, feature_layers, flags["diffusion_steps"])
@@ -383,6 +410,33 @@ class ADMGenerator(PixelDiffusionGenerator):
 
     def unet_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t)[:, :3]  # learn_sigma: channels 3..5 are the variance interpolation, unused by DDIM
+
+    # ---- guided-diffusion's noising and DDIM ----
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """guided-diffusion's q_sample: sqrt(abar_t) and sqrt(1 - abar_t) computed in float64, applied in float32."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        a = torch.from_numpy(self.alphas_cumprod)[t.cpu()]
+        return (a.sqrt().float().to(x0.device).view(shape) * x0
+                + (1 - a).sqrt().float().to(x0.device).view(shape) * noise)
+
+    def _ddim_sampler(self, steps: int, device: torch.device):
+        """guided-diffusion's ddim_sample at eta 0 with clip_denoised (its scripts' default): x0 from eps, clipped to
+        [-1, 1], eps re-derived from the clipped x0, x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps, over its
+        "ddimN" respacing; the UNet sees the original timestep indices (rescale_timesteps is off); coefficients in
+        float64, applied in float32, as there."""
+        kept = ddim_timesteps(steps, self.flags["diffusion_steps"])
+        abar = respaced_alphas_cumprod(self.alphas_cumprod, kept)
+        index = {t: k for k, t in enumerate(kept)}
+        recip, recipm1, prev = (torch.from_numpy(a).float().to(device)
+                                for a in (np.sqrt(1 / abar), np.sqrt(1 / abar - 1), np.append(1.0, abar[:-1])))
+
+        def step(eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            k = index[int(t)]
+            x0 = (recip[k] * x - recipm1[k] * eps).clamp(-1, 1)
+            eps = (recip[k] * x - x0) / recipm1[k]
+            return x0 * prev[k].sqrt() + (1 - prev[k]).sqrt() * eps
+
+        return torch.tensor(kept[::-1], device=device), step
 
     # ---- feature levels: output blocks ----
     def _level_channels_and_strides(self) -> list[tuple[int, int]]:

@@ -9,9 +9,10 @@ decoder up-block *before its upsampler* (level i = ``unet.up_blocks[i]``, coarse
 Flat feature order: level-major, then timestep — ``features[li * len(timesteps) + ti]`` is level
 ``feature_layers[li]`` at ``timesteps[ti]`` (``feature_channels`` is in the same order).
 
-Sampling: DDIM (eta 0, ``ddim_steps`` steps, built from the model's scheduler config) from x_T drawn per
-seed, so an image never depends on its batch; ``sample`` returns the decoded images, quantised to uint8
-levels (what a saved PNG holds), and ``features_of_images`` of them.
+Sampling: DDIM (eta 0, ``ddim_steps`` steps; diffusers' DDIMScheduler built from the model's scheduler config,
+or for ADM guided-diffusion's own DDIM and step spacing, see adm.py) from x_T drawn per seed, so an image never
+depends on its batch; ``sample`` returns the decoded images, quantised to uint8 levels (what a saved PNG holds),
+and ``features_of_images`` of them.
 
 Speed (generator options, MACHINE_OPTIONS in base.py; "auto" = on for CUDA, off on CPU; true/false as given):
   * ``bf16``: bf16 autocast of the UNet (CUDA only: an explicit true on CPU stays fp32, as before).
@@ -66,7 +67,8 @@ def plain_config(config) -> dict[str, Any]:
 
 
 class DiffusionGenerator(Generator):
-    """Base of the diffusion backends: subclasses set ``self.unet`` and ``self.scheduler_config`` and
+    """Base of the diffusion backends: subclasses set ``self.unet`` and either ``self.scheduler_config`` +
+    ``self.noise_scheduler`` (diffusers) or their own :meth:`add_noise` and :meth:`_ddim_sampler` (ADM), and
     implement :meth:`encode`, :meth:`decode`, :meth:`unet_eps` and :attr:`latent_shape`."""
 
     can_encode_images = True
@@ -184,6 +186,10 @@ class DiffusionGenerator(Generator):
         return out[:n]
 
     # ---- features ----
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, abar from the model's own noise schedule."""
+        return self.noise_scheduler.add_noise(x0, noise, t)
+
     def _capture_pass(self, x0: torch.Tensor, noise_seed: int) -> list[torch.Tensor]:
         """One UNet pass over all (image, timestep) pairs; features in the documented flat order."""
         N, T = x0.shape[0], len(self.timesteps)
@@ -192,7 +198,7 @@ class DiffusionGenerator(Generator):
                              for t in self.timesteps])  # [T, C, h, w], shared by every image
         t_all = torch.tensor(self.timesteps, device=device).repeat_interleave(N)  # [T*N] (t-major)
         x_all = x0.repeat(T, 1, 1, 1)  # [T*N, C, h, w]
-        noisy = self.noise_scheduler.add_noise(x_all, noise.repeat_interleave(N, dim=0), t_all)
+        noisy = self.add_noise(x_all, noise.repeat_interleave(N, dim=0), t_all)
 
         captured: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
         hooks = [self._hook_level(i, captured[i]) for i in self.layers]
@@ -222,21 +228,27 @@ class DiffusionGenerator(Generator):
         return self._capture_pass(x0, int(self.config.get("noise_seed", 0) if seed is None else seed))
 
     # ---- sampling ----
-    def _ddim(self, seeds: list[int], steps: int) -> torch.Tensor:
+    def _ddim_sampler(self, steps: int, device: torch.device) -> tuple[torch.Tensor, Callable]:
+        """(timesteps, high to low; ``step(eps, t, x)`` -> x at the next timestep): diffusers' DDIMScheduler at
+        eta 0, the library the diffusers-trained models were made with (ADM overrides it with guided-diffusion's)."""
         from diffusers import DDIMScheduler
 
         if steps < 1 or steps > self.noise_scheduler.config.num_train_timesteps:
             raise LabelgenError(f"{self.backend}: ddim_steps must be in 1..{self.noise_scheduler.config.num_train_timesteps}")
-        device = module_device(self)
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=device)
-        x = seeded_randn(seeds, self.latent_shape, device) * scheduler.init_noise_sigma  # [N, C, h, w]
+        return scheduler.timesteps, lambda eps, t, x: scheduler.step(eps, t, x, eta=0.0).prev_sample
+
+    def _ddim(self, seeds: list[int], steps: int) -> torch.Tensor:
+        device = module_device(self)
+        timesteps, step = self._ddim_sampler(steps, device)
+        x = seeded_randn(seeds, self.latent_shape, device)  # x_T [N, C, h, w] (DDIM's initial noise sigma is 1)
         with self._autocast(device):
-            for t in scheduler.timesteps:
+            for t in timesteps:
                 out = torch.cat([self._sample_eps(x[s:s + self.max_batch],
                                                   t.expand(min(self.max_batch, x.shape[0] - s)).to(device)).float()
                                  for s in range(0, x.shape[0], self.max_batch)])  # [N, C, h, w]
-                x = scheduler.step(out, t, x, eta=0.0).prev_sample
+                x = step(out, t, x)
         return x
 
     @inference
