@@ -264,7 +264,8 @@ def reopen(ws: Workspace, annotation_id: str) -> None:
     status_path(ws, annotation_id).unlink(missing_ok=True)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file, None when absent: what says a cached reading of it is still current."""
     try:
         st = path.stat()
     except OSError:
@@ -275,7 +276,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 def image_progress(ws: Workspace, annotation_id: str) -> ImageProgress:
     """The :class:`ImageProgress` of one image (mask and status re-read only when their files change)."""
     paths = (ws.mask_path(annotation_id), status_path(ws, annotation_id), ws.image_path(annotation_id))
-    stamp = (len(ws.classes), *map(_stamp, paths))
+    stamp = (len(ws.classes), *map(file_stamp, paths))
     cached = _PROGRESS.get((str(ws.root), annotation_id))
     if cached and cached[0] == stamp:
         return cached[1]

@@ -280,7 +280,7 @@ def test_annotate_page_sidebar_and_explicit_save(app, ws):
     assert at.header[0].value == "Annotate"
     assert at.sidebar.radio[0].value == "annotate"
     assert at.sidebar.metric[0].value == "0 / 3"
-    assert at.selectbox(key="ann_id").value == "g000001"
+    assert at.session_state["ann_id"] == "g000001"
     mask = np.full((64, 64), 255, np.uint8)
     mask[10:20, 5:30] = 2
     mask[40:, :] = 0
@@ -359,8 +359,7 @@ def test_images_done_counts_only_masks_the_annotator_confirmed(app, ws):
     button(at, "Reopen").click().run()
     assert at.sidebar.metric[0].value == "0 / 3" and not core.status_path(ws, "g000001").exists()
     # nothing labelled: refused with a message, nothing recorded
-    at.session_state["ann_id"] = "g000002"
-    at.run()
+    at.button(key="pick-g000002").click().run()
     button(at, "Mark done").click().run()
     assert any("nothing labelled yet" in e.value for e in at.error)
     assert not core.status_path(ws, "g000002").exists()
@@ -385,7 +384,7 @@ def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):
     at.session_state[key] = value
     at.run()
     button(at, "Next ▶").click().run()  # navigation saves without pressing Save
-    assert at.selectbox(key="ann_id").value == "g000002"
+    assert at.session_state["ann_id"] == "g000002"
     np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
     # switching page autosaves too
     mask2 = np.zeros((64, 64), np.uint8)
@@ -396,7 +395,7 @@ def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):
     np.testing.assert_array_equal(ws.read_mask("g000002"), mask2)
     # back on the first image: the canvas is given the saved mask
     at.sidebar.radio[0].set_value("annotate").run()
-    at.selectbox(key="ann_id").set_value("g000001").run()
+    at.button(key="pick-g000001").click().run()
     assert at.session_state["canvas"]["ann_id"] == "g000001"
     assert "saved mask" in status(at)
 
@@ -409,7 +408,7 @@ def test_generate_more_samples_from_the_generator(app, ws):
     assert ws.annotation_ids() == ["g000001", "g000002", "g000003", "g000004", "g000005"]
     recipes = [json.loads(ws.recipe_path(i).read_text()) for i in ("g000004", "g000005")]
     assert [r["seed"] for r in recipes] == [1003, 1004]  # continues after the used seeds
-    assert at.selectbox(key="ann_id").value == "g000004"
+    assert at.session_state["ann_id"] == "g000004"
 
 
 def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
@@ -432,7 +431,7 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
     assert at.button(key="sug-s00004") is not None
     at.button(key="fix-s00003").click().run()
     assert at.sidebar.radio[0].value == "annotate"
-    new_id = at.selectbox(key="ann_id").value
+    new_id = at.session_state["ann_id"]
     assert new_id == "g000004" and ws.read_mask(new_id) is not None
     assert json.loads(ws.recipe_path(new_id).read_text())["from_synthetic"] == "s00003"
 
@@ -440,6 +439,52 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
 def test_train_page_without_holdout_says_so(app, ws):
     ws.heads_dir.mkdir(exist_ok=True)
     (ws.heads_dir / "train_log.json").write_text(json.dumps(
+def test_image_list_shows_each_state_and_filters_by_it(app, ws, monkeypatch):
+    from labelgen.app.views import annotate
+
+    monkeypatch.setattr(annotate, "LIST_PAGE", 2)  # 3 images: two pages of the list
+    partly = np.full((64, 64), 255, np.uint8)
+    partly[:16] = 1  # 25 %
+    ws.save_mask("g000002", partly)
+    ws.save_mask("g000003", np.zeros((64, 64), np.uint8))
+    core.mark_done(ws, "g000003")
+    at = app.run()
+    assert not at.exception, at.exception
+    assert at.session_state["ann_id"] == "g000001"  # the first unlabelled image
+    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
+    assert rows == {"pick-g000001": "g000001 · unlabelled 0%", "pick-g000002": "g000002 · partly 25%"}  # page 1
+    assert len(at.get("image")) == 2  # a thumbnail per row
+    assert any(c.value == "1 unlabelled · 1 partly · 1 done" for c in at.main.caption)
+    at.number_input(key="list_page").set_value(2).run()
+    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
+    assert rows == {"pick-g000003": "g000003 · done 100%"}
+    at.button(key="pick-g000003").click().run()
+    assert at.session_state["canvas"]["ann_id"] == "g000003" and "✓ done" in status(at)
+    # the filter: only the images in that state, and Previous / Next step through them
+    for show, expected in (("unlabelled", ["g000001"]), ("partly", ["g000002"]), ("done", ["g000003"])):
+        at.selectbox(key="list_filter").set_value(show).run()
+        assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == expected, show
+    at.selectbox(key="list_filter").set_value("unlabelled").run()
+    button(at, "Next ▶").click().run()  # from g000003 (not in the filter): its first image
+    assert at.session_state["ann_id"] == "g000001"
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[0, 0] = 2
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Next ▶").click().run()  # autosaves: g000001 is partly labelled now, gone from this filter
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert any(c.value == "no unlabelled images" for c in at.main.caption)
+    at.selectbox(key="list_filter").set_value("partly").run()
+    assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == ["g000001", "g000002"]
+    assert next(b.label for b in at.button if b.key == "pick-g000001") == "g000001 · partly 0%"  # 1 of 4096 px
+    button(at, "Next ▶").click().run()
+    assert at.session_state["ann_id"] == "g000002"
+    button(at, "Next ▶").click().run()
+    assert at.session_state["ann_id"] == "g000001"
+
+
         {"head": "pixel-mlp", "ensemble": 3, "train_ids": ["g000001"], "losses": [0.5], "holdout": None}))
     at = app.run()
     at.sidebar.radio[0].set_value("train").run()
@@ -554,7 +599,7 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     at.button(key=f"fix-{top.key}").click().run()
     assert not at.exception, at.exception
     assert at.sidebar.radio[0].value == "annotate"
-    new_id = at.selectbox(key="ann_id").value
+    new_id = at.session_state["ann_id"]
     assert new_id == "g000004"
     image, recipe, mask = ws.read_annotation(new_id)
     assert recipe["seed"] == sample.meta["seed"] and recipe["from_synthetic"] == top.key
@@ -574,7 +619,7 @@ def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
     _fake_teacher_env(monkeypatch, ws)
     new_id = ws.sample_annotations(1)[0]
     at = AppTest.from_file(APP_FILE, default_timeout=60).run()
-    at.selectbox(key="ann_id").set_value(new_id).run()
+    at.button(key=f"pick-{new_id}").click().run()
     button(at, "Pre-fill with heads").click().run()
     assert not at.exception, at.exception
     prefill_id, mask = at.session_state["prefill"]

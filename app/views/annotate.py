@@ -1,5 +1,8 @@
-"""Annotate: generate / import images, paint index masks, save (explicit + on navigation)."""
+"""Annotate: generate / import images, an image list with per-image state, paint index masks, save (explicit + on
+navigation), mark done."""
 from __future__ import annotations
+
+from collections import Counter
 
 import streamlit as st
 
@@ -7,11 +10,17 @@ from labelgen.app import state
 from labelgen.app.assist import DEFAULT_SUPERPIXEL_SIZE, SUPERPIXEL_SIZES, SUPERPIXELS, superpixels
 from labelgen.app.canvas import mask_canvas
 from labelgen.app.core import (
-    DONE, MAX_UPLOAD_BYTES, AppError, allowed_roots, can_import_real, decode_image_bytes, folder_images,
-    generate_into_workspace, image_progress, import_real_images, mark_done, reopen,
+    DONE, MAX_UPLOAD_BYTES, PARTLY, UNLABELLED, AppError, allowed_roots, annotation_progress, can_import_real,
+    decode_image_bytes, file_stamp, folder_images, generate_into_workspace, image_progress, import_real_images,
+    mark_done, reopen,
 )
 from labelgen.errors import LabelgenError
 from labelgen.workspace import Workspace
+
+LIST_FILTERS = {"all": "All images", UNLABELLED: "Unlabelled", PARTLY: "Partly labelled", DONE: "Done"}
+LIST_PAGE = 40  # rows of the image list at a time
+LIST_HEIGHT = 520  # px; the list scrolls inside
+THUMB = 48  # px, the longer side of a thumbnail
 
 
 def _generate(n: int) -> None:
@@ -29,8 +38,61 @@ def _generate(n: int) -> None:
 def _step(ids: list[str], delta: int) -> None:
     state.on_navigate()
     current = st.session_state.get("ann_id")
-    k = ids.index(current) if current in ids else 0
-    st.session_state["ann_id"] = ids[(k + delta) % len(ids)]
+    k = ids.index(current) if current in ids else (-1 if delta > 0 else 0)  # outside the filter: its first / last
+    _show(ids, ids[(k + delta) % len(ids)])
+
+
+def _show(shown: list[str], annotation_id: str) -> None:
+    """Make ``annotation_id`` the current image, its page of the image list the one shown."""
+    st.session_state["ann_id"] = annotation_id
+    if annotation_id in shown:
+        st.session_state["list_page"] = shown.index(annotation_id) // LIST_PAGE + 1
+
+
+def _pick(annotation_id: str) -> None:
+    state.on_navigate()
+    st.session_state["ann_id"] = annotation_id
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _thumbnail(_ws: Workspace, root: str, annotation_id: str, stamps: tuple):
+    """The image with its saved mask over it, at most THUMB pixels a side (cached per file versions ``stamps``)."""
+    from labelgen.imaging import resize_image
+    from labelgen.visualize import overlay
+
+    image, _recipe, mask = _ws.read_annotation(annotation_id)
+    if mask is not None:
+        image = overlay(image, mask, _ws.classes.palette)
+    h, w = image.shape[:2]
+    scale = THUMB / max(h, w)
+    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale)))) if scale < 1 else image
+
+
+def _image_list(ws: Workspace, ids: list[str], progress: dict) -> list[str]:
+    """The image list (as CVAT's and Label Studio's): a status filter, then per image its thumbnail with the
+    mask, id, state and labelled %; a click opens it (autosaving first). Returns the ids the filter shows."""
+    show = st.selectbox("Show", LIST_FILTERS, key="list_filter", format_func=LIST_FILTERS.get)
+    n = Counter(p.status for p in progress.values())
+    st.caption(" · ".join(f"{n[s]} {s}" for s in (UNLABELLED, PARTLY, DONE)))
+    shown = [i for i in ids if show == "all" or progress[i].status == show]
+    if not shown:
+        st.caption(f"no {LIST_FILTERS[show].lower()} images")
+        return shown
+    pages = -(-len(shown) // LIST_PAGE)
+    if st.session_state.get("list_page", 1) > pages:
+        st.session_state["list_page"] = pages
+    page = st.number_input("List page", 1, pages, key="list_page") if pages > 1 else 1
+    current = st.session_state["ann_id"]
+    with st.container(height=LIST_HEIGHT, border=False):
+        for annotation_id in shown[(page - 1) * LIST_PAGE: page * LIST_PAGE]:
+            p = progress[annotation_id]
+            stamps = tuple(file_stamp(f) for f in (ws.image_path(annotation_id), ws.mask_path(annotation_id)))
+            row = st.columns([1, 3], gap="small", vertical_alignment="center")
+            row[0].image(_thumbnail(ws, str(ws.root), annotation_id, stamps))
+            row[1].button(f"{annotation_id} · {p.status} {100 * p.fraction:.0f}%", key=f"pick-{annotation_id}",
+                          on_click=_pick, args=(annotation_id,), use_container_width=True,
+                          type="primary" if annotation_id == current else "secondary")
+    return shown
 
 
 def _save() -> None:
@@ -172,21 +234,29 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
         st.info("No images yet: press **Generate more** (or `labelgen sample`).")
         st.session_state.pop("canvas", None)
         return
-    annotated = set(ws.annotated_ids())
+    progress = {p.annotation_id: p for p in annotation_progress(ws)}
     if st.session_state.get("ann_id") not in ids:
-        st.session_state["ann_id"] = next((i for i in ids if i not in annotated), ids[0])
-    nav = st.columns([3, 1, 1, 1, 1, 1, 2])
-    # (keep the selectbox's label/options independent of what is annotated: a changed identity of an
-    # earlier widget remounts the canvas iframe and drops its undo history)
-    nav[0].selectbox("Image", ids, key="ann_id", on_change=state.on_navigate)
-    nav[1].button("◀ Previous", on_click=_step, args=(ids, -1), key="prev", use_container_width=True)
-    nav[2].button("Next ▶", on_click=_step, args=(ids, 1), key="next", use_container_width=True)
-    nav[3].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
+        st.session_state["ann_id"] = next((i for i in ids if progress[i].status == UNLABELLED), ids[0])
+    # the image list in a column of its own: its rows come and go with the filter without moving the canvas
+    # (a changed position of an element before the canvas remounts its iframe and drops its undo history)
+    side, main = st.columns([1, 4], gap="medium")
+    with side:
+        shown = _image_list(ws, ids, progress)
+    with main:
+        _annotator(ws, shown or ids)
+
+
+def _annotator(ws: Workspace, ids: list[str]) -> None:
+    """Navigation, the canvas and its status line for the current image; Previous / Next step through ``ids``."""
+    nav = st.columns([1, 1, 1, 1, 1, 2])
+    nav[0].button("◀ Previous", on_click=_step, args=(ids, -1), key="prev", use_container_width=True)
+    nav[1].button("Next ▶", on_click=_step, args=(ids, 1), key="next", use_container_width=True)
+    nav[2].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
     annotation_id = st.session_state["ann_id"]
     st.query_params["id"] = annotation_id
-    nav[4].button("Mark done", on_click=_mark_done, args=(annotation_id,), key="mark_done", use_container_width=True,
+    nav[3].button("Mark done", on_click=_mark_done, args=(annotation_id,), key="mark_done", use_container_width=True,
                   help="Save, and confirm this mask as finished: only confirmed images count as done.")
-    nav[5].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
+    nav[4].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
                   help="Drop unsaved strokes and reload the saved mask.")
 
     try:
@@ -198,7 +268,7 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
 
     heads = has_heads(ws)
     if saved is None and heads:
-        nav[6].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
+        nav[5].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
                       use_container_width=True, help="Start from the current heads' prediction.")
     initial, prefilled = saved, False
     prefill = st.session_state.get("prefill")
@@ -221,7 +291,7 @@ def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     source = recipe.get("source", "generated")
     progress = image_progress(ws, annotation_id)
     if progress.status == DONE:
-        nav[6].button("Reopen", on_click=_reopen, args=(annotation_id,), key="reopen", use_container_width=True,
+        nav[5].button("Reopen", on_click=_reopen, args=(annotation_id,), key="reopen", use_container_width=True,
                       help="Withdraw the confirmation (the mask stays).")
     if pending:
         status = "unsaved changes"
