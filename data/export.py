@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from labelgen.data.classes import ClassList
-from labelgen.data.io import IGNORE_INDEX, atomic_write_bytes, write_png
+from labelgen.data.io import IGNORE_INDEX, atomic_write_bytes, check_split_name, write_png
 from labelgen.errors import DataError
 
 Sample = tuple[str, np.ndarray, np.ndarray]  # key, image uint8 [H, W, 3], mask uint8 [H, W]
@@ -123,7 +123,7 @@ def export_dataset(src: Path, out: Path, fmt: str, split: str = "train", progres
                    ) -> dict:
     if fmt not in EXPORT_FORMATS:
         raise DataError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
-    out = Path(out)
+    out, split = Path(out), check_split_name(split)
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new output folder")
     classes, _, samples = open_export_source(Path(src))

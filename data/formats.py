@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labelgen.data.classes import CLASSES_FILENAMES, ClassList
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import read_json, write_png
+from labelgen.data.io import check_split_name, read_json, write_png
 from labelgen.data.mapping import ClassMapping
 from labelgen.errors import DataError
 
@@ -133,7 +133,7 @@ def import_dataset(src: Path, out: Path, fmt: str = AUTO, split: str = "train", 
                    mapping: ClassMapping | None = None, unlabelled: str = "background",
                    progress: Callable[[], None] | None = None) -> dict:
     """Read ``src`` in format ``fmt`` and write split ``split`` of the project folder ``out``."""
-    src, out = Path(src), Path(out)
+    src, out, split = Path(src), Path(out), check_split_name(split)
     fmt = detect_format(src) if fmt == AUTO else fmt
     if fmt not in IMPORT_FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(IMPORT_FORMATS)})")

@@ -219,6 +219,26 @@ def test_adm_attention_orders_differ_and_default_blocks():
     assert default_feature_blocks(normalize_flags(ADM_TINY)) is None
 
 
+def test_adm_boolean_flags_are_parsed_strictly(tmp_path):
+    """"False" written as a string is False (bool("False") is True: the new attention order, class-conditional)."""
+    from labelgen.generators.adm import normalize_flags, read_flags_file
+
+    flags = normalize_flags({**ADM_TINY, "use_new_attention_order": "False", "class_cond": "False",
+                             "learn_sigma": "TRUE", "resblock_updown": "no", "use_scale_shift_norm": 1})
+    assert flags["use_new_attention_order"] is False and flags["learn_sigma"] is True
+    assert flags["resblock_updown"] is False and flags["use_scale_shift_norm"] is True
+    assert normalize_flags({**ADM_TINY, "use_new_attention_order": "yes"})["use_new_attention_order"] is True
+    assert normalize_flags({**ADM_TINY, "learn_sigma": "0"})["learn_sigma"] is False
+    (tmp_path / "flags.json").write_text(json.dumps({**ADM_TINY, "use_new_attention_order": "False",
+                                                     "class_cond": "false", "learn_sigma": True}))
+    g = create_generator("adm", flags=read_flags_file(tmp_path / "flags.json"), timesteps=[50])
+    assert g.unet.middle_block[1].new_order is False
+    for key, value in (("use_new_attention_order", "maybe"), ("class_cond", "Falsch"), ("learn_sigma", 2)):
+        with pytest.raises(LabelgenError, match=f"adm flags: {key} must be true or false.*{value!r}") as e:
+            normalize_flags({**ADM_TINY, key: value})
+        assert "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------------
 # fidelity to the published samplers: the expected values come from the formulas written here
 # ------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME, check_options, require_checkpoint
+from labelgen.generators.base import CONFIG_NAME, check_options, parse_bool, require_checkpoint
 from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
@@ -96,6 +96,11 @@ def normalize_flags(raw: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise LabelgenError(f"adm flags: unknown {unknown} (known: {', '.join(FLAG_DEFAULTS)})")
     flags = {**FLAG_DEFAULTS, **{k: v for k, v in raw.items() if k in FLAG_DEFAULTS}}
+    for key in (k for k, v in FLAG_DEFAULTS.items() if isinstance(v, bool)):  # bool("False") would be True
+        parsed = parse_bool(flags[key])
+        if parsed is None:
+            raise LabelgenError(f"adm flags: {key} must be true or false (or yes/no, 1/0), got {flags[key]!r}")
+        flags[key] = parsed
     for key in ("class_cond", "predict_xstart", "rescale_timesteps"):
         if flags[key]:
             raise LabelgenError(f"adm flags: {key}=True is not supported (the unconditional, eps-predicting "
@@ -114,8 +119,8 @@ def normalize_flags(raw: dict[str, Any]) -> dict[str, Any]:
            "num_heads_upsample": int(flags["num_heads_upsample"]), "num_head_channels": int(flags["num_head_channels"]),
            "attention_resolutions": list(_int_tuple(flags["attention_resolutions"], "attention_resolutions")),
            "channel_mult": [int(m) if float(m).is_integer() else float(m) for m in mult],
-           "use_scale_shift_norm": bool(flags["use_scale_shift_norm"]), "resblock_updown": bool(flags["resblock_updown"]),
-           "use_new_attention_order": bool(flags["use_new_attention_order"]), "learn_sigma": bool(flags["learn_sigma"]),
+           "use_scale_shift_norm": flags["use_scale_shift_norm"], "resblock_updown": flags["resblock_updown"],
+           "use_new_attention_order": flags["use_new_attention_order"], "learn_sigma": flags["learn_sigma"],
            "diffusion_steps": int(flags["diffusion_steps"]), "noise_schedule": str(flags["noise_schedule"])}
     if size % 2 ** (len(mult) - 1):
         raise LabelgenError(f"adm flags: image_size {size} is not divisible by 2^{len(mult) - 1} (channel_mult {mult})")

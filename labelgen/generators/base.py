@@ -125,15 +125,27 @@ class Generator(nn.Module, ABC):
 MACHINE_OPTIONS = ("bf16", "channels_last", "compile")
 
 
+def parse_bool(value: Any) -> bool | None:
+    """A boolean written in a config file or on a command line: a JSON/YAML boolean, the numbers 0/1, or the strings
+    true/false, yes/no, on/off, 1/0 in any case; None for anything else (``bool("False")`` is True: never use it)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        return {"true": True, "yes": True, "on": True, "1": True,
+                "false": False, "no": False, "off": False, "0": False}.get(value.strip().lower())
+    return None
+
+
 def machine_option(name: str, value: Any) -> bool | str:
     """One of MACHINE_OPTIONS normalised to "auto", True or False (also from the strings true/false/on/off)."""
     if value is None or value == "auto":
         return "auto"
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "on", "1", "false", "off", "0"):
-        return value.lower() in ("true", "on", "1")
-    raise LabelgenError(f"generator option {name}: auto, true or false, got {value!r}")
+    parsed = parse_bool(value)
+    if parsed is None:
+        raise LabelgenError(f"generator option {name}: auto, true or false, got {value!r}")
+    return parsed
 
 
 # ---- helpers shared by the backends ----
