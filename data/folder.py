@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -144,12 +144,15 @@ class VocFolder(LabelledFolder):
             listing = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not listing.is_file():
                 raise DataError(f"{listing}: split list not found")
-            stems = [s.strip() for s in listing.read_text().split() if s.strip()]
-            by_stem = {p.stem: p for p in list_images(jpeg)}
-            missing = [s for s in stems if s not in by_stem]
-            if missing:
-                raise DataError(f"{listing}: image {missing[0]!r} not in {jpeg}")
-            self.image_paths = [by_stem[s] for s in stems]
+            images = list_images(jpeg)
+            by_name = {**{p.stem: p for p in images}, **{p.name: p for p in images}}
+            self.image_paths = []
+            for line_no, name in voc_list_entries(listing):
+                if name not in by_name:
+                    raise DataError(f"{listing}:{line_no}: image {name!r} not in {jpeg}")
+                self.image_paths.append(by_name[name])
+            if not self.image_paths:
+                raise DataError(f"{listing}: the split list names no images")
         else:
             self.image_paths = list_images(jpeg)
         if not self.image_paths:
@@ -166,6 +169,18 @@ class VocFolder(LabelledFolder):
 def _index_mask(pixels: np.ndarray, classes: ClassList, path: Path) -> np.ndarray:
     """Index ('L'/'P') masks pass through; colour masks are mapped through the class colours."""
     return pixels if pixels.ndim == 2 else classes.colour_to_index(pixels, path)
+
+
+def voc_list_entries(listing: Path) -> list[tuple[int, str]]:
+    """(line number, image) for each line of a VOC split list: its first word, a stem (``2007_000032``) or a
+    file name (``001.png``; of a path such as ``/JPEGImages/001.jpg``, the file name). Lines may end in CRLF;
+    a UTF-8 byte-order mark is dropped."""
+    try:
+        text = listing.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{listing}: not a UTF-8 text file") from None
+    return [(line_no, PurePosixPath(words[0].replace("\\", "/")).name)
+            for line_no, words in enumerate((line.split() for line in text.splitlines()), 1) if words]
 
 
 def voc_split_file(path: Path) -> tuple[Path, str] | None:

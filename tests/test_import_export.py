@@ -341,6 +341,25 @@ def test_voc_split_lists_are_honoured(tmp_path):
     assert [p.stem for p in ds.image_paths] == ["a", "c"]
 
 
+def test_voc_lists_with_extensions_crlf_and_png_images(tmp_path):
+    make_voc(tmp_path / "voc")
+    jpeg = tmp_path / "voc" / "JPEGImages"
+    Image.open(jpeg / "c.jpg").save(jpeg / "c.png")  # a PNG in JPEGImages
+    (jpeg / "c.jpg").unlink()
+    seg = tmp_path / "voc" / "ImageSets" / "Segmentation"
+    (seg / "train.txt").write_bytes(b"\xef\xbb\xbfa.jpg\r\nc.png\r\n\r\n")  # written on Windows: BOM, CRLF
+    (seg / "val.txt").write_bytes(b"c\r\nb\r\n")
+    import_dataset(tmp_path / "voc", tmp_path / "out", "voc", split="train")
+    train = open_labelled(tmp_path / "out" / "train")
+    assert [p.stem for p in train.image_paths] == ["a", "c"]
+    assert np.array_equal(train[1].image, np.asarray(Image.open(jpeg / "c.png"))) and int((train[1].mask == 1).sum()) == 5 * W
+    val = open_labelled(seg / "val.txt", require_masks=True)
+    assert [p.name for p in val.image_paths] == ["c.png", "b.jpg"]
+    (seg / "test.txt").write_bytes(b"a\r\nd.png\r\n")
+    with pytest.raises(DataError, match=r"test.txt:2: image 'd.png' not in .*JPEGImages"):
+        open_labelled(seg / "test.txt")
+
+
 def test_unknown_and_foreign_layouts_are_named(tmp_path, capsys):
     (tmp_path / "x" / "stuff").mkdir(parents=True)
     code, _, err = _cli(["data", "import", str(tmp_path / "x"), "--out", str(tmp_path / "o")], capsys)
