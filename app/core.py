@@ -28,6 +28,7 @@ MAX_UPLOAD_PIXELS = 40_000_000  # decompression-bomb guard for uploads and impor
 MAX_IMPORT_FILES = 500  # per folder import
 REVIEW_FILE = "review.json"
 ACCEPTED, REJECTED = "accepted", "rejected"
+IMPORT_ROOTS_ENV = "LABELGEN_APP_IMPORT_ROOTS"  # os.pathsep-separated extra folders the import box may read
 STATUS_SUFFIX = ".status.json"  # W/annotations/<id>.status.json: the annotator's confirmation
 UNLABELLED, PARTLY, DONE = "unlabelled", "partly", "done"
 
@@ -126,7 +127,7 @@ def resolve_in_roots(roots: list[Path], user_path: str) -> Path:
 def allowed_roots(ws: Workspace, extra: list[str] | None = None) -> list[Path]:
     """Folders the import box may read: the workspace, plus ``--import-root`` / LABELGEN_APP_IMPORT_ROOTS."""
     roots = [ws.root]
-    env = os.environ.get("LABELGEN_APP_IMPORT_ROOTS", "")
+    env = os.environ.get(IMPORT_ROOTS_ENV, "")
     for item in list(extra or []) + [p for p in env.split(os.pathsep) if p]:
         path = Path(item).expanduser().resolve()
         if path.is_dir() and path not in roots:

@@ -27,14 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from labelgen.app.cli import SAFE_PATH
+from labelgen.app.cli import NEUTRAL_CWD, SAFE_PATH
 from labelgen.data.io import atomic_write_json, read_json
 from labelgen.errors import LabelgenError
 from labelgen.run import LOG_NAME, read_progress
 from labelgen.workspace import Workspace
 
 _PROCS: dict[str, subprocess.Popen] = {}  # job file -> process started by this server
-JOB_CWD = Path(os.path.abspath(os.sep))  # a job's working directory: not a user folder (on sys.path on 3.10)
 TOKEN_ENV = "LABELGEN_APP_JOB"
 
 
@@ -73,7 +72,7 @@ def start(ws: Workspace, name: str, cmd: list[str], progress_log: Path | None = 
     started = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(JOB_CWD), env=env, start_new_session=True)
+                                cwd=str(NEUTRAL_CWD), env=env, start_new_session=True)
     _PROCS[str(_job_file(ws, name))] = proc
     seen = _process(proc.pid)  # not reaped yet (even if it already exited): its stat is still there
     record = {"pid": proc.pid, "start_ticks": None if seen is None else seen["start_ticks"], "cmd": cmd,

@@ -8,6 +8,7 @@ in the URL (``?page=review&id=g000003``) so a reload shows the same thing.
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
 
@@ -42,11 +43,12 @@ def _sidebar(ws) -> str:
     pixels = sum(p.pixels for p in progress)
     st.sidebar.caption(f"{n_partly} partly labelled · {100 * sum(p.labelled for p in progress) / max(1, pixels):.1f}% "
                        "of all pixels labelled")
+    # raw HTML (the colour swatches): a class name is text, escaped (a workspace may come from someone else)
     counts = sum((p.counts for p in progress), np.zeros(len(ws.classes), np.int64))
     total = max(1, int(counts.sum()))
     rows = "".join(
         f"<tr><td><span style='display:inline-block;width:11px;height:11px;background:rgb{tuple(colour)};"
-        f"border:1px solid #555'></span> {name}</td><td style='text-align:right'>{int(c):,}</td>"
+        f"border:1px solid #555'></span> {html.escape(name)}</td><td style='text-align:right'>{int(c):,}</td>"
         f"<td style='text-align:right'>{100 * c / total:.1f}%</td></tr>"
         for name, colour, c in zip(ws.classes.names, ws.classes.colours, counts))
     st.sidebar.markdown("**Class pixels**")

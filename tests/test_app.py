@@ -245,6 +245,68 @@ def test_app_server_keeps_its_working_directory_off_sys_path(tmp_path):
     assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stdout + probe.stderr
 
 
+def test_app_server_pins_its_security_settings_on_the_command_line(tmp_path):
+    from labelgen.app.cli import streamlit_command
+
+    cmd = streamlit_command(tmp_path, "10.1.2.3", 8501)
+    flags = dict(zip(cmd[cmd.index("run") + 2:cmd.index("--")][::2], cmd[cmd.index("run") + 3:cmd.index("--")][::2]))
+    assert {k: flags.get(k) for k in ("--server.enableXsrfProtection", "--server.enableCORS",
+                                      "--global.developmentMode", "--server.address")} == {
+        "--server.enableXsrfProtection": "true", "--server.enableCORS": "true", "--global.developmentMode": "false",
+        "--server.address": "10.1.2.3"}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of the sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")
+def test_app_ignores_a_hostile_streamlit_config_in_the_folder_it_is_started_in(ws, tmp_path):
+    """`labelgen app` started in a folder whose .streamlit/config.toml turns XSRF and CORS protection off,
+    allows another origin, asks for development mode (every origin allowed) and binds every address: the
+    server still sets its XSRF cookie, answers that origin without Access-Control-Allow-Origin, and listens
+    on 127.0.0.1 only."""
+    import socket
+    import urllib.request
+
+    folder = tmp_path / "downloads"
+    (folder / ".streamlit").mkdir(parents=True)
+    (folder / ".streamlit" / "config.toml").write_text(
+        '[global]\ndevelopmentMode = true\n[server]\nenableXsrfProtection = false\nenableCORS = false\n'
+        'corsAllowedOrigins = ["http://evil.example"]\naddress = "0.0.0.0"\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "labelgen.cli", "app", "-w", str(ws.root), "--port", str(port)],
+                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/_stcore/health",
+                                         headers={"Origin": "http://evil.example"})
+        deadline, response = time.time() + 120, None
+        while response is None and time.time() < deadline and server.poll() is None:
+            try:
+                response = urllib.request.urlopen(request, timeout=5)
+            except OSError:
+                time.sleep(0.5)
+        assert response is not None and response.status == 200, server.poll()
+        assert response.headers.get("Access-Control-Allow-Origin") is None
+        assert "_streamlit_xsrf=" in (response.headers.get("Set-Cookie") or "")
+        assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0]
+    assert "labelgen app on http://127.0.0.1" in output, output
+
+
 def test_train_job_never_imports_from_the_workspace(tmp_path, monkeypatch):
     """The Train job on a workspace naming "evilplug:Gen" with evilplug.py beside it: refused in one line
     without the opt-in; with LABELGEN_PLUGINS=evilplug still not importable (the job's cwd is not the
@@ -375,6 +437,24 @@ def test_images_done_counts_only_masks_the_annotator_confirmed(app, ws):
     ws.save_mask(copied, np.zeros((64, 64), np.uint8))
     at.run()
     assert at.sidebar.metric[0].value == "0 / 4"
+
+
+def test_sidebar_shows_an_html_class_name_as_text(tmp_path, monkeypatch):
+    """A workspace from someone else whose class name is HTML: the sidebar's class table (raw HTML for its
+    colour swatches) shows the name escaped, never as markup."""
+    from streamlit.testing.v1 import AppTest
+
+    from labelgen.workspace import CONFIG_NAME
+
+    ws = make_workspace(tmp_path / "ws", n_images=1)
+    config = json.loads((ws.root / CONFIG_NAME).read_text())
+    config["classes"][1]["name"] = "<img src=x onerror=alert(1)>"
+    (ws.root / CONFIG_NAME).write_text(json.dumps(config))
+    monkeypatch.setenv("LABELGEN_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    assert not at.exception, at.exception
+    table = next(m.value for m in at.sidebar.markdown if "<table" in m.value)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in table and "<img" not in table
 
 
 def test_navigation_autosaves_and_reopening_shows_the_mask(app, ws):
