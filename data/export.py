@@ -119,10 +119,31 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 )}
 
 
-def export_dataset(src: Path, out: Path, fmt: str, split: str = "train", progress: Callable[[], None] | None = None
-                   ) -> dict:
+DEFAULT_SPLIT = "train"  # the split of a source that carries none (shard set, workspace, VOC root, flat folder)
+
+
+def source_split(path: Path) -> str:
+    """The split ``path`` holds, kept by the export: a VOC split list's (``ImageSets/Segmentation/val.txt``
+    -> val), a project split folder's (``DIR/val`` with ``images/``, the classes file in DIR); else
+    :data:`DEFAULT_SPLIT`."""
+    from labelgen.data.classes import CLASSES_FILENAMES
+    from labelgen.data.folder import voc_split_file
+
+    path = Path(path)
+    listed = voc_split_file(path)
+    if listed:
+        return listed[1]
+    has_classes = [any((d / name).is_file() for name in CLASSES_FILENAMES) for d in (path, path.parent)]
+    return path.name if (path / "images").is_dir() and has_classes == [False, True] else DEFAULT_SPLIT
+
+
+def export_dataset(src: Path, out: Path, fmt: str, split: str | None = None,
+                   progress: Callable[[], None] | None = None) -> dict:
+    """Write ``src`` (shard set, workspace, labelled folder) to ``out`` in format ``fmt`` as split ``split``
+    (None: the source's own, :func:`source_split`)."""
     if fmt not in EXPORT_FORMATS:
         raise DataError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
+    split = source_split(Path(src)) if split is None else split
     out, split = Path(out), check_split_name(split)
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new output folder")
@@ -154,4 +175,5 @@ def export_dataset(src: Path, out: Path, fmt: str, split: str = "train", progres
         shutil.rmtree(partial, ignore_errors=True)
         raise
     os.replace(partial, out)
-    return {"format": fmt, "samples": count, "skipped_unlabelled": skipped, "classes": list(classes.names)}
+    return {"format": fmt, "samples": count, "split": split, "skipped_unlabelled": skipped,
+            "classes": list(classes.names)}

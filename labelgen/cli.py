@@ -123,14 +123,15 @@ def data_import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), required=True,
               help="coco: images/ + annotations.json (RLE); voc: JPEGImages/ + SegmentationClass/ + labelmap.txt; "
                    "folder: the project format.")
-@click.option("--split", default="train", help="Split name written (VOC ImageSets list, folder OUT/<split>).")
-def data_export_cmd(src: Path, out: Path, fmt: str, split: str):
+@click.option("--split", default=None, help="Split name written (VOC ImageSets list, folder OUT/<split>) "
+              "[default: SRC's own: val for DIR/val or ImageSets/Segmentation/val.txt, else train].")
+def data_export_cmd(src: Path, out: Path, fmt: str, split: str | None):
     """Export a shard set (synthesis output), a workspace's annotations or a labelled folder to OUT."""
     from labelgen.data.export import export_dataset
 
     summary = export_dataset(src, out, fmt, split)
     skipped = f" ({summary['skipped_unlabelled']} unlabelled skipped)" if summary["skipped_unlabelled"] else ""
-    click.echo(f"exported {summary['samples']} samples{skipped} as {fmt} -> {out}")
+    click.echo(f"exported {summary['samples']} samples{skipped} as {fmt} (split {summary['split']}) -> {out}")
 
 
 @data.command("info")

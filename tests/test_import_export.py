@@ -387,6 +387,27 @@ def test_import_export_import_gives_identical_masks(tmp_path, capsys, fmt):
             assert np.array_equal(x.image, y.image)
 
 
+@pytest.mark.parametrize("fmt", ["voc", "folder"])
+def test_export_keeps_the_split_of_its_source(tmp_path, capsys, fmt):
+    make_coco(tmp_path / "coco")
+    import_dataset(tmp_path / "coco", tmp_path / "first", "coco", split="val")
+    code, out, err = _cli(["data", "export", str(tmp_path / "first" / "val"), str(tmp_path / "exp"), "--format", fmt],
+                          capsys)
+    assert code == 0 and "(split val)" in out, err
+    listed = sorted(p.name for p in (tmp_path / "exp").rglob("*") if p.name in ("train.txt", "val.txt", "train", "val"))
+    assert listed == ["val" if fmt == "folder" else "val.txt"]
+    summary = import_dataset(tmp_path / "exp", tmp_path / "again", fmt, split="val")  # the val export re-imports as val
+    assert summary["images"] == 2
+    if fmt == "voc":  # a VOC split list as the source keeps its split too; --split still chooses
+        from labelgen.data.export import export_dataset
+
+        listing = tmp_path / "exp" / "ImageSets" / "Segmentation" / "val.txt"
+        assert export_dataset(listing, tmp_path / "exp2", "voc")["split"] == "val"
+        assert export_dataset(listing, tmp_path / "exp3", "voc", split="test")["split"] == "test"
+        assert (tmp_path / "exp3" / "ImageSets" / "Segmentation" / "test.txt").is_file()
+        assert export_dataset(tmp_path / "exp", tmp_path / "exp4", "voc")["split"] == "train"  # a VOC root: none
+
+
 def test_export_shards_and_workspace_annotations(tmp_path):
     from labelgen.data.export import export_dataset
     from labelgen.student.testing import CLASSES, make_shards
