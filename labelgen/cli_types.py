@@ -40,3 +40,10 @@ def parse_heads(text: str | None) -> list[str] | None:
 heads_option = click.option(
     "--heads", default=None, help="Comma-separated head types to ensemble, e.g. pixel-mlp,conv [default: "
                                   "workspace.json \"heads\", else every trained head: W/heads/ + W/heads/<type>/].")
+
+
+DEVICES = ("auto", "cpu", "cuda")  # one meaning everywhere: auto = CUDA when present (labelgen.run.pick_device)
+
+device_option = click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+    help="Where the tensors are computed: auto = cuda when a GPU is visible, else cpu; cuda without a GPU is refused.")

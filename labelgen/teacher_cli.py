@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import POSITIVE, FiniteRange, heads_option, parse_heads
+from labelgen.cli_types import POSITIVE, FiniteRange, device_option, heads_option, parse_heads
 from labelgen.errors import LabelgenError
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
@@ -55,7 +55,11 @@ workspace_option = click.option(
 
 
 def sampling_flags(fn):
-    """--class / --truncation: how new images are sampled (GANs). Unset = the workspace's generator options."""
+    """--class / --truncation (GANs), --ddim-steps (diffusion): how new images are sampled. Unset = the workspace's
+    generator options. A sampling option the backend does not take is refused in one line."""
+    fn = click.option("--ddim-steps", type=click.IntRange(1), default=None,
+                      help="DDIM steps of new samples (diffusion teachers; sampling only, the heads stay valid) "
+                           "[default: the workspace's, else the backend's].")(fn)
     fn = click.option("--truncation", type=float, default=None,
                       help="Truncation (stylegan2: psi towards the mean W; dcgan: z scale; biggan: of z and the "
                            "batch-norm statistics) [default: the workspace's, else the backend's].")(fn)
@@ -98,13 +102,13 @@ def _open_or_default(workspace_dir: Path | None):
     return workspace
 
 
-def _generator_to_best_device(ws) -> str:
-    """Move the workspace's generator to the GPU when there is one; returns the device."""
-    import torch
+def _generator_to(ws, device: str) -> str:
+    """Move the workspace's generator to ``device`` (--device: auto = the GPU when there is one); returns it."""
+    from labelgen.run import pick_device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ws.generator().to(device)
-    return device
+    dev = str(pick_device(device))
+    ws.generator().to(dev)
+    return dev
 
 
 def generator_options(command):
@@ -153,7 +157,7 @@ def generator_options_of(preset=None, model_flags=None) -> dict:
 @generator_options
 @sampling_flags
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
-             feature_layers, preset, model_flags, class_idx, truncation):
+             feature_layers, preset, model_flags, class_idx, truncation, ddim_steps):
     """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
     from labelgen.workspace import create_workspace, default_workspace_path
 
@@ -165,7 +169,7 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
                           _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
                           generator_options={**generator_options_of(preset, model_flags),
-                                             **sampling_options(class_idx, truncation)})
+                                             **sampling_options(class_idx, truncation, ddim_steps)})
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
                f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "
@@ -178,11 +182,12 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
 @click.option("--seed-start", type=int, default=None, help="First seed [default: after the largest seed used].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @sampling_flags
-def sample_cmd(workspace_dir, count, seed_start, batch_size, class_idx, truncation):
+@device_option
+def sample_cmd(workspace_dir, count, seed_start, batch_size, class_idx, truncation, ddim_steps, device):
     """Generate N images to annotate: W/annotations/<id>.png + <id>.json (mask <id>.mask.png comes later)."""
     ws = _open(workspace_dir)
-    _generator_to_best_device(ws)
-    ids = ws.sample_annotations(count, seed_start, batch_size, **sampling_options(class_idx, truncation))
+    _generator_to(ws, device)
+    ids = ws.sample_annotations(count, seed_start, batch_size, **sampling_options(class_idx, truncation, ddim_steps))
     click.echo(f"added {len(ids)} images to annotate ({ids[0]}..{ids[-1]}) in {ws.annotations_dir}; draw masks as "
                f"<id>.mask.png (index or class-colour PNG, 255 = ignore)")
 
@@ -194,7 +199,8 @@ def sample_cmd(workspace_dir, count, seed_start, batch_size, class_idx, truncati
               help="Folder of masks <stem>.png / <stem>.mask.png (index or class-colour PNGs).")
 @click.option("--steps", type=click.IntRange(1), default=INVERSION["steps"], show_default=True,
               help=f"GAN teachers ({', '.join(INVERTERS)}): latent optimisation steps per image.")
-def import_cmd(workspace_dir, images_dir, masks_dir, steps):
+@device_option
+def import_cmd(workspace_dir, images_dir, masks_dir, steps, device):
     """Add real images (+ masks) to annotate. Diffusion teachers compute features of the photo; GAN teachers
     (dcgan, stylegan2) project it into their latent space first (reconstruction PSNR printed per image).
     All or nothing (a bad file imports none); images already imported (same content) are skipped."""
@@ -204,7 +210,7 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps):
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise LabelgenError(f"{masks_dir}: masks folder not found")
     if not ws.config.can_encode_images:
-        _generator_to_best_device(ws)
+        _generator_to(ws, device)
     ids, resized, skipped = ws.import_images(images_dir, masks_dir, InversionConfig(steps=steps))
     with_masks = sum(ws.mask_path(i).is_file() for i in ids)
     inverted = [(i, ws.read_annotation(i)[1]) for i in ids]
@@ -242,8 +248,9 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps):
 @click.option("--type", "head_type", type=click.Choice(list(HEADS)), default=None,
               help="Train this head type instead of the workspace's: saved to W/heads/<type>/, and the teacher "
                    "ensembles it with W/heads/ [default: the workspace's head type, W/heads/].")
+@device_option
 def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_per_image, lr, seed, class_balance,
-                    augment, holdout, head_type):
+                    augment, holdout, head_type, device):
     """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)
     (--type: a second head type, W/heads/<type>/)."""
     from labelgen.heads.train import train_workspace_heads
@@ -251,7 +258,7 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
                          seed=seed, class_balance=class_balance, augment=augment)
-    device = _generator_to_best_device(ws)
+    device = _generator_to(ws, device)
     result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout,
                                    head_type=head_type)
     msg = f"trained {head_type or ws.head_type} head on {len(ws.annotated_ids()) - holdout} annotated images " \
@@ -293,8 +300,10 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
                    "default: on with a GPU, off on a CPU (the two would share its cores).")
 @heads_option
 @sampling_flags
+@device_option
 def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, shard_size, from_images, soft_labels,
-                   seed_base, tta, encode_workers, overlap, class_idx, truncation, heads):
+                   seed_base, tta, encode_workers, overlap, class_idx, truncation, ddim_steps, heads,
+                   device):
     """Label generated (or given real) images with the trained head into resumable WebDataset shards
     (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher).
 
@@ -309,7 +318,8 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
     config = SynthesisConfig(n=count, shard_size=shard_size, batch_size=batch_size, drop_uncertain=drop_uncertain,
                              seed_base=seed_base, soft_labels=soft_labels,
                              from_images=None if from_images is None else str(from_images),
-                             encode_workers=encode_workers, overlap=overlap, tta=tta, class_idx=class_idx, truncation=truncation)
+                             encode_workers=encode_workers, overlap=overlap, tta=tta, class_idx=class_idx, truncation=truncation,
+                             ddim_steps=ddim_steps, device=device)
     summary = synthesize(ws, config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes
@@ -333,7 +343,8 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
 @click.option("--seed", type=int, default=SWEEP["seed"], show_default=True)
 @click.option("--apply/--no-apply", default=True, show_default=True,
               help="Store the best choice in workspace.json (then train the heads again).")
-def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds, epochs, class_balance, seed, apply):
+@device_option
+def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds, epochs, class_balance, seed, apply, device):
     """Choose the feature levels (diffusion timesteps x decoder blocks; GAN synthesis blocks) on validation:
     a sweep scored by the mIoU of the workspace's head type; table in W/feature_sweep.json."""
     from labelgen.feature_selection import SWEEP_NAME, SweepConfig, tune_features
@@ -343,7 +354,7 @@ def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds
         raise LabelgenError(f"--val {val_folder}: not a folder")
     config = SweepConfig(timesteps=tuple(_int_list(timesteps, "--timesteps") or ()), max_timesteps=max_timesteps,
                          folds=folds, epochs=epochs, class_balance=class_balance, seed=seed)
-    _generator_to_best_device(ws)
+    _generator_to(ws, device)
     report = tune_features(ws, val_folder, config, log=click.echo, apply=apply)
     best = report["best"]
     chosen = (f"timesteps {best['timesteps']}, " if best["timesteps"] else "") + f"blocks {best['blocks']}"

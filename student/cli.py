@@ -17,7 +17,7 @@ import click
 
 from labelgen.cli import debug_option, format_size, parse_size, run_click
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import NON_NEGATIVE, POSITIVE
+from labelgen.cli_types import NON_NEGATIVE, POSITIVE, device_option
 from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.models import architectures
 from labelgen.student.train import MODES, SCHEDULES, TrainOptions
@@ -100,12 +100,16 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--save-every", type=click.IntRange(min=1), default=D["save_every"], help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=D["resume"], help="Continue from RUN_DIR/last.pt when present.")
 @click.option("--progress/--no-progress", default=D["progress"], help="Progress bar (images/s).")
+@click.option("--quiet", is_flag=True, help="No progress bar (the same as --no-progress, as on every command).")
+@device_option
 def train_cmd(**kw):
     """Train a student (any mode may start from --init, e.g. feature-distill -> supervised fine-tune)."""
     from labelgen.student.data import parse_weights
     from labelgen.student.train import train
 
     threads = kw.pop("threads")
+    if kw.pop("quiet"):
+        kw["progress"] = False
     if threads:
         import torch
 
@@ -135,13 +139,16 @@ TTA_OPTION = click.option("--flip/--no-flip", default=False, show_default=True,
                                "probabilities (two forward passes).")
 
 
-def _load(checkpoint: Path, weights: str | None):
+def _load(checkpoint: Path, weights: str | None, device: str = "cpu"):
+    """The student of a run folder on ``device`` (auto | cpu | cuda, labelgen.run.pick_device's meaning)."""
+    from labelgen.run import pick_device
     from labelgen.student.models import describe_weights, load_student, weights_file
 
+    dev = pick_device(device)
     model, config = load_student(checkpoint, weights=weights)
     path = weights_file(checkpoint, weights)
-    click.echo(f"weights: {describe_weights(path)}")
-    return model, config, path
+    click.echo(f"weights: {describe_weights(path)} on {dev}")
+    return model.to(dev), config, path, dev
 
 
 @cli.command("eval")
@@ -151,12 +158,13 @@ def _load(checkpoint: Path, weights: str | None):
 @click.option("--grid", type=click.IntRange(min=1), default=8, help="Images in the overlay grid.")
 @TTA_OPTION
 @WEIGHTS_OPTION
-def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, flip: bool, weights: str | None):
+@device_option
+def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, flip: bool, weights: str | None, device: str):
     """mIoU + per-class IoU table; writes confusion.png and overlays.png (image | truth | prediction)."""
     from labelgen.student.evaluate import evaluate_folder, write_eval_outputs
 
-    model, config, weights_path = _load(checkpoint, weights)
-    scores, kept = evaluate_folder(model, config, data, keep=grid, flip=flip)
+    model, config, weights_path, dev = _load(checkpoint, weights, device)
+    scores, kept = evaluate_folder(model, config, data, dev, keep=grid, flip=flip)
     names = [c["name"] for c in config.classes]
     click.echo(f"mIoU: {scores.miou:.4f}")
     click.echo(scores.table(names))
@@ -171,12 +179,13 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path | None, grid: int, flip: bo
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for index-mask PNGs (class palette).")
 @TTA_OPTION
 @WEIGHTS_OPTION
-def predict_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, weights: str | None):
+@device_option
+def predict_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, weights: str | None, device: str):
     """Predict an index mask PNG per image."""
     from labelgen.student.evaluate import predict_folder
 
-    model, config, weights_path = _load(checkpoint, weights)
-    n = predict_folder(model, config, images, out, flip=flip)
+    model, config, weights_path, dev = _load(checkpoint, weights, device)
+    n = predict_folder(model, config, images, out, dev, flip=flip)
     click.echo(f"wrote {n} masks -> {out}")
 
 
@@ -189,14 +198,15 @@ def predict_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, weights: 
               help="The teacher's `synthesize --from-images` shards of the same photos, mixed in by --teacher-weight.")
 @click.option("--teacher-weight", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @WEIGHTS_OPTION
+@device_option
 def pseudo_label_cmd(checkpoint: Path, images: Path, out: Path, flip: bool, teacher_shards: Path | None,
-                     teacher_weight: float, weights: str | None):
+                     teacher_weight: float, weights: str | None, device: str):
     """Round 2: relabel photos with a trained student (soft labels in shards) for a fresh student to distil."""
     from labelgen.student.pseudo_label import pseudo_label_folder
 
-    model, config, weights_path = _load(checkpoint, weights)
+    model, config, weights_path, dev = _load(checkpoint, weights, device)
     n = pseudo_label_folder(model, config, images, out, f"{checkpoint.name} ({weights_path.name})", flip,
-                            teacher_shards, teacher_weight)
+                            teacher_shards, teacher_weight, device=dev)
     click.echo(f"relabelled {n} photos -> {out}")
 
 
@@ -212,7 +222,7 @@ def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float, 
     from labelgen.errors import LabelgenError
     from labelgen.student.onnx_export import export_onnx
 
-    model, config, weights_path = _load(checkpoint, weights)
+    model, config, weights_path, _ = _load(checkpoint, weights)  # exported from the CPU
     diff = export_onnx(model, config, onnx_path, opset)
     click.echo(f"wrote {onnx_path}; onnxruntime vs PyTorch max abs diff: {diff:.3g}")
     if diff > tolerance:

@@ -92,6 +92,7 @@ class TrainOptions:
     consistency_weight: float = 0.0  # KL(student on the un-jittered view -> on the colour-augmented view); 0 = off
     ema_decay: float = 0.0  # > 0: an exponential moving average of the weights is what is validated and saved; 0 = off
     amp: bool = True  # bf16 autocast + channels_last on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda (labelgen.run.pick_device); under torchrun cuda:<local rank>
     seed: int = 0
     save_every: int = 200
     log_every: int = 1
@@ -197,7 +198,7 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
 
     Rank 0 holds RUN_DIR's lock for the whole run (a second run into the same RUN_DIR is refused)."""
     _check(options)
-    dist = init_dist()
+    dist = init_dist(options.device)
     lock = RunLock(options.out, "student train").acquire() if dist.is_main else None
     try:
         return _train(options, dist, stop_after, teacher, log)

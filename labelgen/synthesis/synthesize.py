@@ -76,19 +76,22 @@ class SynthesisConfig:
     tta: str = "real"  # one of TTA_MODES: horizontal-flip test-time augmentation for real photos, every image, none
     class_idx: int | None = None  # conditional GANs: class of the samples (None: the workspace's)
     truncation: float | None = None  # truncation psi / z scale of the samples (None: the workspace's)
+    ddim_steps: int | None = None  # diffusion teachers: DDIM steps of the samples (None: the workspace's)
+    device: str = "auto"  # auto | cpu | cuda (labelgen.run.pick_device); under torchrun cuda:<local rank>
 
     def sampling_options(self) -> dict[str, Any]:
         """Options of Teacher.sample given for this run (recorded in synthesis.json through plan_key)."""
-        return sampling_options(self.class_idx, self.truncation)
+        return sampling_options(self.class_idx, self.truncation, self.ddim_steps)
 
     def plan_key(self) -> dict[str, Any]:
         """What decides the content of each shard (a resumed run must agree on all of it)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers", "overlap")}
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "encode_workers", "overlap", "device")}
 
 
-def sampling_options(class_idx: int | None, truncation: float | None) -> dict[str, Any]:
-    """The GAN sampling options a command was given (None = the workspace's), as Teacher.sample takes them."""
-    return {k: v for k, v in (("class_idx", class_idx), ("truncation", truncation)) if v is not None}
+def sampling_options(class_idx: int | None, truncation: float | None, ddim_steps: int | None = None) -> dict[str, Any]:
+    """The sampling options a command was given (None = the workspace's), as Teacher.sample takes them."""
+    return {k: v for k, v in (("class_idx", class_idx), ("truncation", truncation), ("ddim_steps", ddim_steps))
+            if v is not None}
 
 
 @dataclass
@@ -271,7 +274,7 @@ def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress
     """``labelgen synthesize`` (see module docstring). Under torchrun each rank writes its shards;
     rank 0 holds the output folder's lock and writes manifest.json after a barrier, and every rank
     returns the summary (same numbers)."""
-    dist = init_dist()
+    dist = init_dist(config.device)
     lock = RunLock(out_dir, "synthesize").acquire() if dist.is_main else None
     try:
         return _synthesize(workspace, config, Path(out_dir), progress, dist)
