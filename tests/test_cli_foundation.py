@@ -135,7 +135,7 @@ def test_train_heads_and_synthesize_defaults_are_their_configs(monkeypatch, tmp_
     from labelgen.cli import cli
 
     monkeypatch.setattr(teacher_cli, "_open", lambda workspace_dir: object())
-    monkeypatch.setattr(teacher_cli, "_generator_to_best_device", lambda ws: "cpu")
+    monkeypatch.setattr(teacher_cli, "_generator_to", lambda ws, device: "cpu")
     seen = _capture(monkeypatch, heads_train, "train_workspace_heads", 1)
     _invoke(cli, ["train-heads", "-w", str(tmp_path)])
     assert seen["value"] == heads_train.TrainConfig()
