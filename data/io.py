@@ -75,6 +75,29 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def resolve_inside(root: Path | str, relative: Path | str) -> Path:
+    """``root / relative`` resolved (symlinks followed), refused unless it lies inside ``root``: a path
+    read from a dataset file (``../x``, ``/abs``, a symlink out) must not reach files outside the dataset."""
+    base = Path(root).resolve()
+    try:
+        target = (base / relative).resolve()
+    except (RuntimeError, ValueError, OSError) as e:  # a symlink loop, a NUL byte
+        raise DataError(f"{relative}: not a usable path inside {base} ({one_line(e, 100)})") from None
+    if not target.is_relative_to(base):
+        raise DataError(f"{relative}: resolves to {target}, outside {base}; files are only read from inside it")
+    return target
+
+
+def check_split_name(split: str) -> str:
+    """A split name becomes a folder inside the output (``OUT/<split>``): a plain name, never a path that
+    could write (or clear a ``<split>.partial``) elsewhere. Returns it."""
+    if (not split or split.startswith(".") or "/" in split or "\\" in split or not split.isprintable()
+            or split.endswith(".partial") or len(split) > 100):
+        raise DataError(f"--split {split!r}: a split is a plain folder name (no '/' or '\\', not starting with "
+                        f"'.', not ending in .partial)")
+    return split
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (masks named ``*.mask.png`` excluded)."""
     if not folder.is_dir():

@@ -153,7 +153,9 @@ class LabelStudioReader:
                 results.append(r)
             self.tasks.append((where, results, image_reference(task, where)))
         self.classes, self.fill = source_classes(sorted(labels), [None] * len(labels), unlabelled)
-        self.folders = [self.json_path.parent, self.json_path.parent / "images", Path(src) / "images"]
+        self.root = Path(src) if Path(src).is_dir() else self.json_path.parent  # images are read from inside it
+        beside = self.json_path.parent.relative_to(self.root)
+        self.folders = list(dict.fromkeys([beside, beside / "images", Path("images")]))
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -161,10 +163,10 @@ class LabelStudioReader:
     def find(self, reference: str, where: str) -> Path:
         name = image_file_name(reference)
         try:
-            return find_image(name, self.folders, where)
+            return find_image(name, self.root, self.folders, where)
         except DataError:
             if _UPLOAD_PREFIX.match(name):
-                return find_image(_UPLOAD_PREFIX.sub("", name), self.folders, where)
+                return find_image(_UPLOAD_PREFIX.sub("", name), self.root, self.folders, where)
             raise
 
     def __iter__(self) -> Iterator[LabelledImage]:

@@ -53,10 +53,10 @@ PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthet
 # recipe keys holding a latent (GAN inversion, labelgen/inversion.py): such a recipe needs no seed, and a real
 # photo that carries one has a recipe
 LATENT_KEYS = ("w", "z")
-# generator options that change how new images are sampled or how fast, not the features of a given image (class
-# and truncation defaults of new samples: every recipe carries its own)
+# generator options that change how new images are sampled or how fast, not the features of a given image (class,
+# truncation and z-sampler defaults of new samples: every recipe carries its own)
 SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "compile", "max_batch", "truncation", "truncation_psi",
-                                   "truncation_cutoff", "noise_mode", "class_id", "class_idx"})
+                                   "truncation_cutoff", "noise_mode", "class_id", "class_idx", "z_sampler"})
 HASH_CACHE_ENV = "LABELGEN_CACHE"
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from labelgen.student.testing import CLASSES as STUDENT_CLASSES, make_folder, make_shards, scene
 from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env
+from test_import_export import make_coco, make_labelstudio
 
 BIN = Path(sys.executable).parent
 
@@ -189,6 +190,42 @@ def ccp_with(transform: Callable[[np.ndarray], np.ndarray]):
     return setup
 
 
+def json_fixture(make: Callable[[Path], tuple], folder: str):
+    """Set-up factories ``with(edit)``: ``make({t}/folder)`` (its first return value: the JSON file), the
+    JSON then changed by ``edit(data, t)``."""
+    def with_edit(edit: Callable[[object, Path], object]):
+        def setup(env, t):
+            path = make(t / folder)[0]
+            data = json.loads(path.read_text())
+            edit(data, t)
+            path.write_text(json.dumps(data))
+        return setup
+    return with_edit
+
+
+# tests/test_import_export.py's fixtures: COCO in {t}/coco (images im1, im2; annotation 10: uncompressed RLE,
+# 11: polygon, 12: compressed RLE); Label Studio in {t}/ls (task 1: brush result b, polygon result p on photo.png)
+coco_with = json_fixture(make_coco, "coco")
+labelstudio_with = json_fixture(make_labelstudio, "ls")
+
+
+def polygon_result(tasks: list) -> dict:
+    return tasks[0]["annotations"][1]["result"][1]
+
+
+def outside_copy(t: Path, of: Path) -> Path:
+    """A copy of image ``of`` beside (outside) the dataset folder: {t}/outside.png."""
+    shutil.copy(of, t / "outside.png")
+    return t / "outside.png"
+
+
+def symlink_out(image: Path, t: Path) -> None:
+    """Replace ``image`` in a dataset by a symlink to a copy of it outside the dataset folder."""
+    target = outside_copy(t, image)
+    image.unlink()
+    image.symlink_to(target)
+
+
 def fail_writes(code: int):
     """Every rename into place (the last step of every atomic write) fails with ``code``."""
     def patch(monkeypatch):
@@ -291,6 +328,30 @@ CASES = [
          "c.png", images_with_corrupt_third, program="student", watch=("run",)),
     Case("eval-dataset-root", ["eval", "--checkpoint", "{run}", "--data", "{data}", "--out", "{t}/ev"], "split",
          program="student", watch=("run",)),
+    # NaN coordinates (issue 33 item 3): pycocotools segfaulted (COCO) or allocated ~23 GB (Label Studio)
+    Case("coco-polygon-nan", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "annotation 11",
+         coco_with(lambda d, t: d["annotations"][1]["segmentation"][0].__setitem__(2, float("nan"))), subprocess=True),
+    Case("labelstudio-point-nan", ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"],
+         "result p", labelstudio_with(lambda ts, t: polygon_result(ts)["value"]["points"][1].__setitem__(0, float("nan"))),
+         subprocess=True),
+    # paths out of the output or the dataset folder (issue 33 item 8)
+    Case("split-parent-import", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o", "--split", "../x"],
+         "--split", coco_with(lambda d, t: None)),
+    Case("split-absolute-import", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o", "--split",
+                                   "{t}/abs"], "--split",
+         coco_with(lambda d, t: good_png(t / "abs.partial" / "unrelated.png"))),  # was deleted as the split's .partial
+    Case("split-parent-export", ["data", "export", "{data}/train", "{t}/o", "--format", "folder", "--split", "../x"],
+         "--split", watch=("data",)),
+    Case("coco-file-name-parent", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "../outside.png",
+         coco_with(lambda d, t: (outside_copy(t, t / "coco" / "images" / "im2.png"),
+                                 d["images"][1].update(file_name="../outside.png")))),
+    Case("coco-file-name-absolute", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"],
+         "{t}/outside.png", coco_with(lambda d, t: d["images"][1].update(
+             file_name=str(outside_copy(t, t / "coco" / "images" / "im2.png"))))),
+    Case("coco-symlink-out", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "im2.png",
+         coco_with(lambda d, t: symlink_out(t / "coco" / "images" / "im2.png", t))),
+    Case("labelstudio-symlink-out", ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"],
+         "photo.png", labelstudio_with(lambda ts, t: symlink_out(t / "ls" / "photo.png", t))),
 ]
 
 

@@ -12,6 +12,7 @@ No real checkpoint is downloaded here. Instead:
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -321,12 +322,13 @@ def test_biggan_loads_published_folder_and_samples_classes(tmp_path):
         for k, v in g.state_dict().items():
             torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
     out = loaded.sample([1, 2])
-    assert out.recipes == [{"seed": 1, "class": 3, "truncation": 0.5}, {"seed": 2, "class": 3, "truncation": 0.5}]
+    assert out.recipes == [{"seed": 1, "class": 3, "truncation": 0.5, "z_sampler": "torch"},
+                           {"seed": 2, "class": 3, "truncation": 0.5, "z_sampler": "torch"}]
     other_class = loaded.sample([1], class_id=4)
     assert (other_class.images[0] - out.images[0]).abs().max() > 1e-3
-    # truncation scales z and picks the batch-norm statistics (interpolated between the 11 stored points)
+    # truncation scales z and picks the batch-norm statistics (between the 11 stored points, as the port does)
     bn = loaded.generator.bn
-    mean, _ = bn.stats(0.25)  # between points 2 and 3 of 0, 0.1, ..., 1
+    mean, _ = bn.stats(0.25)  # half way between points 2 and 3 of 0, 0.1, ..., 1
     torch.testing.assert_close(mean, (bn.running_means[2] + bn.running_means[3]) / 2)
     mixed = loaded.features_from_recipes([{"seed": 1, "class": 3, "truncation": 0.9}, {"seed": 1, "class": 3,
                                                                                        "truncation": 0.5}])
@@ -343,6 +345,86 @@ def test_biggan_loads_published_folder_and_samples_classes(tmp_path):
         from_checkpoint("biggan", tmp_path / "noattn.bin")
     with pytest.raises(LabelgenError, match="not a BigGAN-deep generator state dict"):
         from_checkpoint("biggan", _tiny_adm_file(tmp_path)[0])
+
+
+def _port_statistics(table: torch.Tensor, truncation: float) -> torch.Tensor:
+    """pytorch-pretrained-BigGAN's BigGANBatchNorm lookup: coef, start = math.modf(truncation / (1 / (n_stats - 1)));
+    coef == 0: row start, else row start * coef + row start+1 * (1 - coef)."""
+    coef, start = math.modf(truncation / (1.0 / (table.shape[0] - 1)))
+    start = int(start)
+    return table[start] if coef == 0.0 else table[start] * coef + table[start + 1] * (1 - coef)
+
+
+def test_biggan_batch_norm_statistics_are_the_ports_lookup():
+    """The port's lookup, bug for bug: neighbours weighted the other way round, float rounding of the division
+    (0.14 / 0.02 = 7.000000000000001 takes point 8); the project's batch-norm outputs against it."""
+    from labelgen.generators.biggan import TruncationBatchNorm
+
+    k = torch.arange(51, dtype=torch.float32)[:, None]
+    means = torch.sin(k / 3 + torch.arange(4.0))  # [51, 4]: a table of measured-looking statistics
+    variances = 0.5 + k / 25 + torch.arange(4.0) / 10
+    torch.manual_seed(0)
+    plain, conditional = TruncationBatchNorm(4, 51, 1e-4, None), TruncationBatchNorm(4, 51, 1e-4, 6)
+    with torch.no_grad():
+        for bn in (plain, conditional):
+            bn.running_means.copy_(means)
+            bn.running_vars.copy_(variances)
+        plain.weight.copy_(torch.tensor([1.0, 0.5, 2.0, -1.0]))
+        plain.bias.copy_(torch.tensor([0.0, 0.1, -0.2, 0.3]))
+        x, cond = torch.randn(2, 4, 3, 3), torch.randn(2, 6)
+        for t in (0.14, 0.28, 0.4, 0.56, 0.58, 0.94, 0.95, 0.955, 1.0):
+            mean, var = _port_statistics(means, t)[:, None, None], _port_statistics(variances, t)[:, None, None]
+            normed = (x - mean) / torch.sqrt(var + 1e-4)
+            expected_plain = normed * plain.weight[:, None, None] + plain.bias[:, None, None]
+            expected_cond = (normed * (1 + conditional.scale(cond))[:, :, None, None]
+                             + conditional.offset(cond)[:, :, None, None])
+            torch.testing.assert_close(plain(x, t), expected_plain, atol=1e-6, rtol=0)
+            torch.testing.assert_close(conditional(x, t, cond), expected_cond, atol=1e-6, rtol=0)
+
+
+def test_biggan_port_file_names_and_z_sampler(tmp_path, capsys):
+    """The port's download names load (weights by name, eps from the prefixed config); --z-sampler port draws z as
+    its truncated_noise_sample(batch_size=1, seed=s): scipy truncnorm(-2, 2) with RandomState(s), times truncation."""
+    from scipy.stats import truncnorm
+
+    from labelgen.cli import main
+
+    folder, g = _tiny_biggan_folder(tmp_path)
+    port = tmp_path / "port"
+    port.mkdir()
+    (folder / "pytorch_model.bin").rename(port / "biggan-deep-32-pytorch_model.bin")
+    (port / "biggan-deep-32-config.json").write_text(json.dumps({"output_dim": 32, "eps": 1e-3, "n_stats": 11}))
+    for checkpoint in (port, port / "biggan-deep-32-pytorch_model.bin"):
+        loaded = from_checkpoint("biggan", checkpoint, class_id=3, truncation=0.4, z_sampler="port")
+        assert loaded.config["eps"] == 1e-3
+        for name, v in g.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[name], v, atol=0, rtol=0)
+    seen = []
+    hook = loaded.generator.gen_z.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, :8].clone()))
+    try:
+        out = loaded.sample([5, 6])
+    finally:
+        hook.remove()
+    expected = np.concatenate([0.4 * truncnorm.rvs(-2, 2, size=(1, 8), random_state=np.random.RandomState(s))
+                               .astype(np.float32) for s in (5, 6)])
+    torch.testing.assert_close(seen[0], torch.from_numpy(expected), atol=0, rtol=0)
+    assert out.recipes[0] == {"seed": 5, "class": 3, "truncation": 0.4, "z_sampler": "port"}
+    torch_z = from_checkpoint("biggan", port, class_id=3, truncation=0.4).sample([5])  # the default sampler
+    assert torch_z.recipes[0]["z_sampler"] == "torch" and (torch_z.images[0] - out.images[0]).abs().max() > 1e-3
+    again = loaded.features_from_recipes(out.recipes)  # a recipe replays its own sampler
+    torch.testing.assert_close(again.images, out.images, atol=0, rtol=0)
+    with pytest.raises(LabelgenError, match="z_sampler port takes seeds 0..4294967295"):
+        loaded.sample([-1])
+    with pytest.raises(LabelgenError, match="z_sampler must be one of torch, port, got 'scipy'"):
+        from_checkpoint("biggan", port, z_sampler="scipy")
+    (port / "biggan-deep-64-pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(LabelgenError, match="several \\*-pytorch_model.bin files"):
+        from_checkpoint("biggan", port)
+    (port / "biggan-deep-64-pytorch_model.bin").unlink()
+    main(["init", str(tmp_path / "ws"), "--generator", "biggan", "--checkpoint", str(port), "--classes", "bg,dog",
+          "--class", "3", "--z-sampler", "port"])
+    config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert config["generator_options"]["z_sampler"] == "port"
 
 
 class _Payload:

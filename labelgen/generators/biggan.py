@@ -13,18 +13,29 @@ with the power-iteration vectors ``weight_u``, ``weight_v``; at inference W = we
                                      (first C' channels, [up x2]); odd blocks up-sample
     generator.bn, .conv_to_rgb       final batch norm, relu, SNConv 3x3 ch -> ch, first 3 channels, tanh
 
-Batch norms hold ``running_means`` / ``running_vars`` [n_stats, C] measured at n_stats truncations in
-[0, 1] (linearly interpolated for the truncation in use); conditional ones scale by 1 + ``scale``(cond) and
-shift by ``offset``(cond). Everything is inferred from the state dict's names and shapes (no flags needed).
+Batch norms hold ``running_means`` / ``running_vars`` [n_stats, C] measured at n_stats truncations 0, 1/(n_stats-1),
+..., 1; conditional ones scale by 1 + ``scale``(cond) and shift by ``offset``(cond). The statistics for a truncation
+are looked up exactly as the port does it, bug for bug (its samples are the reference for these weights):
+``coef, i = math.modf(truncation / (1 / (n_stats - 1)))``; coef == 0: point i, else
+``point_i * coef + point_{i+1} * (1 - coef)`` -- the two neighbours weighted the other way round from a linear
+interpolation, and float rounding of the division moves some grid values: 0.14 / 0.02 = 7.000000000000001 takes
+(almost exactly) point 8, 0.58 -> point 28, 0.94 -> point 46. Everything is inferred from the state dict's names
+and shapes (no flags needed).
+
+z: ``z_sampler`` "torch" (default): a standard normal truncated to [-2, 2] by resampling, from a torch generator
+seeded per row; "port": the port's ``truncated_noise_sample(batch_size=1, seed=s)`` (scipy's
+``truncnorm(-2, 2).rvs`` with ``numpy.random.RandomState(s)``, float32), so a seed gives the port's sample.
 
 Features: the output of each GenBlock (level i = block i, 4x4 -> full resolution); recipe:
-``{"seed", "class", "truncation"}``. Real images cannot be encoded (a GAN has no inversion here).
+``{"seed", "class", "truncation", "z_sampler"}``. Real images cannot be encoded (a GAN has no inversion here).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -38,6 +49,8 @@ from labelgen.generators.base import (
 PUBLISHED_MULTIPLIERS = {128: [16, 16, 8, 4, 2, 1], 256: [16, 16, 8, 8, 4, 2, 1], 512: [16, 16, 8, 8, 4, 2, 1, 1]}
 TRUNCATION_BOUND = 2.0  # z is drawn from a standard normal truncated to [-2, 2], then scaled by truncation
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors", "pytorch_model.safetensors")
+PORT_WEIGHTS_SUFFIX = "-pytorch_model.bin"  # the port's download names: biggan-deep-256-pytorch_model.bin + -config.json
+Z_SAMPLERS = ("torch", "port")
 
 
 class SNLinear(nn.Module):
@@ -91,21 +104,21 @@ class TruncationBatchNorm(nn.Module):
             self.bias = nn.Parameter(torch.zeros(channels))
 
     def stats(self, truncation: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, var) [C] at ``truncation``: linear between the two nearest of the n_stats measured points."""
-        pos = round(truncation * (self.running_means.shape[0] - 1), 6)
-        lo = int(pos)
-        frac = pos - lo
-        if frac == 0:
-            return self.running_means[lo], self.running_vars[lo]
-        return (torch.lerp(self.running_means[lo], self.running_means[lo + 1], frac),
-                torch.lerp(self.running_vars[lo], self.running_vars[lo + 1], frac))
+        """(mean, var) [C] at ``truncation``, looked up as the port does (bug for bug, module docstring): its
+        samples are the only reference for these weights."""
+        coef, start = math.modf(float(truncation) / (1.0 / (self.running_means.shape[0] - 1)))
+        i = int(start)
+        if coef == 0.0:
+            return self.running_means[i], self.running_vars[i]
+        return (self.running_means[i] * coef + self.running_means[i + 1] * (1 - coef),
+                self.running_vars[i] * coef + self.running_vars[i + 1] * (1 - coef))
 
     def forward(self, x: torch.Tensor, truncation: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         mean, var = self.stats(truncation)
-        x = (x - mean[:, None, None]) * torch.rsqrt(var[:, None, None] + self.eps)
-        if self.conditional:
-            return x * (1 + self.scale(cond))[:, :, None, None] + self.offset(cond)[:, :, None, None]
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        if not self.conditional:
+            return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+        x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + self.eps)
+        return x * (1 + self.scale(cond))[:, :, None, None] + self.offset(cond)[:, :, None, None]
 
 
 class SelfAttention(nn.Module):
@@ -202,13 +215,34 @@ def truncated_normal(seeds: list[int], dim: int, bound: float = TRUNCATION_BOUND
     return torch.stack(rows) if rows else torch.zeros(0, dim)
 
 
+def port_truncated_normal(seeds: list[int], dim: int, bound: float = TRUNCATION_BOUND) -> torch.Tensor:
+    """[N, dim], row k = the port's truncated_noise_sample(batch_size=1, dim_z=dim, seed=seeds[k]) before the
+    truncation factor: scipy's truncnorm(-bound, bound).rvs(size=(1, dim), random_state=RandomState(seed)), float32."""
+    from scipy.stats import truncnorm
+
+    bad = [s for s in seeds if not 0 <= int(s) < 2**32]
+    if bad:
+        raise LabelgenError(f"biggan: z_sampler port takes seeds 0..{2**32 - 1} (numpy RandomState), got {bad[0]}")
+    rows = [truncnorm.rvs(-bound, bound, size=(1, dim), random_state=np.random.RandomState(int(s))).astype(np.float32)
+            for s in seeds]
+    return torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, dim)
+
+
+def draw_z(seeds: list[int], dim: int, truncation: float, sampler: str) -> torch.Tensor:
+    """z [N, dim] of ``seeds`` at ``truncation`` by ``sampler`` (module docstring), scaled as the port scales it
+    (float32 values times the truncation)."""
+    if sampler == "port":
+        return torch.from_numpy(truncation * port_truncated_normal(seeds, dim).numpy())
+    return truncated_normal(seeds, dim) * truncation
+
+
 class BigGANGenerator(Generator):
     backend = "biggan"
 
     def __init__(self, resolution: int = 128, channel_width: int = 128, z_dim: int = 128, num_classes: int = 1000,
                  multipliers: list[int] | None = None, attention_layer_position: int = 8, n_stats: int = 51,
                  eps: float = 1e-4, feature_layers: list[int] | None = None, class_id: int = 0,
-                 truncation: float = 0.4):
+                 truncation: float = 0.4, z_sampler: str = "torch"):
         if multipliers is None:
             if resolution not in PUBLISHED_MULTIPLIERS:
                 raise LabelgenError(f"biggan: resolution {resolution} needs multipliers (published: 128, 256, 512)")
@@ -221,9 +255,10 @@ class BigGANGenerator(Generator):
                           "num_classes": int(num_classes), "multipliers": multipliers,
                           "attention_layer_position": int(attention_layer_position), "n_stats": int(n_stats),
                           "eps": float(eps), "feature_layers": feature_layers, "class_id": int(class_id),
-                          "truncation": float(truncation)})
+                          "truncation": float(truncation), "z_sampler": z_sampler})
         self._check_class(class_id)
         self._check_truncation(truncation)
+        self._check_z_sampler(z_sampler)
         self.embeddings = nn.Linear(num_classes, z_dim, bias=False)
         self.generator = BigGANDeepNet(channel_width, z_dim, multipliers, attention_layer_position, n_stats, eps)
         self.layers = check_feature_layers(feature_layers, len(self.generator.block_levels), self.backend)
@@ -247,6 +282,12 @@ class BigGANGenerator(Generator):
             raise LabelgenError(f"biggan: truncation must be in (0, 1], got {truncation!r}")
         return t
 
+    @staticmethod
+    def _check_z_sampler(sampler) -> str:
+        if sampler not in Z_SAMPLERS:
+            raise LabelgenError(f"biggan: z_sampler must be one of {', '.join(Z_SAMPLERS)}, got {sampler!r}")
+        return sampler
+
     @property
     def resolution(self) -> tuple[int, int]:
         return (self.config["resolution"], self.config["resolution"])
@@ -260,12 +301,13 @@ class BigGANGenerator(Generator):
         seeds = check_seeds([r["seed"] for r in recipes])
         classes = [self._check_class(r.get("class", self.config["class_id"])) for r in recipes]
         truncations = [self._check_truncation(r.get("truncation", self.config["truncation"])) for r in recipes]
+        samplers = [self._check_z_sampler(r.get("z_sampler", self.config["z_sampler"])) for r in recipes]
         device = module_device(self)
         images: list[torch.Tensor | None] = [None] * len(recipes)
         features: list[list[torch.Tensor] | None] = [None] * len(recipes)
         for t in sorted(set(truncations)):  # one pass per truncation (the batch-norm statistics depend on it)
             idx = [k for k, v in enumerate(truncations) if v == t]
-            z = truncated_normal([seeds[k] for k in idx], self.config["z_dim"]).to(device) * t  # [n, d]
+            z = torch.cat([draw_z([seeds[k]], self.config["z_dim"], t, samplers[k]) for k in idx]).to(device)  # [n, d]
             onehot = F.one_hot(torch.tensor([classes[k] for k in idx], device=device), self.config["num_classes"])
             cond = torch.cat([z, self.embeddings(onehot.float())], dim=1)  # [n, 2d]
             out, blocks = self.generator(cond, t)
@@ -274,7 +316,8 @@ class BigGANGenerator(Generator):
                 features[k] = [blocks[i][j] for i in self.layers]
         stacked = [torch.stack([f[li] for f in features]).float() for li in range(len(self.layers))]
         return GeneratorOutput(torch.stack(images).float().clamp(-1, 1), stacked,
-                               [{"seed": s, "class": c, "truncation": t} for s, c, t in zip(seeds, classes, truncations)])
+                               [{"seed": s, "class": c, "truncation": t, "z_sampler": z}
+                                for s, c, t, z in zip(seeds, classes, truncations, samplers)])
 
     def sample(self, seeds: list[int], class_id: int | None = None, truncation: float | None = None,
                **options) -> GeneratorOutput:
@@ -319,17 +362,20 @@ class BigGANGenerator(Generator):
     @classmethod
     def from_checkpoint(cls, checkpoint: Path | str | None, feature_layers: list[int] | None = None,
                         **options) -> "BigGANGenerator":
-        """A published BigGAN-deep ``pytorch_model.bin`` (or .safetensors), a folder holding one (with its
-        config.json), or a save_pretrained folder. Options: feature_layers, class_id, truncation."""
+        """A published BigGAN-deep ``pytorch_model.bin`` (or .safetensors, or the port's download name
+        ``biggan-deep-256-pytorch_model.bin``), a folder holding one (with its config.json /
+        ``biggan-deep-256-config.json``), or a save_pretrained folder. Options: feature_layers, class_id,
+        truncation, z_sampler."""
         import json
 
         from labelgen.generators.state_dicts import load_by_name, read_state_dict
 
         if "class_idx" in options:  # the CLI's --class (stylegan2's name for it)
             options["class_id"] = options.pop("class_idx")
-        unknown = set(options) - {"class_id", "truncation"}
+        unknown = set(options) - {"class_id", "truncation", "z_sampler"}
         if unknown:
-            raise LabelgenError(f"biggan: unknown options {sorted(unknown)} (it takes feature_layers, class_id, truncation)")
+            raise LabelgenError(f"biggan: unknown options {sorted(unknown)} (it takes feature_layers, class_id, "
+                                "truncation, z_sampler)")
         if feature_layers is not None:
             options["feature_layers"] = feature_layers
         if checkpoint is None:
@@ -341,12 +387,17 @@ class BigGANGenerator(Generator):
             return model.with_options(**options) if options else model
         if path.is_dir():
             found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+            found = found or sorted(path.glob("*" + PORT_WEIGHTS_SUFFIX))
             if not found:
-                raise LabelgenError(f"{path}: no {' / '.join(WEIGHT_FILES)} in this folder")
+                raise LabelgenError(f"{path}: no {' / '.join(WEIGHT_FILES)} or *{PORT_WEIGHTS_SUFFIX} in this folder")
+            if len(found) > 1 and found[0].name.endswith(PORT_WEIGHTS_SUFFIX):
+                raise LabelgenError(f"{path}: several *{PORT_WEIGHTS_SUFFIX} files ({', '.join(f.name for f in found)}):"
+                                    " pass the one to load as --checkpoint")
             path = found[0]
         state = read_state_dict(path, "BigGAN-deep")
         config = cls.config_from_state(state, path)
-        published = path.with_name("config.json")
+        published = path.with_name(path.name[:-len(PORT_WEIGHTS_SUFFIX)] + "-config.json"
+                                   if path.name.endswith(PORT_WEIGHTS_SUFFIX) else "config.json")
         if published.is_file():  # the port's config.json: only eps is not in the weights
             try:
                 config["eps"] = float(json.loads(published.read_text()).get("eps", 1e-4))
