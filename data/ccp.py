@@ -13,7 +13,6 @@ benchmark); they are data here, so every command uses the same ones.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +23,7 @@ import numpy as np
 
 from labelgen.data.classes import ClassList
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import ensure_folder, fs_refusals, read_image, write_png
+from labelgen.data.io import read_image, write_png
 from labelgen.errors import DataError
 
 CCP8_CLASSES = ClassList(
@@ -179,8 +178,8 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
 
     Every photo is decoded and resized once, then written into each split folder that lists it.
     ``limit`` keeps only the first N photos of each split (quick trials, small fixtures).
-    The copy is built under ``OUT.partial`` and renamed to ``OUT`` at the end, so ``OUT`` is either
-    absent or complete. Returns a summary (photo count, seconds)."""
+    The copy is built under ``OUT.partial`` (locked: a second import into OUT meanwhile is refused) and renamed
+    to ``OUT`` at the end, so ``OUT`` is either absent or complete. Returns a summary (photo count, seconds)."""
     from labelgen.imaging import size_problem
 
     src, out = Path(src), Path(out)
@@ -191,25 +190,18 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown CCP split {unknown[0]!r} (one of {', '.join(SPLITS)})")
-    if out.exists():
-        raise DataError(f"{out}: already exists; choose a new output folder")
     ids_of = {s: SPLITS[s][:limit] if limit else SPLITS[s] for s in splits}
     missing = [p for s in splits for p in [dataset.photo_path(i) for i in ids_of[s][:1] + ids_of[s][-1:]] if not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: photo missing from the CCP layout")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    try:
-        return _import_into(partial, out, src, dataset, splits, ids_of, size_hw, workers, progress)
-    except BaseException:  # a bad photo or mask, a full disk: no OUT, no OUT.partial
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    from labelgen.run import new_folder
+
+    with new_folder(out, "labelgen data import-ccp") as partial:  # a bad photo or mask, a full disk: no OUT
+        return _import_into(partial, src, dataset, splits, ids_of, size_hw, workers, progress)
 
 
-def _import_into(partial: Path, out: Path, src: Path, dataset: CCPDataset, splits: tuple[str, ...],
+def _import_into(partial: Path, src: Path, dataset: CCPDataset, splits: tuple[str, ...],
                  ids_of: dict[str, tuple[int, ...]], size_hw: tuple[int, int], workers: int | None, progress) -> dict:
-    ensure_folder(partial)
     dataset.classes.save(partial / "classes.json")
     targets_of: dict[int, list[str]] = {}
     for s in splits:
@@ -229,6 +221,4 @@ def _import_into(partial: Path, out: Path, src: Path, dataset: CCPDataset, split
             _convert_one(job)
             if progress:
                 progress()
-    with fs_refusals(out):
-        os.replace(partial, out)
     return {"photos": len(jobs), "splits": list(splits), "size_hw": list(size_hw), "seconds": time.perf_counter() - start}

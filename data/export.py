@@ -16,8 +16,6 @@ renamed, so ``OUT`` is absent or complete.
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +143,6 @@ def export_dataset(src: Path, out: Path, fmt: str, split: str | None = None,
         raise DataError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
     split = source_split(Path(src)) if split is None else split
     out, split = Path(out), check_split_name(split)
-    if out.exists():
-        raise DataError(f"{out}: already exists; choose a new output folder")
     classes, _, samples = open_export_source(Path(src))
     skipped = 0
 
@@ -163,17 +159,11 @@ def export_dataset(src: Path, out: Path, fmt: str, split: str | None = None,
                 raise DataError(f"{src}: sample {key}: class id {int(mask[mask != IGNORE_INDEX].max())} out of range")
             yield sample
 
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
+    from labelgen.run import new_folder
+
+    with new_folder(out, "labelgen data export") as partial:  # OUT absent or complete; a second export refused
         count = EXPORT_FORMATS[fmt].write(labelled(), classes, partial, split)
         if not count:
             raise DataError(f"{src}: no labelled samples to export")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    os.replace(partial, out)
     return {"format": fmt, "samples": count, "split": split, "skipped_unlabelled": skipped,
             "classes": list(classes.names)}

@@ -142,28 +142,31 @@ def import_dataset(src: Path, out: Path, fmt: str = AUTO, split: str = "train", 
     reader = IMPORT_FORMATS[fmt].open(src, split, unlabelled)
     source: ClassList = reader.classes  # type: ignore[attr-defined]
     classes, lut = mapping.apply(source, str(src)) if mapping else (source, None)
-    if (out / "classes.json").is_file():
-        existing = ClassList.from_json(read_json(out / "classes.json"), str(out / "classes.json"))
-        if existing.names != classes.names:
-            raise DataError(f"{out}/classes.json: classes {list(existing.names)} differ from this import's "
-                            f"{list(classes.names)}")
-    target = out / split
-    if target.exists():
-        raise DataError(f"{target}: already exists; choose another --split or --out")
-    partial = out / f"{split}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    try:
-        count = _write_split(reader, partial, classes, lut, size_hw, progress)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if not count:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise DataError(f"{src}: no labelled images to import")
-    if not (out / "classes.json").is_file():
-        classes.save(out / "classes.json")
-    os.replace(partial, target)
+    from labelgen.run import RunLock
+
+    with RunLock(out, "labelgen data import"):  # a second import into OUT meanwhile is refused
+        if (out / "classes.json").is_file():
+            existing = ClassList.from_json(read_json(out / "classes.json"), str(out / "classes.json"))
+            if existing.names != classes.names:
+                raise DataError(f"{out}/classes.json: classes {list(existing.names)} differ from this import's "
+                                f"{list(classes.names)}")
+        target = out / split
+        if target.exists():
+            raise DataError(f"{target}: already exists; choose another --split or --out")
+        partial = out / f"{split}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        try:
+            count = _write_split(reader, partial, classes, lut, size_hw, progress)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if not count:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(f"{src}: no labelled images to import")
+        if not (out / "classes.json").is_file():
+            classes.save(out / "classes.json")
+        os.replace(partial, target)
     summary = {"format": fmt, "images": count, "split": split, "classes": list(classes.names)}
     for name in ("skipped_tasks", "skipped_results"):
         if getattr(reader, name, 0):

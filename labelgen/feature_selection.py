@@ -186,10 +186,11 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
               "seconds": round(time.perf_counter() - start, 1), "applied": False}
     log(f"best: {best.label()} mIoU {best.miou:.4f} (the workspace's current choice, {reference.label()}: "
         f"{reference.miou:.4f})")
-    if apply:
-        report["applied"] = _apply(workspace, best, blocks, timesteps)
-    report = json.loads(json.dumps(report))  # as saved (lists, not tuples)
-    atomic_write_json(workspace.root / SWEEP_NAME, report)
+    with workspace.writing():  # W/.lock: the config and its report written by one process at a time
+        if apply:
+            report["applied"] = _apply(workspace, best, blocks, timesteps)
+        report = json.loads(json.dumps(report))  # as saved (lists, not tuples)
+        atomic_write_json(workspace.root / SWEEP_NAME, report)
     return report
 
 

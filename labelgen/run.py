@@ -12,6 +12,7 @@
     RunLock(folder)              exclusive lock of an output folder ("in use by pid N"); a dead holder's
                                  lock is taken over (flock is released by the kernel); stale temp files
                                  of atomic writes in the folder are removed once the lock is held
+    new_folder(out, what)        build a new OUT in OUT.partial under that folder's RunLock, renamed at the end
     RunLog(folder, columns)      FOLDER/log.csv (one row per logged step, flushed per row, truncated to the
                                  resumed step) + FOLDER/tb/ (TensorBoard, purge_step = the resumed step)
     read_progress(log.csv)       (step, total) of the last row: how the app shows a job's progress
@@ -37,13 +38,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from labelgen.data.io import atomic_write, atomic_write_bytes
-from labelgen.errors import LabelgenError
+from labelgen.errors import DataError, LabelgenError
 
 RESUME_FORMAT = 1
 LOG_NAME = "log.csv"  # FOLDER/log.csv: step, total, then the loop's columns
@@ -257,7 +259,7 @@ class RunLock:
         so a refused command leaves the file system as it was."""
         if self._fd is None:
             return
-        if self._created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+        if self._created and self.folder.is_dir() and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
             (self.folder / LOCK_NAME).unlink(missing_ok=True)
             for folder in self._created:  # innermost first
                 try:
@@ -272,6 +274,36 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextmanager
+def new_folder(out: Path | str, what: str) -> Iterator[Path]:
+    """Build the new folder ``out`` in ``OUT.partial`` (yielded), holding that folder's RunLock: a second run
+    building ``out`` is refused ("in use by pid N"), ``out`` already there is refused, a killed run's leftovers
+    are cleared first; a failing body leaves no ``OUT.partial``, a finished one is renamed to ``out`` (so ``out``
+    is absent or complete)."""
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+
+    def clear() -> None:  # all but the lock file (RunLock.release removes the folder it made)
+        for child in partial.iterdir():
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else \
+                    child.unlink(missing_ok=True)
+
+    with RunLock(partial, what) as lock:
+        if out.exists():
+            raise DataError(f"{out}: already exists; choose a new output folder")
+        clear()  # a killed run's leftovers
+        try:
+            yield partial
+        except BaseException:
+            clear()
+            lock._created = lock._created or [partial]  # no OUT.partial left (a killed run's went too)
+            raise
+        os.replace(partial, out)  # the lock file goes with it: a run locking OUT.partial from now on sees OUT
+        (out / LOCK_NAME).unlink(missing_ok=True)
+        lock._created = []  # OUT.partial is no longer this run's folder
 
 
 def clean_stale_temps(folder: Path) -> list[Path]:

@@ -361,7 +361,8 @@ def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds
     config = SweepConfig(timesteps=tuple(_int_list(timesteps, "--timesteps") or ()), max_timesteps=max_timesteps,
                          folds=folds, epochs=epochs, class_balance=class_balance, seed=seed)
     _generator_to(ws, device)
-    report = tune_features(ws, val_folder, config, log=click.echo, apply=apply)
+    with ws.writing():  # refused now, not after the sweep, when another labelgen process writes into W
+        report = tune_features(ws, val_folder, config, log=click.echo, apply=apply)
     best = report["best"]
     chosen = (f"timesteps {best['timesteps']}, " if best["timesteps"] else "") + f"blocks {best['blocks']}"
     click.echo(f"chose {chosen}: mIoU {best['miou']:.4f} ({report['scored_on']}; was {report['before']['miou']:.4f}) "

@@ -16,6 +16,10 @@
                                      (.mirror: of the mirrored image, head training's flip augmentation;
                                      recomputed when the generator, layers or image change; safe to delete)
     W/synthetic/                     default synthesis output
+    W/.lock                          held while a command adds to the workspace or changes its config (import,
+                                     sample, init, tune-features): a second one meanwhile is refused (RunLock)
+    W/annotations/.import.staging/   an import being written (removed when found: the import did not finish)
+    W/annotations/.import.commit/    an import being moved into place (finished by the next command that writes)
 
 Backends are the names in labelgen.generators.BACKENDS, or "module:Class" for a Generator subclass
 importable from PYTHONPATH (plugins, test fakes).
@@ -28,9 +32,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -47,6 +54,10 @@ WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
 DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion", "adm")
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WRITER = "labelgen process"  # what W/.lock's refusal names: "in use by pid N (another labelgen process writes there)"
+IMPORT_STAGING = ".import.staging"  # W/annotations/<this>/: an import's files while written
+IMPORT_COMMIT = ".import.commit"  # the same folder renamed once complete: its files are moved into place
+ANNOTATION_FILES = (".mask.png", ".png", ".json")  # the order an import moves one item's files: recipe last
 
 
 @dataclass
@@ -87,6 +98,8 @@ class Workspace:
         self._generator = None
         self._generator_id: str | None = None
         self._teachers: dict[tuple, tuple] = {}  # (with head, levels) -> (head file stamp, Teacher)
+        self._write_lock = threading.RLock()  # one writing thread of this object at a time (the app's sessions)
+        self._held = None  # this object's RunLock of W while writing() runs (re-entrant)
 
     # ---- layout ----
     @property
@@ -150,13 +163,51 @@ class Workspace:
 
     @classmethod
     def create(cls, root: Path | str, config: WorkspaceConfig) -> "Workspace":
+        from labelgen.run import RunLock
+
         root = Path(root)
-        if (root / CONFIG_NAME).exists():
-            raise LabelgenError(f"{root}: already a workspace")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "annotations").mkdir(exist_ok=True)
-        atomic_write_json(root / CONFIG_NAME, asdict(config))
+        with RunLock(root, WRITER):  # W/.lock, as writing(): of two inits meanwhile, one creates W
+            if (root / CONFIG_NAME).exists():
+                raise LabelgenError(f"{root}: already a workspace")
+            (root / "annotations").mkdir(exist_ok=True)
+            atomic_write_json(root / CONFIG_NAME, asdict(config))
         return cls(root)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold W's RunLock (re-entrant in this object) while adding to the workspace or changing its config, so
+        two writers cannot pick the same ids or seeds: another process meanwhile is refused ("in use by pid N").
+        Once held, a killed writer's leftovers go: temp files of atomic writes, an unfinished import's staging
+        folder; an import killed while moving its files into place is finished."""
+        from labelgen.run import RunLock
+
+        with self._write_lock:
+            if self._held is not None:
+                yield
+                return
+            with RunLock(self.root, WRITER, clean=[self.annotations_dir]) as lock:
+                self._held = lock
+                try:
+                    shutil.rmtree(self.annotations_dir / IMPORT_STAGING, ignore_errors=True)
+                    self._commit_import()
+                    yield
+                finally:
+                    self._held = None
+
+    def _commit_import(self) -> None:
+        """Move a complete import's files (W/annotations/.import.commit/) into place, each item's recipe last (an
+        annotation exists once its recipe does, so no reader sees an image without its mask); a kill part way is
+        finished by the next call."""
+        commit = self.annotations_dir / IMPORT_COMMIT
+        if not commit.is_dir():
+            return
+        ids = sorted({p.name.split(".")[0] for p in commit.iterdir()})
+        for annotation_id in ids:
+            for suffix in ANNOTATION_FILES:
+                staged = commit / f"{annotation_id}{suffix}"
+                if staged.is_file():
+                    os.replace(staged, self.annotations_dir / staged.name)
+        shutil.rmtree(commit)
 
     def checkpoint_path(self) -> Path | None:
         if self.config.checkpoint is None:
@@ -302,18 +353,19 @@ class Workspace:
         e.g. class_idx, truncation); returns their ids."""
         if n < 1:
             raise LabelgenError(f"--n must be at least 1, got {n}")
-        if seed_start is None:
-            used = [read_json(self.recipe_path(i)).get("seed") for i in self.annotation_ids()]
-            seed_start = 1 + max((s for s in used if isinstance(s, int)), default=-1)
-        teacher = self.teacher(head=False)
-        ids = []
-        for start in range(0, n, batch_size):
-            seeds = list(range(seed_start + start, seed_start + min(n, start + batch_size)))
-            out = teacher.sample(seeds, **options)
-            images = tensor_to_uint8(out.images)  # [B, H, W, 3]
-            for k, recipe in enumerate(out.recipes):
-                ids.append(self.add_annotation(images[k], {**recipe, "source": "generated",
-                                                           "generator": self.generator_id()}))
+        with self.writing():  # the seeds after the largest used: no second sampler meanwhile
+            if seed_start is None:
+                used = [read_json(self.recipe_path(i)).get("seed") for i in self.annotation_ids()]
+                seed_start = 1 + max((s for s in used if isinstance(s, int)), default=-1)
+            teacher = self.teacher(head=False)
+            ids = []
+            for start in range(0, n, batch_size):
+                seeds = list(range(seed_start + start, seed_start + min(n, start + batch_size)))
+                out = teacher.sample(seeds, **options)
+                images = tensor_to_uint8(out.images)  # [B, H, W, 3]
+                for k, recipe in enumerate(out.recipes):
+                    ids.append(self.add_annotation(images[k], {**recipe, "source": "generated",
+                                                               "generator": self.generator_id()}))
         return ids
 
     def import_images(self, images_dir: Path, masks_dir: Path | None = None, inversion=None
@@ -321,8 +373,9 @@ class Workspace:
         """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
         resolution by the one resize rule (labelgen.imaging). All or nothing: every file is read and checked
         (GAN teachers: projected into the latent space, labelgen.inversion with ``inversion`` its InversionConfig;
-        the recipe stores the latent and ``"inversion": {"steps", "psnr"}``) before the first is written, and what
-        this call wrote is removed again if a write fails (a full disk). An image whose content is already in the
+        the recipe stores the latent and ``"inversion": {"steps", "psnr"}``) before the first is written, then all
+        are written as one transaction (:meth:`_write_import`: a failed write or a kill leaves none or, once
+        committed, every image with its mask). An image whose content is already in the
         workspace (sha256 of the file, kept as the recipe's "sha256") is skipped, so importing a folder again adds
         only its new images. Returns (ids added, how many of them were resized, how many were skipped)."""
         from labelgen.data.io import file_sha256, list_images
@@ -335,36 +388,47 @@ class Workspace:
         paths = list_images(Path(images_dir))
         if not paths:
             raise LabelgenError(f"{images_dir}: no images")
-        known = {read_json(self.recipe_path(i)).get("sha256") for i in self.annotation_ids() if i.startswith("r")}
-        entries, resized, skipped = [], 0, 0  # entries: (image, mask or None, recipe), checked, not yet written
-        for path in paths:
-            digest = file_sha256(path)
-            if digest in known:
-                skipped += 1
-                continue
-            known.add(digest)
-            image = read_image(path)
-            mask = self._import_mask(path, masks_dir, image.shape)
-            if image.shape[:2] != self.resolution:
-                resized += 1
-                image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
-            recipe = {"source": "real", "file": path.name, "sha256": digest}
-            if not self.config.can_encode_images:  # a GAN teacher: the photo's latent (labelgen/inversion.py)
-                recipe.update(invert_photo(self.generator(), image, inversion))
-            entries.append((image, mask, recipe))
-        ids: list[str] = []
-        try:
-            for image, mask, recipe in entries:
-                ids.append(self.next_id("r"))
-                self.add_annotation(image, recipe, ids[-1])
-                if mask is not None:
-                    self.save_mask(ids[-1], mask)
-        except BaseException:
-            for annotation_id in ids:  # what this call wrote goes again
-                for path in (self.recipe_path(annotation_id), self.mask_path(annotation_id), self.image_path(annotation_id)):
-                    path.unlink(missing_ok=True)
-            raise
+        with self.writing():  # no second import meanwhile: it would take the same ids and miss these contents
+            known = {read_json(self.recipe_path(i)).get("sha256") for i in self.annotation_ids() if i.startswith("r")}
+            entries, resized, skipped = [], 0, 0  # entries: (image, mask or None, recipe), checked, not yet written
+            for path in paths:
+                digest = file_sha256(path)
+                if digest in known:
+                    skipped += 1
+                    continue
+                known.add(digest)
+                image = read_image(path)
+                mask = self._import_mask(path, masks_dir, image.shape)
+                if image.shape[:2] != self.resolution:
+                    resized += 1
+                    image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
+                recipe = {"source": "real", "file": path.name, "sha256": digest}
+                if not self.config.can_encode_images:  # a GAN teacher: the photo's latent (labelgen/inversion.py)
+                    recipe.update(invert_photo(self.generator(), image, inversion))
+                entries.append((image, mask, recipe))
+            ids = [self.next_id("r", k) for k in range(len(entries))]
+            if entries:
+                self._write_import(ids, entries)
         return ids, resized, skipped
+
+    def _write_import(self, ids: list[str], entries: list[tuple[np.ndarray, np.ndarray | None, dict]]) -> None:
+        """Write an import as one transaction: every file into W/annotations/.import.staging/ (removed again when a
+        write fails; a killed run's is removed by the next writer), then that folder renamed to .import.commit/
+        (the commit point) and its files moved into place (:meth:`_commit_import`; a kill meanwhile is finished by
+        the next writer)."""
+        stage = self.annotations_dir / IMPORT_STAGING
+        try:
+            stage.mkdir(parents=True)
+            for annotation_id, (image, mask, recipe) in zip(ids, entries):
+                write_png(stage / f"{annotation_id}.png", image)
+                if mask is not None:
+                    write_png(stage / f"{annotation_id}.mask.png", mask, self.classes.palette)
+                atomic_write_json(stage / f"{annotation_id}.json", recipe)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        os.replace(stage, self.annotations_dir / IMPORT_COMMIT)
+        self._commit_import()
 
     def _import_mask(self, image_path: Path, masks_dir: Path | None, image_shape: tuple[int, ...]) -> np.ndarray | None:
         """The checked index mask uint8 [H, W] of an image to import (<stem>.png or <stem>.mask.png in ``masks_dir``)."""
@@ -425,19 +489,21 @@ class Workspace:
         write_png(self.mask_path(annotation_id), np.asarray(mask, dtype=np.uint8), self.classes.palette)
         return self.mask_path(annotation_id)
 
-    def next_id(self, prefix: str) -> str:
-        """The next free annotation id with ``prefix`` ("g": generated, "r": real): g000001, g000002, ..."""
+    def next_id(self, prefix: str, offset: int = 0) -> str:
+        """The next free annotation id with ``prefix`` ("g": generated, "r": real): g000001, g000002, ...
+        (``offset``: the one that many after it, for a batch written at once)."""
         taken = {i for i in self.annotation_ids() if i.startswith(prefix)}
         n = 1 + max((int(i[1:]) for i in taken if i[1:].isdigit()), default=0)
-        return f"{prefix}{n:06d}"
+        return f"{prefix}{n + offset:06d}"
 
     def add_annotation(self, image: np.ndarray, recipe: dict, annotation_id: str | None = None) -> str:
         """Store a new image + recipe; returns its id (``g000001`` for generated, ``r000001`` for real)."""
-        if annotation_id is None:
-            annotation_id = self.next_id("r" if recipe.get("source") == "real" else "g")
-        self.check_id(annotation_id)
-        write_png(self.image_path(annotation_id), image)
-        atomic_write_json(self.recipe_path(annotation_id), recipe)  # written last: marks the entry complete
+        with self.writing():  # the next free id stays free until written
+            if annotation_id is None:
+                annotation_id = self.next_id("r" if recipe.get("source") == "real" else "g")
+            self.check_id(annotation_id)
+            write_png(self.image_path(annotation_id), image)
+            atomic_write_json(self.recipe_path(annotation_id), recipe)  # written last: marks the entry complete
         return annotation_id
 
 
@@ -450,8 +516,10 @@ def generator_class_of(backend: str):
 
 
 def load_workspace_generator(backend: str, checkpoint: Path | None, options: dict[str, Any]):
+    from labelgen.generators import from_checkpoint  # checks what every backend loaded (size, finite weights)
+
     try:
-        generator = generator_class_of(backend).from_checkpoint(checkpoint, **options)
+        generator = from_checkpoint(backend, checkpoint, **options)
     except LabelgenError:
         raise
     except Exception as e:  # a backend that let a loader error through: still one line

@@ -7,11 +7,11 @@ mixed with the teacher's soft labels for the same photo (``teacher_shards``: a `
 --from-images`` set of the same folder, matched by ``source_image``; p = (1 - w) p_student + w p_teacher).
 Written through the shard codec (data/shards.py) like the teacher's pseudo-labels: ``<key>.png`` (the resized
 photo), ``<key>.mask.png`` (argmax), ``<key>.soft.npz`` (uint8 probabilities), ``<key>.json`` (``source_image``,
-``relabelled_by``). The set is built under ``OUT.partial`` and renamed at the end.
+``relabelled_by``). The set is built under ``OUT.partial`` (locked: a second run into OUT meanwhile is refused)
+and renamed at the end.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +47,9 @@ def pseudo_label_folder(model, config: StudentConfig, images: Path, out: Path, r
                         teacher_shards: Path | None = None, teacher_weight: float = 0.0, shard_size: int = 500,
                         device="cpu", progress: bool = True) -> int:
     """Relabel every image of ``images`` into the shard set ``out`` (module docstring); returns the count."""
-    from labelgen.run import progress as progress_bar
+    from labelgen.run import new_folder, progress as progress_bar
 
     out = Path(out)
-    if out.exists():
-        raise LabelgenError(f"{out}: already exists; choose a new output folder")
     if not 0 <= teacher_weight <= 1:
         raise LabelgenError(f"--teacher-weight must be in [0, 1], got {teacher_weight}")
     paths = list_images(Path(images))
@@ -63,31 +61,29 @@ def pseudo_label_folder(model, config: StudentConfig, images: Path, out: Path, r
     if missing:
         raise LabelgenError(f"{teacher_shards}: no teacher labels for {len(missing)} image(s), e.g. {missing[0]}")
     size = tuple(config.image_size)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    writer = ShardWriter(partial, classes)
     model.eval().to(device)
-    batch: list[ShardSample] = []
-    shard_id = 0
-    for j, path in enumerate(progress_bar(len(paths), desc="pseudo-label", unit="image", disable=not progress,
-                                          iterable=paths)):
-        image = read_image(path)
-        probs = student_probabilities(model, config, image, flip, device)  # [C, h, w]
-        if teacher:
-            probs = (1 - teacher_weight) * probs + teacher_weight * resize_image(
-                np.moveaxis(teacher[path.name], 0, 2), size).transpose(2, 0, 1)
-        soft = np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)  # [C, h, w]
-        meta = {"source_image": path.name, "source_size": list(image.shape[:2]), "relabelled_by": run_name,
-                "flip_tta": flip, "teacher_weight": teacher_weight}
-        batch.append(ShardSample(f"{j:09d}", resize_image(image, size), probs.argmax(0).astype(np.uint8), meta,
-                                 soft=soft))
-        if len(batch) == shard_size:
+    with new_folder(out, "student pseudo-label") as partial:  # OUT absent or complete; a second run refused
+        writer = ShardWriter(partial, classes)
+        batch: list[ShardSample] = []
+        shard_id = 0
+        for j, path in enumerate(progress_bar(len(paths), desc="pseudo-label", unit="image", disable=not progress,
+                                              iterable=paths)):
+            image = read_image(path)
+            probs = student_probabilities(model, config, image, flip, device)  # [C, h, w]
+            if teacher:
+                probs = (1 - teacher_weight) * probs + teacher_weight * resize_image(
+                    np.moveaxis(teacher[path.name], 0, 2), size).transpose(2, 0, 1)
+            soft = np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)  # [C, h, w]
+            meta = {"source_image": path.name, "source_size": list(image.shape[:2]), "relabelled_by": run_name,
+                    "flip_tta": flip, "teacher_weight": teacher_weight}
+            batch.append(ShardSample(f"{j:09d}", resize_image(image, size), probs.argmax(0).astype(np.uint8), meta,
+                                     soft=soft))
+            if len(batch) == shard_size:
+                writer.write_shard(shard_id, batch)
+                shard_id, batch = shard_id + 1, []
+        if batch:
             writer.write_shard(shard_id, batch)
-            shard_id, batch = shard_id + 1, []
-    if batch:
-        writer.write_shard(shard_id, batch)
-    writer.write_manifest({"relabelled_by": run_name, "images": str(Path(images).resolve()), "flip_tta": flip,
-                           "teacher_shards": None if not teacher else str(Path(teacher_shards).resolve()),
-                           "teacher_weight": teacher_weight})
-    partial.rename(out)
+        writer.write_manifest({"relabelled_by": run_name, "images": str(Path(images).resolve()), "flip_tta": flip,
+                               "teacher_shards": None if not teacher else str(Path(teacher_shards).resolve()),
+                               "teacher_weight": teacher_weight})
     return len(paths)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -226,3 +227,117 @@ def test_module_entry_never_imports_from_the_working_folder(trained, tmp_path):
         assert sorted(p.name for p in markers.iterdir()) == [], cmd
         assert run.returncode == 0, (cmd, run.stderr[-2000:])
     assert len(list(ShardReader(ws / "out1"))) == len(list(ShardReader(ws / "out2"))) == 2
+
+
+# ------------------------------------------------------------------ issue 33 item 5: one writer per folder
+def _masked_photos(folder: Path, seeds: range, size: int) -> Path:
+    """folder/images/p<seed>.png + folder/masks/p<seed>.png (their true index masks)."""
+    from teacher_fakes import layout
+
+    for seed in seeds:
+        _image(folder / "images" / f"p{seed}.png", seed, size)
+        (folder / "masks").mkdir(exist_ok=True)
+        Image.fromarray(layout(seed, size)).save(folder / "masks" / f"p{seed}.png")
+    return folder
+
+
+def _refused(capsys, *argv) -> None:
+    """``labelgen ARGV`` in this process is refused in one line: the folder's lock is held (by this test)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and f"in use by pid {os.getpid()}" in err, err
+
+
+def test_a_second_writer_of_a_workspace_or_output_folder_is_refused_in_one_line(tmp_path, capsys):
+    from labelgen.run import RunLock
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeDiffusion", count=2)
+    photos = _masked_photos(tmp_path / "photos", range(3), ws.resolution[0])
+    before = _tree(ws.root)
+    with RunLock(ws.root, "labelgen process"):  # another process writes into W
+        _refused(capsys, "import", "-w", ws.root, "--images", photos / "images", "--masks", photos / "masks")
+        _refused(capsys, "sample", "-w", ws.root, "--n", "2")
+        _refused(capsys, "tune-features", "-w", ws.root, "--epochs", "1")
+    assert _tree(ws.root) == before
+    with RunLock(tmp_path / "w2", "labelgen process"):
+        _refused(capsys, "init", tmp_path / "w2", "--generator", "teacher_fakes:FakeDiffusion", "--classes", CLASSES)
+    assert not (tmp_path / "w2").exists()
+
+    main(["data", "export", str(ws.root), str(tmp_path / "project"), "--format", "folder"])
+    with RunLock(tmp_path / "out", "labelgen data import"):
+        _refused(capsys, "data", "import", tmp_path / "project", "--out", tmp_path / "out")
+    with RunLock(tmp_path / "coco.partial", "labelgen data export"):
+        _refused(capsys, "data", "export", ws.root, tmp_path / "coco", "--format", "coco")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "coco").exists()
+    assert not (tmp_path / "coco.partial").exists()
+    # the lock held by nobody: the same commands go through
+    main(["import", "-w", str(ws.root), "--images", str(photos / "images"), "--masks", str(photos / "masks")])
+    main(["data", "import", str(tmp_path / "project"), "--out", str(tmp_path / "out")])
+    main(["data", "export", str(ws.root), str(tmp_path / "coco"), "--format", "coco"])
+    assert len(Workspace(ws.root).annotated_ids()) == 5 and len(list((tmp_path / "out/train/masks").iterdir())) == 2
+    assert not (tmp_path / "coco" / ".lock").exists() and not (tmp_path / "coco.partial").exists()
+
+
+_AT_ONCE = (  # `labelgen ARGS` in a process that waits for the file GO after its imports: two of them overlap
+    "import os, sys, time\n"
+    "import labelgen.cli, labelgen.data.formats, labelgen.workspace\n"
+    "print('ready', flush=True)\n"
+    "while not os.path.exists(sys.argv[1]):\n"
+    "    time.sleep(0.005)\n"
+    "labelgen.cli.main(sys.argv[2:])\n")
+
+
+def _at_once(go: Path, *commands: list) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each labelgen command, run in concurrent processes released together."""
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_ONCE, str(go), *map(str, command)], env=subprocess_env(),
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for command in commands]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=120)[1][-2000:]
+    go.touch()
+    results = [(proc.wait(timeout=300), proc.stderr.read()) for proc in procs]
+    for code, err in results:  # done, or refused in one line
+        assert code == 0 or (code == 2 and err.count("\n") == 1 and "error: " in err), (code, err[-2000:])
+    return results
+
+
+def test_two_imports_into_one_workspace_at_once_lose_nothing(tmp_path):
+    from teacher_fakes import layout
+
+    ws = create_workspace(tmp_path / "w", "teacher_fakes:FakeDiffusion", CLASSES.split(","))
+    size = ws.resolution[0]
+    folders = [_masked_photos(tmp_path / "a", range(0, 40), size), _masked_photos(tmp_path / "b", range(100, 140), size)]
+    results = _at_once(tmp_path / "go", *[["import", "-w", ws.root, "--images", f / "images", "--masks", f / "masks"]
+                                          for f in folders])
+    assert [code for code, _ in results].count(0) >= 1
+    assert all("in use by pid" in err for code, err in results if code)
+    done = [f for f, (code, _) in zip(folders, results) if code == 0]
+    ws = Workspace(ws.root)
+    recipes = {i: ws.read_annotation(i)[1] for i in ws.annotation_ids()}
+    # every image of each import that succeeded, exactly once, each with its own mask
+    assert sorted(r["sha256"] for r in recipes.values()) == sorted(
+        file_sha256(p) for f in done for p in (f / "images").iterdir())
+    for annotation_id, recipe in recipes.items():
+        assert (ws.read_mask(annotation_id) == layout(int(recipe["file"][1:-4]), size)).all(), annotation_id
+
+
+def test_two_data_imports_into_one_output_at_once_write_one_complete_split(tmp_path):
+    from labelgen.data.classes import ClassList
+    from labelgen.data.folder import open_labelled
+
+    src = tmp_path / "src"
+    _masked_photos(src / "train", range(60), 32)
+    ClassList.from_names(CLASSES.split(",")).save(src / "classes.json")
+    out = tmp_path / "out"
+    results = _at_once(tmp_path / "go", *[["data", "import", src, "--out", out]] * 2)
+    assert sorted(code for code, _ in results) == [0, 2]  # one import of the split, the other refused
+    refused = next(err for code, err in results if code)
+    assert "in use by pid" in refused or "train: already exists" in refused, refused
+    split = open_labelled(out / "train", require_masks=True)
+    assert sorted(item.key for item in split) == sorted(f"p{i}" for i in range(60))
+    assert sorted(p.name for p in (out / "train" / "masks").iterdir()) == sorted(
+        p.name for p in (out / "train" / "images").iterdir())
+    for item in split:
+        assert (item.image == np.asarray(Image.open(src / "train" / "images" / f"{item.key}.png"))).all()

@@ -34,13 +34,12 @@ def copy_default_workspace(dest: Path | str):
     if not default_teacher_available():
         raise LabelgenError("no teacher trained yet: the embedded default teacher is missing from this install "
                             f"({DEFAULT_WORKSPACE_DIR}); create a workspace with `labelgen init` instead")
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(DEFAULT_WORKSPACE_DIR, partial)
-    workspace = Workspace(partial)
-    if workspace.config.checkpoint is not None and not Path(workspace.config.checkpoint).is_absolute():
-        workspace.config.checkpoint = str((DEFAULT_WORKSPACE_DIR / workspace.config.checkpoint).resolve())
-        workspace.save_config()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(dest)
+    from labelgen.run import new_folder
+
+    with new_folder(dest, "labelgen demo") as partial:  # a second copy meanwhile is refused
+        shutil.copytree(DEFAULT_WORKSPACE_DIR, partial, dirs_exist_ok=True)
+        workspace = Workspace(partial)
+        if workspace.config.checkpoint is not None and not Path(workspace.config.checkpoint).is_absolute():
+            workspace.config.checkpoint = str((DEFAULT_WORKSPACE_DIR / workspace.config.checkpoint).resolve())
+            workspace.save_config()
     return Workspace(dest)
