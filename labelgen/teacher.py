@@ -55,8 +55,9 @@ PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthet
 LATENT_KEYS = ("w", "z")
 # generator options that change how new images are sampled or how fast, not the features of a given image (class,
 # truncation and z-sampler defaults of new samples: every recipe carries its own)
-SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "channels_last", "compile", "max_batch", "truncation", "truncation_psi",
-                                   "truncation_cutoff", "noise_mode", "class_id", "class_idx", "z_sampler"})
+SAMPLING_ONLY_OPTIONS = frozenset({"ddim_steps", "bf16", "fp16", "channels_last", "compile", "max_batch", "truncation",
+                                   "truncation_psi", "truncation_cutoff", "noise_mode", "class_id", "class_idx",
+                                   "z_sampler"})
 HASH_CACHE_ENV = "LABELGEN_CACHE"
 
 

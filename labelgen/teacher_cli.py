@@ -112,8 +112,8 @@ def _generator_to(ws, device: str) -> str:
 
 
 def generator_options(command):
-    """init's backend-specific options (adm: --preset, --model-flags; biggan: --z-sampler); --class / --truncation:
-    sampling_flags."""
+    """init's backend-specific options (adm: --preset, --model-flags, --share-noise; biggan: --z-sampler); --class /
+    --truncation: sampling_flags."""
     from labelgen.generators.adm import ADM_PRESETS
     from labelgen.generators.biggan import Z_SAMPLERS
 
@@ -124,6 +124,9 @@ def generator_options(command):
         click.option("--model-flags", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="adm: JSON/YAML of guided-diffusion model flags (over --preset) [default: "
                           "<checkpoint stem>.json/.yaml beside the checkpoint]."),
+        click.option("--share-noise", is_flag=True, default=None,
+                     help="adm: one noise tensor for all feature timesteps (DDPM-seg's share_noise) [default: one "
+                          "per timestep]."),
         click.option("--z-sampler", type=click.Choice(list(Z_SAMPLERS)), default=None,
                      help="biggan: how a seed becomes z (port: pytorch-pretrained-BigGAN's truncated_noise_sample, "
                           "so a seed gives the port's sample) [default: torch]."),
@@ -132,12 +135,12 @@ def generator_options(command):
     return command
 
 
-def generator_options_of(preset=None, model_flags=None, z_sampler=None) -> dict:
+def generator_options_of(preset=None, model_flags=None, z_sampler=None, share_noise=None) -> dict:
     """The workspace's generator_options from init's backend options (only those given)."""
     from labelgen.generators.adm import read_flags_file
 
     options = {"preset": preset, "flags": None if model_flags is None else read_flags_file(model_flags),
-               "z_sampler": z_sampler}
+               "z_sampler": z_sampler, "share_noise": share_noise or None}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -163,7 +166,7 @@ def generator_options_of(preset=None, model_flags=None, z_sampler=None) -> dict:
 @generator_options
 @sampling_flags
 def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, head_type, ensemble, timesteps,
-             feature_layers, preset, model_flags, z_sampler, class_idx, truncation, ddim_steps):
+             feature_layers, preset, model_flags, share_noise, z_sampler, class_idx, truncation, ddim_steps):
     """Create a workspace W: load the generator once (a bad checkpoint is refused, nothing created)."""
     from labelgen.workspace import create_workspace, default_workspace_path
 
@@ -174,7 +177,7 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
     head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
     ws = create_workspace(root, _backend(backend), names, checkpoint, head,
                           _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
-                          generator_options={**generator_options_of(preset, model_flags, z_sampler),
+                          generator_options={**generator_options_of(preset, model_flags, z_sampler, share_noise),
                                              **sampling_options(class_idx, truncation, ddim_steps)})
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "

@@ -314,6 +314,52 @@ def test_adm_ddim_is_guided_diffusions_and_ddpm_keeps_diffusers(tmp_path):
         torch.testing.assert_close(ddpm._ddim([7], 30), x, atol=1e-6, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # autocast objects for a CUDA device, on a CPU machine
+def test_adm_ddpm_seg_protocol_options(tmp_path):
+    """share_noise: every timestep of the feature pass sees one noise tensor (DDPM-seg's share_noise), recovered here
+    from the UNet's inputs as (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t); off (default): one per timestep. It
+    changes the features, so it is part of the generator identity; fp16 (adm default auto) is fp16 autocast on
+    CUDA only, a machine option like bf16."""
+    from labelgen.cli import main
+    from labelgen.teacher import generator_identity
+
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    noises = {}
+    for share in (True, False):
+        g = create_generator("adm", flags=ADM_TINY, timesteps=[50, 150, 250], share_noise=share).eval()
+        inputs = []
+        hook = g.unet.register_forward_pre_hook(lambda m, args: inputs.append((args[0].clone(), args[1].clone())))
+        try:
+            g.features_of_images(x0)
+        finally:
+            hook.remove()
+        x_all, t_all = torch.cat([x for x, _ in inputs]), torch.cat([t for _, t in inputs])
+        a = torch.tensor(abar, dtype=torch.float32)[t_all][:, None, None, None]
+        noise = (x_all - a.sqrt() * x0.repeat(3, 1, 1, 1)) / (1 - a).sqrt()  # [T*N, 3, 32, 32], t-major
+        assert t_all.tolist() == [50, 50, 150, 150, 250, 250]
+        noises[share] = noise
+    shared, separate = noises[True], noises[False]
+    for k in range(1, 6):  # shared: one tensor for every timestep and image
+        torch.testing.assert_close(shared[k], shared[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(separate[1], separate[0], atol=1e-4, rtol=0)  # separate: per timestep, not per image
+    assert (separate[2] - separate[0]).abs().max() > 1 and (separate[4] - separate[2]).abs().max() > 1
+    assert generator_identity("adm", "w", {"share_noise": True}) != generator_identity("adm", "w", {})
+    assert generator_identity("adm", "w", {"fp16": False}) == generator_identity("adm", "w", {})
+
+    g = create_generator("adm", flags=ADM_TINY, timesteps=[50])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert g.config["fp16"] == "auto" and g._autocast(cuda).fast_dtype == torch.float16
+    assert not isinstance(g._autocast(cpu), torch.autocast)
+    assert create_generator("adm", flags=ADM_TINY, timesteps=[50], fp16=False)._autocast(cuda).fast_dtype == torch.bfloat16
+    with pytest.raises(LabelgenError, match="adm: share_noise must be true or false, got 'maybe'"):
+        create_generator("adm", flags=ADM_TINY, share_noise="maybe")
+    path, _ = _tiny_adm_file(tmp_path)
+    main(["init", str(tmp_path / "ws"), "--generator", "adm", "--checkpoint", str(path), "--classes", "bg,fg",
+          "--timesteps", "50", "--share-noise"])
+    assert json.loads((tmp_path / "ws" / "workspace.json").read_text())["generator_options"]["share_noise"] is True
+
+
 def test_biggan_loads_published_folder_and_samples_classes(tmp_path):
     folder, g = _tiny_biggan_folder(tmp_path)
     for checkpoint in (folder, folder / "pytorch_model.bin"):

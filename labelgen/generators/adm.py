@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME, check_options, parse_bool, require_checkpoint
+from labelgen.generators.base import CONFIG_NAME, check_options, machine_option, parse_bool, require_checkpoint
 from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
@@ -73,8 +73,8 @@ ADM_PRESETS: dict[str, dict[str, Any]] = {
 }
 DDPM_SEG_BLOCKS = [5, 6, 7, 8, 12]  # DDPM-seg's default output blocks for the 256x256 layout
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
-OPTION_KEYS = ("preset", "flags", "timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last",
-               "compile", "max_batch")
+OPTION_KEYS = ("preset", "flags", "timesteps", "feature_layers", "ddim_steps", "noise_seed", "share_noise", "fp16",
+               "bf16", "channels_last", "compile", "max_batch")
 
 
 def _int_tuple(value: Any, name: str, cast=int) -> tuple:
@@ -395,11 +395,15 @@ class ADMGenerator(PixelDiffusionGenerator):
 
     def __init__(self, flags: dict[str, Any], timesteps: list[int] | None = None,
                  feature_layers: list[int] | None = None, ddim_steps: int = 50, noise_seed: int = 0,
-                 bf16: bool | str = "auto", channels_last: bool | str = "auto", compile: bool | str = "auto",
-                 max_batch: int = 16):
+                 share_noise: bool | str = False, fp16: bool | str = "auto", bf16: bool | str = "auto",
+                 channels_last: bool | str = "auto", compile: bool | str = "auto", max_batch: int = 16):
         flags = normalize_flags(flags)
+        shared = parse_bool(share_noise)
+        if shared is None:
+            raise LabelgenError(f"adm: share_noise must be true or false, got {share_noise!r}")
         super().__init__({"flags": flags, "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
                           "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
+                          "share_noise": shared, "fp16": machine_option("fp16", fp16),
                           **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
         self.flags = flags
         self.unet = ADMUNet(flags)
@@ -455,8 +459,8 @@ class ADMGenerator(PixelDiffusionGenerator):
     def from_checkpoint(cls, checkpoint: Path | str | None, preset: str | None = None,
                         flags: dict[str, Any] | None = None, **options) -> "ADMGenerator":
         """A guided-diffusion ``.pt`` state dict (or .safetensors) + its model flags, or a save_pretrained folder.
-        Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, bf16, channels_last, compile,
-        max_batch."""
+        Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, share_noise, fp16, bf16,
+        channels_last, compile, max_batch."""
         from labelgen.generators.state_dicts import load_by_name, read_state_dict
 
         check_options("adm", options, OPTION_KEYS)

@@ -122,7 +122,7 @@ class Generator(nn.Module, ABC):
 # Speed switches of the machine a generator runs on, not of the model: "auto" (on for CUDA), true or false.
 # A saved generator folder does not carry them (folders written before they had an "auto" value always held
 # "false", chosen or not, so it is dropped when read); a workspace's generator_options or a call sets them.
-MACHINE_OPTIONS = ("bf16", "channels_last", "compile")
+MACHINE_OPTIONS = ("bf16", "fp16", "channels_last", "compile")  # fp16: adm only
 
 
 def parse_bool(value: Any) -> bool | None:

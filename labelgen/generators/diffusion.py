@@ -2,7 +2,8 @@
 
 Features of an image (DDPM-seg / DreamTeacher style): encode it to the UNet's space (identity for DDPM,
 VAE mean latent for SD), noise it to each timestep t in ``timesteps`` with noise drawn from a fixed seed
-(``noise_seed``, the same for every image, so features are a deterministic function of the image alone),
+(``noise_seed``, the same for every image, so features are a deterministic function of the image alone; one
+noise tensor per timestep, or with ``share_noise`` (adm; DDPM-seg's protocol) one for all timesteps),
 run ONE batched UNet pass over all (image, t) pairs and capture, with forward hooks, the output of each
 decoder up-block *before its upsampler* (level i = ``unet.up_blocks[i]``, coarse to fine).
 
@@ -16,6 +17,7 @@ and ``features_of_images`` of them.
 
 Speed (generator options, MACHINE_OPTIONS in base.py; "auto" = on for CUDA, off on CPU; true/false as given):
   * ``bf16``: bf16 autocast of the UNet (CUDA only: an explicit true on CPU stays fp32, as before).
+  * ``fp16`` (adm only): fp16 autocast instead, over bf16 (CUDA only; adm's default "auto": DDPM-seg's fp16).
   * ``channels_last``: UNet weights and inputs in NHWC memory format (CUDA only).
   * ``compile``: the DDIM loop's UNet through ``torch.compile(mode=COMPILE_MODE, dynamic=False)``; every call
     has ``max_batch`` rows (the last partial micro-batch is padded by repeating its last row and the padding
@@ -131,6 +133,10 @@ class DiffusionGenerator(Generator):
         return option_on(self.config.get(name, "auto"), device, true_anywhere=name == "compile")
 
     def _autocast(self, device: torch.device):
+        """fp16 autocast where the backend has an ``fp16`` option that is on (adm: guided-diffusion's use_fp16, as
+        DDPM-seg runs it), else bf16 autocast where ``bf16`` is on; CUDA only."""
+        if option_on(self.config.get("fp16", False), device):
+            return torch.autocast("cuda", dtype=torch.float16)
         if self._option_on("bf16", device):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -194,8 +200,11 @@ class DiffusionGenerator(Generator):
         """One UNet pass over all (image, timestep) pairs; features in the documented flat order."""
         N, T = x0.shape[0], len(self.timesteps)
         device = x0.device
-        noise = torch.stack([seeded_randn([noise_seed], self.latent_shape, device, salt=1 + t)[0]
-                             for t in self.timesteps])  # [T, C, h, w], shared by every image
+        if self.config.get("share_noise"):  # DDPM-seg: one noise tensor for every timestep (salt -1: none other's)
+            noise = seeded_randn([noise_seed], self.latent_shape, device, salt=-1).expand(T, *self.latent_shape)
+        else:
+            noise = torch.stack([seeded_randn([noise_seed], self.latent_shape, device, salt=1 + t)[0]
+                                 for t in self.timesteps])  # [T, C, h, w], shared by every image
         t_all = torch.tensor(self.timesteps, device=device).repeat_interleave(N)  # [T*N] (t-major)
         x_all = x0.repeat(T, 1, 1, 1)  # [T*N, C, h, w]
         noisy = self.add_noise(x_all, noise.repeat_interleave(N, dim=0), t_all)
