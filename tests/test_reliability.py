@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -341,3 +342,56 @@ def test_two_data_imports_into_one_output_at_once_write_one_complete_split(tmp_p
         p.name for p in (out / "train" / "images").iterdir())
     for item in split:
         assert (item.image == np.asarray(Image.open(src / "train" / "images" / f"{item.key}.png"))).all()
+
+
+# ------------------------------------------------------------------ issue 33 item 6: labelgen import killed
+def _import_killed_before_replace(root: Path, photos: Path, k: int) -> int:
+    """``import_images`` in a forked child killed with SIGKILL just before its k-th ``os.replace`` (a file put in
+    place: after its temp file is written); returns the signal that ended the child (0: it finished)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            real_replace, calls = os.replace, []
+
+            def replace(*args, **kwargs):
+                calls.append(args)
+                if len(calls) == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_replace(*args, **kwargs)
+
+            os.replace = replace
+            Workspace(root).import_images(photos / "images", photos / "masks")
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_import_killed_at_any_write_leaves_nothing_or_everything_and_the_rerun_completes(tmp_path, capsys):
+    reference = create_workspace(tmp_path / "reference", "teacher_fakes:FakeDiffusion", CLASSES.split(","))
+    photos = _masked_photos(tmp_path / "photos", range(3), reference.resolution[0])
+    real_replace, calls = os.replace, []
+    os.replace = lambda *a, **k: calls.append(a) or real_replace(*a, **k)
+    try:
+        reference.import_images(photos / "images", photos / "masks")
+    finally:
+        os.replace = real_replace
+    expected = _files(reference.annotations_dir)
+    assert len(expected) == 9  # 3 images, masks, recipes
+    for k in range(1, len(calls) + 1):  # a kill before each file is put in place
+        root = tmp_path / f"killed{k}"
+        ws = create_workspace(root, "teacher_fakes:FakeDiffusion", CLASSES.split(","))
+        assert _import_killed_before_replace(root, photos, k) == signal.SIGKILL, k
+        # whatever the kill left, no annotation is an image without its mask
+        assert all(ws.mask_path(i).is_file() for i in ws.annotation_ids()), k
+        (ws.annotations_dir / ".r000004.png.x1y2z3.tmp").write_bytes(b"half a PNG")  # an older version's leftover
+        capsys.readouterr()
+        main(["import", "-w", str(root), "--images", str(photos / "images"), "--masks", str(photos / "masks")])
+        out = capsys.readouterr().out  # the rest imported now, or the import the kill cut short finished first
+        assert "imported 3 images (3 with masks)" in out or "imported 0 images (0 with masks); skipped 3" in out, k
+        assert _files(ws.annotations_dir) == expected, k  # every image with its mask, once; no .tmp, no staging
+        assert not list(root.rglob("*.tmp")) and not list(root.rglob(".import.*")), k
