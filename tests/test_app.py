@@ -439,6 +439,52 @@ def test_images_done_counts_only_masks_the_annotator_confirmed(app, ws):
     assert at.sidebar.metric[0].value == "0 / 4"
 
 
+def test_image_list_shows_each_state_and_filters_by_it(app, ws, monkeypatch):
+    from labelgen.app.views import annotate
+
+    monkeypatch.setattr(annotate, "LIST_PAGE", 2)  # 3 images: two pages of the list
+    partly = np.full((64, 64), 255, np.uint8)
+    partly[:16] = 1  # 25 %
+    ws.save_mask("g000002", partly)
+    ws.save_mask("g000003", np.zeros((64, 64), np.uint8))
+    core.mark_done(ws, "g000003")
+    at = app.run()
+    assert not at.exception, at.exception
+    assert at.session_state["ann_id"] == "g000001"  # the first unlabelled image
+    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
+    assert rows == {"pick-g000001": "○ g000001 · 0%", "pick-g000002": "◐ g000002 · 25%"}  # page 1
+    assert len(at.get("image")) == 2  # a thumbnail per row
+    assert any(c.value == "○ 1 unlabelled · ◐ 1 partly · ✓ 1 done" for c in at.main.caption)
+    at.number_input(key="list_page").set_value(2).run()
+    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
+    assert rows == {"pick-g000003": "✓ g000003 · 100%"}
+    at.button(key="pick-g000003").click().run()
+    assert at.session_state["canvas"]["ann_id"] == "g000003" and "✓ done" in status(at)
+    # the filter: only the images in that state, and Previous / Next step through them
+    for show, expected in (("unlabelled", ["g000001"]), ("partly", ["g000002"]), ("done", ["g000003"])):
+        at.selectbox(key="list_filter").set_value(show).run()
+        assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == expected, show
+    at.selectbox(key="list_filter").set_value("unlabelled").run()
+    button(at, "Next ▶").click().run()  # from g000003 (not in the filter): its first image
+    assert at.session_state["ann_id"] == "g000001"
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[0, 0] = 2
+    key, value = canvas_value(at, mask)
+    at.session_state[key] = value
+    at.run()
+    button(at, "Next ▶").click().run()  # autosaves: g000001 is partly labelled now, gone from this filter
+    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
+    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert any(c.value == "no unlabelled images" for c in at.main.caption)
+    at.selectbox(key="list_filter").set_value("partly").run()
+    assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == ["g000001", "g000002"]
+    assert next(b.label for b in at.button if b.key == "pick-g000001") == "◐ g000001 · 0%"  # 1 of 4096 px: partly
+    button(at, "Next ▶").click().run()
+    assert at.session_state["ann_id"] == "g000002"
+    button(at, "Next ▶").click().run()
+    assert at.session_state["ann_id"] == "g000001"
+
+
 def test_sidebar_shows_an_html_class_name_as_text(tmp_path, monkeypatch):
     """A workspace from someone else whose class name is HTML: the sidebar's class table (raw HTML for its
     colour swatches) shows the name escaped, never as markup."""
@@ -519,52 +565,6 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
 def test_train_page_without_holdout_says_so(app, ws):
     ws.heads_dir.mkdir(exist_ok=True)
     (ws.heads_dir / "train_log.json").write_text(json.dumps(
-def test_image_list_shows_each_state_and_filters_by_it(app, ws, monkeypatch):
-    from labelgen.app.views import annotate
-
-    monkeypatch.setattr(annotate, "LIST_PAGE", 2)  # 3 images: two pages of the list
-    partly = np.full((64, 64), 255, np.uint8)
-    partly[:16] = 1  # 25 %
-    ws.save_mask("g000002", partly)
-    ws.save_mask("g000003", np.zeros((64, 64), np.uint8))
-    core.mark_done(ws, "g000003")
-    at = app.run()
-    assert not at.exception, at.exception
-    assert at.session_state["ann_id"] == "g000001"  # the first unlabelled image
-    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
-    assert rows == {"pick-g000001": "g000001 · unlabelled 0%", "pick-g000002": "g000002 · partly 25%"}  # page 1
-    assert len(at.get("image")) == 2  # a thumbnail per row
-    assert any(c.value == "1 unlabelled · 1 partly · 1 done" for c in at.main.caption)
-    at.number_input(key="list_page").set_value(2).run()
-    rows = {b.key: b.label for b in at.button if b.key and b.key.startswith("pick-")}
-    assert rows == {"pick-g000003": "g000003 · done 100%"}
-    at.button(key="pick-g000003").click().run()
-    assert at.session_state["canvas"]["ann_id"] == "g000003" and "✓ done" in status(at)
-    # the filter: only the images in that state, and Previous / Next step through them
-    for show, expected in (("unlabelled", ["g000001"]), ("partly", ["g000002"]), ("done", ["g000003"])):
-        at.selectbox(key="list_filter").set_value(show).run()
-        assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == expected, show
-    at.selectbox(key="list_filter").set_value("unlabelled").run()
-    button(at, "Next ▶").click().run()  # from g000003 (not in the filter): its first image
-    assert at.session_state["ann_id"] == "g000001"
-    mask = np.full((64, 64), 255, np.uint8)
-    mask[0, 0] = 2
-    key, value = canvas_value(at, mask)
-    at.session_state[key] = value
-    at.run()
-    button(at, "Next ▶").click().run()  # autosaves: g000001 is partly labelled now, gone from this filter
-    np.testing.assert_array_equal(ws.read_mask("g000001"), mask)
-    assert not [b for b in at.button if b.key and b.key.startswith("pick-")]
-    assert any(c.value == "no unlabelled images" for c in at.main.caption)
-    at.selectbox(key="list_filter").set_value("partly").run()
-    assert [b.key[5:] for b in at.button if b.key and b.key.startswith("pick-")] == ["g000001", "g000002"]
-    assert next(b.label for b in at.button if b.key == "pick-g000001") == "g000001 · partly 0%"  # 1 of 4096 px
-    button(at, "Next ▶").click().run()
-    assert at.session_state["ann_id"] == "g000002"
-    button(at, "Next ▶").click().run()
-    assert at.session_state["ann_id"] == "g000001"
-
-
         {"head": "pixel-mlp", "ensemble": 3, "train_ids": ["g000001"], "losses": [0.5], "holdout": None}))
     at = app.run()
     at.sidebar.radio[0].set_value("train").run()
