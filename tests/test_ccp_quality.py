@@ -4,6 +4,7 @@ import -> teacher heads -> synthesis + pseudo-labels -> students with val select
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,23 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                           "--out", str(tmp_path / "run"), "--results", str(results), "--rows", "teacher-magic"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "teacher-ensemble" in bad.stderr
+
+
+def test_the_runner_builds_every_recorded_command():
+    """Each row's command in bench/results/ccp_quality.json is what the table and the runner build for that row today,
+    given the run's folders (read from the recorded command), preset, --threads 2 and --seed 0; nothing runs."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ccp_quality
+
+    recorded = json.loads((ROOT / "bench" / "results" / "ccp_quality.json").read_text())
+    names = [r["name"] for r in recorded]
+    assert names == [n for n in ccp_quality.ROW_ORDER if n in names]  # every recorded row is in the table, in order
+    ccp = Path(next(r for r in recorded if r["name"] == "supervised-20")["command"].split("--val ")[1].split()[0]).parent
+    for row in recorded:
+        out = Path(re.search(r"(/\S+?)/(?:students|ws-)", row["command"]).group(1))
+        runner = ccp_quality.Runner(ccp, None, out, ccp_quality.PRESETS[row["preset"]], threads=2, seed=0)
+        assert runner.command(row["name"], init=row.get("fine_tuned")) == row["command"], row["name"]
+        assert not out.exists()  # built, not run
 
 
 def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
