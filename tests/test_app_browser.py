@@ -70,12 +70,17 @@ def _stop_server(proc, log) -> None:
     log.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("app") / "ws", n_images=0, synthetic=6)
+def _serve(tmp_path_factory, n_images: int):
+    """(url, workspace) of a server on a new workspace with ``n_images`` images and 6 synthetic samples."""
+    ws = make_workspace(tmp_path_factory.mktemp("app") / "ws", n_images=n_images, synthetic=6)
     proc, log, url = _start_server(ws.root, tmp_path_factory.mktemp("log") / "server.log")
     yield url, ws
     _stop_server(proc, log)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, 0)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +95,18 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+def _browse(browser, width: int, height: int):
+    """A page in a fresh browser context with a ``width`` x ``height`` window (a generator: closed after)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
     p = context.new_page()
     p.set_default_timeout(APP_WAIT * 1000)
     yield p
     context.close()
+
+
+@pytest.fixture
+def page(browser):
+    yield from _browse(browser, 1400, 1100)
 
 
 def wait_until(predicate, timeout: float = APP_WAIT, what: str = "condition"):
@@ -244,6 +254,96 @@ def test_review_decisions_survive_reload(server, page):
     page.screenshot(path=str(OUT / "app_train.png"), full_page=True)
 
 
+# ------------------------------------------------------------------ the annotator's first hour (issue 34)
+@pytest.fixture(scope="module")
+def annotator(tmp_path_factory):
+    """A server on a workspace with 3 images to annotate and 6 synthetic samples to review."""
+    yield from _serve(tmp_path_factory, 3)
+
+
+@pytest.fixture
+def screen(browser):
+    """A page in a 1280x1000 window (a laptop screen)."""
+    yield from _browse(browser, 1280, 1000)
+
+
+def test_canvas_in_the_first_screen_plain_wheel_scrolls_ctrl_wheel_sizes(annotator, screen):
+    url, ws = annotator
+    OUT.mkdir(exist_ok=True)
+    page = screen
+    page.goto(f"{url}/?page=annotate&id=g000002")
+    state = canvas_frame(page, "g000002:0")
+    overlay = page.frame_locator("iframe[title*='mask_canvas']").locator("#overlay")
+    box = overlay.bounding_box()
+    assert box["height"] == 512 and box["y"] >= 0 and box["y"] + box["height"] <= 1000, box  # all of it in view
+    assert box["x"] + box["width"] <= 1280, box
+    page.screenshot(path=str(OUT / "app_annotate_first_screen.png"))
+    # the import panel opened does not push the canvas down
+    top = page.evaluate("() => document.querySelector('iframe[title*=mask_canvas]').getBoundingClientRect().top "
+                        "+ document.querySelector('[data-testid=stMain]').scrollTop")
+    page.get_by_text("Import real images").click()
+    page.get_by_text("cannot compute features of real images").wait_for()
+    assert page.evaluate("() => document.querySelector('iframe[title*=mask_canvas]').getBoundingClientRect().top "
+                         "+ document.querySelector('[data-testid=stMain]').scrollTop") == top
+    page.get_by_text("Import real images").click()  # closed again
+    page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")  # back to the top
+    wait_until(lambda: overlay.bounding_box()["y"] == box["y"], what="the page scrolled back to the top")
+
+    # a plain wheel over the canvas scrolls the page and leaves the brush alone
+    size = state.evaluate("window.labelgenCanvas.size")
+    page.mouse.move(box["x"] + 256, box["y"] + 256)
+    page.mouse.wheel(0, 200)
+    wait_until(lambda: overlay.bounding_box()["y"] < box["y"] - 100, what="the page to scroll")
+    assert state.evaluate("window.labelgenCanvas.size") == size
+    # Ctrl + wheel sets the brush size (up: larger) and does not scroll
+    scrolled = overlay.bounding_box()
+    page.mouse.move(scrolled["x"] + 256, scrolled["y"] + 400)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.mouse.wheel(0, -100)
+    page.keyboard.up("Control")
+    wait_until(lambda: state.evaluate("window.labelgenCanvas.size") == size + 2, what="brush size + 2")
+    assert overlay.bounding_box()["y"] == scrolled["y"]
+    # Alt + wheel zooms
+    zoom = state.evaluate("window.labelgenCanvas.zoom")
+    page.keyboard.down("Alt")
+    page.mouse.wheel(0, 100)
+    page.keyboard.up("Alt")
+    wait_until(lambda: state.evaluate("window.labelgenCanvas.zoom") == zoom // 2, what="zoom out")
+    assert (ws.root / "annotations" / "g000002.mask.png").exists() is False  # nothing painted by any of it
+
+
+def test_counter_counts_what_the_annotator_marked_done(annotator, screen):
+    url, ws = annotator
+    page = screen
+    page.goto(f"{url}/?page=annotate&id=g000001")
+    state = canvas_frame(page, "g000001:0")
+    overlay = page.frame_locator("iframe[title*='mask_canvas']").locator("#overlay")
+    metric = page.locator("[data-testid='stSidebar'] [data-testid='stMetricValue']")
+    wait_until(lambda: metric.inner_text() == "0 / 3", what="0 / 3 done")
+    box = overlay.bounding_box()
+    page.mouse.move(box["x"] + 40, box["y"] + 80)  # a stroke: a few % of the image labelled
+    page.mouse.down()
+    page.mouse.move(box["x"] + 400, box["y"] + 80, steps=10)
+    page.mouse.up()
+    app_has_edits(page, state)
+    page.get_by_role("button", name="Save", exact=True).click()
+    app_says(page, "saved g000001")
+    assert ws.read_mask("g000001") is not None
+    page.get_by_text(re.compile(r"saved mask, \d+\.\d% labelled · not marked done")).wait_for()
+    assert metric.inner_text() == "0 / 3"  # saved is not done
+    page.get_by_role("button", name="Mark done").click()
+    app_says(page, f"marked g000001 done ({100 * (ws.read_mask('g000001') != 255).mean():.1f}% labelled)")
+    wait_until(lambda: metric.inner_text() == "1 / 3", what="1 / 3 done")
+    assert json.loads((ws.annotations_dir / "g000001.status.json").read_text())["status"] == "done"
+    page.get_by_role("button", name=re.compile(r"^✓ g000001 · \d+%$")).wait_for()  # its row in the list: done
+    # the list's filter: done images only
+    page.locator(".st-key-list_filter").click()
+    page.get_by_role("option", name="Done").click()
+    wait_until(lambda: page.locator("[class*='st-key-pick-']").count() == 1, what="one done image listed")
+    page.screenshot(path=str(OUT / "app_annotate_done.png"))
+
+
 # ------------------------------------------------------------------ the real teacher behind the pages
 def _cli(*args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LABELGEN_WORKSPACE="")
@@ -323,7 +423,7 @@ def test_pages_on_real_heads_and_synthesis(tmp_path, page):
 # ------------------------------------------------------------------ assisted annotation
 def test_assisted_annotation_superpixels_teacher_wheel_and_undo(tmp_path, page):
     """Superpixel fill (SLIC, then Felzenszwalb without losing the mask or its history), the teacher's prediction
-    accepted for a clicked superpixel and a dragged rectangle, brush size on the mouse wheel, Ctrl+Z /
+    accepted for a clicked superpixel and a dragged rectangle, brush size on Ctrl + mouse wheel, Ctrl+Z /
     Ctrl+Shift+Z, and no "Deploy" button. On a fake-GAN workspace with heads (teacher_fakes, tests/ on the
     server's PYTHONPATH). Screenshot: test-output/app_assist.png."""
     from labelgen.app.assist import superpixels
@@ -391,16 +491,18 @@ def test_assisted_annotation_superpixels_teacher_wheel_and_undo(tmp_path, page):
         mask_when(lambda r: np.array_equal(r, m2), "redo")
         app_has_edits(page, state)
 
-        # brush size on the mouse wheel (up: larger, down: smaller)
+        # brush size on Ctrl + mouse wheel (up: larger, down: smaller)
         frame.locator("#t-brush").click()
         size = state.evaluate("window.labelgenCanvas.size")
         page.mouse.move(*at(w // 2, h // 2))
+        page.keyboard.down("Control")
         page.mouse.wheel(0, -100)
         wait_until(lambda: state.evaluate("window.labelgenCanvas.size") == size + 1, what="size + 1")
         page.mouse.wheel(0, -100)
         page.mouse.wheel(0, 100)
         page.mouse.wheel(0, 100)
         page.mouse.wheel(0, 100)
+        page.keyboard.up("Control")
         wait_until(lambda: state.evaluate("window.labelgenCanvas.size") == size - 1, what="size - 1")
         assert frame.locator("#size-v").inner_text() == str(size - 1)
         np.testing.assert_array_equal(js("mask"), m2)  # the wheel paints nothing

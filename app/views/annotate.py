@@ -21,6 +21,7 @@ LIST_FILTERS = {"all": "All images", UNLABELLED: "Unlabelled", PARTLY: "Partly l
 LIST_PAGE = 40  # rows of the image list at a time
 LIST_HEIGHT = 520  # px; the list scrolls inside
 THUMB = 48  # px, the longer side of a thumbnail
+STATUS_MARK = {UNLABELLED: "○", PARTLY: "◐", DONE: "✓"}  # the image list's state of each row
 
 
 def _generate(n: int) -> None:
@@ -73,7 +74,7 @@ def _image_list(ws: Workspace, ids: list[str], progress: dict) -> list[str]:
     mask, id, state and labelled %; a click opens it (autosaving first). Returns the ids the filter shows."""
     show = st.selectbox("Show", LIST_FILTERS, key="list_filter", format_func=LIST_FILTERS.get)
     n = Counter(p.status for p in progress.values())
-    st.caption(" · ".join(f"{n[s]} {s}" for s in (UNLABELLED, PARTLY, DONE)))
+    st.caption(" · ".join(f"{STATUS_MARK[s]} {n[s]} {s}" for s in (UNLABELLED, PARTLY, DONE)))
     shown = [i for i in ids if show == "all" or progress[i].status == show]
     if not shown:
         st.caption(f"no {LIST_FILTERS[show].lower()} images")
@@ -87,10 +88,11 @@ def _image_list(ws: Workspace, ids: list[str], progress: dict) -> list[str]:
         for annotation_id in shown[(page - 1) * LIST_PAGE: page * LIST_PAGE]:
             p = progress[annotation_id]
             stamps = tuple(file_stamp(f) for f in (ws.image_path(annotation_id), ws.mask_path(annotation_id)))
-            row = st.columns([1, 3], gap="small", vertical_alignment="center")
+            row = st.columns([1, 2.6], gap="small", vertical_alignment="center")
             row[0].image(_thumbnail(ws, str(ws.root), annotation_id, stamps))
-            row[1].button(f"{annotation_id} · {p.status} {100 * p.fraction:.0f}%", key=f"pick-{annotation_id}",
+            row[1].button(f"{STATUS_MARK[p.status]} {annotation_id} · {100 * p.fraction:.0f}%", key=f"pick-{annotation_id}",
                           on_click=_pick, args=(annotation_id,), use_container_width=True,
+                          help=f"{p.status}, {100 * p.fraction:.1f}% labelled",
                           type="primary" if annotation_id == current else "secondary")
     return shown
 
@@ -145,19 +147,17 @@ def _superpixels(image, method: str, size: int):
 
 
 def _assist(ws: Workspace, annotation_id: str, image, heads: bool):
-    """The assistance row (always the same widgets, so the canvas below keeps its identity): superpixel
-    method and size, and the teacher's prediction on demand. Returns (segments, their id, prediction, its id)."""
+    """The assistance row under the canvas: superpixel method and size, and the teacher's prediction on demand.
+    Returns (segments, their id, prediction, its id)."""
     from labelgen.app.heads_bridge import current_head_id, predict_annotation
 
-    row = st.columns([2, 2, 2, 4])
+    row = st.columns(3)
     method = row[0].selectbox("Superpixels", list(SUPERPIXELS), key="sp_method",
                               help="Segments for the superpixel tool (S) and the teacher tool (T) on the canvas.")
     size = row[1].slider("Superpixel size (px)", *SUPERPIXEL_SIZES, value=DEFAULT_SUPERPIXEL_SIZE, key="sp_size")
     use_teacher = row[2].toggle("Teacher regions", key="assist_teacher", disabled=not heads,
                                 help="Load the heads' prediction: the teacher tool (T) copies it into the clicked "
                                      "superpixel or a dragged rectangle." if heads else "Train heads first.")
-    row[3].caption("Canvas: **S** superpixel fill · **T** accept the teacher's prediction for a region (click a "
-                   "superpixel or drag a rectangle) · mouse wheel: brush size · Ctrl+Z / Ctrl+Shift+Z")
     segments = _superpixels(image, method, int(size))
     prediction, head = None, ""
     if use_teacher and heads:
@@ -169,7 +169,7 @@ def _assist(ws: Workspace, annotation_id: str, image, heads: bool):
                 cache[(annotation_id, head)] = predict_annotation(ws, annotation_id).mask
             prediction = cache[(annotation_id, head)]
         except LabelgenError as e:
-            row[3].warning(f"no teacher prediction: {e}")
+            st.warning(f"no teacher prediction: {e}")
     return segments, f"{method}:{size}", prediction, head
 
 
@@ -222,33 +222,38 @@ def _import_section(ws: Workspace, import_roots: list[str]) -> None:
 def render(ws: Workspace, import_roots: list[str] | None = None) -> None:
     st.header("Annotate")
     state.show_flash()
-    top = st.columns([1, 1, 3])
-    n_new = top[0].number_input("New images", min_value=1, max_value=64, value=4, key="n_generate")
-    top[1].button("Generate more", on_click=_generate, args=(int(n_new),), key="generate", type="primary",
-                  help="Sample new images from the workspace generator (their recipes are stored).")
-    with top[2]:
-        _import_section(ws, import_roots or [])
-
     ids = ws.annotation_ids()
     if not ids:
         st.info("No images yet: press **Generate more** (or `labelgen sample`).")
         st.session_state.pop("canvas", None)
+        _add_images(ws, import_roots or [])
         return
     progress = {p.annotation_id: p for p in annotation_progress(ws)}
     if st.session_state.get("ann_id") not in ids:
         st.session_state["ann_id"] = next((i for i in ids if progress[i].status == UNLABELLED), ids[0])
     # the image list in a column of its own: its rows come and go with the filter without moving the canvas
     # (a changed position of an element before the canvas remounts its iframe and drops its undo history)
-    side, main = st.columns([1, 4], gap="medium")
+    side, main = st.columns([1.4, 4], gap="medium")
     with side:
         shown = _image_list(ws, ids, progress)
     with main:
         _annotator(ws, shown or ids)
+    _add_images(ws, import_roots or [])  # below the canvas: an opened import panel never pushes it down
+
+
+def _add_images(ws: Workspace, import_roots: list[str]) -> None:
+    row = st.columns([1, 1, 3], vertical_alignment="bottom")
+    n_new = row[0].number_input("New images", min_value=1, max_value=64, value=4, key="n_generate")
+    row[1].button("Generate more", on_click=_generate, args=(int(n_new),), key="generate", type="primary",
+                  help="Sample new images from the workspace generator (their recipes are stored).")
+    with row[2]:
+        _import_section(ws, import_roots)
 
 
 def _annotator(ws: Workspace, ids: list[str]) -> None:
-    """Navigation, the canvas and its status line for the current image; Previous / Next step through ``ids``."""
-    nav = st.columns([1, 1, 1, 1, 1, 2])
+    """Navigation, then the canvas (at the top of the page, all of it in the first screen), its status line, the
+    rarer actions and the assistance row under it; Previous / Next step through ``ids``."""
+    nav = st.columns(4)
     nav[0].button("◀ Previous", on_click=_step, args=(ids, -1), key="prev", use_container_width=True)
     nav[1].button("Next ▶", on_click=_step, args=(ids, 1), key="next", use_container_width=True)
     nav[2].button("Save", on_click=_save, key="save", type="primary", use_container_width=True)
@@ -256,8 +261,6 @@ def _annotator(ws: Workspace, ids: list[str]) -> None:
     st.query_params["id"] = annotation_id
     nav[3].button("Mark done", on_click=_mark_done, args=(annotation_id,), key="mark_done", use_container_width=True,
                   help="Save, and confirm this mask as finished: only confirmed images count as done.")
-    nav[4].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
-                  help="Drop unsaved strokes and reload the saved mask.")
 
     try:
         image, recipe, saved = ws.read_annotation(annotation_id)
@@ -267,8 +270,17 @@ def _annotator(ws: Workspace, ids: list[str]) -> None:
     from labelgen.app.heads_bridge import has_heads
 
     heads = has_heads(ws)
+    # the canvas's place comes first; what is drawn under it is laid out before it is filled (the assistance
+    # widgets' values are what the canvas is given)
+    canvas_slot, status_slot = st.container(), st.empty()
+    actions = st.columns([1, 1.4, 3])
+    actions[0].button("Revert", on_click=_revert, args=(annotation_id,), key="revert", use_container_width=True,
+                      help="Drop unsaved strokes and reload the saved mask.")
+    if image_progress(ws, annotation_id).status == DONE:
+        actions[1].button("Reopen", on_click=_reopen, args=(annotation_id,), key="reopen", use_container_width=True,
+                          help="Withdraw the confirmation (the mask stays).")
     if saved is None and heads:
-        nav[5].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
+        actions[1].button("Pre-fill with heads", on_click=_prefill, args=(ws, annotation_id), key="prefill_btn",
                       use_container_width=True, help="Start from the current heads' prediction.")
     initial, prefilled = saved, False
     prefill = st.session_state.get("prefill")
@@ -280,9 +292,10 @@ def _annotator(ws: Workspace, ids: list[str]) -> None:
     key = f"canvas-{annotation_id}-{nonce}"
     segments, segments_id, prediction, prediction_id = _assist(ws, annotation_id, image, heads)
     st.session_state["canvas"] = {"ann_id": annotation_id, "doc": doc, "key": key, "shape": list(image.shape[:2])}
-    value = mask_canvas(image, initial, ws.classes.palette, list(ws.classes.names), doc=doc, key=key,
-                        emit_on_load=prefilled, segments=segments, segments_id=segments_id, prediction=prediction,
-                        prediction_id=prediction_id)
+    with canvas_slot:
+        value = mask_canvas(image, initial, ws.classes.palette, list(ws.classes.names), doc=doc, key=key,
+                            emit_on_load=prefilled, segments=segments, segments_id=segments_id, prediction=prediction,
+                            prediction_id=prediction_id)
     try:
         pending = state.pending_mask(ws)
     except LabelgenError as e:
@@ -290,9 +303,6 @@ def _annotator(ws: Workspace, ids: list[str]) -> None:
         pending = None
     source = recipe.get("source", "generated")
     progress = image_progress(ws, annotation_id)
-    if progress.status == DONE:
-        nav[5].button("Reopen", on_click=_reopen, args=(annotation_id,), key="reopen", use_container_width=True,
-                      help="Withdraw the confirmation (the mask stays).")
     if pending:
         status = "unsaved changes"
     elif saved is None:
@@ -301,6 +311,6 @@ def _annotator(ws: Workspace, ids: list[str]) -> None:
         status = (f"saved mask, {100 * progress.fraction:.1f}% labelled · "
                   + ("✓ done" if progress.status == DONE else
                      "edited since marked done" if progress.edited else "not marked done"))
-    st.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · recipe `{_shown_recipe(recipe)}` · "
-               f"**{status}**"
-               + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))
+    status_slot.caption(f"`{annotation_id}` · {source} · {image.shape[1]}x{image.shape[0]} · "
+                        f"recipe `{_shown_recipe(recipe)}` · **{status}**"
+                        + (f" · edit #{value.get('seq')}" if isinstance(value, dict) else ""))
