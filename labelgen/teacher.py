@@ -130,10 +130,16 @@ def _file_digest(path: Path) -> str:
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".json", ".yaml", ".yml")
 
 
-def weights_digest(checkpoint: Path | str) -> str:
-    """Content hash of a checkpoint: a file, or a folder's model files (``MODEL_FILE_SUFFIXES``, by relative
-    path, sorted; a training run's ``train/`` state is left out: it is not what the generator loads)."""
+def weights_digest(checkpoint: Path | str, side_files: Sequence[Path] = ()) -> str:
+    """Content hash of a checkpoint: a file (with ``side_files``, what its loader reads beside it:
+    ``Generator.side_files``), or a folder's model files (``MODEL_FILE_SUFFIXES``, by relative path, sorted; a
+    training run's ``train/`` state is left out: it is not what the generator loads)."""
     path = Path(checkpoint)
+    if path.is_file() and side_files:
+        digest = hashlib.sha256(_file_digest(path).encode())
+        for side in side_files:  # small files, hashed each time (no size/mtime cache to be fooled by an edit)
+            digest.update(f"\0{Path(side).name}\0".encode() + hashlib.sha256(Path(side).read_bytes()).digest())
+        return digest.hexdigest()
     if path.is_file():
         return _file_digest(path)
     if not path.is_dir():

@@ -224,12 +224,19 @@ class Workspace:
         return self._generator
 
     def generator_id(self) -> str:
-        """What makes the features: backend, a content hash of the checkpoint's weights (of the loaded weights
-        when there is no checkpoint file) and a hash of the feature-affecting options. Sampling-only options
-        (DDIM steps, bf16, ...) do not change it, so heads stay valid; retraining the generator in place does."""
+        """What makes the features: backend, a content hash of the checkpoint's weights (with the files its loader
+        reads beside a checkpoint file, e.g. ADM's model flags: ``Generator.side_files``; of the loaded weights
+        when there is no checkpoint) and a hash of the feature-affecting options. Sampling-only options (DDIM
+        steps, bf16, ...) do not change it, so heads stay valid; retraining the generator in place or editing
+        its flags file does."""
         if self._generator_id is None:
             checkpoint = self.checkpoint_path()
-            weights = weights_digest(checkpoint) if checkpoint is not None else state_digest(self.generator())
+            if checkpoint is None:
+                weights = state_digest(self.generator())
+            else:
+                side = (generator_class_of(self.config.backend).side_files(checkpoint, self.config.generator_options)
+                        if checkpoint.is_file() else [])
+                weights = weights_digest(checkpoint, side)
             self._generator_id = generator_identity(self.config.backend, weights, self.config.generator_options,
                                                     self.config.timesteps)
         return self._generator_id

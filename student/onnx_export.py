@@ -1,20 +1,24 @@
-"""ONNX export of a student: any image size, normalisation inside the graph, self-describing metadata.
+"""ONNX export of a student: any image size, ``student predict``'s resizing and normalisation inside the
+graph, self-describing metadata.
 
 The graph (``student export --onnx FILE``)::
 
     image   uint8 [batch, height, width, 3]   RGB, as decoded from a PNG/JPEG (any height and width)
     logits  float [batch, classes, height, width]
 
-Inside: cast, HWC -> CHW, ImageNet normalisation (the student's mean/std), zero-padding of the
-normalised input up to a multiple of the encoder's output stride where the architecture needs one
-(fpn, linknet, deeplabv3plus, segformer, ...; unet takes any size as it is), so any size works; the pad
-is cropped off the logits. ``argmax`` over ``classes`` gives the class ids. Unlike ``student predict``
-the network runs at the image's own size (no resize to the training size): resize beforehand to
-about the training size (metadata ``image_size``) for the accuracy measured at training.
+Inside, what ``student predict`` does (labelgen/student/evaluate.py): the image is resized to the
+training size (metadata ``image_size``) by the project's one resize rule (labelgen/imaging.py: area
+when shrinking, bicubic when enlarging; Pillow's BOX / BICUBIC coefficients, rounded to uint8 after each
+pass as Pillow's 8-bit path does), cast, normalised (the student's mean/std), run through the network at
+the training size, and the logits are resized back to the input's size by the same rule (Pillow's float
+path). ``argmax`` over ``classes`` gives the class ids, the same as ``student predict``'s on >= 99 % of
+the pixels at any size (tests/test_onnx_export.py; Pillow may take the two passes in the other order,
+which moves a pixel by a level or so where one side shrinks and the other grows).
 
 Metadata (``metadata_props``, strings): ``classes`` (JSON list of names), ``colours`` (JSON list of
-[r, g, b]), ``image_size`` (training HxW, JSON), ``mean``/``std`` (JSON, on 0..1), ``arch``,
-``encoder``, ``input_format`` ("uint8 RGB NHWC"), ``ignore_index`` (255, not an output class).
+[r, g, b]), ``image_size`` (training HxW, JSON: the size the network runs at), ``resize`` (what the
+graph does to the input and the logits), ``mean``/``std`` (JSON, on 0..1), ``arch``, ``encoder``,
+``input_format`` ("uint8 RGB NHWC"), ``ignore_index`` (255, not an output class).
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from labelgen.data.io import IGNORE_INDEX, atomic_write
 from labelgen.student.models import StudentConfig, size_divisor
@@ -33,30 +36,83 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
 
 
+RESIZE_NOTE = ("image resized to image_size inside (area when shrinking, bicubic when enlarging: student predict's "
+               "rule), logits resized back to the input size the same way; feed the photo at its own size")
+FIXED_POINT = float(1 << 22)  # Pillow's 8-bit resampling: coefficients in 22-bit fixed point (PRECISION_BITS)
+
+
+def resize_matrix(source: torch.Tensor, target: torch.Tensor, bicubic: torch.Tensor) -> torch.Tensor:
+    """Pillow's resampling coefficients along one axis as a matrix float64 [n_out, n_in], for the positions
+    ``source`` = arange(n_in) and ``target`` = arange(n_out) (float64): BICUBIC (a = -0.5) where ``bicubic``,
+    else BOX, the support widened by the scale when shrinking, each row normalised (Resample.c's
+    precompute_coeffs). Tensor operations only, so the graph builds it for the size it is given."""
+    scale = (source[-1:] + 1) / (target[-1:] + 1)
+    filterscale = scale.clamp(min=1.0)
+    support = torch.where(bicubic, 2.0, 0.5).to(torch.float64) * filterscale
+    center = (target + 0.5) * scale  # [n_out]
+    x = ((source[None, :] - center[:, None]) + 0.5) * (1.0 / filterscale)  # [n_out, n_in]
+    ax = x.abs()
+    zero = torch.zeros_like(x)
+    cubic = torch.where(ax < 1, (1.5 * ax - 2.5) * ax * ax + 1,
+                        torch.where(ax < 2, (((ax - 5) * ax + 8) * ax - 4) * -0.5, zero))
+    box = ((x > -0.5) & (x <= 0.5)).to(torch.float64)
+    window = (source[None, :] >= (center - support + 0.5).floor()[:, None]) & \
+             (source[None, :] < (center + support + 0.5).floor()[:, None])
+    k = torch.where(window, torch.where(bicubic, cubic, box), zero)
+    total = k.sum(1, keepdim=True)
+    return k / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def _resize_matrices(in_hw: tuple, out_hw: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [h_out, h_in], columns [w_out, w_in]) of the one resize rule from ``in_hw`` to ``out_hw`` (ints or
+    traced sizes): area (BOX) when both sides shrink or stay, else bicubic on both axes (labelgen/imaging.py)."""
+    ys, xs, yt, xt = (torch.arange(n, dtype=torch.float64) for n in (*in_hw, *out_hw))
+    bicubic = ~((yt[-1] <= ys[-1]) & (xt[-1] <= xs[-1]))
+    return resize_matrix(ys, yt, bicubic), resize_matrix(xs, xt, bicubic)
+
+
+def _fixed_point(k: torch.Tensor) -> torch.Tensor:
+    """Coefficients as Pillow's 8-bit path uses them: k * 2^22 rounded half away from zero."""
+    v = k * FIXED_POINT
+    return torch.sign(v) * (v.abs() + 0.5).floor()
+
+
+def resize_uint8(image: torch.Tensor, size_hw: tuple) -> torch.Tensor:
+    """float64 [N, C, H, W] holding uint8 values -> [N, C, h, w], as Pillow resizes a uint8 image: the
+    horizontal pass, then the vertical one, each rounded and clipped to 0..255 (fixed-point sums)."""
+    rows, cols = _resize_matrices(image.shape[2:], size_hw)
+    x = ((image @ _fixed_point(cols).T + FIXED_POINT / 2) / FIXED_POINT).floor().clamp(0, 255)
+    return ((_fixed_point(rows) @ x + FIXED_POINT / 2) / FIXED_POINT).floor().clamp(0, 255)
+
+
+def resize_float(maps: torch.Tensor, size_hw: tuple) -> torch.Tensor:
+    """float32 [N, C, H, W] -> [N, C, h, w], as Pillow resizes a float ("F") image: horizontal, then vertical."""
+    rows, cols = _resize_matrices(maps.shape[2:], size_hw)
+    return rows.float() @ (maps @ cols.float().T)
+
+
 class DeployedStudent(nn.Module):
-    """uint8 RGB [N, H, W, 3] -> logits [N, C, H, W]: what the ONNX graph computes."""
+    """uint8 RGB [N, H, W, 3] -> logits [N, C, H, W]: what the ONNX graph computes, ``student predict``'s
+    steps (resize to the training size, normalise, network, logits back to the input's size)."""
 
     def __init__(self, model: nn.Module, config: StudentConfig):
         super().__init__()
         self.model = model
-        self.divisor = size_divisor(model)
+        self.size = tuple(int(v) for v in config.image_size)  # the network runs at the training size
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std  # [N, 3, H, W]
-        h, w = x.shape[2], x.shape[3]
-        pad_h = (self.divisor - h % self.divisor) % self.divisor
-        pad_w = (self.divisor - w % self.divisor) % self.divisor
-        logits = self.model(F.pad(x, (0, pad_w, 0, pad_h)))  # [N, C, H + pad_h, W + pad_w]
-        return logits[:, :, :h, :w]
+        x = resize_uint8(image.permute(0, 3, 1, 2).to(torch.float64), self.size)  # [N, 3, h, w], uint8 values
+        logits = self.model((x.float() - self.mean) / self.std)  # [N, C, h, w]
+        return resize_float(logits, image.shape[1:3])  # [N, C, H, W]
 
 
 def metadata(config: StudentConfig) -> dict[str, str]:
     return {
         "classes": json.dumps([c["name"] for c in config.classes]),
         "colours": json.dumps([list(c) for c in config.class_list.colours]),
-        "image_size": json.dumps(list(config.image_size)),
+        "image_size": json.dumps(list(config.image_size)), "resize": RESIZE_NOTE,
         "mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
         "arch": str(config.arch), "encoder": str(config.encoder),
         "input_format": "uint8 RGB NHWC", "ignore_index": str(IGNORE_INDEX),

@@ -395,3 +395,33 @@ def test_import_killed_at_any_write_leaves_nothing_or_everything_and_the_rerun_c
         assert "imported 3 images (3 with masks)" in out or "imported 0 images (0 with masks); skipped 3" in out, k
         assert _files(ws.annotations_dir) == expected, k  # every image with its mask, once; no .tmp, no staging
         assert not list(root.rglob("*.tmp")) and not list(root.rglob(".import.*")), k
+
+
+# ------------------------------------------------------------------ issue 33 item 9: the ADM flags beside the weights
+def test_editing_the_adm_flags_beside_the_checkpoint_makes_the_trained_heads_stale(tmp_path, capsys):
+    from test_published_teachers import _tiny_adm_file
+
+    checkpoint, _ = _tiny_adm_file(tmp_path)  # tiny_adm.pt + tiny_adm.json (the model flags) beside it
+    flags_file = checkpoint.with_suffix(".json")
+    ws = create_workspace(tmp_path / "w", "adm", CLASSES.split(","), checkpoint,
+                          head={"type": "pixel-mlp", "ensemble": 1}, timesteps=[50])
+    photos = _masked_photos(tmp_path / "photos", range(2), ws.resolution[0])
+    ws.import_images(photos / "images", photos / "masks")
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False, log=lambda *a: None)
+    trained_on = ws.generator_id()
+    assert Workspace(ws.root).teacher().generator_id == trained_on
+
+    flags = json.loads(flags_file.read_text())
+    flags_file.write_text(json.dumps({**flags, "num_head_channels": 32}))  # the same weights, another network
+    edited = Workspace(ws.root)
+    assert edited.generator_id() != trained_on
+    with pytest.raises(LabelgenError, match=r"the head was trained on generator .*: run `labelgen train-heads` again"):
+        edited.teacher()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["synthesize", "-w", str(ws.root), "--n", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1 and "labelgen train-heads" in err, err
+
+    flags_file.write_text(json.dumps(flags))  # the flags the heads were trained with: valid again
+    assert Workspace(ws.root).teacher().generator_id == trained_on

@@ -456,6 +456,12 @@ class ADMGenerator(PixelDiffusionGenerator):
 
     # ---- checkpoints ----
     @classmethod
+    def side_files(cls, checkpoint: Path, options: dict[str, Any]) -> list[Path]:
+        """The model flags file beside the checkpoint, when neither ``preset`` nor ``flags`` replaces it."""
+        beside = flags_beside(checkpoint) if options.get("preset") is None and options.get("flags") is None else None
+        return [] if beside is None else [beside]
+
+    @classmethod
     def from_checkpoint(cls, checkpoint: Path | str | None, preset: str | None = None,
                         flags: dict[str, Any] | None = None, **options) -> "ADMGenerator":
         """A guided-diffusion ``.pt`` state dict (or .safetensors) + its model flags, or a save_pretrained folder.

@@ -76,6 +76,13 @@ class Generator(nn.Module, ABC):
         ``checkpoint`` is None and the backend has some); raise LabelgenError on a bad one."""
 
     @classmethod
+    def side_files(cls, checkpoint: Path, options: dict[str, Any]) -> list[Path]:
+        """The files beside a checkpoint file that ``from_checkpoint(checkpoint, **options)`` also reads to build
+        the network (model flags, a config): the generator identity hashes them with the weights, so heads trained
+        before one was edited are stale. Default: none."""
+        return []
+
+    @classmethod
     def from_pretrained(cls, folder: Path | str) -> "Generator":
         """Rebuild from a ``save_pretrained`` folder (config JSON + safetensors)."""
         from labelgen.data.io import load_safetensors

@@ -236,6 +236,12 @@ def draw_z(seeds: list[int], dim: int, truncation: float, sampler: str) -> torch
     return truncated_normal(seeds, dim) * truncation
 
 
+def _port_config(weights: Path) -> Path:
+    """The config.json that goes with a weights file (``biggan-deep-256-config.json`` beside the port's download name)."""
+    return weights.with_name(weights.name[:-len(PORT_WEIGHTS_SUFFIX)] + "-config.json"
+                             if weights.name.endswith(PORT_WEIGHTS_SUFFIX) else "config.json")
+
+
 class BigGANGenerator(Generator):
     backend = "biggan"
 
@@ -360,6 +366,12 @@ class BigGANGenerator(Generator):
                 "n_stats": n_stats}
 
     @classmethod
+    def side_files(cls, checkpoint: Path, options: dict[str, Any]) -> list[Path]:
+        """The port's config.json beside a weights file (its eps)."""
+        published = _port_config(checkpoint)
+        return [published] if published.is_file() else []
+
+    @classmethod
     def from_checkpoint(cls, checkpoint: Path | str | None, feature_layers: list[int] | None = None,
                         **options) -> "BigGANGenerator":
         """A published BigGAN-deep ``pytorch_model.bin`` (or .safetensors, or the port's download name
@@ -396,8 +408,7 @@ class BigGANGenerator(Generator):
             path = found[0]
         state = read_state_dict(path, "BigGAN-deep")
         config = cls.config_from_state(state, path)
-        published = path.with_name(path.name[:-len(PORT_WEIGHTS_SUFFIX)] + "-config.json"
-                                   if path.name.endswith(PORT_WEIGHTS_SUFFIX) else "config.json")
+        published = _port_config(path)
         if published.is_file():  # the port's config.json: only eps is not in the weights
             try:
                 config["eps"] = float(json.loads(published.read_text()).get("eps", 1e-4))
