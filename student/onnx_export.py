@@ -12,8 +12,8 @@ when shrinking, bicubic when enlarging; Pillow's BOX / BICUBIC coefficients, rou
 pass as Pillow's 8-bit path does), cast, normalised (the student's mean/std), run through the network at
 the training size, and the logits are resized back to the input's size by the same rule (Pillow's float
 path). ``argmax`` over ``classes`` gives the class ids, the same as ``student predict``'s on >= 99 % of
-the pixels at any size (tests/test_onnx_export.py; Pillow may take the two passes in the other order,
-which moves a pixel by a level or so where one side shrinks and the other grows).
+the pixels at any size (tests/test_onnx_export.py). The resized image is Pillow's exactly, but where both
+sides shrink Pillow sometimes takes its two passes in the other order, which moves a pixel by one level.
 
 Metadata (``metadata_props``, strings): ``classes`` (JSON list of names), ``colours`` (JSON list of
 [r, g, b]), ``image_size`` (training HxW, JSON: the size the network runs at), ``resize`` (what the
@@ -47,7 +47,7 @@ def resize_matrix(source: torch.Tensor, target: torch.Tensor, bicubic: torch.Ten
     else BOX, the support widened by the scale when shrinking, each row normalised (Resample.c's
     precompute_coeffs). Tensor operations only, so the graph builds it for the size it is given."""
     scale = (source[-1:] + 1) / (target[-1:] + 1)
-    filterscale = scale.clamp(min=1.0)
+    filterscale = torch.where(scale < 1, torch.ones_like(scale), scale)  # no float64 Clip before opset 12
     support = torch.where(bicubic, 2.0, 0.5).to(torch.float64) * filterscale
     center = (target + 0.5) * scale  # [n_out]
     x = ((source[None, :] - center[:, None]) + 0.5) * (1.0 / filterscale)  # [n_out, n_in]
@@ -63,12 +63,15 @@ def resize_matrix(source: torch.Tensor, target: torch.Tensor, bicubic: torch.Ten
     return k / torch.where(total == 0, torch.ones_like(total), total)
 
 
-def _resize_matrices(in_hw: tuple, out_hw: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows [h_out, h_in], columns [w_out, w_in]) of the one resize rule from ``in_hw`` to ``out_hw`` (ints or
-    traced sizes): area (BOX) when both sides shrink or stay, else bicubic on both axes (labelgen/imaging.py)."""
+def _resize_matrices(in_hw: tuple, out_hw: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows [h_out, h_in], columns [w_out, w_in], whether Pillow takes the vertical pass first) of the one
+    resize rule from ``in_hw`` to ``out_hw`` (ints or traced sizes): area (BOX) when both sides shrink or
+    stay, else bicubic on both axes (labelgen/imaging.py). Pillow (13) resamples vertically first when the
+    height shrinks and the width grows, else horizontally first (measured: where both shrink it mostly does)."""
     ys, xs, yt, xt = (torch.arange(n, dtype=torch.float64) for n in (*in_hw, *out_hw))
     bicubic = ~((yt[-1] <= ys[-1]) & (xt[-1] <= xs[-1]))
-    return resize_matrix(ys, yt, bicubic), resize_matrix(xs, xt, bicubic)
+    vertical_first = (yt[-1] < ys[-1]) & (xt[-1] > xs[-1])
+    return resize_matrix(ys, yt, bicubic), resize_matrix(xs, xt, bicubic), vertical_first
 
 
 def _fixed_point(k: torch.Tensor) -> torch.Tensor:
@@ -77,17 +80,25 @@ def _fixed_point(k: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * (v.abs() + 0.5).floor()
 
 
+def _to_uint8(sums: torch.Tensor) -> torch.Tensor:
+    """Fixed-point sums -> the uint8 values Pillow stores after a pass (rounded, clipped to 0..255)."""
+    x = ((sums + FIXED_POINT / 2) / FIXED_POINT).floor()
+    return torch.where(x < 0, torch.zeros_like(x), torch.where(x > 255, torch.full_like(x, 255), x))
+
+
 def resize_uint8(image: torch.Tensor, size_hw: tuple) -> torch.Tensor:
-    """float64 [N, C, H, W] holding uint8 values -> [N, C, h, w], as Pillow resizes a uint8 image: the
-    horizontal pass, then the vertical one, each rounded and clipped to 0..255 (fixed-point sums)."""
-    rows, cols = _resize_matrices(image.shape[2:], size_hw)
-    x = ((image @ _fixed_point(cols).T + FIXED_POINT / 2) / FIXED_POINT).floor().clamp(0, 255)
-    return ((_fixed_point(rows) @ x + FIXED_POINT / 2) / FIXED_POINT).floor().clamp(0, 255)
+    """float64 [N, C, H, W] holding uint8 values -> [N, C, h, w], as Pillow resizes a uint8 image: two passes
+    (in Pillow's order), each rounded and clipped to 0..255 (fixed-point sums)."""
+    rows, cols, vertical_first = _resize_matrices(image.shape[2:], size_hw)
+    rows, cols = _fixed_point(rows), _fixed_point(cols).T
+    horizontal_first = _to_uint8(rows @ _to_uint8(image @ cols))
+    return torch.where(vertical_first, _to_uint8(_to_uint8(rows @ image) @ cols), horizontal_first)
 
 
 def resize_float(maps: torch.Tensor, size_hw: tuple) -> torch.Tensor:
-    """float32 [N, C, H, W] -> [N, C, h, w], as Pillow resizes a float ("F") image: horizontal, then vertical."""
-    rows, cols = _resize_matrices(maps.shape[2:], size_hw)
+    """float32 [N, C, H, W] -> [N, C, h, w], as Pillow resizes a float ("F") image (no rounding between the
+    passes, so their order only moves the last bits)."""
+    rows, cols, _ = _resize_matrices(maps.shape[2:], size_hw)
     return rows.float() @ (maps @ cols.float().T)
 
 
