@@ -13,10 +13,10 @@ painted largest first, so a smaller region lying on a larger one keeps its pixel
 order); pixels no annotation covers become the ``background`` class (a category of that name, else a
 new class 0) or 255 = ignore (``--unlabelled ignore``).
 
-Polygons are rasterised and RLE decoded by pycocotools (after our own checks: a polygon vertex more
-than 1 px outside its image, an RLE whose size or run lengths do not match its image, are errors
-naming the annotation, as are unknown category and image ids and image files that are missing or of
-another size than the JSON says).
+Polygons are rasterised by pycocotools after our own checks (a vertex that is not a finite number or lies
+more than 1 px outside its image is an error naming the annotation); RLE is parsed and checked here (runs
+covering exactly the image) and painted by numpy. Unknown or duplicate category and image ids, image
+files that are missing, outside the dataset folder or of another size than the JSON says are errors too.
 
 Written (``labelgen data export --format coco``): ``OUT/images/<key>.png`` and
 ``OUT/annotations.json`` with one annotation per (image, class present): compressed RLE,
@@ -35,12 +35,14 @@ import numpy as np
 
 from labelgen.data.classes import ClassList, default_colour
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import IGNORE_INDEX, atomic_write_json, read_image, read_json, resolve_inside
+from labelgen.data.io import (IGNORE_INDEX, atomic_write_json, is_count, read_image, read_json, repeated,
+                              resolve_inside)
 from labelgen.errors import DataError
 
 BACKGROUND = "background"
 UNLABELLED_CHOICES = ("background", "ignore")  # what pixels no annotation covers become
 OUTSIDE_TOLERANCE_PX = 1.0  # a polygon vertex this far beyond the image border is still accepted (clipped)
+RLE_VALUE_BITS = 65  # 13 six-bit characters: a compressed RLE value needing more is malformed (runs are < 2^63)
 
 
 # ---------------------------------------------------------------- shapes -> binary masks
@@ -60,6 +62,8 @@ def rle_counts_from_string(text: str, where: str) -> list[int]:
             more = bool(c & 0x20)
             p += 1
             shift += 5
+            if more and shift >= RLE_VALUE_BITS:  # also keeps a string of continuation bytes from costing n^2
+                raise DataError(f"{where}: malformed compressed RLE (a run length of more than {RLE_VALUE_BITS} bits)")
             if not more and c & 0x10:
                 value -= 1 << shift  # sign extension
         if len(counts) > 2:
@@ -69,17 +73,22 @@ def rle_counts_from_string(text: str, where: str) -> list[int]:
 
 
 def rle_to_mask(rle: dict, hw: tuple[int, int], where: str) -> np.ndarray:
-    """A COCO RLE (compressed or not) -> bool [H, W], checked against the image size ``hw``."""
-    from pycocotools import mask as mask_utils
-
+    """A COCO RLE (compressed or not) -> bool [H, W], checked against the image size ``hw``: its runs (parsed
+    here, integers >= 0 covering exactly H*W pixels) are painted by numpy, so pycocotools' own string parser,
+    which can read a string differently (past its end, or long values through C's fixed-width shifts), is
+    never involved."""
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise DataError(f"{where}: RLE must be {{'size': [h, w], 'counts': ...}}")
-    size = tuple(int(v) for v in rle["size"])
-    if size != tuple(hw):
+    size = rle["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(is_count(v) for v in size)):
+        raise DataError(f"{where}: RLE size must be [height, width] (integers), not {json.dumps(size)[:40]}")
+    if tuple(size) != tuple(hw):
         raise DataError(f"{where}: RLE of the wrong size {size[1]}x{size[0]} for an image of {hw[1]}x{hw[0]} (WxH)")
     counts = rle["counts"]
     if isinstance(counts, list):
-        runs = [int(v) for v in counts]
+        if not all(is_count(v) for v in counts):
+            raise DataError(f"{where}: RLE counts must be integers >= 0")
+        runs = counts
     elif isinstance(counts, str):
         runs = rle_counts_from_string(counts, where)
     else:
@@ -87,9 +96,8 @@ def rle_to_mask(rle: dict, hw: tuple[int, int], where: str) -> np.ndarray:
     if any(v < 0 for v in runs) or sum(runs) != hw[0] * hw[1]:
         raise DataError(f"{where}: RLE of the wrong size (its runs cover {sum(runs)} pixels, the image has "
                         f"{hw[0] * hw[1]})")
-    compressed = mask_utils.frPyObjects({"size": list(hw), "counts": runs}, *hw) if isinstance(counts, list) \
-        else {"size": list(hw), "counts": counts.encode()}
-    return mask_utils.decode(compressed).astype(bool)
+    values = np.arange(len(runs)) % 2 == 1  # runs alternate background / region, background first
+    return np.ascontiguousarray(np.repeat(values, runs).reshape(hw[1], hw[0]).T)  # column-major, as COCO counts
 
 
 def polygons_to_mask(polygons: list, hw: tuple[int, int], where: str) -> np.ndarray:
@@ -101,6 +109,8 @@ def polygons_to_mask(polygons: list, hw: tuple[int, int], where: str) -> np.ndar
     for poly in polygons:
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
             raise DataError(f"{where}: a polygon needs at least 3 (x, y) points")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            raise DataError(f"{where}: polygon coordinates must be numbers, not {json.dumps(poly)[:40]}")
         xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(xy).all():  # NaN passes every bound below and crashes pycocotools' rasteriser
             raise DataError(f"{where}: polygon vertex {xy[~np.isfinite(xy).all(1)][0].tolist()} is not a finite number")
@@ -270,20 +280,23 @@ class CocoReader:
             self.category_ids = [int(c["id"]) for c in categories]
             names = [str(c["name"]) for c in categories]
             colours = [tuple(int(v) for v in c["color"]) if c.get("color") else None for c in categories]
-            self.images = {int(im["id"]): im for im in data["images"]}
+            image_ids = [int(im["id"]) for im in data["images"]]
+            self.images = dict(zip(image_ids, data["images"]))
             for im in self.images.values():
                 im["file_name"], im["width"], im["height"] = str(im["file_name"]), int(im["width"]), int(im["height"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise DataError(f"{where}: bad COCO categories or images ({type(e).__name__}: {e})") from None
-        if len(set(self.category_ids)) != len(self.category_ids):
-            raise DataError(f"{where}: duplicate category ids")
+        for what, ids in (("category", self.category_ids), ("image", image_ids)):
+            if repeated(ids):  # one image's annotations would be painted on another, one image imported twice
+                raise DataError(f"{where}: duplicate {what} ids {', '.join(map(str, repeated(ids)[:10]))} "
+                                f"(each {what} needs its own id)")
         self.classes, self.fill = source_classes(names, colours, unlabelled)
         self.class_of = {cid: self.classes.names.index(n) for cid, n in zip(self.category_ids, names)}
         self.annotations: dict[int, list[tuple[int, dict]]] = {i: [] for i in self.images}
         for k, ann in enumerate(data["annotations"]):
             ann_where = f"{where}: annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
-            if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-                raise DataError(f"{ann_where}: needs image_id and category_id")
+            if not isinstance(ann, dict) or not all(is_count(ann.get(k)) for k in ("image_id", "category_id")):
+                raise DataError(f"{ann_where}: needs image_id and category_id (integers)")
             if ann["category_id"] not in self.class_of:
                 raise DataError(f"{ann_where}: unknown category id {ann['category_id']} (categories: "
                                 f"{', '.join(map(str, self.category_ids))})")

@@ -24,7 +24,6 @@ per folder). Any other folder keeps 255 = ignore.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,7 +32,7 @@ import numpy as np
 
 from labelgen.data.classes import ClassList, default_colour, find_classes_file, read_classes_file
 from labelgen.data.io import IGNORE_INDEX, check_mask, list_images, read_image, read_mask_pixels
-from labelgen.errors import DataError
+from labelgen.errors import DataError, notice
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -95,8 +94,8 @@ class LabelledFolder(Sequence[LabelledImage]):
             values |= set(np.unique(pixels).tolist())
         if not (values <= {0, IGNORE_INDEX} and IGNORE_INDEX in values):
             return False
-        warnings.warn(f"{self.root}: 2 classes and masks of only 0 and 255: reading 255 as class 1 "
-                      f"{self.classes.names[1]!r} (a binary foreground mask), not as ignore", stacklevel=3)
+        notice(f"{self.root}: 2 classes and masks of only 0 and 255: reading 255 as class 1 "
+               f"{self.classes.names[1]!r} (a binary foreground mask), not as ignore")
         return True
 
     def __len__(self) -> int:

@@ -9,7 +9,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,16 @@ def file_sha256(path: Path | str) -> str:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     return digest.hexdigest()
+
+
+def is_count(value: Any) -> bool:
+    """Whether a value read from JSON is an integer >= 0 (not a bool, a float or a string of digits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def repeated(values: Iterable[Any]) -> list[Any]:
+    """The values that occur more than once, sorted (ids and keys that must be unique)."""
+    return sorted(value for value, n in Counter(values).items() if n > 1)
 
 
 def resolve_inside(root: Path | str, relative: Path | str) -> Path:

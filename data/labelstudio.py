@@ -19,6 +19,7 @@ unlabelled pixels follow the COCO reader's rule (largest region painted first; `
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from labelgen.data.coco import find_annotation_json, find_image, json_head_has, paint, polygons_to_mask, source_classes
 from labelgen.data.folder import LabelledImage
-from labelgen.data.io import read_image, read_json
+from labelgen.data.io import is_count, read_image, read_json
 from labelgen.errors import DataError
 
 SHAPE_TYPES = {"brushlabels": "brushlabels", "polygonlabels": "polygonlabels"}  # result type -> its label field
@@ -137,25 +138,49 @@ class LabelStudioReader:
         labels: set[str] = set()
         for k, task in enumerate(tasks):
             where = f"{self.json_path}: task {task.get('id', k)}"
-            done = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+            annotations = task.get("annotations") or []
+            if not isinstance(annotations, list):
+                raise DataError(f"{where}: 'annotations' must be a list")
+            done = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
             if not done:
                 self.skipped_tasks += 1
                 continue
+            found = done[0].get("result") or []
+            if not isinstance(found, list):
+                raise DataError(f"{where}: 'result' must be a list of results")
             results = []
-            for r in done[0].get("result") or []:
-                if r.get("type") not in SHAPE_TYPES:
+            for j, r in enumerate(found):
+                if not isinstance(r, dict):
+                    raise DataError(f"{where}: result {j} is not an object")
+                if not isinstance(r.get("type"), str) or r["type"] not in SHAPE_TYPES:
                     self.skipped_results += 1
                     continue
-                names = (r.get("value") or {}).get(SHAPE_TYPES[r["type"]])
-                if not names:
-                    raise DataError(f"{where}: {r['type']} result {r.get('id', '?')} has no label")
-                labels.add(str(names[0]))
+                labels.add(self.checked_label(r, f"{where}: result {r.get('id', '?')}"))
                 results.append(r)
             self.tasks.append((where, results, image_reference(task, where)))
         self.classes, self.fill = source_classes(sorted(labels), [None] * len(labels), unlabelled)
         self.root = Path(src) if Path(src).is_dir() else self.json_path.parent  # images are read from inside it
         beside = self.json_path.parent.relative_to(self.root)
         self.folders = list(dict.fromkeys([beside, beside / "images", Path("images")]))
+
+    @staticmethod
+    def checked_label(r: dict, where: str) -> str:
+        """The label of shape result ``r`` (the first of its list), after checking the fields the reader uses:
+        ``value`` an object, the label list a list of names (a bare string would be read letter by letter),
+        ``original_width`` / ``original_height`` integers when present."""
+        value, field = r.get("value"), SHAPE_TYPES[r["type"]]
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: 'value' must be an object, not {type(value).__name__}")
+        names = value.get(field)
+        if not names:
+            raise DataError(f"{where}: {r['type']} result has no label")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise DataError(f"{where}: '{field}' must be a list of label names, e.g. [\"car\"], not "
+                            f"{json.dumps(names)[:40]}")
+        for key in ("original_width", "original_height"):
+            if r.get(key) is not None and not is_count(r[key]):
+                raise DataError(f"{where}: '{key}' must be an integer, not {json.dumps(r[key])[:40]}")
+        return names[0]
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -178,10 +203,10 @@ class LabelStudioReader:
             for r in results:
                 r_where = f"{where}: result {r.get('id', '?')}"
                 size = (r.get("original_height"), r.get("original_width"))
-                if None not in size and tuple(int(v) for v in size) != hw:
+                if None not in size and size != hw:
                     raise DataError(f"{r_where}: made on a {size[1]}x{size[0]} image, {path} is {hw[1]}x{hw[0]} (WxH)")
                 value = r["value"]
-                class_id = self.classes.names.index(str(value[SHAPE_TYPES[r["type"]]][0]))
+                class_id = self.classes.names.index(value[SHAPE_TYPES[r["type"]]][0])
                 if r["type"] == "brushlabels":
                     if value.get("format", "rle") != "rle" or "rle" not in value:
                         raise DataError(f"{r_where}: brush result without 'rle'")

@@ -24,7 +24,9 @@ Soft labels read (first match wins; :attr:`ShardSample.soft` is [C, H, W] either
 (e.g. filtered as uncertain) counts as ignored (all zeros).
 
 Every decoding problem (corrupt PNG, bad JSON, a member name without a dot, a mask class id out of
-range, soft labels of the wrong shape) is a :class:`DataError` naming the shard file and the member.
+range, soft labels of the wrong shape, a truncated tar or a member header claiming more bytes than the
+file holds) is a :class:`DataError` naming the shard file and the member; so are two samples with one
+key (:class:`ShardReader` refuses them, naming the keys) and a corrupt index file or manifest.
 
 Crash safety and resume: a shard is written to ``NNNNNN.tar.<pid>.tmp`` and renamed when complete,
 then its index file is written atomically. A shard counts as done only when both exist, so after a
@@ -49,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from labelgen.data.classes import ClassList
-from labelgen.data.io import IMAGE_ERRORS, atomic_write_json, check_mask, decode_png, png_bytes, read_json
+from labelgen.data.io import (IMAGE_ERRORS, atomic_write_json, check_mask, decode_png, is_count, png_bytes,
+                              read_json, resolve_inside)
 from labelgen.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -208,8 +211,13 @@ def iter_shard(path: Path, decode: bool = True, num_classes: int | None = None) 
             if current is not None and key != current:
                 yield decode_sample(current, group, path, decode, num_classes)
                 group = {}
+            if ext in group:
+                raise duplicate_keys(path, [key])
             current = key
-            group[ext] = tar.extractfile(member).read()
+            try:
+                group[ext] = tar.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{path}: unreadable shard ({e})") from None
         if current is not None:
             yield decode_sample(current, group, path, decode, num_classes)
 
@@ -222,13 +230,26 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 
 def _members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
-    """The file members of an open shard (a truncated or corrupt tar -> one-line DataError)."""
+    """The file members of an open shard (a truncated or corrupt tar, a member whose header claims more
+    bytes than the file holds -> one-line DataError, before anything is read or allocated for it)."""
+    # an uncompressed shard's member data lies inside the file (tarfile reads a compressed one as a stream)
+    size = os.fstat(tar.fileobj.fileno()).st_size if isinstance(tar.fileobj, io.BufferedReader) else None
     try:
         for member in tar:
             if member.isfile():
+                if size is not None and member.offset_data + member.size > size:
+                    raise DataError(f"{path}: member {member.name} claims {member.size} bytes, past the end of the "
+                                    f"{size}-byte file (truncated or corrupt shard)")
                 yield member
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{path}: unreadable shard ({e})") from None
+
+
+def duplicate_keys(where: Path | str, keys: list[str]) -> DataError:
+    """The one line refusing a shard set whose samples share keys (a sample would be trained on or exported
+    twice, and a key no longer names one sample)."""
+    shown = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return DataError(f"{where}: duplicate sample keys {shown} (each sample needs its own key)")
 
 
 # ---------------------------------------------------------------- writing
@@ -298,7 +319,7 @@ class ShardWriter:
 
     def write_manifest(self, config: dict | None = None) -> dict:
         """Summarise all finished shards into manifest.json (call once, after all workers are done)."""
-        shards = [read_json(self.out_dir / f"{i:06d}.json") for i in sorted(self.done_shards())]
+        shards = [read_shard_index(self.out_dir, i) for i in sorted(self.done_shards())]
         manifest = {
             "format": FORMAT,
             "shards": [{k: s[k] for k in ("shard", "count", "bytes")} for s in shards],
@@ -320,7 +341,29 @@ def read_manifest(path: Path | str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path / MANIFEST}: unknown format "
                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("shard"), str)
+                                               and is_count(s.get("count")) for s in shards) \
+            or not isinstance(manifest.get("config", {}), dict):
+        raise DataError(f'{path / MANIFEST}: corrupt manifest ("shards" must list {{"shard": file name, "count": '
+                        f'integer >= 0}}, "config" be an object)')
+    for s in shards:  # the shard files it names lie in the set's folder
+        try:
+            resolve_inside(path, s["shard"])
+        except DataError as e:
+            raise DataError(f"{path / MANIFEST}: shard {e}") from None
     return manifest
+
+
+def read_shard_index(folder: Path | str, shard_id: int) -> dict:
+    """The index file of shard ``shard_id`` (``NNNNNN.json``), checked: an object with "shard" (its tar's name),
+    "count" and "bytes" (integers >= 0)."""
+    path = Path(folder) / f"{shard_id:06d}.json"
+    index = read_json(path)
+    if not isinstance(index, dict) or not isinstance(index.get("shard"), str) \
+            or not (is_count(index.get("count")) and is_count(index.get("bytes"))):
+        raise DataError(f'{path}: corrupt shard index (expected an object with "shard", "count" and "bytes")')
+    return index
 
 
 def is_shard_set(path: Path | str) -> bool:
@@ -361,9 +404,10 @@ def shard_set_status(path: Path | str, planned: int | None = None) -> ShardSetSt
         raise DataError(f"{path}: shard folder not found")
     has_manifest = (path / MANIFEST).is_file()
     if has_manifest:
-        planned = read_manifest(path).get("config", {}).get("shards_planned", planned)
+        recorded = read_manifest(path).get("config", {}).get("shards_planned")
+        planned = recorded if is_count(recorded) else planned
     done = sorted(finished_shards(path))
-    samples = sum(int(read_json(path / f"{i:06d}.json").get("count", 0)) for i in done)
+    samples = sum(read_shard_index(path, i)["count"] for i in done)
     return ShardSetStatus(path, len(done), samples, planned, has_manifest)
 
 
@@ -396,7 +440,7 @@ class ShardReader:
             self.shards = [(self.path / s["shard"], s["count"]) for s in manifest["shards"]]
             self.classes = ClassList.from_json({"classes": manifest["classes"]}) if manifest.get("classes") else None
         else:
-            self.shards = [(self.path / shard_name(i), read_json(self.path / f"{i:06d}.json")["count"])
+            self.shards = [(self.path / shard_name(i), read_shard_index(self.path, i)["count"])
                            for i in sorted(finished_shards(self.path))]
             self.classes = None
         if not self.shards:
@@ -411,11 +455,15 @@ class ShardReader:
 
     def __iter__(self) -> Iterator[ShardSample]:
         skip = self.start
+        seen: dict[str, Path] = {}  # key -> its shard
         for path, count in self.shards:
             if skip >= count:
                 skip -= count
                 continue
             for i, sample in enumerate(iter_shard(path, self.decode, self.num_classes)):
+                if sample.key in seen:  # in an earlier shard, or earlier in this one
+                    raise duplicate_keys(", ".join(dict.fromkeys(map(str, (seen[sample.key], path)))), [sample.key])
+                seen[sample.key] = path
                 if i >= skip:
                     yield sample
             skip = 0
@@ -424,17 +472,26 @@ class ShardReader:
         """Every sample's members (tar headers only, read once), in order; ``start`` does not apply."""
         if self._locations is None:
             self._locations = []
+            seen: set[str] = set()
+            repeated: list[str] = []  # keys of more than one sample: refused
             for path, _count in self.shards:
                 groups: dict[str, dict[str, tuple[int, int]]] = {}
                 with _open_tar(path) as tar:
                     for m in _members(tar, path):
                         key, ext = split_member(m.name, path)
-                        groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
+                        if ext in groups.setdefault(key, {}):
+                            repeated.append(key)
+                        groups[key][ext] = (m.offset_data, m.size)
+                repeated += [key for key in groups if key in seen]
+                seen.update(groups)
                 for key, members in groups.items():
                     for ext in CORE_EXTS:
                         if ext not in members:
                             raise DataError(f"{path}: sample {key} has no member {key}.{ext}")
                     self._locations.append(SampleLocation(path, key, members))
+            if repeated:
+                self._locations = None
+                raise duplicate_keys(self.path, list(dict.fromkeys(repeated)))
         return self._locations
 
     def _member_bytes(self, where: SampleLocation, exts: Iterable[str]) -> dict[str, bytes]:

@@ -16,7 +16,7 @@ import click
 from labelgen.data.coco import UNLABELLED_CHOICES
 from labelgen.data.export import EXPORT_FORMATS
 from labelgen.data.formats import AUTO, IMPORT_FORMATS
-from labelgen.errors import LabelgenError, one_line
+from labelgen.errors import LabelgenError, notice, one_line
 
 
 def parse_size(text: str, option: str | None = None) -> tuple[int, int]:
@@ -154,7 +154,7 @@ def data_info(path: Path):
     for line in lines:
         click.echo(line)
     for line in warnings:
-        click.echo(f"warning: {line}", err=True)
+        notice(line)
 
 
 def _planned_shards(path: Path) -> int | None:

@@ -173,6 +173,53 @@ def shards_with_corrupt_png(env, t):
     writer.write_manifest()
 
 
+def shards_of(*shards: tuple[int, ...]):
+    """A shard set {t}/shards whose shard i holds the scenes numbered ``shards[i]`` (keys s<number>): a
+    number given twice is a duplicate key."""
+    def setup(env, t):
+        from labelgen.data.shards import ShardSample, ShardWriter
+
+        writer = ShardWriter(t / "shards", STUDENT_CLASSES)
+        for shard, numbers in enumerate(shards):
+            writer.write_shard(shard, [ShardSample(f"s{i:06d}", *scene(i, (32, 32)), {}) for i in numbers])
+        writer.write_manifest()
+    return setup
+
+
+def shards_edited(edit: Callable[[Path], object]):
+    """A finished 8-sample set {t}/shards (2 shards) changed by ``edit(folder)``."""
+    def setup(env, t):
+        edit(make_shards(t / "shards", 8, (32, 32)))
+    return setup
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def claim_size(tar: Path, size: int) -> None:
+    """The first member's tar header claims ``size`` bytes (its checksum fixed, so tarfile believes it)."""
+    data = bytearray(tar.read_bytes())
+    data[124:136] = b"%011o\0" % size
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    tar.write_bytes(bytes(data))
+
+
+def outside_manifest_shard(folder: Path) -> None:
+    """manifest.json names a shard outside the set's folder (a copy of its first shard)."""
+    shutil.copy(folder / "000000.tar", folder.parent / "outside.tar")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["shard"] = "../outside.tar"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rle_chars(value: int, chunks: int) -> str:
+    """``value`` as ``chunks`` characters of COCO's compressed RLE (5 bits each, 0x20: more follow; the last
+    one's 0x10 the sign)."""
+    return "".join(chr(((value >> 5 * k) & 0x1F | (0x20 if k < chunks - 1 else 0)) + 48) for k in range(chunks))
+
+
 def encode(sample):
     from labelgen.data.shards import encode_sample
 
@@ -250,6 +297,8 @@ class Case:
 
 
 SYNTH = ["synthesize", "-w", "{t}/w", "--n", "2", "--out", "{t}/out"]
+COCO_IMPORT = ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"]
+LS_IMPORT = ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"]
 STUDENT_TRAIN = ["train", "--mode", "supervised", "--encoder", "resnet18", "--image-size", "32x32", "--batch-size",
                  "2", "--max-steps", "1", "--no-progress", "--out", "{t}/x"]
 
@@ -329,29 +378,63 @@ CASES = [
     Case("eval-dataset-root", ["eval", "--checkpoint", "{run}", "--data", "{data}", "--out", "{t}/ev"], "split",
          program="student", watch=("run",)),
     # NaN coordinates (issue 33 item 3): pycocotools segfaulted (COCO) or allocated ~23 GB (Label Studio)
-    Case("coco-polygon-nan", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "annotation 11",
+    Case("coco-polygon-nan", COCO_IMPORT, "annotation 11",
          coco_with(lambda d, t: d["annotations"][1]["segmentation"][0].__setitem__(2, float("nan"))), subprocess=True),
-    Case("labelstudio-point-nan", ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"],
-         "result p", labelstudio_with(lambda ts, t: polygon_result(ts)["value"]["points"][1].__setitem__(0, float("nan"))),
+    Case("labelstudio-point-nan", LS_IMPORT, "result p",
+         labelstudio_with(lambda ts, t: polygon_result(ts)["value"]["points"][1].__setitem__(0, float("nan"))),
          subprocess=True),
     # paths out of the output or the dataset folder (issue 33 item 8)
-    Case("split-parent-import", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o", "--split", "../x"],
-         "--split", coco_with(lambda d, t: None)),
-    Case("split-absolute-import", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o", "--split",
-                                   "{t}/abs"], "--split",
+    Case("split-parent-import", [*COCO_IMPORT, "--split", "../x"], "--split", coco_with(lambda d, t: None)),
+    Case("split-absolute-import", [*COCO_IMPORT, "--split", "{t}/abs"], "--split",
          coco_with(lambda d, t: good_png(t / "abs.partial" / "unrelated.png"))),  # was deleted as the split's .partial
     Case("split-parent-export", ["data", "export", "{data}/train", "{t}/o", "--format", "folder", "--split", "../x"],
          "--split", watch=("data",)),
-    Case("coco-file-name-parent", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "../outside.png",
+    Case("coco-file-name-parent", COCO_IMPORT, "../outside.png",
          coco_with(lambda d, t: (outside_copy(t, t / "coco" / "images" / "im2.png"),
                                  d["images"][1].update(file_name="../outside.png")))),
-    Case("coco-file-name-absolute", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"],
-         "{t}/outside.png", coco_with(lambda d, t: d["images"][1].update(
+    Case("coco-file-name-absolute", COCO_IMPORT, "{t}/outside.png", coco_with(lambda d, t: d["images"][1].update(
              file_name=str(outside_copy(t, t / "coco" / "images" / "im2.png"))))),
-    Case("coco-symlink-out", ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"], "im2.png",
+    Case("coco-symlink-out", COCO_IMPORT, "im2.png",
          coco_with(lambda d, t: symlink_out(t / "coco" / "images" / "im2.png", t))),
-    Case("labelstudio-symlink-out", ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"],
-         "photo.png", labelstudio_with(lambda ts, t: symlink_out(t / "ls" / "photo.png", t))),
+    Case("labelstudio-symlink-out", LS_IMPORT, "photo.png",
+         labelstudio_with(lambda ts, t: symlink_out(t / "ls" / "photo.png", t))),
+    # duplicate ids and keys (issue 33 item 7): one image painted with another's polygons, a sample trained twice
+    Case("coco-duplicate-image-id", COCO_IMPORT, "duplicate image ids 1",
+         coco_with(lambda d, t: d["images"][1].update(id=1))),
+    Case("shard-duplicate-key-train", [*STUDENT_TRAIN, "--data", "{t}/shards"], "s000002", shards_of((0, 1, 2), (2, 3)),
+         program="student"),
+    Case("shard-duplicate-key-export", ["data", "export", "{t}/shards", "{t}/o", "--format", "coco"], "s000002",
+         shards_of((0, 1, 2), (2, 3))),
+    Case("shard-duplicate-key-in-one-shard", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"], "s000001",
+         shards_of((0, 1, 2, 1))),
+    # "internal error" before (issue 33 item 10): shard sets
+    Case("export-truncated-tar", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"], "000000.tar",
+         shards_edited(lambda f: truncate(f / "000000.tar"))),
+    Case("export-tar-header-8gb", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"], "000000.tar",
+         shards_edited(lambda f: claim_size(f / "000000.tar", 8_000_000_000)), subprocess=True),  # read 8 GB before
+    Case("info-garbage-shard-index", ["data", "info", "{t}/shards"], "000001.json",
+         shards_edited(lambda f: (f / "000001.json").write_text('["garbage"]'))),
+    Case("export-manifest-shard-outside", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"],
+         "manifest.json", shards_edited(outside_manifest_shard)),
+    # COCO and Label Studio fields of the wrong type
+    Case("coco-polygon-strings", COCO_IMPORT, "annotation 11", coco_with(
+        lambda d, t: d["annotations"][1].update(segmentation=[["2", "2", "20", "2", "twenty", "14"]]))),
+    Case("coco-rle-size-string", COCO_IMPORT, "annotation 10",
+         coco_with(lambda d, t: d["annotations"][0]["segmentation"].update(size="24x32"))),
+    # runs 300, 200, 100, 168 (the image's 24 x 32): the last delta (-32) in 32 characters, which pycocotools'
+    # C parser reads as another number ("Invalid RLE mask representation")
+    Case("coco-rle-pycocotools-disagrees", COCO_IMPORT, "annotation 12", coco_with(
+        lambda d, t: d["annotations"][2]["segmentation"].update(
+            counts=rle_chars(300, 2) + rle_chars(200, 2) + rle_chars(100, 2) + rle_chars(168 - 200, 32)))),
+    Case("labelstudio-width-string", LS_IMPORT, "result p",
+         labelstudio_with(lambda ts, t: polygon_result(ts).update(original_width="x"))),
+    Case("labelstudio-result-not-object", LS_IMPORT, "task 1: result 3",
+         labelstudio_with(lambda ts, t: ts[0]["annotations"][1]["result"].append(5))),
+    Case("labelstudio-value-list", LS_IMPORT, "result p",
+         labelstudio_with(lambda ts, t: polygon_result(ts).update(value=[[25, 50], [75, 50], [75, 100]]))),
+    # nonsense accepted before (issue 33 item 11): "car" became the class "c"
+    Case("labelstudio-label-string", LS_IMPORT, "result p",
+         labelstudio_with(lambda ts, t: polygon_result(ts)["value"].update(polygonlabels="car"))),
 ]
 
 
