@@ -144,18 +144,13 @@ class CCPDataset:
             yield self.read(photo_id, with_mask=labelled)
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size_hw: tuple[int, int]):
-    """The project's resize rule (labelgen.imaging): uint8 [h, w, 3], uint8 [h, w] | None."""
-    from labelgen.imaging import resize_image, resize_mask
-
-    return resize_image(image, size_hw), None if mask is None else resize_mask(mask, size_hw)
-
-
 def _convert_one(args) -> int:
+    from labelgen.imaging import fit_photo
+
     root, photo_id, with_mask, size_hw, targets = args
     dataset = _worker_dataset(root)
     item = dataset.read(photo_id, with_mask=with_mask)
-    image, mask = resize_pair(item.image, item.mask, size_hw)
+    image, mask = fit_photo(item.image, size_hw, item.mask)
     for split_dir in targets:
         write_png(Path(split_dir) / "images" / f"{photo_id:04d}.png", image)
         if mask is not None and Path(split_dir).name in LABELLED_SPLITS:
@@ -190,6 +185,8 @@ def import_ccp(src: Path, out: Path, size_hw: tuple[int, int], splits: tuple[str
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown CCP split {unknown[0]!r} (one of {', '.join(SPLITS)})")
+    if out.exists():
+        raise DataError(f"{out}: already exists; choose a new output folder")
     ids_of = {s: SPLITS[s][:limit] if limit else SPLITS[s] for s in splits}
     missing = [p for s in splits for p in [dataset.photo_path(i) for i in ids_of[s][:1] + ids_of[s][-1:]] if not p.is_file()]
     if missing:

@@ -143,6 +143,8 @@ def export_dataset(src: Path, out: Path, fmt: str, split: str | None = None,
         raise DataError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
     split = source_split(Path(src)) if split is None else split
     out, split = Path(out), check_split_name(split)
+    if out.exists():
+        raise DataError(f"{out}: already exists; choose a new output folder")
     classes, _, samples = open_export_source(Path(src))
     skipped = 0
 

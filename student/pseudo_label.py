@@ -20,7 +20,7 @@ import torch
 from labelgen.data.io import list_images, read_image
 from labelgen.data.shards import ShardReader, ShardSample, ShardWriter, soft_probabilities
 from labelgen.errors import LabelgenError
-from labelgen.imaging import resize_image
+from labelgen.imaging import fit_photo, resize_image
 from labelgen.student.evaluate import student_scores
 from labelgen.student.models import StudentConfig
 
@@ -50,6 +50,8 @@ def pseudo_label_folder(model, config: StudentConfig, images: Path, out: Path, r
     from labelgen.run import new_folder, progress as progress_bar
 
     out = Path(out)
+    if out.exists():
+        raise LabelgenError(f"{out}: already exists; choose a new output folder")
     if not 0 <= teacher_weight <= 1:
         raise LabelgenError(f"--teacher-weight must be in [0, 1], got {teacher_weight}")
     paths = list_images(Path(images))
@@ -76,7 +78,8 @@ def pseudo_label_folder(model, config: StudentConfig, images: Path, out: Path, r
             soft = np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)  # [C, h, w]
             meta = {"source_image": path.name, "source_size": list(image.shape[:2]), "relabelled_by": run_name,
                     "flip_tta": flip, "teacher_weight": teacher_weight}
-            batch.append(ShardSample(f"{j:09d}", resize_image(image, size), probs.argmax(0).astype(np.uint8), meta,
+            image, _ = fit_photo(image, size, notice=False)  # the photo rule (noticed once by the student's preprocess)
+            batch.append(ShardSample(f"{j:09d}", image, probs.argmax(0).astype(np.uint8), meta,
                                      soft=soft))
             if len(batch) == shard_size:
                 writer.write_shard(shard_id, batch)
