@@ -15,6 +15,11 @@ from labelgen.data.io import IGNORE_INDEX, atomic_write_json, read_json
 from labelgen.errors import DataError
 
 CLASSES_FILENAMES = ("classes.json", "labelmap.txt", "classes.txt")
+BACKGROUND = "background"
+# labelme's labels.txt / class_names.txt (labelme2voc.py, labelme2coco.py): "__ignore__" (id -1, written as 255
+# in its masks, never a class) and "_background_" (id 0), the background under another name
+LABELME_IGNORE, LABELME_BACKGROUND = "__ignore__", "_background_"
+LABELME_CLASSES = "class_names.txt"  # what labelme2voc.py writes beside JPEGImages/ and SegmentationClass/
 
 # Distinct default colours for classes without one (VOC's colour map construction).
 def default_colour(class_id: int) -> tuple[int, int, int]:
@@ -138,6 +143,25 @@ def read_classes_file(path: Path) -> ClassList:
     if not names:
         raise DataError(f"{path}: no classes listed")
     return ClassList(tuple(names), tuple(colours))
+
+
+def labelme_name(name: str) -> str | None:
+    """A class name as labelme's converters write it, as a project class: ``_background_`` is ``background``,
+    ``__ignore__`` no class at all (None: its pixels are 255 = ignore); any other name is kept."""
+    return None if name == LABELME_IGNORE else BACKGROUND if name == LABELME_BACKGROUND else name
+
+
+def read_labelme_classes(path: Path) -> ClassList:
+    """labelme2voc.py's ``class_names.txt``: one class per line in id order, ``_background_`` first (read as
+    ``background``; a leading ``__ignore__`` line, labels.txt's, is no class); VOC colours, as labelme's."""
+    names = [n for n in (labelme_name(line.strip()) for line in Path(path).read_text().splitlines() if line.strip())
+             if n is not None]
+    if not names:
+        raise DataError(f"{path}: no classes listed")
+    try:
+        return ClassList.from_names(names)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 def find_classes_file(*folders: Path) -> Path:

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from labelgen.data.classes import ClassList, default_colour
+from labelgen.data.classes import BACKGROUND, ClassList, default_colour, labelme_name
 from labelgen.data.folder import LabelledImage
 from labelgen.data.io import (IGNORE_INDEX, atomic_write_json, is_count, read_image, read_json, repeated,
                               resolve_inside)
 from labelgen.errors import DataError
 
-BACKGROUND = "background"
 UNLABELLED_CHOICES = ("background", "ignore")  # what pixels no annotation covers become
 OUTSIDE_TOLERANCE_PX = 1.0  # a polygon vertex this far beyond the image border is still accepted (clipped)
 RLE_VALUE_BITS = 65  # 13 six-bit characters: a compressed RLE value needing more is malformed (runs are < 2^63)
@@ -136,14 +135,27 @@ def paint(shapes: list[tuple[np.ndarray, int]], hw: tuple[int, int], fill: int) 
 def source_classes(names: list[str], colours: list[tuple[int, int, int] | None], unlabelled: str
                    ) -> tuple[ClassList, int]:
     """Classes of an annotation set whose unannotated pixels are ``unlabelled`` ('background': the class
-    named so, else a new class 0; 'ignore': 255). Returns (classes, fill value)."""
+    named so, else a new class 0; 'ignore': 255). labelme's names are read as labelme means them
+    (:func:`~labelgen.data.classes.labelme_name`): ``_background_`` is the background class, not a second
+    one, ``__ignore__`` no class (:func:`class_of_name`: 255). Returns (classes, fill value)."""
     if unlabelled not in UNLABELLED_CHOICES:
         raise DataError(f"unlabelled pixels must become one of {', '.join(UNLABELLED_CHOICES)}, not {unlabelled!r}")
-    colours = [c if c is not None else default_colour(i + 1) for i, c in enumerate(colours)]
+    kept: dict[str, tuple[int, int, int]] = {}  # project name -> colour (the first category of the name gives it)
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        project = labelme_name(name)
+        if project is not None:
+            kept.setdefault(project, colour or default_colour(0 if project == BACKGROUND else i + 1))
+    names, colours = list(kept), list(kept.values())
     if unlabelled == "background" and BACKGROUND not in names:
         names, colours = [BACKGROUND, *names], [default_colour(0), *colours]
     classes = ClassList(tuple(names), tuple(tuple(c) for c in colours))
     return classes, classes.names.index(BACKGROUND) if unlabelled == "background" else IGNORE_INDEX
+
+
+def class_of_name(classes: ClassList, name: str) -> int:
+    """The class id a source class ``name`` paints (classes from :func:`source_classes`): 255 for ``__ignore__``."""
+    project = labelme_name(name)
+    return IGNORE_INDEX if project is None else classes.names.index(project)
 
 
 def find_image(file_name: str, root: Path, folders: list[Path | str], what: str) -> Path:
@@ -291,7 +303,7 @@ class CocoReader:
                 raise DataError(f"{where}: duplicate {what} ids {', '.join(map(str, repeated(ids)[:10]))} "
                                 f"(each {what} needs its own id)")
         self.classes, self.fill = source_classes(names, colours, unlabelled)
-        self.class_of = {cid: self.classes.names.index(n) for cid, n in zip(self.category_ids, names)}
+        self.class_of = {cid: class_of_name(self.classes, n) for cid, n in zip(self.category_ids, names)}
         self.annotations: dict[int, list[tuple[int, dict]]] = {i: [] for i in self.images}
         for k, ann in enumerate(data["annotations"]):
             ann_where = f"{where}: annotation {ann.get('id', k) if isinstance(ann, dict) else k}"

@@ -15,7 +15,9 @@ VOC / CVAT layout (``Segmentation mask 1.1`` export)::
     DIR/JPEGImages/*.jpg   DIR/SegmentationClass/*.png   [DIR/labelmap.txt]   [DIR/ImageSets/Segmentation/<split>.txt]
 
 Masks may be palette ('P') PNGs whose indices are the class ids (VOC), or RGB colour PNGs mapped
-through the class colours (CVAT). Without labelmap.txt the 21 VOC classes are assumed.
+through the class colours (CVAT). The classes: labelmap.txt, else labelme2voc.py's class_names.txt
+(``_background_`` read as ``background``; its masks may sit in SegmentationClassPNG/), else the 21 VOC
+classes (said in a one-line notice).
 
 Binary masks stored as 0/255 (foreground masks, matting and horse data sets): a folder with two
 classes whose masks hold only 0 and 255 (judged on up to 16 masks spread over the folder) reads 255 as
@@ -30,7 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from labelgen.data.classes import ClassList, default_colour, find_classes_file, read_classes_file
+from labelgen.data.classes import (LABELME_CLASSES, ClassList, default_colour, find_classes_file, read_classes_file,
+                                   read_labelme_classes)
 from labelgen.data.io import IGNORE_INDEX, check_mask, list_images, read_image, read_mask_pixels
 from labelgen.errors import DataError, notice
 
@@ -131,12 +134,17 @@ class VocFolder(LabelledFolder):
                  require_masks: bool = True):
         self.root = Path(root)
         jpeg, seg = self.root / "JPEGImages", self.root / "SegmentationClass"
+        if not any(seg.glob("*.png")) and (self.root / "SegmentationClassPNG").is_dir():
+            seg = self.root / "SegmentationClassPNG"  # older labelme2voc.py: .npy in SegmentationClass/
         if not jpeg.is_dir():
             raise DataError(f"{self.root}: not a VOC/CVAT export (no JPEGImages/)")
         if classes is None:
             if (self.root / "labelmap.txt").is_file():
                 classes = read_classes_file(self.root / "labelmap.txt")
+            elif (self.root / LABELME_CLASSES).is_file():  # labelme2voc.py's output
+                classes = read_labelme_classes(self.root / LABELME_CLASSES)
             else:
+                notice(f"{self.root}: no labelmap.txt or {LABELME_CLASSES}: assuming the 21 VOC classes")
                 classes = ClassList(VOC_CLASSES, tuple(default_colour(i) for i in range(len(VOC_CLASSES))))
         self.classes = classes
         if split is not None:

@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from labelgen.data.coco import find_annotation_json, find_image, json_head_has, paint, polygons_to_mask, source_classes
+from labelgen.data.coco import (class_of_name, find_annotation_json, find_image, json_head_has, paint, polygons_to_mask,
+                                source_classes)
 from labelgen.data.folder import LabelledImage
 from labelgen.data.io import is_count, read_image, read_json
 from labelgen.errors import DataError
@@ -206,7 +207,7 @@ class LabelStudioReader:
                 if None not in size and size != hw:
                     raise DataError(f"{r_where}: made on a {size[1]}x{size[0]} image, {path} is {hw[1]}x{hw[0]} (WxH)")
                 value = r["value"]
-                class_id = self.classes.names.index(value[SHAPE_TYPES[r["type"]]][0])
+                class_id = class_of_name(self.classes, value[SHAPE_TYPES[r["type"]]][0])
                 if r["type"] == "brushlabels":
                     if value.get("format", "rle") != "rle" or "rle" not in value:
                         raise DataError(f"{r_where}: brush result without 'rle'")

@@ -360,6 +360,57 @@ def test_voc_lists_with_extensions_crlf_and_png_images(tmp_path):
         open_labelled(seg / "test.txt")
 
 
+def _labelme_mask() -> np.ndarray:
+    """labelme's label ids for one image: 0 _background_, 1 cat, 2 dog, -1 __ignore__ (lblsave writes it as 255)."""
+    lbl = np.zeros((H, W), np.int32)
+    lbl[2:10, 3:12] = 1
+    lbl[12:20, 15:30] = 2
+    lbl[20:, :4] = -1
+    return lbl
+
+
+@pytest.mark.parametrize("layout", ["SegmentationClass", "SegmentationClassPNG"])  # labelme2voc.py, new and old
+def test_labelme_voc_output_reads_its_class_names(tmp_path, capsys, layout):
+    root = tmp_path / "labelme_voc"
+    _mk(root / "JPEGImages")
+    Image.fromarray(_image(1)).save(root / "JPEGImages" / "x.jpg")
+    lbl = _labelme_mask()
+    im = Image.fromarray(lbl.astype(np.uint8), mode="P")  # as labelme.utils.lblsave: -1 -> 255, VOC palette
+    im.putpalette([c for i in range(256) for c in ((0, 0, 0) if i == 0 else (i, 255 - i, 0))])
+    im.save(_mk(root / layout) / "x.png")
+    if layout == "SegmentationClassPNG":  # the older script: label arrays as .npy in SegmentationClass/
+        np.save(_mk(root / "SegmentationClass") / "x.npy", lbl)
+    (root / "class_names.txt").write_text("_background_\ncat\ndog")  # no newline at the end, as labelme writes it
+    summary = import_dataset(root, tmp_path / "out")  # --format auto
+    assert summary["format"] == "voc" and summary["classes"] == ["background", "cat", "dog"]
+    mask = open_labelled(tmp_path / "out" / "train")[0].mask
+    assert np.array_equal(mask, np.where(lbl < 0, 255, lbl))
+    assert "assuming the 21 VOC classes" not in capsys.readouterr().err
+    (root / "class_names.txt").unlink()  # without a classes file: VOC's 21, said in one line
+    assert open_labelled(root).classes.names[:3] == ("background", "aeroplane", "bicycle")
+    assert capsys.readouterr().err == f"warning: {root}: no labelmap.txt or class_names.txt: assuming the 21 VOC classes\n"
+
+
+def test_labelme_coco_output_has_one_background(tmp_path):
+    """labelme2coco.py: categories from labels.txt, _background_ (id 0) among them; an __ignore__ category
+    (other converters keep it) paints 255."""
+    root = tmp_path / "labelme_coco"
+    Image.fromarray(_image(2)).save(_mk(root / "JPEGImages") / "x.jpg", quality=95)
+    lbl = _labelme_mask()
+    data = {"info": {"description": None}, "licenses": [{"url": None, "id": 0, "name": None}], "type": "instances",
+            "images": [{"license": 0, "url": None, "file_name": "JPEGImages/x.jpg", "height": H, "width": W,
+                        "date_captured": None, "id": 0}],
+            "categories": [{"supercategory": None, "id": i, "name": n}
+                           for i, n in enumerate(["_background_", "cat", "dog", "__ignore__"])],
+            "annotations": [{"id": k, "image_id": 0, "category_id": c, "segmentation": {"size": [H, W],
+                             "counts": _runs(lbl == (-1 if c == 3 else c))}, "area": 1.0, "bbox": [0, 0, 1, 1],
+                             "iscrowd": 0} for k, c in enumerate([1, 2, 3])]}
+    (root / "annotations.json").write_text(json.dumps(data))
+    summary = import_dataset(root, tmp_path / "out")
+    assert summary["format"] == "coco" and summary["classes"] == ["background", "cat", "dog"]
+    assert np.array_equal(open_labelled(tmp_path / "out" / "train")[0].mask, np.where(lbl < 0, 255, lbl))
+
+
 def test_unknown_and_foreign_layouts_are_named(tmp_path, capsys):
     (tmp_path / "x" / "stuff").mkdir(parents=True)
     code, _, err = _cli(["data", "import", str(tmp_path / "x"), "--out", str(tmp_path / "o")], capsys)
