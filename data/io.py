@@ -76,6 +76,13 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def pixels_sha256(image: np.ndarray) -> str:
+    """Hex sha256 of a decoded image's shape and uint8 pixels (the content identity of an image, whatever file
+    or shard holds it: stored teacher features are keyed by it)."""
+    array = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
+
+
 def is_count(value: Any) -> bool:
     """Whether a value read from JSON is an integer >= 0 (not a bool, a float or a string of digits)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -23,6 +23,12 @@ Soft labels read (first match wins; :attr:`ShardSample.soft` is [C, H, W] either
 :func:`soft_probabilities` turns them into float32 probabilities; a pixel whose probabilities sum to 0
 (e.g. filtered as uncertain) counts as ignored (all zeros).
 
+A set of stored teacher features (``labelgen features``; manifest format ``labelgen-features/1``) has the
+same layout, shards, index files and resume rules, with one member per image: ``<key>.features.f16``, the
+teacher's selected levels [C_i, h_i, w_i] as raw little-endian float16 back to back, ``key`` the sha256 of the
+image's pixels (labelgen.data.io.pixels_sha256); the levels' shapes are in the manifest. Being uncompressed,
+an image's features are read straight from a memory map of its shard (:class:`FeatureSet`).
+
 Every decoding problem (corrupt PNG, bad JSON, a member name without a dot, a mask class id out of
 range, soft labels of the wrong shape, a truncated tar or a member header claiming more bytes than the
 file holds) is a :class:`DataError` naming the shard file and the member; so are two samples with one
@@ -60,6 +66,10 @@ FORMAT = "labelgen-shards/1"
 CORE_EXTS = ("png", "mask.png", "json")  # every sample has these members
 SOFT_EXT = "soft.npz"  # what the writer stores soft labels as
 SOFT_EXTS = (SOFT_EXT, "soft.npy")  # what the reader accepts, first match wins
+FEATURES_FORMAT = "labelgen-features/1"  # a set of stored teacher features (`labelgen features`), not samples
+FEATURES_EXT = "features.f16"  # an image's teacher levels [C_i, h_i, w_i], raw little-endian float16, back to back
+FEATURES_DTYPE = np.dtype("<f2")
+SET_KINDS = {FORMAT: "a shard set of samples", FEATURES_FORMAT: "a set of stored teacher features (labelgen features)"}
 
 
 def shard_name(shard_id: int) -> str:
@@ -90,11 +100,15 @@ def encode_soft(soft: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def _check_key(key: str) -> None:
+    if "." in key or "/" in key or not key:
+        raise ValueError(f"sample keys must be non-empty, without '.' or '/': {key!r}")
+
+
 def encode_sample(sample: ShardSample) -> list[tuple[str, bytes]]:
     """Tar members of one sample (PNG encoding is the costly part: callers may do it in workers)."""
     key, hw = sample.key, sample.mask.shape
-    if "." in key or "/" in key or not key:
-        raise ValueError(f"sample keys must be non-empty, without '.' or '/': {key!r}")
+    _check_key(key)
     if sample.image.ndim != 3 or sample.image.shape[:2] != hw or sample.mask.ndim != 2:
         raise ValueError(f"sample {key}: image {sample.image.shape} and mask {hw} must be [H, W, 3] and [H, W]")
     extras = dict(sample.extras)
@@ -317,11 +331,12 @@ class ShardWriter:
         atomic_write_json(final.with_suffix(".json"), index)
         return index
 
-    def write_manifest(self, config: dict | None = None) -> dict:
-        """Summarise all finished shards into manifest.json (call once, after all workers are done)."""
+    def write_manifest(self, config: dict | None = None, fmt: str = FORMAT) -> dict:
+        """Summarise all finished shards into manifest.json (call once, after all workers are done); ``fmt``:
+        what the shards hold (samples, or FEATURES_FORMAT: stored teacher features)."""
         shards = [read_shard_index(self.out_dir, i) for i in sorted(self.done_shards())]
         manifest = {
-            "format": FORMAT,
+            "format": fmt,
             "shards": [{k: s[k] for k in ("shard", "count", "bytes")} for s in shards],
             "num_samples": sum(s["count"] for s in shards),
             "bytes": sum(s["bytes"] for s in shards),
@@ -333,14 +348,16 @@ class ShardWriter:
 
 
 # ---------------------------------------------------------------- reading
-def read_manifest(path: Path | str) -> dict:
+def read_manifest(path: Path | str, fmt: str = FORMAT) -> dict:
+    """manifest.json of a finished set of ``fmt`` (samples by default); another format is one line naming both."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise DataError(f"{path}: not a finished shard set (no {MANIFEST}; is synthesis still running?)")
     manifest = read_json(path / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path / MANIFEST}: unknown format "
-                        f"{manifest.get('format') if isinstance(manifest, dict) else None!r}")
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != fmt:
+        what = SET_KINDS.get(found, f"unknown format {found!r}")
+        raise DataError(f"{path / MANIFEST}: {what}, not {SET_KINDS[fmt]}")
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("shard"), str)
                                                and is_count(s.get("count")) for s in shards) \
@@ -517,3 +534,76 @@ class ShardReader:
         """The metadata (``<key>.json``) of sample ``i`` alone."""
         where = self.locations()[i]
         return _decode_meta(self._member_bytes(where, ["json"])["json"], f"{where.shard}: {where.key}.json")
+
+    def read_image(self, i: int) -> np.ndarray:
+        """The image (uint8 [H, W, 3]) of sample ``i`` alone: neither its mask nor its soft labels are decoded."""
+        where = self.locations()[i]
+        return _decode_png(self._member_bytes(where, ["png"])["png"], f"{where.shard}: {where.key}.png")
+
+
+# ---------------------------------------------------------------- stored teacher features
+def encode_features(key: str, levels: list[np.ndarray]) -> list[tuple[str, bytes]]:
+    """The tar member of one image's stored teacher features: ``<key>.features.f16``, its levels [C_i, h_i, w_i]
+    as little-endian float16 back to back (their shapes are in the set's manifest, the same for every image)."""
+    _check_key(key)
+    return [(f"{key}.{FEATURES_EXT}", b"".join(np.ascontiguousarray(f, FEATURES_DTYPE).tobytes() for f in levels))]
+
+
+class FeatureSet:
+    """A finished set of stored teacher features (``labelgen features``), read by memory map.
+
+    manifest.json: format FEATURES_FORMAT, the shards, and config["levels"]: per level {"name", "index",
+    "channels", "size": [h, w], "stride"}. :meth:`index` maps every image key to where its bytes lie;
+    :meth:`read` returns its levels as float16 arrays. The maps are opened lazily in each process (DataLoader
+    workers too: a pickled FeatureSet carries no open map)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: features folder not found")
+        manifest = read_manifest(self.path, FEATURES_FORMAT)
+        self.config: dict[str, Any] = manifest.get("config") or {}
+        try:
+            self.shapes = [(int(lv["channels"]), int(lv["size"][0]), int(lv["size"][1]))
+                           for lv in self.config["levels"]]
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise DataError(f"{self.path / MANIFEST}: no valid \"levels\" (channels, size) in its config") from None
+        self.counts = [int(np.prod(shape)) for shape in self.shapes]
+        self.nbytes = sum(self.counts) * FEATURES_DTYPE.itemsize
+        self.shards = [self.path / s["shard"] for s in manifest["shards"]]
+        self._maps: dict[int, np.memmap] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": {}}
+
+    def index(self) -> dict[str, tuple[int, int]]:
+        """Image key -> (shard number, byte offset of its features) from the tar headers; a member of another
+        kind or size is refused naming the shard."""
+        where: dict[str, tuple[int, int]] = {}
+        for n, shard in enumerate(self.shards):
+            with _open_tar(shard) as tar:
+                for member in _members(tar, shard):
+                    key, ext = split_member(member.name, shard)
+                    if ext != FEATURES_EXT or member.size != self.nbytes:
+                        raise DataError(f"{shard}: member {member.name} ({member.size} bytes) is not stored features "
+                                        f"of the manifest's levels (<key>.{FEATURES_EXT}, {self.nbytes} bytes)")
+                    where[key] = (n, member.offset_data)
+        return where
+
+    def read(self, shard: int, offset: int) -> list[np.ndarray]:
+        """The levels [C_i, h_i, w_i] (float16 copies) stored at ``offset`` of shard number ``shard``."""
+        mapped = self._maps.get(shard)
+        if mapped is None:
+            try:
+                mapped = self._maps[shard] = np.memmap(self.shards[shard], dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(f"{self.shards[shard]}: unreadable features shard ({type(e).__name__})") from None
+        raw = mapped[offset:offset + self.nbytes]
+        if raw.size != self.nbytes:
+            raise DataError(f"{self.shards[shard]}: truncated (features at byte {offset} end early)")
+        flat = raw.view(FEATURES_DTYPE)
+        out, start = [], 0
+        for shape, count in zip(self.shapes, self.counts):
+            out.append(np.array(flat[start:start + count]).reshape(shape))
+            start += count
+        return out

@@ -1,4 +1,4 @@
-"""Teacher commands: ``labelgen init | sample | import | train-heads | tune-features | synthesize``.
+"""Teacher commands: ``labelgen init | sample | import | train-heads | tune-features | synthesize | features``.
 
 Every command takes ``-w/--workspace`` (default: $LABELGEN_WORKSPACE, else the current folder).
 Registered on the main group in labelgen/cli.py.
@@ -18,6 +18,7 @@ from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
 from labelgen.heads.train import AUGMENTS, TrainConfig
 from labelgen.inversion import INVERTERS, InversionConfig
+from labelgen.student.features import FeaturesConfig
 from labelgen.synthesis.synthesize import SOFT_LABELS, TTA_MODES, SynthesisConfig, sampling_options
 from labelgen.workspace import WorkspaceConfig
 
@@ -25,6 +26,7 @@ from labelgen.workspace import WorkspaceConfig
 WORKSPACE = defaults_of(WorkspaceConfig)
 HEAD_TRAINING = defaults_of(TrainConfig)
 SYNTHESIS = defaults_of(SynthesisConfig)
+FEATURES = defaults_of(FeaturesConfig)
 SWEEP = defaults_of(SweepConfig)
 INVERSION = defaults_of(InversionConfig)
 
@@ -337,6 +339,31 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
                    f"{summary.samples_per_second:.1f} samples/s, {disk / 2**20:.1f} MiB on disk -> {out_dir}")
 
 
+@click.command("features")
+@workspace_option
+@click.option("--data", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="What `student train --data` will read: shard sets and labelled folders (repeat for several).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Features folder (resumed if a run into it was stopped); give it to `student train --features`.")
+@click.option("--shard-size", type=click.IntRange(1), default=FEATURES["shard_size"], show_default=True,
+              help="Images per shard.")
+@click.option("--batch-size", type=click.IntRange(1), default=FEATURES["batch_size"], show_default=True,
+              help="Images per teacher forward.")
+@device_option
+def features_cmd(workspace_dir, data, out_dir, shard_size, batch_size, device):
+    """Store the teacher's features of every image of --data once (float16 shards keyed by the image's pixels), for
+    `student train --mode feature-distill|dreamteacher --features OUT` to read instead of running the generator
+    (without -w, $LABELGEN_WORKSPACE or a workspace in the current folder: the embedded default teacher)."""
+    from labelgen.student.features import write_features
+
+    ws = _open_or_default(workspace_dir)
+    teacher = ws.teacher(head=False, device=_generator_to(ws, device))
+    config = FeaturesConfig(data=[str(d) for d in data], shard_size=shard_size, batch_size=batch_size)
+    summary = write_features(teacher, config, out_dir, log=click.echo)
+    click.echo(f"stored features of {summary.images} images, {summary.shards} shards ({summary.shards_written} "
+               f"written now) in {summary.seconds:.1f} s, {summary.bytes / 2**20:.1f} MiB on disk -> {out_dir}")
+
+
 @click.command("tune-features")
 @workspace_option
 @click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None,
@@ -373,4 +400,4 @@ def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds
                + ("; stored in workspace.json: run `labelgen train-heads` next" if report["applied"] else ""))
 
 
-TEACHER_COMMANDS = [init_cmd, sample_cmd, import_cmd, train_heads_cmd, tune_features_cmd, synthesize_cmd]
+TEACHER_COMMANDS = [init_cmd, sample_cmd, import_cmd, train_heads_cmd, tune_features_cmd, synthesize_cmd, features_cmd]

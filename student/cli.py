@@ -59,6 +59,10 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
               help="Workspace whose generator provides features (feature-distill, dreamteacher).")
 @click.option("--feature-cache/--no-feature-cache", default=D["feature_cache"],
               help="Keep teacher features in RAM (recipe data).")
+@click.option("--features", type=click.Path(path_type=Path), default=D["features"],
+              help="Teacher features stored by `labelgen features` over these --data: read (matched by image "
+                   "content) instead of running the teacher every batch (feature-distill, dreamteacher); "
+                   "with --teacher, refused unless made by that teacher.")
 @click.option("--init", "init", type=click.Path(path_type=Path), default=D["init"],
               help="Previous student run folder or .safetensors: load tensors with matching names/shapes.")
 @click.option("--tau", type=POSITIVE, default=D["tau"], help="Distillation temperature.")

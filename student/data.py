@@ -92,6 +92,13 @@ class ShardSource:
         soft = None if sample.soft is None else np.moveaxis(soft_probabilities(sample.soft), 0, -1)  # [H, W, C]
         return RawSample(sample.key, sample.image, sample.mask, sample.meta, soft)
 
+    def image(self, i: int) -> np.ndarray:
+        """Sample i's image alone (uint8 [H, W, 3])."""
+        return self.reader.read_image(i)
+
+    def name(self, i: int) -> str:
+        return f"{self.path}: sample {self.reader.locations()[i].key}"
+
 
 class FolderSource:
     """A real labelled folder (open_labelled); unlabelled images get an all-ignore mask."""
@@ -112,6 +119,15 @@ class FolderSource:
         item = self.folder[i]
         mask = item.mask if item.mask is not None else np.full(item.image.shape[:2], IGNORE_INDEX, np.uint8)
         return RawSample(item.key, item.image, mask, {"source": "real"}, None)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i alone (uint8 [H, W, 3]; its mask is not read)."""
+        from labelgen.data.io import read_image
+
+        return read_image(self.folder.image_paths[i])
+
+    def name(self, i: int) -> str:
+        return str(self.folder.image_paths[i])
 
 
 def open_source(path: Path | str, require_masks: bool = True) -> ShardSource | FolderSource:
@@ -147,6 +163,14 @@ class MultiSource:
         k, j = self.locate(i)
         return self.parts[k].load(j, num_classes)
 
+    def image(self, i: int) -> np.ndarray:
+        k, j = self.locate(i)
+        return self.parts[k].image(j)
+
+    def name(self, i: int) -> str:
+        k, j = self.locate(i)
+        return self.parts[k].name(j)
+
 
 def source_name(source) -> str:
     return str(getattr(source, "path", None) or getattr(getattr(source, "folder", None), "root", None) or "data")
@@ -178,13 +202,16 @@ class StudentDataset(Dataset):
 
     Returns dict: image float [3, H, W] (normalised), image_pm1 float [3, H, W] in [-1, 1],
     mask long [H, W], soft float [C, H, W] (zeros where ignored), weight float, index long; with
-    ``want_plain_colour`` also image_plain [3, H, W]: the same geometric draw without the colour part."""
+    ``want_plain_colour`` also image_plain [3, H, W]: the same geometric draw without the colour part; with
+    ``features`` (labelgen.student.features.StoredFeatures) also features: the item's stored teacher levels,
+    float16 [C_i, h_i, w_i] each."""
 
     def __init__(self, source, num_classes: int, image_size: tuple[int, int], mean, std, seed: int = 0,
                  augment: bool = True, geometric: bool = True, want_soft: bool = False,
                  uncertainty_weighting: bool = False, warn: bool = True, policy: str = "basic", colour: bool = True,
-                 want_plain_colour: bool = False):
+                 want_plain_colour: bool = False, features=None):
         self.source, self.num_classes, self.image_size = source, num_classes, tuple(image_size)
+        self.features = features
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.std = np.asarray(std, np.float32) * 255.0
         self.seed, self.want_soft, self.want_plain_colour = seed, want_soft, want_plain_colour
@@ -234,6 +261,8 @@ class StudentDataset(Dataset):
         }
         if self.want_plain_colour:  # the same geometric draw without the colour part (--consistency-weight)
             item["image_plain"] = self._normalise(out["image"])
+        if self.features is not None:  # stored teacher features of the image (no geometric draw: still aligned)
+            item["features"] = self.features.read(index)
         if soft is not None:
             s = np.asarray(out["soft"], np.float32).reshape(h, w, self.num_classes)
             item["soft"] = torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1)))

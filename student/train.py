@@ -85,6 +85,7 @@ class TrainOptions:
     class_balance: float = 0.0  # per-class loss weights ~ pixel frequency^-class_balance (0 = off, 0.5 = 1/sqrt)
     teacher: str | None = None
     feature_cache: bool = False
+    features: str | None = None  # a stored features set (`labelgen features`): read instead of running the teacher
     init: str | None = None
     workers: int = field(default_factory=default_loader_workers)  # DataLoader processes: sized from the machine
     augment: bool = True
@@ -154,8 +155,15 @@ class StudentTrainModule(nn.Module):
 def _check(options: TrainOptions) -> None:
     if options.mode not in MODES:
         raise LabelgenError(f"unknown mode {options.mode!r} (one of {', '.join(MODES)})")
-    if options.mode in FEATURE_MODES and not options.teacher:
-        raise LabelgenError(f"--mode {options.mode} needs --teacher WORKSPACE (the generator in the loop)")
+    if options.mode in FEATURE_MODES and not (options.teacher or options.features):
+        raise LabelgenError(f"--mode {options.mode} needs --teacher WORKSPACE (the generator in the loop) or "
+                            "--features FEATS (stored by `labelgen features`)")
+    if options.features and options.mode not in FEATURE_MODES:
+        raise LabelgenError(f"--features feeds teacher features to --mode {' or '.join(FEATURE_MODES)}, "
+                            f"not {options.mode}")
+    if options.features and options.feature_cache:
+        raise LabelgenError("--feature-cache keeps features computed in the loop; with --features they are read "
+                            "from disk (drop one)")
     if options.mode in FEATURE_MODES and options.arch.lower() in NO_FEATURE_PYRAMID:
         raise LabelgenError(f"--mode {options.mode} regresses teacher features from a stride 4..32 encoder pyramid; "
                             f"{options.arch}'s one-stride ViT encoder has none (use another --arch)")
@@ -231,11 +239,12 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         log("note: --mode supervised on a shard set trains on its hard masks")
     if options.val and mode != "feature-distill":
         _check_val_classes(options.val, classes)
+    stored = _stored_features(options, source, teacher, log) if options.features else None
     dataset = StudentDataset(source, len(classes), options.image_size, IMAGENET_MEAN, IMAGENET_STD, seed=options.seed,
                              augment=options.augment, geometric=mode not in FEATURE_MODES,
                              want_soft=mode in LABEL_MODES, uncertainty_weighting=options.uncertainty_weighting,
                              warn=is_main, policy=options.augment_policy,
-                             want_plain_colour=options.consistency_weight > 0)
+                             want_plain_colour=options.consistency_weight > 0, features=stored)
     class_weights = None
     if options.class_balance > 0 and mode != "feature-distill":
         freq = class_frequencies(source, len(classes), options.data_weights, seed=options.seed)
@@ -259,15 +268,20 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         log(f"init from {loaded['path']}: {init_report}")
     regressor, teacher_feats = None, None
     if mode in FEATURE_MODES:
-        teacher_feats = teacher or _load_teacher(options, device)
-        teacher_feats.check_data(source.metas)
-        probe = dataset[0]
-        t = teacher_feats(probe["image_pm1"][None].to(device), [source.metas[0]], ["0"])
+        if stored is not None:
+            channels, teacher_sizes = stored.channels, stored.sizes
+        else:
+            with torch.random.fork_rng(devices=[]):  # building a generator draws random numbers: not the student's
+                teacher_feats = teacher or _load_teacher(options, device)
+            teacher_feats.check_data(source.metas)
+            probe = dataset[0]
+            t = teacher_feats(probe["image_pm1"][None].to(device), [source.metas[0]], ["0"])
+            channels, teacher_sizes = teacher_feats.channels, [tuple(f.shape[-2:]) for f in t]
         sizes = student_level_sizes(options.image_size)
-        levels = match_levels(sizes, [tuple(f.shape[-2:]) for f in t])
-        regressor = FeatureRegressor(encoder_channels(student), teacher_feats.channels, levels)
-        log("feature levels: " + ", ".join(f"teacher {tuple(f.shape[1:])} -> student stride {4 * 2 ** lv} "
-                                         f"{sizes[lv]}" for f, lv in zip(t, levels)))
+        levels = match_levels(sizes, teacher_sizes)
+        regressor = FeatureRegressor(encoder_channels(student), channels, levels)
+        log("feature levels: " + ", ".join(f"teacher {(c, *hw)} -> student stride {4 * 2 ** lv} {sizes[lv]}"
+                                         for c, hw, lv in zip(channels, teacher_sizes, levels)))
     module = StudentTrainModule(student, regressor, need_logits=mode != "feature-distill").to(device)
     if cuda:
         module = module.to(memory_format=torch.channels_last)
@@ -433,6 +447,25 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
     return result
 
 
+def _stored_features(options: TrainOptions, source, teacher: TeacherTargets | None, log):
+    """--features FEATS matched to the training images by their pixels; refused when made by another teacher
+    than the one given (``teacher``, else --teacher WORKSPACE; with neither, the set's own teacher is taken)."""
+    from labelgen.student.features import StoredFeatures
+
+    identity = None
+    if teacher is not None:
+        identity = (teacher.teacher.generator_id, teacher.teacher.levels)
+    elif options.teacher:
+        from labelgen.workspace import Workspace
+
+        workspace = Workspace(options.teacher)
+        with torch.random.fork_rng(devices=[]):  # the id of a generator without a checkpoint file builds it
+            identity = (workspace.generator_id(), workspace.layer_indices)
+    stored = StoredFeatures(options.features, source, identity)
+    log(f"teacher features read from {options.features} (teacher {stored.generator_id}, levels {stored.levels})")
+    return stored
+
+
 def _teacher_classes(options: TrainOptions):
     if not options.teacher:
         return None
@@ -523,8 +556,11 @@ def _step(module, batch, mode: str, options: TrainOptions, teacher: TeacherTarge
             label = label + options.hard_weight * hard
         loss = loss + options.label_weight * label
     if mode in FEATURE_MODES:
-        indices = batch["index"].tolist()
-        targets = teacher(batch["image_pm1"].to(device), [metas[i] for i in indices], [str(i) for i in indices])
+        if "features" in batch:  # stored (--features): float16 on disk, float32 from here on
+            targets = [f.to(device, non_blocking=True).float() for f in batch["features"]]
+        else:
+            indices = batch["index"].tolist()
+            targets = teacher(batch["image_pm1"].to(device), [metas[i] for i in indices], [str(i) for i in indices])
         targets = [resize_to(t, tuple(r.shape[-2:])) for t, r in zip(targets, regressed)]
         feat, fparts = feature_distill_loss(regressed, targets, options.at_weight)
         parts.update(fparts)

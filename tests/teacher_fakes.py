@@ -111,6 +111,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def kill_when_written(proc, marker: Path, timeout: float = 120.0) -> None:
+    """SIGKILL ``proc`` (a CLI subprocess run slowly with TEACHER_FAKES_DELAY) once ``marker`` exists (a finished
+    shard's index, say), as a kill at any moment would; the process must not have ended before."""
+    import signal
+
+    deadline = time.time() + timeout
+    while not marker.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+
+
 def annotated_workspace(root: Path, backend: str = "FakeGAN", head: str = "pixel-mlp", count: int = 3,
                         ensemble: int | None = None, generator_options: dict | None = None):
     """A workspace on a fake generator with ``count`` generated images annotated with their true masks."""

@@ -15,8 +15,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("program, expected", [
-    ("labelgen", {"data", "init", "sample", "import", "train-heads", "tune-features", "synthesize", "train-generator",
-                  "app", "demo"}),
+    ("labelgen", {"data", "init", "sample", "import", "train-heads", "tune-features", "synthesize", "features",
+                  "train-generator", "app", "demo"}),
     ("student", {"train", "eval", "predict", "pseudo-label", "export"}),
 ])
 def test_help_lists_commands_with_descriptions(program, expected):

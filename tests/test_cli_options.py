@@ -15,7 +15,8 @@ from labelgen.student.cli import cli as student_cli
 # every command that computes on tensors: (program's click group, command path)
 TENSOR_COMMANDS = [
     (labelgen_cli, ["sample"]), (labelgen_cli, ["import"]), (labelgen_cli, ["train-heads"]),
-    (labelgen_cli, ["tune-features"]), (labelgen_cli, ["synthesize"]), (labelgen_cli, ["train-generator"]),
+    (labelgen_cli, ["tune-features"]), (labelgen_cli, ["synthesize"]), (labelgen_cli, ["features"]),
+    (labelgen_cli, ["train-generator"]),
     (student_cli, ["train"]), (student_cli, ["eval"]), (student_cli, ["predict"]), (student_cli, ["pseudo-label"]),
 ]
 SAMPLING_COMMANDS = [(labelgen_cli, ["init"]), (labelgen_cli, ["sample"]), (labelgen_cli, ["synthesize"]),

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from labelgen.heads import create_head
 from labelgen.heads.train import TrainConfig, train_workspace_heads
 from labelgen.metrics import ConfusionMatrix
 from labelgen.synthesis import SynthesisConfig, plan_shards, synthesize
-from teacher_fakes import REPO, annotated_workspace, layout, render, subprocess_env
+from teacher_fakes import REPO, annotated_workspace, kill_when_written, layout, render, subprocess_env
 
 torch.set_num_threads(1)
 
@@ -134,13 +132,7 @@ def reference(trained, tmp_path_factory):
 
 def test_resume_after_sigkill_gives_identical_samples(trained, reference, tmp_path):
     out = tmp_path / "out"
-    proc = _cli(trained, out, {"TEACHER_FAKES_DELAY": "0.15"})
-    deadline = time.time() + 90
-    while not (out / "000001.json").is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    kill_when_written(_cli(trained, out, {"TEACHER_FAKES_DELAY": "0.15"}), out / "000001.json")
     done_before = {p.name for p in out.glob("0*.json")}
     assert 0 < len(done_before) < 6 and not (out / "manifest.json").exists()
     proc = _cli(trained, out)
