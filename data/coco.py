@@ -158,18 +158,30 @@ def class_of_name(classes: ClassList, name: str) -> int:
     return IGNORE_INDEX if project is None else classes.names.index(project)
 
 
-def find_image(file_name: str, root: Path, folders: list[Path | str], what: str) -> Path:
+def find_image(file_name: str | list[str], root: Path, folders: list[Path | str], what: str) -> Path:
     """The first ``root/folder/file_name`` (or ``root/folder/<its base name>``) that exists, for ``folders``
-    relative to the dataset folder ``root``; one that resolves outside ``root`` (``../``, an absolute path,
-    a symlink out) is refused (:func:`~labelgen.data.io.resolve_inside`)."""
-    for folder in folders:
-        for relative in (Path(folder) / file_name, Path(folder) / Path(file_name).name):
-            if (root / relative).is_file():
-                try:
-                    return resolve_inside(root, relative)
-                except DataError as e:
-                    raise DataError(f"{what}: image {file_name!r}: {e}") from None
-    raise DataError(f"{what}: image {file_name!r} not found (looked in {', '.join(str(root / f) for f in folders)})")
+    relative to the dataset folder ``root`` (or the ``--images`` folder); a list of names is tried in turn,
+    the most specific first. One that resolves outside ``root`` (``../``, an absolute path, a symlink out)
+    is refused (:func:`~labelgen.data.io.resolve_inside`)."""
+    names = [file_name] if isinstance(file_name, str) else file_name
+    for name in names:
+        for folder in folders:
+            for relative in (Path(folder) / name, Path(folder) / Path(name).name):
+                if (root / relative).is_file():
+                    try:
+                        return resolve_inside(root, relative)
+                    except DataError as e:
+                        raise DataError(f"{what}: image {name!r}: {e}") from None
+    raise DataError(f"{what}: image {names[-1]!r} not found (looked in {', '.join(str(root / f) for f in folders)}"
+                    f"{'' if len(names) == 1 else ' for ' + ', '.join(map(repr, names))}; --images DIR says where "
+                    f"the images are)")
+
+
+def images_folder(images: Path | None) -> Path | None:
+    """The ``--images`` folder, checked: image files named in an annotation file are looked up inside it."""
+    if images is not None and not Path(images).is_dir():
+        raise DataError(f"--images {images}: not a folder")
+    return None if images is None else Path(images)
 
 
 # ---------------------------------------------------------------- reader
@@ -279,9 +291,10 @@ def looks_like_coco(path: Path) -> bool:
 class CocoReader:
     """A COCO JSON (SRC = the JSON file, or a folder with one in it or in ``annotations/``) as semantic masks.
     Image files are looked up by ``file_name`` beside the JSON, in ``images/``, in ``<split>/`` and in
-    the folder named after the JSON (``instances_train2017.json`` -> ``train2017/``)."""
+    the folder named after the JSON (``instances_train2017.json`` -> ``train2017/``); with ``images``
+    (``--images DIR``), in that folder instead (``file_name`` inside it, or its base name)."""
 
-    def __init__(self, src: Path, split: str = "train", unlabelled: str = "background"):
+    def __init__(self, src: Path, split: str = "train", unlabelled: str = "background", images: Path | None = None):
         self.json_path = find_annotation_json(Path(src), split, "COCO annotation")
         data = read_json(self.json_path)
         where = str(self.json_path)
@@ -324,6 +337,8 @@ class CocoReader:
         self.root = root
         self.image_folders = list(dict.fromkeys([self.json_path.parent.relative_to(root), Path(), Path("images"),
                                                  Path(split), Path(stem), Path("images", stem)]))
+        if images is not None:
+            self.root, self.image_folders = images_folder(images), [Path()]
         self.ids = sorted(self.images)
 
     def __len__(self) -> int:

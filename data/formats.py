@@ -26,38 +26,40 @@ class ImportFormat:
     name: str
     layout: str  # one line: what SRC looks like
     looks_like: Callable[[Path], bool]
-    open: Callable[[Path, str, str], Iterable[LabelledImage]]  # (src, split, unlabelled) -> reader with .classes
+    # (src, split, unlabelled, the --images folder or None) -> reader with .classes
+    open: Callable[[Path, str, str, Path | None], Iterable[LabelledImage]]
+    images_elsewhere: bool = False  # its images may live in another folder (--images)
 
 
-def _open_voc(src: Path, split: str, unlabelled: str):
+def _open_voc(src: Path, split: str, unlabelled: str, images: Path | None):
     from labelgen.data.folder import VocFolder
 
     has_lists = (src / "ImageSets" / "Segmentation").is_dir()
     return VocFolder(src, split=split if has_lists else None, require_masks=True)
 
 
-def _open_folder(src: Path, split: str, unlabelled: str):
+def _open_folder(src: Path, split: str, unlabelled: str, images: Path | None):
     from labelgen.data.folder import open_labelled
 
     return open_labelled(src, require_masks=True, split=split if (src / split).is_dir() else None)
 
 
-def _open_coco(src: Path, split: str, unlabelled: str):
+def _open_coco(src: Path, split: str, unlabelled: str, images: Path | None):
     from labelgen.data.coco import CocoReader
 
-    return CocoReader(src, split, unlabelled)
+    return CocoReader(src, split, unlabelled, images)
 
 
-def _open_cityscapes(src: Path, split: str, unlabelled: str):
+def _open_cityscapes(src: Path, split: str, unlabelled: str, images: Path | None):
     from labelgen.data.cityscapes import CityscapesReader
 
     return CityscapesReader(src, split, unlabelled)
 
 
-def _open_labelstudio(src: Path, split: str, unlabelled: str):
+def _open_labelstudio(src: Path, split: str, unlabelled: str, images: Path | None):
     from labelgen.data.labelstudio import LabelStudioReader
 
-    return LabelStudioReader(src, split, unlabelled)
+    return LabelStudioReader(src, split, unlabelled, images)
 
 
 def _looks_like_coco(path: Path) -> bool:
@@ -83,11 +85,12 @@ def _looks_like_folder(path: Path) -> bool:
 
 
 IMPORT_FORMATS: dict[str, ImportFormat] = {f.name: f for f in (
-    ImportFormat("coco", "a COCO JSON (images, annotations, categories) + its images", _looks_like_coco, _open_coco),
+    ImportFormat("coco", "a COCO JSON (images, annotations, categories) + its images", _looks_like_coco, _open_coco,
+                 images_elsewhere=True),
     ImportFormat("cityscapes", "gtFine/<split>/<city>/*_labelIds.png + leftImg8bit/", _looks_like_cityscapes,
                  _open_cityscapes),
     ImportFormat("labelstudio", "a Label Studio JSON export (list of tasks) + its images", _looks_like_labelstudio,
-                 _open_labelstudio),
+                 _open_labelstudio, images_elsewhere=True),
     ImportFormat("voc", "JPEGImages/ + SegmentationClass/ [+ labelmap.txt, ImageSets/Segmentation/<split>.txt]",
                  lambda p: (p / "JPEGImages").is_dir(), _open_voc),
     ImportFormat("folder", "classes.json (or labelmap.txt, classes.txt) + [<split>/]images/ + masks/",
@@ -131,15 +134,19 @@ def check_readable_layout(path: Path) -> None:
 
 def import_dataset(src: Path, out: Path, fmt: str = AUTO, split: str = "train", size_hw: tuple[int, int] | None = None,
                    mapping: ClassMapping | None = None, unlabelled: str = "background",
-                   progress: Callable[[], None] | None = None) -> dict:
-    """Read ``src`` in format ``fmt`` and write split ``split`` of the project folder ``out``."""
+                   progress: Callable[[], None] | None = None, images: Path | None = None) -> dict:
+    """Read ``src`` in format ``fmt`` and write split ``split`` of the project folder ``out``; ``images``: the
+    folder SRC's images are in when not beside it (COCO, Label Studio)."""
     src, out, split = Path(src), Path(out), check_split_name(split)
     fmt = detect_format(src) if fmt == AUTO else fmt
     if fmt not in IMPORT_FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(IMPORT_FORMATS)})")
     if not src.exists():
         raise DataError(f"{src}: not found")
-    reader = IMPORT_FORMATS[fmt].open(src, split, unlabelled)
+    if images is not None and not IMPORT_FORMATS[fmt].images_elsewhere:
+        takes = ", ".join(f.name for f in IMPORT_FORMATS.values() if f.images_elsewhere)
+        raise DataError(f"--images {images}: only {takes} imports read their images from another folder ({src} is {fmt})")
+    reader = IMPORT_FORMATS[fmt].open(src, split, unlabelled, images)
     source: ClassList = reader.classes  # type: ignore[attr-defined]
     classes, lut = mapping.apply(source, str(src)) if mapping else (source, None)
     from labelgen.run import RunLock

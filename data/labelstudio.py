@@ -9,9 +9,11 @@ bit-packed RLE of the RGBA canvas; a pixel belongs to the label where alpha >= 1
 ``value.points`` (polygon: ``[[x, y], ...]`` in percent of the image size). Predictions, ratings,
 ``meta``, ``drafts`` and ``image_rotation`` are not used.
 
-The image file is found by the base name of that URL (``/data/upload/3/1a2b3c4d-photo.png``, or the
-``?d=`` path of local-files URLs), also without the 8-hex-digit prefix Label Studio gives uploads,
-beside the JSON and in ``images/`` there.
+The image file is found by that URL: a local-files URL's ``?d=`` path (``/data/local-files/?d=set1/a.jpg``,
+relative to Label Studio's LOCAL_FILES_DOCUMENT_ROOT), then the URL's file name (uploads,
+``/data/upload/3/1a2b3c4d-photo.png``: also without the 8-hex-digit prefix Label Studio gives them),
+beside the JSON and in ``images/`` there, or in the ``--images`` folder (the document root, or the folder
+the uploaded files are in).
 
 Classes: the labels used, sorted by name (``--classes`` to choose names and order); overlaps and
 unlabelled pixels follow the COCO reader's rule (largest region painted first; ``background`` or
@@ -22,13 +24,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from labelgen.data.coco import (class_of_name, find_annotation_json, find_image, json_head_has, paint, polygons_to_mask,
-                                source_classes)
+from labelgen.data.coco import (class_of_name, find_annotation_json, find_image, images_folder, json_head_has, paint,
+                                polygons_to_mask, source_classes)
 from labelgen.data.folder import LabelledImage
 from labelgen.data.io import is_count, read_image, read_json
 from labelgen.errors import DataError
@@ -119,17 +121,22 @@ def image_reference(task: dict, where: str) -> str:
     return strings[0]
 
 
-def image_file_name(reference: str) -> str:
-    """The file name in a Label Studio image URL (local-files ``?d=`` path, or the URL's last part)."""
+def image_file_names(reference: str) -> list[str]:
+    """Where the file of a Label Studio image URL may lie, relative to the images folder, most specific first:
+    a local-files URL's ``?d=`` path (relative to Label Studio's LOCAL_FILES_DOCUMENT_ROOT), then the file
+    name (``/data/upload/3/1a2b3c4d-photo.png``: also without the 8-hex-digit prefix uploads get)."""
     url = urlparse(reference)
     local = parse_qs(url.query).get("d")
-    return Path(unquote(local[0] if local else url.path)).name
+    path = unquote(local[0] if local else url.path)
+    name = PurePosixPath(path).name
+    names = [path.lstrip("/"), name] if local else [name]
+    return list(dict.fromkeys([*names, _UPLOAD_PREFIX.sub("", name)]))
 
 
 class LabelStudioReader:
     """A Label Studio JSON export (SRC = the JSON file, or a folder with one JSON in it or in annotations/)."""
 
-    def __init__(self, src: Path, split: str = "train", unlabelled: str = "background"):
+    def __init__(self, src: Path, split: str = "train", unlabelled: str = "background", images: Path | None = None):
         self.json_path = find_annotation_json(Path(src), split, "Label Studio export")
         tasks = read_json(self.json_path)
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
@@ -163,6 +170,8 @@ class LabelStudioReader:
         self.root = Path(src) if Path(src).is_dir() else self.json_path.parent  # images are read from inside it
         beside = self.json_path.parent.relative_to(self.root)
         self.folders = list(dict.fromkeys([beside, beside / "images", Path("images")]))
+        if images is not None:  # --images DIR: the upload / local-files folder
+            self.root, self.folders = images_folder(images), [Path()]
 
     @staticmethod
     def checked_label(r: dict, where: str) -> str:
@@ -187,13 +196,7 @@ class LabelStudioReader:
         return len(self.tasks)
 
     def find(self, reference: str, where: str) -> Path:
-        name = image_file_name(reference)
-        try:
-            return find_image(name, self.root, self.folders, where)
-        except DataError:
-            if _UPLOAD_PREFIX.match(name):
-                return find_image(_UPLOAD_PREFIX.sub("", name), self.root, self.folders, where)
-            raise
+        return find_image(image_file_names(reference), self.root, self.folders, where)
 
     def __iter__(self) -> Iterator[LabelledImage]:
         for where, results, reference in self.tasks:

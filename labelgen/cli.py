@@ -105,13 +105,17 @@ def import_ccp_cmd(src: Path, out: Path, size: str, splits: str, workers: int, l
                    "such entries [default: keep SRC's classes].")
 @click.option("--unlabelled", type=click.Choice(UNLABELLED_CHOICES), default=UNLABELLED_CHOICES[0],
               help="COCO / Label Studio pixels no annotation covers: the background class or 255 (ignore).")
-def data_import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, mapping: str | None, unlabelled: str):
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="COCO / Label Studio: the folder SRC's images are in when not beside it (COCO file_name, Label "
+                   "Studio upload URLs by file name, local-files ?d= paths relative to it) [default: beside SRC].")
+def data_import_cmd(src: Path, fmt: str, out: Path, split: str, size: str | None, mapping: str | None, unlabelled: str,
+                    images: Path | None):
     """Import COCO, Cityscapes, Label Studio, VOC/CVAT or a labelled folder into the project folder format."""
     from labelgen.data.formats import import_dataset
     from labelgen.data.mapping import ClassMapping
 
     summary = import_dataset(src, out, fmt, split, parse_size(size) if size else None,
-                             ClassMapping.parse(mapping) if mapping else None, unlabelled)
+                             ClassMapping.parse(mapping) if mapping else None, unlabelled, images=images)
     skipped = "".join(f", {v} {k.replace('_', ' ')}" for k, v in summary.items() if k.startswith("skipped"))
     click.echo(f"imported {summary['images']} images ({summary['format']}{skipped}) -> {out / split}; "
                f"classes: {', '.join(summary['classes'])}")

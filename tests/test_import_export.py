@@ -313,8 +313,41 @@ def test_labelstudio_bad_input(tmp_path):
     with pytest.raises(DataError, match="result p: polygon outside the image"):
         import_dataset(path, tmp_path / "out", "labelstudio")
     (tmp_path / "ls" / "photo.png").unlink()
-    with pytest.raises(DataError, match="image 'photo.png' not found"):
+    with pytest.raises(DataError, match="image 'photo.png' not found") as missing:
         import_dataset(path, tmp_path / "out", "labelstudio")
+    assert "export.json/" not in str(missing.value)  # no search path inside the JSON file's name
+
+
+def test_images_elsewhere_for_coco_and_labelstudio(tmp_path, capsys):
+    """--images DIR: COCO file_name, Label Studio upload URLs (by file name) and local-files ?d= paths (relative
+    to DIR, Label Studio's LOCAL_FILES_DOCUMENT_ROOT) resolve inside it."""
+    make_coco(tmp_path / "coco")
+    (tmp_path / "coco" / "images").rename(tmp_path / "pics")
+    base = ["data", "import", str(tmp_path / "coco" / "annotations.json"), "--out"]
+    code, _, err = _cli([*base, str(tmp_path / "o1")], capsys)
+    assert code == 2 and "image 'im1.png' not found" in err and "--images" in err and err.count("\n") == 1
+    code, out, err = _cli([*base, str(tmp_path / "o1"), "--images", str(tmp_path / "pics")], capsys)
+    assert code == 0 and "imported 2 images (coco)" in out, err
+    assert np.array_equal(open_labelled(tmp_path / "o1" / "train")[1].image, _image(2))
+
+    path, brush = make_labelstudio(tmp_path / "ls")
+    media = _mk(tmp_path / "media")
+    (tmp_path / "ls" / "photo.png").rename(media / "1a2b3c4d-photo.png")  # where Label Studio keeps an upload
+    tasks = json.loads(path.read_text())
+    tasks[1] = {**tasks[0], "id": 2, "data": {"image": "/data/local-files/?d=set1/sub%20dir/other.png"}}
+    path.write_text(json.dumps(tasks))
+    Image.fromarray(_image(6)).save(_mk(media / "set1" / "sub dir") / "other.png")
+    Image.fromarray(_image(9)).save(media / "other.png")  # the same file name elsewhere: the ?d= path wins
+    code, out, err = _cli(["data", "import", str(path), "--out", str(tmp_path / "o2"), "--images", str(media)], capsys)
+    assert code == 0 and "imported 2 images (labelstudio" in out, err
+    ds = open_labelled(tmp_path / "o2" / "train")
+    assert [it.key for it in ds] == ["1a2b3c4d-photo", "other"]
+    assert np.array_equal(ds[0].image, _image(5)) and np.array_equal(ds[1].image, _image(6))
+    assert np.array_equal(ds[0].mask == 2, brush)
+    make_voc(tmp_path / "voc")  # formats whose images are part of their layout refuse it
+    code, _, err = _cli(["data", "import", str(tmp_path / "voc"), "--out", str(tmp_path / "o3"), "--images",
+                         str(media)], capsys)
+    assert code == 2 and "--images" in err and "only coco, labelstudio imports" in err and err.count("\n") == 1
 
 
 # ---------------------------------------------------------------- VOC split lists, unknown layouts
