@@ -455,7 +455,8 @@ class ShardReader:
         if (self.path / MANIFEST).is_file():
             manifest = read_manifest(self.path)
             self.shards = [(self.path / s["shard"], s["count"]) for s in manifest["shards"]]
-            self.classes = ClassList.from_json({"classes": manifest["classes"]}) if manifest.get("classes") else None
+            self.classes = (ClassList.from_json({"classes": manifest["classes"]}, str(self.path / MANIFEST))
+                            if manifest.get("classes") else None)
         else:
             self.shards = [(self.path / shard_name(i), read_shard_index(self.path, i)["count"])
                            for i in sorted(finished_shards(self.path))]

@@ -206,12 +206,16 @@ def claim_size(tar: Path, size: int) -> None:
     tar.write_bytes(bytes(data))
 
 
+def edit_json(path: Path, edit: Callable[[object], object]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
 def outside_manifest_shard(folder: Path) -> None:
     """manifest.json names a shard outside the set's folder (a copy of its first shard)."""
     shutil.copy(folder / "000000.tar", folder.parent / "outside.tar")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["shards"][0]["shard"] = "../outside.tar"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    edit_json(folder / "manifest.json", lambda m: m["shards"][0].update(shard="../outside.tar"))
 
 
 def rle_chars(value: int, chunks: int) -> str:
@@ -242,10 +246,7 @@ def json_fixture(make: Callable[[Path], tuple], folder: str):
     JSON then changed by ``edit(data, t)``."""
     def with_edit(edit: Callable[[object, Path], object]):
         def setup(env, t):
-            path = make(t / folder)[0]
-            data = json.loads(path.read_text())
-            edit(data, t)
-            path.write_text(json.dumps(data))
+            edit_json(make(t / folder)[0], lambda data: edit(data, t))
         return setup
     return with_edit
 
@@ -416,6 +417,8 @@ CASES = [
          shards_edited(lambda f: (f / "000001.json").write_text('["garbage"]'))),
     Case("export-manifest-shard-outside", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"],
          "manifest.json", shards_edited(outside_manifest_shard)),
+    Case("export-manifest-classes-garbage", ["data", "export", "{t}/shards", "{t}/o", "--format", "folder"],
+         "manifest.json", shards_edited(lambda f: edit_json(f / "manifest.json", lambda m: m.update(classes=5)))),
     # COCO and Label Studio fields of the wrong type
     Case("coco-polygon-strings", COCO_IMPORT, "annotation 11", coco_with(
         lambda d, t: d["annotations"][1].update(segmentation=[["2", "2", "20", "2", "twenty", "14"]]))),
