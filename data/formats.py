@@ -182,7 +182,7 @@ def import_dataset(src: Path, out: Path, fmt: str = AUTO, split: str = "train", 
 
 
 def _write_split(reader, partial: Path, classes: ClassList, lut, size_hw, progress) -> int:
-    from labelgen.data.ccp import resize_pair
+    from labelgen.imaging import fit_photo
 
     keys: set[str] = set()
     count = 0
@@ -191,7 +191,7 @@ def _write_split(reader, partial: Path, classes: ClassList, lut, size_hw, progre
         if lut is not None and mask is not None:
             mask = lut[mask]
         if size_hw is not None:
-            image, mask = resize_pair(image, mask, size_hw)
+            image, mask = fit_photo(image, size_hw, mask)
         key, n = item.key, 2
         while key in keys:  # the same file name in two folders (COCO subfolders, cities)
             key, n = f"{item.key}_{n}", n + 1

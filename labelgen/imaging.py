@@ -5,6 +5,7 @@
     resize_image(image, (h, w))                    images and other continuous maps (soft labels, logits)
     resize_mask(mask, (h, w))                      index masks
     mirror_image(array)                            the horizontal mirror image (flip augmentation and TTA)
+    fit_photo(image, (h, w), mask)                 a real photo (+ its mask) brought to a model's size: the rule below
 
 **The resize rule** (used by every stage: data import, workspace import, teacher features of real images,
 generator training data, student training, evaluation and prediction), the benchmark's own (CCP DATACARD):
@@ -16,6 +17,13 @@ generator training data, student training, evaluation and prediction), the bench
 
 Both accept numpy arrays ``[H, W, C]`` / ``[H, W]`` and torch tensors ``[N, C, H, W]`` / ``[N, H, W]``; the
 result has the input's type, dtype and device.
+
+**The photo rule** (:func:`fit_photo`; `labelgen import`, the app's import, ``synthesize --from-images``, teacher
+evaluation, generator training data, the student's training data and prediction): the **whole** photo is stretched
+to the size, the image by the resize rule, its mask by nearest neighbour. Nothing is cropped, so every pixel of the
+photo is labelled and labels map back onto the whole photo (the student's scores are resized back to its own size).
+A photo whose aspect ratio differs from the size's by more than 25 % is stretched all the same, with a one-line
+notice (a UserWarning, once per photo size and call site): crop it first to keep its proportions.
 """
 from __future__ import annotations
 
@@ -134,3 +142,31 @@ def resize_mask(mask, size_hw: Size):
         return np.asarray(Image.fromarray(array).resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
     out = Image.fromarray(array.astype(np.int32), mode="I").resize((w, h), Image.Resampling.NEAREST)
     return np.asarray(out).astype(array.dtype)
+
+
+ASPECT_NOTICE = 1.25  # fit_photo's notice: aspect ratios more than 25 % apart
+
+
+def aspect_notice(source_hw, size_hw: Size) -> str | None:
+    """The one-line notice when a photo of ``source_hw`` is stretched to ``size_hw`` far out of proportion (None:
+    the aspect ratios are within 25 %)."""
+    (ih, iw), (h, w) = _check_size(source_hw[:2]), _check_size(size_hw)
+    ratio = (iw / ih) / (w / h)
+    if max(ratio, 1 / ratio) <= ASPECT_NOTICE:
+        return None
+    return (f"a {ih}x{iw} photo is stretched to {h}x{w} (HxW): its aspect ratio (W/H {iw / ih:.2f}) differs from "
+            f"{w / h:.2f} by more than {ASPECT_NOTICE - 1:.0%}; crop it first to keep its proportions")
+
+
+def fit_photo(image, size_hw: Size, mask=None, notice: bool = True):
+    """A real photo uint8 [H, W, 3] (+ its index mask [H, W] or None) -> (image, mask) at ``size_hw``: the whole
+    photo stretched (the photo rule, module docstring), so its labels map back onto all of it. ``notice``: warn
+    when the aspect ratios are far apart (off where the caller crops at random on purpose)."""
+    image = np.asarray(image)
+    assert mask is None or np.shape(mask)[:2] == image.shape[:2], (np.shape(mask), image.shape)  # callers check masks
+    message = aspect_notice(image.shape[:2], size_hw) if notice else None
+    if message:
+        import warnings
+
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return resize_image(image, size_hw), None if mask is None else resize_mask(mask, size_hw)

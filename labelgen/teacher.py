@@ -46,7 +46,7 @@ import torch
 
 from labelgen.errors import LabelgenError
 from labelgen.heads.uncertainty import TOP_FRACTION, image_scores, pixel_uncertainty, uncertainty_measure
-from labelgen.imaging import images_to_tensor, mirror_image, quantize, resize_image
+from labelgen.imaging import fit_photo, images_to_tensor, mirror_image, quantize, resize_image
 
 # keys the workspace / synthesis add around a backend recipe (provenance, not generator input)
 PROVENANCE_KEYS = ("source", "generator", "file", "original_name", "from_synthetic", "inversion")
@@ -352,7 +352,7 @@ class Teacher:
         for a in arrays:
             if a.ndim != 3 or a.shape[2] != 3:
                 raise LabelgenError(f"images must be RGB uint8 [H, W, 3], got shape {list(a.shape)}")
-        arrays = [resize_image(a, self.resolution) for a in arrays]
+        arrays = [fit_photo(a, self.resolution)[0] for a in arrays]  # the photo rule
         return images_to_tensor(np.stack(arrays)).to(self.device)
 
     def _place(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -47,7 +47,7 @@ from labelgen.data.io import (
 )
 from labelgen.errors import LabelgenError
 from labelgen.heads.base import HEAD_CONFIG_NAME
-from labelgen.imaging import resize_image, resize_mask, tensor_to_uint8
+from labelgen.imaging import tensor_to_uint8
 from labelgen.teacher import Teacher, check_head, generator_identity, heads_identity, state_digest, weights_digest
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
@@ -377,16 +377,12 @@ class Workspace:
 
     def import_images(self, images_dir: Path, masks_dir: Path | None = None, inversion=None
                       ) -> tuple[list[str], int, int]:
-        """Add real images (+ masks named <stem>.png or <stem>.mask.png) resized to the generator
-        resolution by the one resize rule (labelgen.imaging). All or nothing: every file is read and checked
-        (GAN teachers: projected into the latent space, labelgen.inversion with ``inversion`` its InversionConfig;
-        the recipe stores the latent and ``"inversion": {"steps", "psnr"}``) before the first is written, then all
-        are written as one transaction (:meth:`_write_import`: a failed write or a kill leaves none or, once
-        committed, every image with its mask). An image whose content is already in the
-        workspace (sha256 of the file, kept as the recipe's "sha256") is skipped, so importing a folder again adds
-        only its new images. Returns (ids added, how many of them were resized, how many were skipped)."""
+        """Add a folder's real images (+ masks named <stem>.png or <stem>.mask.png) by :meth:`add_photos`. An image
+        whose content is already in the workspace (sha256 of the file, kept as the recipe's "sha256") is skipped,
+        so importing a folder again adds only its new images. Returns (ids added, how many of them were resized,
+        how many were skipped)."""
         from labelgen.data.io import file_sha256, list_images
-        from labelgen.inversion import INVERTERS, invert_photo
+        from labelgen.inversion import INVERTERS
 
         if not self.config.can_encode_images and self.config.backend not in INVERTERS:
             raise LabelgenError(f"the {self.config.backend} generator needs an inversion method to use real images "
@@ -395,9 +391,11 @@ class Workspace:
         paths = list_images(Path(images_dir))
         if not paths:
             raise LabelgenError(f"{images_dir}: no images")
-        with self.writing():  # no second import meanwhile: it would take the same ids and miss these contents
+        skipped = 0
+
+        def photos():
+            nonlocal skipped
             known = {read_json(self.recipe_path(i)).get("sha256") for i in self.annotation_ids() if i.startswith("r")}
-            entries, resized, skipped = [], 0, 0  # entries: (image, mask or None, recipe), checked, not yet written
             for path in paths:
                 digest = file_sha256(path)
                 if digest in known:
@@ -405,18 +403,37 @@ class Workspace:
                     continue
                 known.add(digest)
                 image = read_image(path)
-                mask = self._import_mask(path, masks_dir, image.shape)
-                if image.shape[:2] != self.resolution:
-                    resized += 1
-                    image, mask = resize_image(image, self.resolution), (None if mask is None else resize_mask(mask, self.resolution))
-                recipe = {"source": "real", "file": path.name, "sha256": digest}
+                yield image, self.import_mask(path, masks_dir, image.shape), {"source": "real", "file": path.name,
+                                                                               "sha256": digest}
+
+        with self.writing():  # no second import meanwhile: it would take the same ids and miss these contents
+            ids, resized = self.add_photos(photos(), inversion)
+        return ids, resized, skipped
+
+    def add_photos(self, photos, inversion=None) -> tuple[list[str], int]:
+        """Store real photos, ``photos`` (image uint8 [H, W, 3], its checked index mask or None, recipe) one at a
+        time, as annotations brought to the generator resolution by the one photo rule
+        (labelgen.imaging.fit_photo: the whole photo, stretched). `labelgen import` and the app's import both come
+        here. All or nothing: every photo is fitted (GAN teachers: projected into the latent space,
+        labelgen.inversion with ``inversion`` its InversionConfig; the recipe stores the latent and
+        ``"inversion": {"steps", "psnr"}``) before the first is written, then all are written as one transaction
+        (:meth:`_write_import`: a failed write or a kill leaves none or, once committed, every image with its mask).
+        Returns (ids added, how many of them were resized)."""
+        from labelgen.imaging import fit_photo
+        from labelgen.inversion import invert_photo
+
+        with self.writing():  # the ids stay free until written
+            entries, resized = [], 0  # entries: (image, mask or None, recipe), checked, not yet written
+            for image, mask, recipe in photos:
+                resized += image.shape[:2] != self.resolution
+                image, mask = fit_photo(image, self.resolution, mask)
                 if not self.config.can_encode_images:  # a GAN teacher: the photo's latent (labelgen/inversion.py)
-                    recipe.update(invert_photo(self.generator(), image, inversion))
+                    recipe = {**recipe, **invert_photo(self.generator(), image, inversion)}
                 entries.append((image, mask, recipe))
             ids = [self.next_id("r", k) for k in range(len(entries))]
             if entries:
                 self._write_import(ids, entries)
-        return ids, resized, skipped
+        return ids, resized
 
     def _write_import(self, ids: list[str], entries: list[tuple[np.ndarray, np.ndarray | None, dict]]) -> None:
         """Write an import as one transaction: every file into W/annotations/.import.staging/ (removed again when a
@@ -437,8 +454,9 @@ class Workspace:
         os.replace(stage, self.annotations_dir / IMPORT_COMMIT)
         self._commit_import()
 
-    def _import_mask(self, image_path: Path, masks_dir: Path | None, image_shape: tuple[int, ...]) -> np.ndarray | None:
-        """The checked index mask uint8 [H, W] of an image to import (<stem>.png or <stem>.mask.png in ``masks_dir``)."""
+    def import_mask(self, image_path: Path, masks_dir: Path | None, image_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The checked index mask uint8 [H, W] of an image to import (<stem>.png or <stem>.mask.png in ``masks_dir``;
+        `labelgen import --masks` and the app's import)."""
         if masks_dir is None:
             return None
         for candidate in (Path(masks_dir) / f"{image_path.stem}.png", Path(masks_dir) / f"{image_path.stem}.mask.png"):

@@ -42,7 +42,7 @@ from labelgen.data.classes import ClassList
 from labelgen.data.io import IGNORE_INDEX
 from labelgen.data.shards import ShardReader, is_shard_set, soft_probabilities
 from labelgen.errors import DataError, LabelgenError
-from labelgen.imaging import resize_image, resize_mask
+from labelgen.imaging import fit_photo, resize_image
 from labelgen.student.augment import StrongAugment, build_augment
 
 
@@ -244,8 +244,8 @@ class StudentDataset(Dataset):
             box = self.crop.crop_box(*mask.shape[:2], np.random.default_rng(seed))
             image, soft = (None if a is None else crop_like(a, box, mask.shape[:2]) for a in (image, soft))
             mask = crop_like(mask, box, mask.shape[:2])
-        data = {"image": resize_image(np.ascontiguousarray(image), self.image_size),
-                "mask": resize_mask(np.ascontiguousarray(mask), self.image_size)}
+        image, mask = fit_photo(np.ascontiguousarray(image), self.image_size, np.ascontiguousarray(mask), notice=False)
+        data = {"image": image, "mask": mask}  # the photo rule; no notice: the strong policy's crops are meant to vary
         if soft is not None:
             data["soft"] = resize_image(np.ascontiguousarray(soft), self.image_size)  # [H, W, C] float: the image rule
         out = self.geo(**data)

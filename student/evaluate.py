@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from labelgen.data.io import atomic_write_json, list_images, read_image, staged_folder, write_png
 from labelgen.errors import LabelgenError
-from labelgen.imaging import resize_image, resize_mask
+from labelgen.imaging import fit_photo, resize_image, resize_mask
 from labelgen.metrics import ConfusionMatrix, Scores
 from labelgen.student.models import StudentConfig
 from labelgen.visualize import grid, overlay
@@ -22,7 +22,7 @@ from labelgen.visualize import grid, overlay
 
 def preprocess(image: np.ndarray, config: StudentConfig) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [1, 3, h, w] at the training size, normalised."""
-    image = resize_image(image, tuple(config.image_size))  # uint8, as the training images (student/data.py)
+    image, _ = fit_photo(image, tuple(config.image_size))  # uint8, as the training images (student/data.py)
     x = torch.tensor(image).permute(2, 0, 1)[None].float()  # [1, 3, h, w]
     mean = torch.tensor(config.mean)[None, :, None, None] * 255
     std = torch.tensor(config.std)[None, :, None, None] * 255

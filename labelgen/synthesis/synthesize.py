@@ -43,7 +43,7 @@ from labelgen.data.io import atomic_write_json, file_sha256, list_images, read_i
 from labelgen.data.shards import ShardSample, ShardWriter, encode_sample
 from labelgen.errors import LabelgenError
 from labelgen.heads.uncertainty import TOP_FRACTION
-from labelgen.imaging import images_to_tensor, resize_image, tensor_to_uint8
+from labelgen.imaging import fit_photo, images_to_tensor, tensor_to_uint8
 from labelgen.run import Dist, RunLock, init_dist, progress as progress_bar
 from labelgen.teacher import Teacher
 
@@ -194,7 +194,7 @@ class _Source:
             for j in candidates:
                 image = read_image(self.image_paths[j])
                 metas.append({"source_image": self.image_paths[j].name, "source_size": list(image.shape[:2])})
-                arrays.append(resize_image(image, self.teacher.resolution))  # what the shard stores
+                arrays.append(fit_photo(image, self.teacher.resolution)[0])  # the photo rule; what the shard stores
             return images_to_tensor(np.stack(arrays)), self.teacher.features(images=arrays), metas
         seeds = [self.config.seed_base + j for j in candidates]
         out = self.teacher.sample(seeds, **self.config.sampling_options())

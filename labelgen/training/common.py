@@ -39,8 +39,8 @@ def load_images(path: Path, resolution: tuple[int, int] | None = None, progress:
     """All images of a folder as one uint8 tensor [N, 3, H, W] (read once, kept in memory).
 
     Without ``resolution`` every image must have the same size; with it, images of another size are
-    resized by the project's one rule (labelgen.imaging.resize_image)."""
-    from labelgen.imaging import resize_image
+    resized by the project's photo rule (labelgen.imaging.fit_photo)."""
+    from labelgen.imaging import fit_photo
 
     folder = image_folder(path)
     files = list_images(folder)
@@ -52,7 +52,7 @@ def load_images(path: Path, resolution: tuple[int, int] | None = None, progress:
     for f in iterator:
         arr = read_image(f)
         if resolution is not None and arr.shape[:2] != tuple(resolution):
-            arr = resize_image(arr, tuple(resolution))
+            arr, _ = fit_photo(arr, tuple(resolution))
         elif arrays and arr.shape != arrays[0].shape:
             raise DataError(f"{f}: size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from {files[0].name} "
                             f"({arrays[0].shape[1]}x{arrays[0].shape[0]}); pass --resolution HxW to resize")
