@@ -136,24 +136,6 @@ def allowed_roots(ws: Workspace, extra: list[str] | None = None) -> list[Path]:
 
 
 # ---------------------------------------------------------------- images in
-def fit_to_resolution(image: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to the generator's aspect ratio, then resize to (H, W) by the one rule (labelgen.imaging)."""
-    h, w = resolution
-    ih, iw = image.shape[:2]
-    target = w / h
-    if iw / ih > target:  # too wide
-        cw = max(1, round(ih * target))
-        x0 = (iw - cw) // 2
-        image = image[:, x0:x0 + cw]
-    else:
-        ch = max(1, round(iw / target))
-        y0 = (ih - ch) // 2
-        image = image[y0:y0 + ch]
-    from labelgen.imaging import resize_image
-
-    return resize_image(np.ascontiguousarray(image, dtype=np.uint8), (h, w))
-
-
 def decode_image_bytes(payload: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES) -> np.ndarray:
     """Validate untrusted image bytes (size, real image, pixel count) -> uint8 [H, W, 3]."""
     if len(payload) > max_bytes:
@@ -174,17 +156,34 @@ def decode_image_bytes(payload: bytes, name: str = "upload", max_bytes: int = MA
         raise AppError(f"{name}: not a readable image") from None
 
 
-def import_real_images(ws: Workspace, images: list[tuple[str, np.ndarray]]) -> list[str]:
-    """Store real images (resized to the generator resolution) as annotations with ``source: real``."""
+def import_real_images(ws: Workspace, images: list[tuple[str, np.ndarray]],
+                       masks: dict[str, np.ndarray] | None = None) -> tuple[list[str], list[str]]:
+    """Store real images (+ their index masks by image name) as annotations with ``source: real``, as
+    `labelgen import` does (Workspace.add_photos: the one photo rule, all or nothing); returns (ids, the
+    notices of photos stretched far out of proportion, labelgen.imaging.aspect_notice)."""
+    from labelgen.imaging import aspect_notice
+
     if not can_import_real(ws):
         raise AppError(f"the {ws.config.backend} generator cannot compute features of real images; importing here "
                        "needs a diffusion teacher (dcgan, stylegan2: `labelgen import` inverts photos into the latent space)")
-    resolution = tuple(ws.config.resolution) if ws.config.resolution else tuple(ws.generator().resolution)
-    ids = []
-    for name, image in images:
-        fitted = fit_to_resolution(image, resolution)
-        ids.append(ws.add_annotation(fitted, {"source": "real", "original_name": Path(name).name[:200]}))
-    return ids
+    notices = [f"{name}: {n}" for name, image in images if (n := aspect_notice(image.shape[:2], ws.resolution))]
+    ids, _ = ws.add_photos((image, (masks or {}).get(name), {"source": "real", "original_name": Path(name).name[:200]})
+                           for name, image in images)
+    return ids, notices
+
+
+def folder_masks(ws: Workspace, roots: list[Path], folder: str, masks_folder: str,
+                 images: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Index masks of a folder's images from a masks folder inside the allowed roots, named and read as
+    `labelgen import --masks` reads them (Workspace.import_mask: <stem>.png or <stem>.mask.png, checked)."""
+    path = resolve_in_roots(roots, masks_folder)
+    if not path.is_dir():
+        raise AppError(f"{masks_folder}: not a folder")
+    if any(f.resolve().parent != path for f in path.iterdir() if f.is_file()):
+        raise AppError(f"{masks_folder}: holds links to files elsewhere")
+    images_path = resolve_in_roots(roots, folder)
+    found = {name: ws.import_mask(images_path / name, path, image.shape) for name, image in images}
+    return {name: mask for name, mask in found.items() if mask is not None}
 
 
 def folder_images(ws: Workspace, roots: list[Path], folder: str) -> list[tuple[str, np.ndarray]]:

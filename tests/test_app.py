@@ -16,6 +16,7 @@ from PIL import Image
 from labelgen.app import core, jobs
 from labelgen.app.testing import make_workspace
 from labelgen.errors import LabelgenError
+from labelgen.imaging import fit_photo
 
 APP_FILE = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 
@@ -127,7 +128,8 @@ def test_uploads_are_size_limited_and_validated():
     Image.new("RGB", (120, 60), (1, 2, 3)).save(buf, format="PNG")
     image = core.decode_image_bytes(buf.getvalue(), "ok.png")
     assert image.shape == (60, 120, 3)
-    fitted = core.fit_to_resolution(image, (64, 64))
+    with pytest.warns(UserWarning, match="stretched"):  # what an import stores (the photo rule: test_photo_rule.py)
+        fitted, _ = fit_photo(image, (64, 64))
     assert fitted.shape == (64, 64, 3) and fitted.dtype == np.uint8
     with pytest.raises(core.AppError, match="limit"):
         core.decode_image_bytes(buf.getvalue(), "big.png", max_bytes=100)

@@ -11,8 +11,8 @@ from labelgen.app.assist import DEFAULT_SUPERPIXEL_SIZE, SUPERPIXEL_SIZES, SUPER
 from labelgen.app.canvas import mask_canvas
 from labelgen.app.core import (
     DONE, MAX_UPLOAD_BYTES, PARTLY, UNLABELLED, AppError, allowed_roots, annotation_progress, can_import_real,
-    decode_image_bytes, file_stamp, folder_images, generate_into_workspace, image_progress, import_real_images,
-    mark_done, reopen,
+    decode_image_bytes, file_stamp, folder_images, folder_masks, generate_into_workspace, image_progress,
+    import_real_images, mark_done, reopen,
 )
 from labelgen.errors import LabelgenError
 from labelgen.workspace import Workspace
@@ -191,12 +191,13 @@ def _import_section(ws: Workspace, import_roots: list[str]) -> None:
         roots = allowed_roots(ws, import_roots)
         st.caption("Folders allowed: " + ", ".join(f"`{r}`" for r in roots))
         folder = st.text_input("Folder (inside an allowed folder)", key="import_folder")
+        masks = st.text_input("Masks folder (optional: <name>.png or <name>.mask.png, as `labelgen import --masks`)",
+                              key="import_masks")
         if st.button("Import folder", key="import_folder_btn") and folder:
             try:
-                ids = import_real_images(ws, folder_images(ws, roots, folder))
-                st.session_state["ann_id"] = ids[0]
-                state.flash(f"imported {len(ids)} image(s)")
-                st.rerun()
+                images = folder_images(ws, roots, folder)
+                found = folder_masks(ws, roots, folder, masks, images) if masks else None
+                _imported(*import_real_images(ws, images, found))
             except LabelgenError as e:
                 st.error(str(e))
         files = st.file_uploader(f"or upload images (≤ {MAX_UPLOAD_BYTES // 2**20} MB each)", accept_multiple_files=True,
@@ -213,10 +214,16 @@ def _import_section(ws: Workspace, import_roots: list[str]) -> None:
             for e in errors:
                 st.error(e)
             if images:
-                ids = import_real_images(ws, images)
-                st.session_state["ann_id"] = ids[0]
-                state.flash(f"imported {len(ids)} image(s)")
-                st.rerun()
+                _imported(*import_real_images(ws, images))
+
+
+def _imported(ids: list[str], notices: list[str]) -> None:
+    """Open the first imported image; say how many came in and which were stretched far out of proportion."""
+    st.session_state["ann_id"] = ids[0]
+    state.flash(f"imported {len(ids)} image(s)")
+    for notice in notices:
+        state.flash(notice, "warning")
+    st.rerun()
 
 
 def render(ws: Workspace, import_roots: list[str] | None = None) -> None:

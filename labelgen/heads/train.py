@@ -203,10 +203,10 @@ def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu
 
 def real_images(workspace, folder_path, limit: int | None = None, progress: bool = False):
     """(key, image uint8 [H, W, 3], mask int64 [1, H, W]) of each labelled real image of a folder (project format),
-    resized to the generator's resolution by the one resize rule; ``key``: a hash of the image's path (for feature
-    cache keys). Shared by head validation, ``evaluate_teacher`` and ``tune-features``."""
+    brought to the generator's resolution by the photo rule (labelgen.imaging.fit_photo); ``key``: a hash of the
+    image's path (for feature cache keys). Shared by head validation, ``evaluate_teacher`` and ``tune-features``."""
     from labelgen.data.folder import open_labelled
-    from labelgen.imaging import resize_image, resize_mask
+    from labelgen.imaging import fit_photo
 
     folder = open_labelled(folder_path, require_masks=True)
     num_classes = len(workspace.classes)
@@ -219,8 +219,7 @@ def real_images(workspace, folder_path, limit: int | None = None, progress: bool
     for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress,
                           iterable=range(count)):
         item = folder[i]
-        image = resize_image(item.image, workspace.resolution)
-        mask = resize_mask(item.mask, workspace.resolution)
+        image, mask = fit_photo(item.image, workspace.resolution, item.mask)
         key = hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16]
         yield key, image, torch.from_numpy(mask.astype("int64"))[None]
 
