@@ -215,10 +215,15 @@ def run_click(group: click.Group, argv: list[str] | None = None) -> None:
     read-only, a file where a folder should be: OSError with an errno in labelgen.data.io.FS_ERRNOS).
     Anything else is a bug: one line saying so and exit status 1; with ``--debug`` or LABELGEN_DEBUG=1
     its traceback (and that of an expected failure) is shown too."""
+    import warnings
+
     from labelgen.data.io import FS_ERRNOS
 
     try:
-        group.main(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug_enabled():  # notices the library raises as warnings: one line, no source line
+                warnings.formatwarning = _one_line_warning
+            group.main(args=argv, standalone_mode=False)
     except LabelgenError as e:
         _fail(error_line(e), 2)
     except click.exceptions.Abort:
@@ -234,6 +239,12 @@ def run_click(group: click.Group, argv: list[str] | None = None) -> None:
         _fail(f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2)
     except Exception as e:  # noqa: BLE001  (reported as a bug, traceback with --debug)
         raise_or_report(e)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning at the command line (a notice such as a photo stretched to the teacher's aspect):
+    ``warning: <message>`` on one line, as labelgen.errors.notice prints; the source line only with --debug."""
+    return f"warning: {one_line(message, 1000)}\n"
 
 
 def raise_or_report(error: Exception) -> None:

@@ -100,3 +100,22 @@ def test_fit_photo_notices_only_aspect_ratios_more_than_25_percent_apart():
         assert len(caught) == int(noticed), (height, width, [str(w.message) for w in caught])
     with pytest.warns(UserWarning, match=r"^a 10x40 photo is stretched to 20x20 \(HxW\): its aspect ratio \(W/H 4.00\)"):
         fit_photo(np.zeros((10, 40, 3), np.uint8), (20, 20))
+
+
+def test_the_notice_is_one_line_on_the_command_line(tmp_path):
+    """Through the console program the stretch notice is one `warning: ...` line (no Python source line)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from teacher_fakes import subprocess_env
+
+    photo, mask = render(40, 80)[16:64], layout(40, 80)[16:64]  # 48x80: far from the teacher's 32x32
+    split = _split(tmp_path / "photos", photo, mask)
+    ws = _workspace(tmp_path / "ws")
+    proc = subprocess.run([str(Path(sys.executable).parent / "labelgen"), "import", "-w", str(ws.root), "--images",
+                           str(split / "images")], capture_output=True, text=True, timeout=300,
+                          env={**subprocess_env(), "LABELGEN_PLUGINS": "teacher_fakes", "LABELGEN_DEBUG": ""})
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]  # no progress bars
+    assert len(lines) == 1 and lines[0].startswith("warning: a 48x80 photo is stretched to 32x32"), proc.stderr
