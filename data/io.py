@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -305,4 +306,14 @@ def save_safetensors(path: Path, state, metadata: dict[str, str] | None = None) 
 
     state = state.state_dict() if hasattr(state, "state_dict") else state
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except Exception as e:  # a full disk is a SafetensorError "... (os error 28)", not an OSError: make it one
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None or int(code.group(1)) not in FS_ERRNOS:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), tmp) from None
+
+    atomic_write(path, write)  # an OSError of FS_ERRNOS there: one line naming ``path``

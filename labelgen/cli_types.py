@@ -19,8 +19,61 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-POSITIVE = FiniteRange(min=0, min_open=True)  # a finite number > 0 (learning rates, temperatures)
-NON_NEGATIVE = FiniteRange(min=0)  # a finite number >= 0 (loss weights)
+POSITIVE = FiniteRange(min=0, min_open=True)  # a finite number > 0 (learning rates, temperatures, minutes)
+NON_NEGATIVE = FiniteRange(min=0)  # a finite number >= 0 (loss weights, tolerances)
+FINITE = FiniteRange()  # any finite number (truncation: each backend checks its own range)
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers, e.g. ``50,150,250`` -> [50, 150, 250]: each at least ``min``, none empty, none
+    given twice (a level or timestep listed twice would only be computed twice); "" -> None (not given)."""
+
+    name = "integers"
+
+    def __init__(self, min: int = 0):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, list):
+            return value
+        text = str(value)
+        if not text.strip():
+            return None
+        try:
+            numbers = [int(v) for v in text.split(",")]
+        except ValueError:
+            self.fail(f"{text!r}: expected comma-separated integers, e.g. 50,150,250", param, ctx)
+        small = [n for n in numbers if n < self.min]
+        if small:
+            self.fail(f"{text!r}: {small[0]} is below {self.min}", param, ctx)
+        twice = sorted({n for n in numbers if numbers.count(n) > 1})
+        if twice:
+            self.fail(f"{text!r}: {twice[0]} is given twice", param, ctx)
+        return numbers
+
+
+class NameList(click.ParamType):
+    """Comma-separated names, e.g. ``bg,hair,skin`` -> ["bg", "hair", "skin"] (spaces around each stripped): none
+    empty (``a,,b``), none given twice, at least ``min_count`` of them."""
+
+    name = "names"
+
+    def __init__(self, min_count: int = 1):
+        self.min_count = min_count
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        text = str(value)
+        names = [v.strip() for v in text.split(",")]
+        if "" in names:
+            self.fail(f"{text!r}: an empty name (two commas in a row, or one at an end)", param, ctx)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            self.fail(f"{text!r}: {twice[0]!r} is given twice", param, ctx)
+        if len(names) < self.min_count:
+            self.fail(f"{text!r}: need at least {self.min_count} comma-separated names", param, ctx)
+        return names
 
 
 def parse_heads(text: str | None) -> list[str] | None:

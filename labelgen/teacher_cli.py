@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import POSITIVE, FiniteRange, device_option, heads_option, parse_heads
+from labelgen.cli_types import FINITE, POSITIVE, FiniteRange, IntList, NameList, device_option, heads_option, parse_heads
 from labelgen.errors import LabelgenError
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
@@ -29,15 +29,6 @@ SYNTHESIS = defaults_of(SynthesisConfig)
 FEATURES = defaults_of(FeaturesConfig)
 SWEEP = defaults_of(SweepConfig)
 INVERSION = defaults_of(InversionConfig)
-
-
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    if text is None or text == "":
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LabelgenError(f"{option} {text!r}: expected comma-separated integers, e.g. 50,150,250") from None
 
 
 def _backend(value: str) -> str:
@@ -62,7 +53,7 @@ def sampling_flags(fn):
     fn = click.option("--ddim-steps", type=click.IntRange(1), default=None,
                       help="DDIM steps of new samples (diffusion teachers; sampling only, the heads stay valid) "
                            "[default: the workspace's, else the backend's].")(fn)
-    fn = click.option("--truncation", type=float, default=None,
+    fn = click.option("--truncation", type=FINITE, default=None,
                       help="Truncation (stylegan2: psi towards the mean W; dcgan: z scale; biggan: of z and the "
                            "batch-norm statistics) [default: the workspace's, else the backend's].")(fn)
     return click.option("--class", "class_idx", type=click.IntRange(0), default=None,
@@ -154,15 +145,16 @@ def generator_options_of(preset=None, model_flags=None, z_sampler=None, share_no
                    "entry point, or module:Class of a module listed in $LABELGEN_PLUGINS.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Generator checkpoint (.pkl, diffusers folder, state dict); dcgan: default = installed weights.")
-@click.option("--classes", "class_names", type=str, required=True, help="Comma-separated class names, e.g. bg,hair,skin.")
+@click.option("--classes", "class_names", type=NameList(min_count=2), required=True,
+              help="Comma-separated class names, e.g. bg,hair,skin.")
 @click.option("--head", "head_type", type=click.Choice(list(HEADS)), default=WORKSPACE["head"]["type"],
               show_default=True, help="Task head: DatasetGAN pixel-MLP ensemble or DreamTeacher conv interpreter.")
 @click.option("--ensemble", type=click.IntRange(1, 32), default=None,
               help="Head ensemble members K [default: " + ", ".join(f"{default_ensemble(h)} for {h}" for h in HEADS)
                    + "].")
-@click.option("--timesteps", type=str, default=",".join(map(str, WORKSPACE["timesteps"])), show_default=True,
+@click.option("--timesteps", type=IntList(), default=",".join(map(str, WORKSPACE["timesteps"])), show_default=True,
               help="Diffusion feature timesteps.")
-@click.option("--feature-layers", type=str, default=None,
+@click.option("--feature-layers", type=IntList(), default=None,
               help="Comma-separated generator feature levels the head uses [default: all; adm 256x256: "
                    "DDPM-seg's output blocks 5,6,7,8,12].")
 @generator_options
@@ -173,18 +165,14 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
     from labelgen.workspace import create_workspace, default_workspace_path
 
     root = workspace_arg or workspace_dir or default_workspace_path()
-    names = [c.strip() for c in class_names.split(",") if c.strip()]
-    if len(names) < 2:
-        raise LabelgenError(f"--classes {class_names!r}: need at least two comma-separated class names")
     head = {"type": head_type, "ensemble": ensemble or default_ensemble(head_type)}
-    ws = create_workspace(root, _backend(backend), names, checkpoint, head,
-                          _int_list(timesteps, "--timesteps"), _int_list(feature_layers, "--feature-layers"),
+    ws = create_workspace(root, _backend(backend), class_names, checkpoint, head, timesteps, feature_layers,
                           generator_options={**generator_options_of(preset, model_flags, z_sampler, share_noise),
                                              **sampling_options(class_idx, truncation, ddim_steps)})
     h, w = ws.resolution
     click.echo(f"workspace {ws.root}: {backend} generator at {h}x{w}, {len(ws.config.feature_channels)} feature "
                f"levels (channels {ws.config.feature_channels}), head {head_type} x{head['ensemble']}, "
-               f"classes {', '.join(names)}")
+               f"classes {', '.join(class_names)}")
 
 
 @click.command("sample")
@@ -248,7 +236,7 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps, device):
               help="pixel-mlp: labelled pixels sampled per image per member per step.")
 @click.option("--lr", type=POSITIVE, default=HEAD_TRAINING["lr"], show_default=True)
 @click.option("--seed", type=int, default=HEAD_TRAINING["seed"], show_default=True)
-@click.option("--class-balance", type=click.FloatRange(0, 2), default=HEAD_TRAINING["class_balance"], show_default=True,
+@click.option("--class-balance", type=FiniteRange(0, 2), default=HEAD_TRAINING["class_balance"], show_default=True,
               help="Weight each class's loss by its pixel share in the annotations^-P (0 = off, 0.5 = 1/sqrt).")
 @click.option("--augment", type=click.Choice(AUGMENTS), default=HEAD_TRAINING["augment"], show_default=True,
               help="flip: also train on each annotation's mirror image (its features computed from the mirrored "
@@ -368,14 +356,14 @@ def features_cmd(workspace_dir, data, out_dir, shard_size, batch_size, device):
 @workspace_option
 @click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None,
               help="Real images + masks (project folder format) to score on [default: k-fold over the annotations].")
-@click.option("--timesteps", type=str, default=",".join(map(str, SWEEP["timesteps"])), show_default=True,
+@click.option("--timesteps", type=IntList(), default=",".join(map(str, SWEEP["timesteps"])), show_default=True,
               help="Candidate diffusion timesteps.")
 @click.option("--max-timesteps", type=click.IntRange(1), default=SWEEP["max_timesteps"], show_default=True)
 @click.option("--folds", type=click.IntRange(2), default=SWEEP["folds"], show_default=True,
               help="k of the k-fold cross-validation over the annotations (without --val).")
 @click.option("--epochs", type=click.IntRange(1), default=SWEEP["epochs"], show_default=True,
               help="Head training epochs per candidate.")
-@click.option("--class-balance", type=click.FloatRange(0, 2), default=SWEEP["class_balance"], show_default=True)
+@click.option("--class-balance", type=FiniteRange(0, 2), default=SWEEP["class_balance"], show_default=True)
 @click.option("--seed", type=int, default=SWEEP["seed"], show_default=True)
 @click.option("--apply/--no-apply", default=True, show_default=True,
               help="Store the best choice in workspace.json (then train the heads again).")
@@ -388,7 +376,7 @@ def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds
     ws = _open(workspace_dir)
     if val_folder is not None and not Path(val_folder).is_dir():
         raise LabelgenError(f"--val {val_folder}: not a folder")
-    config = SweepConfig(timesteps=tuple(_int_list(timesteps, "--timesteps") or ()), max_timesteps=max_timesteps,
+    config = SweepConfig(timesteps=tuple(timesteps or ()), max_timesteps=max_timesteps,
                          folds=folds, epochs=epochs, class_balance=class_balance, seed=seed)
     _generator_to(ws, device)
     with ws.writing():  # refused now, not after the sweep, when another labelgen process writes into W

@@ -139,9 +139,18 @@ def read_config(run_dir: Path) -> StudentConfig:
     if not path.is_file():
         raise LabelgenError(f"{run_dir}: not a student run folder (no {CONFIG_NAME})")
     try:
-        return StudentConfig(**read_json(path))
+        config = StudentConfig(**read_json(path))
     except TypeError as e:
         raise LabelgenError(f"{path}: bad student config ({e})") from None
+    from labelgen.imaging import size_problem
+
+    size = config.image_size
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+        raise LabelgenError(f"{path}: image_size {size!r}: expected [height, width] in pixels")
+    problem = size_problem((size[0], size[1]))  # eval, predict and export make images of this size
+    if problem:
+        raise LabelgenError(f"{path}: image_size {size[0]}x{size[1]}: {problem}")
+    return config
 
 
 def read_best(run_dir: Path | str) -> dict | None:

@@ -23,6 +23,7 @@ graph does to the input and the logits), ``mean``/``std`` (JSON, on 0..1), ``arc
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,20 @@ import torch
 from torch import nn
 
 from labelgen.data.io import IGNORE_INDEX, atomic_write
+from labelgen.errors import LabelgenError
 from labelgen.student.models import StudentConfig, size_divisor
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def _max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (``dynamo=False``, what :func:`export_onnx` runs) writes."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+
+
+MIN_OPSET, MAX_OPSET = 11, _max_opset()  # student export --opset: the range this torch can write
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
 
 
@@ -131,10 +143,11 @@ def metadata(config: StudentConfig) -> dict[str, str]:
 
 
 def export_onnx(model: nn.Module, config: StudentConfig, path: Path, opset: int = 17,
-                check_sizes: tuple[tuple[int, int], ...] | None = None) -> float:
+                check_sizes: tuple[tuple[int, int], ...] | None = None, tolerance: float | None = None) -> float:
     """Write the ONNX graph (atomically) and check it with onnxruntime against PyTorch at the training
     size and at other sizes (default: twice the training size, and one not a multiple of the stride).
-    Returns the largest absolute difference of the logits."""
+    Returns the largest absolute difference of the logits. Checked before the file is renamed into place: a
+    difference over ``tolerance``, or logits that are not finite, is refused in one line and nothing is written."""
     import onnx
     import onnxruntime as ort
 
@@ -142,25 +155,34 @@ def export_onnx(model: nn.Module, config: StudentConfig, path: Path, opset: int 
     h, w = config.image_size
     g = torch.Generator().manual_seed(0)
     dummy = torch.randint(0, 256, (2, h, w, 3), generator=g, dtype=torch.uint8)
+    sizes = check_sizes or ((h, w), (2 * h, 2 * w), (h + size_divisor(model) // 2 + 3, w + 5))
+    worst = 0.0
 
     def write(tmp: str) -> None:
+        nonlocal worst
         torch.onnx.export(deployed, (dummy,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes=DYNAMIC_AXES, opset_version=opset, dynamo=False)
         graph = onnx.load(tmp)
         for key, value in metadata(config).items():
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, tmp)
+        # checked as written, before the rename: not a file another export put at ``path`` meanwhile
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        for size in sizes:
+            check = torch.randint(0, 256, (2, *size, 3), generator=g, dtype=torch.uint8)
+            with torch.no_grad():
+                expected = deployed(check).numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: check.numpy()})[0]
+            assert got.shape == expected.shape == (2, len(config.classes), *size), (got.shape, expected.shape)
+            diff = float(np.abs(got - expected).max())
+            if not math.isfinite(diff):  # NaN compares false with any tolerance: it must not pass as "verified"
+                raise LabelgenError(f"{path}: not written: the logits at {size[0]}x{size[1]} are not finite (NaN or "
+                                    "infinite) in PyTorch or onnxruntime; the student's weights are unusable")
+            worst = max(worst, diff)
+        if tolerance is not None and worst > tolerance:
+            raise LabelgenError(f"{path}: not written: ONNX output differs from PyTorch by {worst:.3g} "
+                                f"(> --tolerance {tolerance:g})")
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), write)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    sizes = check_sizes or ((h, w), (2 * h, 2 * w), (h + size_divisor(model) // 2 + 3, w + 5))
-    worst = 0.0
-    for size in sizes:
-        check = torch.randint(0, 256, (2, *size, 3), generator=g, dtype=torch.uint8)
-        with torch.no_grad():
-            expected = deployed(check).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: check.numpy()})[0]
-        assert got.shape == expected.shape == (2, len(config.classes), *size), (got.shape, expected.shape)
-        worst = max(worst, float(np.abs(got - expected).max()))
     return worst

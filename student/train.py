@@ -385,8 +385,16 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
             for batch in loader:
                 if step >= total:
                     break
-                loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp,
-                                    class_weights)
+                try:
+                    loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp,
+                                        class_weights)
+                except ValueError as e:  # torch's batch norm: "Expected more than 1 value per channel when training"
+                    if "value per channel" not in str(e):
+                        raise
+                    h, w = options.image_size
+                    raise LabelgenError(f"--batch-size {options.batch_size}: at --image-size {h}x{w} a batch-norm layer "
+                                        f"of the {options.arch} student gets one value per channel, which it cannot "
+                                        "train on; use --batch-size 2 or more (or a larger --image-size)") from None
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -62,13 +62,18 @@ def corrupt_png(path: Path) -> Path:
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
-    """Every file and folder under ``roots``: path -> (kind, size, mtime_ns)."""
+    """Every file and folder under ``roots``: path -> (kind, size, mtime_ns). A run's lock file (an flock
+    holding its pid, labelgen.run.RunLock) is no data: a folder that was there keeps it after any run."""
+    from labelgen.run import LOCK_NAME
+
     seen: dict[str, tuple] = {}
     for root in roots:
         if not root.exists():
             continue
         seen[str(root)] = ("dir" if root.is_dir() else "file", 0, 0)
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            if path.name == LOCK_NAME and path.is_file():
+                continue
             st = path.stat()
             seen[str(path)] = ("dir", 0, 0) if path.is_dir() else ("file", st.st_size, st.st_mtime_ns)
     return seen
@@ -283,6 +288,70 @@ def fail_writes(code: int):
     return patch
 
 
+def full_disk_safetensors(monkeypatch):
+    """The disk fills while safetensors writes: what its Rust writer raises then (a SafetensorError, not an
+    OSError; the message is the one a full tmpfs gives)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def refuse(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+
+
+def heads_full_disk(monkeypatch):
+    """train-heads whose disk fills when the trained heads are saved, without its progress bar (shown after
+    0.5 s: on stderr before the error line)."""
+    import labelgen.heads.train as heads_train
+
+    full_disk_safetensors(monkeypatch)
+    bar = heads_train.progress_bar
+    monkeypatch.setattr(heads_train, "progress_bar", lambda *a, **k: bar(*a, **{**k, "disable": True}))
+
+
+def student_config_with(**fields):
+    """A copy {t}/run of the student run whose student_config.json has ``fields``."""
+    def setup(env, t):
+        shutil.copytree(env["run"], t / "run", ignore=shutil.ignore_patterns(".lock"))
+        path = t / "run" / "student_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    return setup
+
+
+def student_nan_weights(env, t):
+    """A copy {t}/run of the student run whose segmentation head's weights are NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(env["run"], t / "run", ignore=shutil.ignore_patterns(".lock"))
+    tensors = load_file(t / "run" / "model.safetensors")
+    for name in [n for n in tensors if n.startswith("segmentation_head.")]:
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, t / "run" / "model.safetensors")
+
+
+def ddpm_sample_size(size: int):
+    """A tiny DDPM folder {t}/ddpm (diffusers layout) whose unet/config.json says ``sample_size``: ``size``."""
+    def setup(env, t):
+        from labelgen.generators import create_generator
+        from test_generators import DDPM_UNET
+
+        create_generator("ddpm", unet_config=DDPM_UNET, timesteps=[50]).save_pretrained(t / "ddpm")
+        config = t / "ddpm" / "unet" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": size}))
+    return setup
+
+
+def adm_nan_weights(env, t):
+    """A tiny guided-diffusion checkpoint {t}/adm.pt (flags in adm.json beside it) with one NaN weight."""
+    from labelgen.generators import create_generator
+    from test_generators import ADM_TINY
+
+    state = create_generator("adm", flags=ADM_TINY, timesteps=[50]).unet.state_dict()
+    state["out.2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, t / "adm.pt")
+    (t / "adm.json").write_text(json.dumps(ADM_TINY))
+
+
 # ------------------------------------------------------------------ the table
 @dataclass
 class Case:
@@ -300,6 +369,8 @@ class Case:
 SYNTH = ["synthesize", "-w", "{t}/w", "--n", "2", "--out", "{t}/out"]
 COCO_IMPORT = ["data", "import", "{t}/coco", "--format", "coco", "--out", "{t}/o"]
 LS_IMPORT = ["data", "import", "{t}/ls", "--format", "labelstudio", "--out", "{t}/o"]
+TRAIN_GENERATOR = ["train-generator", "--data", "{data}/train", "--out", "{t}/g", "--steps", "1", "--batch-size", "2",
+                   "--sample-every", "0", "--quiet", "--channels", "8,16"]
 STUDENT_TRAIN = ["train", "--mode", "supervised", "--encoder", "resnet18", "--image-size", "32x32", "--batch-size",
                  "2", "--max-steps", "1", "--no-progress", "--out", "{t}/x"]
 
@@ -344,6 +415,48 @@ CASES = [
          "--lr"),
     Case("lr-inf-train-generator", ["train-generator", "--data", "{data}/train", "--out", "{t}/g", "--lr", "inf"],
          "--lr"),
+    # "internal error" before (issue 33 item 10): options, a student run's config, generator checkpoints, a full
+    # disk; the train-generator runs left OUT/train/log.csv + tb/, train-heads truncated the old heads' log first
+    Case("batch-size-1-student-train", [*STUDENT_TRAIN, "--data", "{data}/train", "--batch-size", "1"], "--batch-size",
+         program="student"),
+    Case("pixels-per-image-huge-train-heads", ["train-heads", "-w", "{t}/w", "--epochs", "1", "--pixels-per-image",
+                                               "100000000"], "--pixels-per-image", copy_ws, subprocess=True),
+    Case("checkpoint-every-0-train-generator", [*TRAIN_GENERATOR, "--checkpoint-every", "0"], "--checkpoint-every"),
+    Case("layers-per-block-0-train-generator", [*TRAIN_GENERATOR, "--layers-per-block", "0"], "--layers-per-block"),
+    Case("device-tpu-train-generator", [*TRAIN_GENERATOR, "--device", "tpu"], "--device"),
+    Case("z-dim-0-train-generator", [*TRAIN_GENERATOR[:-2], "--backend", "stylegan2", "--channels", "16", "--z-dim",
+                                     "0"], "--z-dim"),
+    Case("opset-99-export", ["export", "--checkpoint", "{run}", "--onnx", "{t}/s.onnx", "--opset", "99"], "--opset",
+         program="student", watch=("run",)),
+    Case("image-size-huge-student-config", ["predict", "--checkpoint", "{t}/run", "--images", "{data}/val/images",
+                                            "--out", "{t}/pred"], "student_config.json",
+         student_config_with(image_size=[100000, 100000]), program="student"),
+    Case("sample-size-huge-ddpm-init", ["init", "{t}/w", "--generator", "ddpm", "--checkpoint", "{t}/ddpm",
+                                        "--classes", "a,b"], "{t}/ddpm", ddpm_sample_size(1000000)),
+    Case("enospc-train-heads", ["train-heads", "-w", "{t}/w", "--epochs", "1"], "head.safetensors", copy_ws,
+         patch=heads_full_disk),
+    # nonsense accepted before (issue 33 item 11)
+    Case("class-balance-nan-train-heads", ["train-heads", "-w", "{t}/w", "--epochs", "1", "--class-balance", "nan"],
+         "--class-balance", copy_ws),
+    Case("truncation-nan-sample", ["sample", "-w", "{t}/w", "--n", "1", "--truncation", "nan"], "--truncation",
+         copy_ws),
+    Case("truncation-minus-inf-sample", ["sample", "-w", "{t}/w", "--n", "1", "--truncation", "-inf"],
+         "--truncation", copy_ws),
+    Case("tolerance-nan-export", ["export", "--checkpoint", "{run}", "--onnx", "{t}/s.onnx", "--tolerance", "nan"],
+         "--tolerance", program="student", watch=("run",)),
+    Case("nan-weights-export", ["export", "--checkpoint", "{t}/run", "--onnx", "{t}/s.onnx"], "s.onnx",
+         student_nan_weights, program="student"),
+    Case("nan-weights-adm-init", ["init", "{t}/w", "--generator", "adm", "--checkpoint", "{t}/adm.pt", "--classes",
+                                  "a,b"], "adm.pt", adm_nan_weights),
+    Case("time-limit-nan-train-generator", [*TRAIN_GENERATOR, "--time-limit", "nan"], "--time-limit"),
+    Case("feature-layers-negative-init", ["init", "{t}/w", "--generator", "dcgan", "--classes", "a,b",
+                                          "--feature-layers", "-1"], "--feature-layers"),
+    Case("feature-layers-twice-init", ["init", "{t}/w", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b",
+                                       "--feature-layers", "1,1"], "--feature-layers"),
+    Case("classes-empty-name-init", ["init", "{t}/w", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,,b"],
+         "--classes"),
+    Case("classes-twice-init", ["init", "{t}/w", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b,a"],
+         "--classes"),
     # the workspace's head weights
     Case("head-truncated", SYNTH, "head.safetensors", truncated_head, subprocess=True),
     Case("head-empty", SYNTH, "head.safetensors", empty_head),

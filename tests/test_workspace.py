@@ -92,7 +92,7 @@ def test_init_refuses_bad_checkpoint_and_creates_nothing(tmp_path, run_cli):
     (["sample", "--n", "2"], "not a labelgen workspace"),
     (["init", "{w}", "--generator", "nope", "--classes", "a,b"], "--generator: unknown generator backend 'nope'"),
     (["init", "{w}", "--generator", "evilplug:Gen", "--classes", "a,b"], "plug-in 'evilplug:Gen' is not enabled"),
-    (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a"], "at least two"),
+    (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a"], "at least 2"),
     (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b", "--feature-layers", "0,7"],
      "levels 0..2"),
 ])

@@ -40,7 +40,7 @@ PLUGINS_ENV = "LABELGEN_PLUGINS"  # opt-in list of plug-in modules / module:Clas
 ENTRY_POINT_GROUP = "labelgen.generators"  # installed plug-ins: name -> module:Class
 
 __all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "PLUGINS_ENV", "Generator", "GeneratorOutput", "resolve_backend",
-           "generator_class", "create_generator", "from_checkpoint", "load_generator"]
+           "generator_class", "create_generator", "from_checkpoint", "load_generator", "check_loaded"]
 
 
 def installed_plugins() -> dict[str, str]:
@@ -94,7 +94,7 @@ def create_generator(backend: str, **config: Any) -> Generator:
 
 def from_checkpoint(backend: str, checkpoint: Path | str | None, **options: Any) -> Generator:
     """Load a published/pretrained checkpoint of ``backend`` (refusing bad ones with a clear error)."""
-    return generator_class(backend).from_checkpoint(checkpoint, **options)
+    return check_loaded(generator_class(backend).from_checkpoint(checkpoint, **options), checkpoint or backend)
 
 
 def load_generator(folder: Path | str) -> Generator:
@@ -106,4 +106,28 @@ def load_generator(folder: Path | str) -> Generator:
     if not config_path.is_file():
         raise LabelgenError(f"{folder}: no {CONFIG_NAME} (not a saved labelgen generator)")
     config = json.loads(config_path.read_text())
-    return generator_class(config.pop("backend")).from_pretrained(folder)
+    return check_loaded(generator_class(config.pop("backend")).from_pretrained(folder), folder)
+
+
+def check_loaded(generator: Generator, source: Path | str) -> Generator:
+    """``generator`` when the commands can use it, else one line naming ``source`` (every backend's loading
+    passes here): an image size labelgen.imaging.size_problem allows (a config's sample_size of 10^6 would ask
+    terabytes at the first sample) and finite weights (NaN or infinite values make every image and label
+    garbage). The sum of a tensor is non-finite when one of its values is, and is ~50x faster to take than
+    isfinite of every value, which then only confirms (a finite tensor whose sum overflows)."""
+    import itertools
+
+    import torch
+
+    from labelgen.imaging import size_problem
+
+    h, w = (int(v) for v in generator.resolution)
+    problem = size_problem((h, w))
+    if problem:
+        raise LabelgenError(f"{source}: the {generator.backend} generator makes {h}x{w} images: {problem}")
+    with torch.no_grad():
+        for name, tensor in itertools.chain(generator.named_parameters(), generator.named_buffers()):
+            if tensor.is_floating_point() and not (torch.isfinite(tensor.sum()) or torch.isfinite(tensor).all()):
+                raise LabelgenError(f"{source}: the {generator.backend} weights hold NaN or infinite values "
+                                    f"(e.g. {name})")
+    return generator

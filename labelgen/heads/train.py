@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 from labelgen.imaging import mirror_image
 from labelgen.losses import class_balance_weights, mask_class_frequencies
 from labelgen.metrics import ConfusionMatrix, Scores
-from labelgen.run import RunLock, RunLog, progress as progress_bar
+from labelgen.run import LOG_NAME, TB_DIR, RunLock, RunLog, progress as progress_bar
 
 Example = tuple[list[torch.Tensor], torch.Tensor]  # (levels [1, C_i, h_i, w_i], mask [1, H, W] int64)
 
@@ -184,6 +187,34 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
     return TrainResult(losses, val_miou, peak, steps)
 
 
+def check_step_memory(head: TaskHead, config: TrainConfig, device: str = "cpu") -> None:
+    """Refuse, in one line, a pixel-MLP step that cannot fit: its working set (module docstring; x2 for the
+    gathered copy and the gradients, plus the members' hidden and output activations) grows with
+    --pixels-per-image x --images-per-step and would otherwise end in an out-of-memory kill mid-run."""
+    if not isinstance(head, PixelMLPEnsemble):
+        return
+    rows = config.images_per_step * head.ensemble * config.pixels_per_image
+    need = 4 * rows * (2 * head.in_dim + 3 * sum(head.config.get("hidden", ())) + 2 * head.num_classes)
+    free = _free_memory(device)
+    if free is not None and need > free:
+        raise LabelgenError(f"--pixels-per-image {config.pixels_per_image}: a training step would hold about "
+                            f"{need / 2**30:.1f} GiB ({config.images_per_step} images x {head.ensemble} members x "
+                            f"{config.pixels_per_image} pixels x {head.in_dim} features), more than the "
+                            f"{free / 2**30:.1f} GiB free on {device}; lower --pixels-per-image or --images-per-step")
+
+
+def _free_memory(device: str) -> int | None:
+    """Bytes free for tensors on ``device`` (MemAvailable of the host for the CPU); None when unknown."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def steps_per_epoch(head_type: str, num_examples: int, config: TrainConfig) -> int:
     batches = math.ceil(num_examples / config.images_per_step)
     return batches * (config.steps_per_batch if head_type == "pixel-mlp" else 1)
@@ -261,8 +292,38 @@ def train_workspace_heads(workspace, config: TrainConfig | None = None, val_fold
     logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic).
     While it runs, W/heads/ is locked and W/heads/log.csv + tb/ get one row per epoch (the app's
     progress)."""
-    with RunLock(workspace.head_dir(head_type), "train-heads"):
+    with RunLock(workspace.head_dir(head_type), "train-heads"), _previous_log_kept(workspace.head_dir(head_type)):
         return _train_workspace_heads(workspace, config, val_folder, device, log, progress, holdout, head_type)
+
+
+@contextmanager
+def _previous_log_kept(head_dir: Path) -> Iterator[None]:
+    """W/heads/log.csv + tb/ describe the heads saved beside them: the previous run's are set aside while a run
+    trains and put back if it fails (refused, full disk, interrupted) before it saved new heads; dropped once it
+    has. Set-aside ones found at the start are those of a killed run's heads, still on disk: they are kept."""
+    pairs = [(head_dir / name, head_dir / f".{name}.previous") for name in (LOG_NAME, TB_DIR)]
+    for path, kept in pairs:
+        if kept.exists():
+            _remove(path)  # the killed run's own partial log
+        elif path.exists():
+            os.replace(path, kept)
+    try:
+        yield
+    except BaseException:
+        for path, kept in pairs:
+            _remove(path)
+            if kept.exists():
+                os.replace(kept, path)
+        raise
+    for _, kept in pairs:
+        _remove(kept)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, device: str, log: Callable[[str], None],
@@ -282,6 +343,12 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
     num_classes = len(workspace.classes)
     names = list(workspace.classes.names)
     image_shape = (*workspace.resolution, 3)
+    head_dir = workspace.head_dir(head_type)  # W/heads/ (the workspace's type) or W/heads/<type>/
+    primary = head_dir == workspace.heads_dir
+    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
+    head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
+                       workspace.resolution, seed=config.seed, **head_options)
+    check_step_memory(head, config, device)  # before any feature is computed or the log touched
     for annotation_id in progress_bar(len(annotated), desc="features", unit="image", disable=not progress,
                                       iterable=annotated):
         workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
@@ -315,11 +382,6 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
         class_weights = class_balance_weights(torch.from_numpy(frequencies), config.class_balance)  # [C]
         log(f"class balance (frequency^-{config.class_balance:g}): " + ", ".join(
             f"{n} {f:.3f}->x{w:.2f}" for n, f, w in zip(names, frequencies, class_weights.tolist())))
-    head_dir = workspace.head_dir(head_type)  # W/heads/ (the workspace's type) or W/heads/<type>/
-    primary = head_dir == workspace.heads_dir
-    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
-    head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
-                       workspace.resolution, seed=config.seed, **head_options)
     total = config.epochs * steps_per_epoch(head.head_type, len(examples), config)
     run_log = RunLog(head_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange
+from labelgen.cli_types import DEVICES, NON_NEGATIVE, POSITIVE, FiniteRange
 from labelgen.errors import LabelgenError
 from labelgen.training.train_generator import COMPILE_CHOICES, trainers
 
@@ -54,7 +54,7 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 @click.option("--channels", type=str, default=None,
               help=f"ddpm: UNet block channels {_shown('channels', only='ddpm')}; stylegan2: max channels of G and D "
                    f"{_shown('max_channels', only='stylegan2')}.")
-@click.option("--layers-per-block", type=int, default=None,
+@click.option("--layers-per-block", type=click.IntRange(1), default=None,
               help=f"ddpm: ResNet layers per UNet block {_shown('layers_per_block', only='ddpm')}.")
 @click.option("--attention/--no-attention", default=None,
               help=f"ddpm: self-attention in the UNet mid block {_shown('attention', only='ddpm')}.")
@@ -62,26 +62,26 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
               help="ddpm: store the exported UNet weights as float16 (half the size; loads as float32).")
 @click.option("--beta-schedule", type=click.Choice(["linear", "cosine"]), default=None,
               help=f"ddpm: betas {_shown('beta_schedule', only='ddpm')}.")
-@click.option("--z-dim", type=int, default=None, help=f"stylegan2: latent size {_shown('z_dim', only='stylegan2')}.")
+@click.option("--z-dim", type=click.IntRange(1), default=None, help=f"stylegan2: latent size {_shown('z_dim', only='stylegan2')}.")
 @click.option("--r1-gamma", type=NON_NEGATIVE, default=None,
               help=f"stylegan2: R1 weight {_shown('r1_gamma', 'auto from resolution', only='stylegan2')}.")
 @click.option("--diffaug/--no-diffaug", default=None,
               help=f"stylegan2: DiffAugment colour/translation/cutout {_shown('diffaug', only='stylegan2')}.")
-@click.option("--batch-size", type=int, default=None, help=f"Images per step {_shown('batch_size')}.")
-@click.option("--steps", type=int, default=None, help=f"Total optimiser steps {_shown('steps')}.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help=f"Images per step {_shown('batch_size')}.")
+@click.option("--steps", type=click.IntRange(1), default=None, help=f"Total optimiser steps {_shown('steps')}.")
 @click.option("--lr", type=POSITIVE, default=None, help=f"Learning rate {_shown('lr')}.")
 @click.option("--ema", type=FiniteRange(0, 1), default=None,
               help=f"EMA decay of the exported weights {_shown('ema', 'ADA half-life schedule')}.")
-@click.option("--warmup", type=int, default=None, help=f"Linear LR warm-up steps {_shown('warmup')}.")
+@click.option("--warmup", type=click.IntRange(0), default=None, help=f"Linear LR warm-up steps {_shown('warmup')}.")
 @click.option("--grad-clip", type=NON_NEGATIVE, default=None, help=f"Gradient-norm clip, 0 = off {_shown('grad_clip')}.")
-@click.option("--sample-every", type=int, default=None,
+@click.option("--sample-every", type=click.IntRange(0), default=None,
               help=f"Steps between sample grids, 0 = never {_shown('sample_every')}.")
-@click.option("--checkpoint-every", type=int, default=None,
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None,
               help=f"Steps between checkpoints/exports {_shown('checkpoint_every')}.")
-@click.option("--time-limit", "time_limit_min", type=float, default=None,
+@click.option("--time-limit", "time_limit_min", type=POSITIVE, default=None,
               help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
 @click.option("--seed", type=int, default=None, help=f"Random seed {_shown('seed')}.")
-@click.option("--device", type=str, default=None, help=f"auto, cpu or cuda {_shown('device')}.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help=f"auto, cpu or cuda {_shown('device')}.")
 @click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default=None,
               help=f"ddpm: torch.compile the UNet (auto = on CUDA; falls back to eager with a warning) "
                    f"{_shown('compile', only='ddpm')}.")
@@ -122,8 +122,6 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
         options.update(max_channels=ch[0] if ch else None, z_dim=z_dim, r1_gamma=r1_gamma, diffaug=diffaug)
     if bad:
         raise LabelgenError(f"{', '.join(bad)}: not an option of the {backend} trainer")
-    if options["time_limit_min"] is not None and options["time_limit_min"] <= 0:
-        raise LabelgenError("--time-limit must be positive (minutes)")
     # explicitly given values only: the rest are the trainer's defaults (or the resumed run's settings)
     options = {k: v for k, v in options.items() if v is not None}
     summary = train_generator(backend, data, out, echo=click.echo, show_progress=not quiet, **options)
