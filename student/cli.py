@@ -19,7 +19,7 @@ from labelgen.cli import debug_option, format_size, parse_size, run_click
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange, device_option
 from labelgen.student.augment import AUGMENT_POLICIES
-from labelgen.student.models import architectures
+from labelgen.student.models import CONVNEXT_STUDENT, architectures
 from labelgen.student.onnx_export import MAX_OPSET, MIN_OPSET
 from labelgen.student.train import MODES, SCHEDULES, TrainOptions
 
@@ -50,7 +50,9 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--arch", type=click.Choice(list(architectures()), case_sensitive=False), default=D["arch"],
               help="segmentation-models-pytorch architecture (its own registry; dpt needs a timm ViT --encoder, "
                    "e.g. tu-vit_tiny_patch16_224).")
-@click.option("--encoder", type=str, default=D["encoder"], help="smp/timm encoder name.")
+@click.option("--encoder", type=str, default=D["encoder"],
+              help=f"smp/timm encoder name (DreamTeacher's ConvNeXt student: --arch {CONVNEXT_STUDENT[0]} "
+                   f"--encoder {CONVNEXT_STUDENT[1]}).")
 @click.option("--encoder-weights", type=str, default=D["encoder_weights"],
               help="Pretrained encoder weights, e.g. imagenet [default: none = random init].")
 @click.option("--max-steps", type=click.IntRange(min=1), default=D["max_steps"],

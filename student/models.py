@@ -48,6 +48,10 @@ ARCH_ENCODER_HINT = {"dpt": "a timm ViT encoder, e.g. --encoder tu-vit_tiny_patc
 ARCH_MIN_SIZE = {"pan": 16 * 8}
 # one-stride ViT encoders: no stride 4..32 pyramid for the feature regressor (feature-distill, dreamteacher)
 NO_FEATURE_PYRAMID = ("dpt",)
+# DreamTeacher's student family, a ConvNeXt encoder with UPerNet, as smp builds it (--arch upernet --encoder ...):
+# timm's smallest ConvNeXt with LayerNorm through smp's universal timm encoder ("tu-"), random init unless
+# --encoder-weights (nothing is downloaded); it has no stride-2 stage (a 0-channel placeholder, see feature_pyramid)
+CONVNEXT_STUDENT = ("upernet", "tu-convnext_atto")
 
 
 def architectures() -> dict[str, type[nn.Module]]:
@@ -103,6 +107,26 @@ def check_image_size(model: nn.Module, arch: str, image_size: tuple[int, int]) -
 def encoder_channels(model: nn.Module) -> list[int]:
     """Channels of each encoder output (smp: index 0 is the input itself, then strides 2, 4, ... 32)."""
     return list(model.encoder.out_channels)
+
+
+@torch.no_grad()
+def feature_pyramid(model: nn.Module, arch: str, image_size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """(channels, (h, w)) of the encoder outputs at strides 4, 8, 16, 32 for an input of ``image_size``: what the
+    feature regressor reads, measured by one forward of a blank image (a timm encoder through smp, e.g. ConvNeXt,
+    has no stride-2 stage: a 0-channel placeholder there). An encoder without that pyramid is one line."""
+    h, w = image_size
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model.encoder(torch.zeros(1, 3, h, w, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    pyramid = [(int(f.shape[1]), (int(f.shape[-2]), int(f.shape[-1]))) for f in outputs[2:]]
+    expected = [(-(-h // s), -(-w // s)) for s in (4, 8, 16, 32)]
+    if [size for _, size in pyramid] != expected or any(c == 0 for c, _ in pyramid):
+        raise LabelgenError(f"--arch {arch}: its encoder's outputs past the first two ({pyramid}) are not a stride "
+                            f"4, 8, 16, 32 pyramid {expected}, which feature distillation regresses from")
+    return pyramid
 
 
 @dataclass

@@ -40,11 +40,12 @@ from labelgen.student.data import (
 )
 from labelgen.student.distill import (
     FeatureRegressor, TeacherTargets, feature_distill_loss, hard_label_loss, loss_weights,
-    match_levels, resize_to, soft_label_loss, student_level_sizes,
+    match_levels, resize_to, soft_label_loss,
 )
 from labelgen.student.models import (
     BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, NO_FEATURE_PYRAMID, REGRESSOR_NAME, STATE_NAME, StudentConfig,
-    check_image_size, create_student, describe_init, encoder_channels, load_matching, read_best, save_student,
+    check_image_size, create_student, describe_init, encoder_channels, feature_pyramid, load_matching, read_best,
+    save_student,
 )
 from labelgen.training.common import EMA
 
@@ -277,7 +278,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
             probe = dataset[0]
             t = teacher_feats(probe["image_pm1"][None].to(device), [source.metas[0]], ["0"])
             channels, teacher_sizes = teacher_feats.channels, [tuple(f.shape[-2:]) for f in t]
-        sizes = student_level_sizes(options.image_size)
+        sizes = [size for _, size in feature_pyramid(student, options.arch, options.image_size)]  # strides 4..32
         levels = match_levels(sizes, teacher_sizes)
         regressor = FeatureRegressor(encoder_channels(student), channels, levels)
         log("feature levels: " + ", ".join(f"teacher {(c, *hw)} -> student stride {4 * 2 ** lv} {sizes[lv]}"

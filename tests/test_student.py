@@ -194,6 +194,29 @@ def test_regressor_matches_generator_feature_shapes(backend):
     assert all(0 <= lv < 4 for lv in levels)
 
 
+def test_convnext_feature_pyramid_feeds_the_regressor():
+    """DreamTeacher's student (ConvNeXt through smp's timm encoder, UPerNet): no stride-2 stage (0 channels), then
+    strides 4..32 with 40..320 channels; the regressor reads those. A one-stride ViT has no such pyramid (one line)."""
+    from labelgen.errors import LabelgenError
+    from labelgen.student.models import CONVNEXT_STUDENT, create_student, encoder_channels, feature_pyramid
+
+    arch, encoder = CONVNEXT_STUDENT
+    student = create_student(arch, encoder, 3)
+    assert encoder_channels(student)[:2] == [3, 0]
+    pyramid = feature_pyramid(student, arch, (64, 32))
+    assert pyramid == [(40, (16, 8)), (80, (8, 4)), (160, (4, 2)), (320, (2, 1))]
+    assert student.training  # left as it was
+    teacher_sizes = [(4, 4), (8, 8), (16, 16)]
+    levels = match_levels([size for _, size in pyramid], teacher_sizes)
+    reg = FeatureRegressor(encoder_channels(student), [16, 8, 4], levels).eval()
+    with torch.no_grad():
+        regressed = reg(student.encoder(torch.randn(2, 3, 64, 32)))
+    assert [tuple(r.shape) for r in regressed] == [(2, c, *pyramid[lv][1]) for c, lv in zip([16, 8, 4], levels)]
+    vit, size = _smallest_fit("dpt")
+    with pytest.raises(LabelgenError, match="--arch dpt: its encoder's outputs .* are not a stride 4, 8, 16, 32 pyramid"):
+        feature_pyramid(create_student("dpt", vit, 3), "dpt", size)
+
+
 def test_match_levels_nearest_in_log_size():
     student = student_level_sizes((64, 64))  # strides 4..32 -> 16, 8, 4, 2
     assert student == [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -238,6 +261,25 @@ def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
     with pytest.warns(UserWarning, match="no soft labels"):
         result = train(_options(tiny["root"], "label-distill", hard_only, "ld_hard", max_steps=1))
     assert result.steps == 1
+
+
+def test_dreamteacher_trains_the_convnext_upernet_student(tiny):
+    """--arch upernet --encoder tu-convnext_atto in dreamteacher mode: the regressor sits on the ConvNeXt pyramid."""
+    from labelgen.data.io import load_safetensors
+    from labelgen.student.models import CONVNEXT_STUDENT, load_student
+    from labelgen.teacher import Teacher
+
+    arch, encoder = CONVNEXT_STUDENT
+    lines: list[str] = []
+    result = train(_options(tiny["root"], "dreamteacher", tiny["shards"], "dt-convnext", arch=arch, encoder=encoder,
+                            teacher="unused", max_steps=2), teacher=TeacherTargets(Teacher(FakeGenerator(32))),
+                   log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+    assert any(line.startswith("feature levels: teacher (16, 4, 4) -> student stride 8 (4, 4)") for line in lines), lines
+    regressor = load_safetensors(result.run_dir / "regressor.safetensors")
+    assert [tuple(regressor[f"lateral.{k}.0.weight"].shape[:2]) for k in range(3)] == [(256, 40), (256, 80), (256, 160)]
+    model, config = load_student(result.run_dir)
+    assert (config.arch, config.encoder) == CONVNEXT_STUDENT and model(torch.randn(1, 3, *SIZE)).shape == (1, 3, *SIZE)
 
 
 @pytest.mark.parametrize("mode", ["feature-distill", "dreamteacher"])
@@ -466,24 +508,26 @@ def _smallest_fit(arch: str) -> tuple[str, tuple[int, int]]:
     return (vit if arch == "dpt" else ENCODER), (ARCH_MIN_SIZE.get(arch, 32),) * 2
 
 
-def _registered_architectures() -> list[str]:
-    from labelgen.student.models import architectures
+def _registered_students() -> list[tuple[str, str | None]]:
+    """Every architecture of smp's registry (its encoder: _smallest_fit's) and DreamTeacher's ConvNeXt + UPerNet."""
+    from labelgen.student.models import CONVNEXT_STUDENT, architectures
 
-    return list(architectures())
+    return [(arch, None) for arch in architectures()] + [CONVNEXT_STUDENT]
 
 
-@pytest.mark.parametrize("arch", _registered_architectures())
-def test_every_smp_architecture_trains_saves_and_loads(arch, tiny):
+@pytest.mark.parametrize("arch, encoder", _registered_students())
+def test_every_smp_architecture_trains_saves_and_loads(arch, encoder, tiny):
     """smp's whole registry (segformer, dpt, upernet, ...): forward, one train step, save, load back."""
     from labelgen.student.models import check_image_size, create_student, load_student
 
-    encoder, size = _smallest_fit(arch)
+    fit, size = _smallest_fit(arch)
+    encoder = encoder or fit
     model = create_student(arch, encoder, 3).eval()
     check_image_size(model, arch, size)
     with torch.no_grad():
         assert model(torch.randn(1, 3, *size)).shape == (1, 3, *size)
-    result = train(_options(tiny["root"], "supervised", tiny["real"], f"arch-{arch}", arch=arch, encoder=encoder,
-                            image_size=size, batch_size=2, max_steps=1))
+    result = train(_options(tiny["root"], "supervised", tiny["real"], f"arch-{arch}-{encoder}", arch=arch,
+                            encoder=encoder, image_size=size, batch_size=2, max_steps=1))
     assert result.steps == 1 and np.isfinite(result.losses[0])
     loaded, config = load_student(result.run_dir)
     assert (config.arch, config.encoder, config.image_size) == (arch, encoder, list(size))
