@@ -84,7 +84,7 @@ def probe(workspace_dir: Path, val: Path, seeds: int = 2, limit: int | None = No
     """{"rows": [{"heads", "trained_on_seeds", "tta_seeds", "miou"}], ...}: module docstring."""
     import torch
 
-    from labelgen.heads import load_head
+    from labelgen.heads import TaskHead
     from labelgen.heads.train import real_images
     from labelgen.metrics import ConfusionMatrix
     from labelgen.teacher import predict_heads
@@ -95,10 +95,8 @@ def probe(workspace_dir: Path, val: Path, seeds: int = 2, limit: int | None = No
     started = time.time()
     workspace = Workspace(workspace_dir)
     teacher = workspace.teacher(head=False)
-    if not teacher.can_encode_images:
-        raise SystemExit(f"{workspace_dir}: the {teacher.generator.backend} teacher has no noise seed (a diffusion "
-                         "teacher computes features of photos)")
-    own = {t: load_head(folder) for t, folder in workspace.selected_heads().items()}
+    teacher.require_image_encoding("the noise-seed probe")
+    own = {t: TaskHead.from_pretrained(folder) for t, folder in workspace.selected_heads().items()}
     fresh = train_noise_augmented(workspace, teacher, seeds, log) if seeds > 1 else {}
     sets = {}  # (head types, seeds trained on) -> heads
     for trained_on, heads in ((1, own), (seeds, fresh)):
@@ -110,7 +108,7 @@ def probe(workspace_dir: Path, val: Path, seeds: int = 2, limit: int | None = No
             sets[("+".join(heads), trained_on)] = list(heads.values())
     probs = {key: [] for key in sets}  # per image: [seeds, 2 (plain, mirror), C, H, W]
     masks = []
-    for _, image, mask in real_images(workspace, val, limit):
+    for _, image, mask in real_images(teacher, val, len(workspace.classes), limit):
         masks.append(mask)
         views = {key: [] for key in sets}
         for seed in range(seeds):

@@ -14,7 +14,7 @@ import torch
 from labelgen import default_teacher
 from labelgen.data.shards import ShardReader
 from labelgen.errors import LabelgenError
-from labelgen.heads import head_id, load_head
+from labelgen.heads import TaskHead, head_id
 from labelgen.heads.train import TrainConfig, evaluate_head, train_workspace_heads
 from labelgen.synthesis import SynthesisConfig, synthesize
 from labelgen.workspace import CONFIG_NAME, Workspace
@@ -40,8 +40,8 @@ def test_ensemble_of_two_heads_is_the_mean_of_the_heads(two_heads):
     assert teacher.head_type == "pixel-mlp+conv" and teacher.ensemble == 3 + 1
     image = ws.read_annotation("g000001")[0]
     features = teacher.features(images=[image])
-    mlp = load_head(ws.heads_dir).predict_proba(features)  # [1, 3, C, H, W]
-    conv = load_head(ws.heads_dir / "conv").predict_proba(features)  # [1, 1, C, H, W]
+    mlp = TaskHead.from_pretrained(ws.heads_dir).predict_proba(features)  # [1, 3, C, H, W]
+    conv = TaskHead.from_pretrained(ws.heads_dir / "conv").predict_proba(features)  # [1, 1, C, H, W]
     pred = teacher.predict(features)
     torch.testing.assert_close(pred.member_probs, torch.cat([mlp, conv], dim=1))
     torch.testing.assert_close(pred.probs, (mlp.mean(dim=1) + conv.mean(dim=1)) / 2)  # each head type counts equally

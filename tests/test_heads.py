@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.heads import create_head, head_id, load_head
+from labelgen.heads import TaskHead, create_head, head_id
 from labelgen.heads.sampling import features_at_pixels
 from labelgen.heads.train import TrainConfig, evaluate_head, train_head, train_workspace_heads
 from labelgen.heads.uncertainty import image_scores, pixel_uncertainty
@@ -48,7 +48,7 @@ def test_pixel_mlp_banded_forward_matches_full_upsampling():
 def test_head_save_load_round_trip(tmp_path, head_type):
     head = create_head(head_type, [5, 3, 2], 4, (16, 16), ensemble=2).eval()
     head.save_pretrained(tmp_path / "h", extra={"note": "x"})
-    again = load_head(tmp_path / "h")
+    again = TaskHead.from_pretrained(tmp_path / "h")
     assert type(again) is type(head) and again.config == head.config
     torch.testing.assert_close(again.predict_proba(_levels()), head.predict_proba(_levels()))
     assert len(head_id(tmp_path / "h")) == 12
@@ -65,7 +65,7 @@ def test_heads_overfit_tiny_annotated_set(tmp_path, head_type, epochs):
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert [float(r["loss"]) for r in rows] == pytest.approx(result.losses, abs=1e-6)
     assert read_progress(ws.heads_dir / "log.csv") == (result.steps, result.steps)
-    head = load_head(ws.heads_dir)  # reloaded without training code
+    head = TaskHead.from_pretrained(ws.heads_dir)  # reloaded without training code
     assert head.head_type == head_type
     ids = ws.annotated_ids()
     train_set = [(ws.annotation_features(i), torch.from_numpy(ws.read_mask(i).astype(np.int64))[None]) for i in ids]
@@ -189,7 +189,7 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
     assert log["train_ids"] == ["g000001", "g000002", "g000003"] and log["holdout"]["ids"] == ["g000004"]
     assert list(log["holdout"]["per_class"]) == ["background", "disc", "bar"]
     # the logged numbers are the ConfusionMatrix scores of the saved head on the held-out image
-    head = load_head(ws.heads_dir)
+    head = TaskHead.from_pretrained(ws.heads_dir)
     matrix = ConfusionMatrix(3)
     probs = head.predict_proba(real_features("g000004"))
     matrix.update(probs.mean(1).argmax(1), torch.from_numpy(ws.read_mask("g000004").astype(np.int64))[None])

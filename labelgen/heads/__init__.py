@@ -2,14 +2,13 @@
 
     create_head("pixel-mlp", in_channels=[512, 256], num_classes=8, output_size=(64, 64), ensemble=3)
     create_head("conv", in_channels=[...], num_classes=8, output_size=(64, 64))
-    load_head("W/heads")              rebuild a saved head from head_config.json + head.safetensors
+    TaskHead.from_pretrained("W/heads")  rebuild a saved head from head_config.json + head.safetensors
 
 Every head maps a list of feature levels [N, C_i, h_i, w_i] to logits [N, K, C, H, W].
 """
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 
 HEADS: dict[str, type[TaskHead]] = {"pixel-mlp": PixelMLPEnsemble, "conv": ConvInterpreter}
 
-__all__ = ["HEADS", "TaskHead", "create_head", "default_ensemble", "load_head", "head_id", "read_head_config",
+__all__ = ["HEADS", "TaskHead", "create_head", "default_ensemble", "head_id", "read_head_config",
            "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME"]
 
 
@@ -48,18 +47,7 @@ def create_head(name: str, in_channels: list[int], num_classes: int, output_size
         return cls(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
 
 
-def load_head(folder: Path | str, device: str = "cpu") -> TaskHead:
-    """Rebuild a saved head (eval mode); a LabelgenError if the folder holds none or it does not fit."""
-    from labelgen.data.io import load_safetensors
-    from labelgen.errors import one_line
 
-    folder = Path(folder)
-    config = read_head_config(folder)
-    head = head_class(config.get("type", "")).from_config(config)
-    tensors = load_safetensors(folder / HEAD_WEIGHTS_NAME, device=device)  # missing, empty, truncated: one line
-    try:
-        head.load_state_dict(tensors)
-    except RuntimeError as e:  # torch's "Error(s) in loading state_dict ...:\n\tsize mismatch ..."
-        raise LabelgenError(f"{folder / HEAD_WEIGHTS_NAME}: weights do not fit {folder / HEAD_CONFIG_NAME} "
-                            f"({one_line(e, 200)})") from None
-    return head.to(device).eval()
+def load_head(folder, device: str = "cpu") -> TaskHead:
+    """Deprecated: TaskHead.from_pretrained(folder, device)."""
+    return TaskHead.from_pretrained(folder, device)

@@ -4,8 +4,8 @@ Common interface (every head)::
 
     head(features)               -> logits [N, K, C, H, W]   (K ensemble members, C classes, H x W = output_size)
     head.predict_proba(features) -> probabilities [N, K, C, H, W] (softmax over C, eval mode, no grad)
-    head.save_pretrained(dir)    -> dir/head_config.json + dir/head.safetensors
-    load_head(dir)               -> the same head, without any training code
+    head.save_pretrained(dir)    -> dir/head_config.json + dir/head.safetensors (labelgen.pretrained)
+    TaskHead.from_pretrained(dir) -> the same head (the type its config names), without any training code
 
 ``features`` is a list of float tensors [N, C_i, h_i, w_i], one per feature level, in the order of
 ``in_channels``; each level may have its own (native) resolution.
@@ -22,19 +22,22 @@ import torch
 from torch import nn
 
 from labelgen.errors import LabelgenError
+from labelgen.pretrained import Pretrained
 from labelgen.run import option_on
 
 HEAD_CONFIG_NAME = "head_config.json"
 HEAD_WEIGHTS_NAME = "head.safetensors"
 
 
-class TaskHead(nn.Module):
+class TaskHead(Pretrained):
     """Base class of heads; subclasses set ``head_type`` and implement ``forward``."""
 
     head_type: ClassVar[str]
+    config_name, weights_name = HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
+    kind_key, kind_attribute, noun = "type", "head_type", "head"
 
     def __init__(self, in_channels: list[int], num_classes: int, output_size: tuple[int, int] | list[int],
-                 ensemble: int, **options: Any):
+                 ensemble: int):
         super().__init__()
         if not in_channels or any(int(c) <= 0 for c in in_channels):
             raise LabelgenError(f"head needs at least one feature level with channels > 0, got {in_channels}")
@@ -44,9 +47,16 @@ class TaskHead(nn.Module):
         self.num_classes = int(num_classes)
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.ensemble = int(ensemble)
-        self.config: dict[str, Any] = {"type": self.head_type, "in_channels": self.in_channels,
-                                       "num_classes": self.num_classes, "output_size": list(self.output_size),
-                                       "ensemble": self.ensemble, **options}
+
+    @classmethod
+    def subclass_for(cls, kind: str) -> type["TaskHead"]:
+        from labelgen.heads import head_class
+
+        return head_class(kind)
+
+    @classmethod
+    def read_pretrained_config(cls, folder: Path) -> dict[str, Any]:
+        return read_head_config(folder)
 
     def check_features(self, features: list[torch.Tensor]) -> None:
         if len(features) != len(self.in_channels):
@@ -74,20 +84,6 @@ class TaskHead(nn.Module):
             return torch.softmax(logits.float(), dim=2)
         finally:
             self.train(was_training)
-
-    # ---- persistence ----
-    def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
-        """Write head_config.json (+ ``extra`` metadata under "meta") and head.safetensors, atomically."""
-        from labelgen.data.io import atomic_write_json, save_safetensors
-
-        folder = Path(folder)
-        save_safetensors(folder / HEAD_WEIGHTS_NAME, self.state_dict())
-        atomic_write_json(folder / HEAD_CONFIG_NAME, {**self.config, "meta": extra or {}})
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "TaskHead":
-        options = {k: v for k, v in config.items() if k not in ("type", "meta")}
-        return cls(**options)
 
 
 def head_id(folder: Path | str) -> str:

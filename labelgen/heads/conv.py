@@ -58,8 +58,7 @@ class ConvInterpreter(TaskHead):
 
     def __init__(self, in_channels: list[int], num_classes: int, output_size, ensemble: int = 1,
                  hidden: int = 64, blocks: int = 2, dropout: float = 0.1, **_: Any):
-        super().__init__(in_channels, num_classes, output_size, ensemble, hidden=int(hidden), blocks=int(blocks),
-                         dropout=float(dropout))
+        super().__init__(in_channels, num_classes, output_size, ensemble)
         self.members = nn.ModuleList(_Interpreter(self.in_channels, self.num_classes, int(hidden), int(blocks),
                                                   float(dropout)) for _ in range(self.ensemble))
 

@@ -43,8 +43,7 @@ class PixelMLPEnsemble(TaskHead):
     def __init__(self, in_channels: list[int], num_classes: int, output_size, ensemble: int = 3,
                  hidden: list[int] | tuple[int, ...] = (256, 128), max_chunk_floats: int = 2 ** 25,
                  member_chunk_floats: int = MEMBER_CHUNK_FLOATS, **_: Any):
-        super().__init__(in_channels, num_classes, output_size, ensemble, hidden=list(hidden),
-                         max_chunk_floats=int(max_chunk_floats), member_chunk_floats=int(member_chunk_floats))
+        super().__init__(in_channels, num_classes, output_size, ensemble)
         self.in_dim = sum(self.in_channels)
         self.max_chunk_floats = int(max_chunk_floats)
         self.member_chunk_floats = int(member_chunk_floats)
