@@ -3,6 +3,7 @@
     RUN_DIR/student_config.json   arch, encoder, classes (names + colours), image size [H, W],
                                   normalisation, mode, training options (see :class:`StudentConfig`)
     RUN_DIR/model.safetensors     the student's weights (smp state dict; eval/predict/export read this)
+                                  -- these two are :class:`Student`'s save_pretrained / from_pretrained pair
     RUN_DIR/regressor.safetensors feature-distillation regressor (feature modes only; not needed later)
     RUN_DIR/last.pt               training state for resume (see labelgen.student.train)
     RUN_DIR/best.safetensors      the weights that scored best on --val (metadata: step, miou)
@@ -25,8 +26,8 @@ import torch
 from torch import nn
 
 from labelgen.data.classes import ClassList
-from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
+from labelgen.pretrained import Pretrained
 
 CONFIG_NAME = "student_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -149,11 +150,44 @@ class StudentConfig:
         return len(self.classes)
 
 
-def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
-    from labelgen.data.io import atomic_write_json
+class Student(Pretrained):
+    """A student network (``net``, an smp model) with what its run folder records (:class:`StudentConfig`'s
+    fields): ``save_pretrained(run_dir)`` writes student_config.json + model.safetensors (the network's own smp
+    state dict), ``Student.from_pretrained(run_dir, weights=...)`` reads them back."""
 
-    save_safetensors(Path(run_dir) / WEIGHTS_NAME, model)
-    atomic_write_json(Path(run_dir) / CONFIG_NAME, asdict(config))
+    config_name, weights_name, noun = CONFIG_NAME, WEIGHTS_NAME, "student"
+
+    def __init__(self, arch: str, encoder: str, classes: list[dict], image_size: list[int], mode: str = "supervised",
+                 mean: list[float] = IMAGENET_MEAN, std: list[float] = IMAGENET_STD, train: dict | None = None,
+                 _net: nn.Module | None = None):
+        """``_net``: the trained network (else a new one, random init)."""
+        super().__init__()
+        self.config["train"] = dict(train or {})
+        self.net = _net if _net is not None else create_student(arch, encoder, len(classes))
+
+    @property
+    def student_config(self) -> StudentConfig:
+        return StudentConfig(**self.config)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def weights_owner(self) -> nn.Module:
+        return self.net
+
+    def describe(self) -> str:
+        return f"{self.config['arch']}/{self.config['encoder']} {self.noun}"
+
+    @classmethod
+    def read_pretrained_config(cls, folder: Path) -> dict[str, Any]:
+        return asdict(read_config(folder))
+
+    @classmethod
+    def build_pretrained(cls, folder: Path, weights: str | None = None) -> "Student":
+        """The student of a run folder; ``weights``: which of its weights files (:func:`weights_file`)."""
+        student = cls.from_config(cls.read_pretrained_config(folder))
+        student.load_weights(weights_file(folder, weights))
+        return student.eval()
 
 
 def read_config(run_dir: Path) -> StudentConfig:
@@ -212,24 +246,6 @@ def describe_weights(path: Path) -> str:
     return f"{path} (step {best['step']}, val mIoU {best['miou']:.4f})" if best else str(path)
 
 
-def load_student(run_dir: Path | str, device: str | torch.device = "cpu", weights: str | None = None
-                 ) -> tuple[nn.Module, StudentConfig]:
-    """The trained student of a run folder (eval mode) and its config; ``weights``: see :func:`weights_file`."""
-    from labelgen.data.io import load_safetensors
-    from labelgen.errors import one_line
-
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    path = weights_file(run_dir, weights)
-    model = create_student(config.arch, config.encoder, config.num_classes)
-    tensors = load_safetensors(path)  # missing, empty, truncated: one line
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:  # torch's shape errors
-        raise LabelgenError(f"{path}: weights do not fit {config.arch}/{config.encoder} ({one_line(e, 200)})") from None
-    return model.to(device).eval(), config
-
-
 def load_matching(model: nn.Module, checkpoint: Path | str) -> dict[str, Any]:
     """Initialise ``model`` from a previous student (run folder: its best weights when it has them,
     else the last; or a .safetensors file): copy every tensor whose name and shape match.
@@ -261,3 +277,15 @@ def describe_init(report: dict[str, Any]) -> str:
     return (f"loaded {len(report['loaded'])} tensors ({parts}); skipped {len(report['skipped'])} "
             f"(shape differs); {len(report['missing'])} left at random init")
 
+
+
+def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
+    """Deprecated: ``Student(**asdict(config), _net=model).save_pretrained(run_dir)``."""
+    Student(**asdict(config), _net=model).save_pretrained(run_dir)
+
+
+def load_student(run_dir: Path | str, device: str | torch.device = "cpu", weights: str | None = None
+                 ) -> tuple[nn.Module, StudentConfig]:
+    """Deprecated: ``Student.from_pretrained(run_dir, device, weights=weights)`` (its ``net`` and ``student_config``)."""
+    student = Student.from_pretrained(run_dir, device, weights=weights)
+    return student.net, student.student_config

@@ -598,7 +598,7 @@ def test_binary_folder_trains_its_foreground(tmp_path, capsys):
     import torch
 
     from labelgen.student.evaluate import evaluate_folder
-    from labelgen.student.models import load_student
+    from labelgen.student.models import Student
     from labelgen.student.train import TrainOptions, train
 
     split = make_binary_folder(tmp_path / "horses", n=8)
@@ -607,6 +607,7 @@ def test_binary_folder_trains_its_foreground(tmp_path, capsys):
                                 image_size=(32, 32), batch_size=4, max_steps=40, lr=3e-3, progress=False,
                                 warmup_steps=0, augment=False))
     assert "reading 255 as class 1" in capsys.readouterr().err
-    model, config = load_student(result.run_dir)
+    reloaded = Student.from_pretrained(result.run_dir)
+    model, config = reloaded.net, reloaded.student_config
     scores, _ = evaluate_folder(model, config, split)
     assert scores.per_class_iou[1] > 0.5, scores.per_class_iou  # the foreground was learnt, not background alone

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labelgen.student.cli import main
-from labelgen.student.models import StudentConfig, create_student, save_student
+from labelgen.student.models import Student, create_student
 from labelgen.student.testing import CLASSES
 
 
@@ -17,7 +17,7 @@ def _run(root, arch: str, size=(64, 64)):
     torch.manual_seed(0)
     run = root / arch
     model = create_student(arch, "resnet18", len(CLASSES)).eval()
-    save_student(run, model, StudentConfig(arch, "resnet18", CLASSES.to_json()["classes"], list(size)))
+    Student(arch, "resnet18", CLASSES.to_json()["classes"], list(size), _net=model).save_pretrained(run)
     return run, model
 
 
@@ -33,9 +33,9 @@ def _predict_logits(model, run, images: np.ndarray) -> np.ndarray:
     """`student predict`'s class scores for each image, at the image's own size (before its argmax)."""
     from labelgen.imaging import resize_image
     from labelgen.student.evaluate import student_scores
-    from labelgen.student.models import load_student
+    from labelgen.student.models import Student
 
-    config = load_student(run)[1]
+    config = Student.from_pretrained(run).student_config
     return np.concatenate([resize_image(student_scores(model, config, im), im.shape[:2]).numpy() for im in images])
 
 
@@ -81,13 +81,13 @@ def test_onnx_agrees_with_student_predict_at_the_photos_own_size(tmp_path, capsy
     from PIL import Image
 
     from labelgen.student.evaluate import predict_image
-    from labelgen.student.models import load_student
+    from labelgen.student.models import Student
 
     run, model = _run(tmp_path, "fpn")
     path = tmp_path / "fpn.onnx"
     assert _export(run, path, capsys) < 1e-3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    config = load_student(run)[1]
+    config = Student.from_pretrained(run).student_config
     photo = Image.open(ccp_mini / "photos" / "0002.jpg").convert("RGB")  # 55x83 (WxH)
     for wh in [photo.size, (110, 166), (28, 40)]:  # one side up and one down; both down; both up
         image = np.asarray(photo.resize(wh, Image.Resampling.BICUBIC))

@@ -266,7 +266,7 @@ def test_label_distill_without_soft_labels_warns_and_falls_back(tiny):
 def test_dreamteacher_trains_the_convnext_upernet_student(tiny):
     """--arch upernet --encoder tu-convnext_atto in dreamteacher mode: the regressor sits on the ConvNeXt pyramid."""
     from labelgen.data.io import load_safetensors
-    from labelgen.student.models import CONVNEXT_STUDENT, load_student
+    from labelgen.student.models import CONVNEXT_STUDENT, Student
     from labelgen.teacher import Teacher
 
     arch, encoder = CONVNEXT_STUDENT
@@ -278,7 +278,8 @@ def test_dreamteacher_trains_the_convnext_upernet_student(tiny):
     assert any(line.startswith("feature levels: teacher (16, 4, 4) -> student stride 8 (4, 4)") for line in lines), lines
     regressor = load_safetensors(result.run_dir / "regressor.safetensors")
     assert [tuple(regressor[f"lateral.{k}.0.weight"].shape[:2]) for k in range(3)] == [(256, 40), (256, 80), (256, 160)]
-    model, config = load_student(result.run_dir)
+    reloaded = Student.from_pretrained(result.run_dir)
+    model, config = reloaded.net, reloaded.student_config
     assert (config.arch, config.encoder) == CONVNEXT_STUDENT and model(torch.randn(1, 3, *SIZE)).shape == (1, 3, *SIZE)
 
 
@@ -330,7 +331,7 @@ def test_resume_reproduces_next_step_loss(tiny):
 def test_ema_decay_validates_and_saves_the_moving_average_and_resumes_exactly(tiny):
     from labelgen.errors import LabelgenError
     from labelgen.student.evaluate import evaluate_folder
-    from labelgen.student.models import create_student, load_student
+    from labelgen.student.models import Student, create_student
 
     decay = 0.6
     kw = dict(max_steps=3, save_every=1, ema_decay=decay, val=str(tiny["val"]), val_every=1)
@@ -352,7 +353,8 @@ def test_ema_decay_validates_and_saves_the_moving_average_and_resumes_exactly(ti
             assert torch.equal(avg[k][name], raw[k][name]), name
     assert any(not torch.allclose(avg[2][n], raw[2][n]) for n in params)  # the average is not the last weights
     # the saved student is the average (resumed run = uninterrupted run), and it is what --val scored
-    saved, config = load_student(full.run_dir, weights="last")
+    reloaded = Student.from_pretrained(full.run_dir, weights="last")
+    saved, config = reloaded.net, reloaded.student_config
     for name, tensor in saved.state_dict().items():
         assert torch.allclose(tensor, avg[2][name], atol=1e-6), name
     scores, _ = evaluate_folder(saved, config, tiny["val"])
@@ -410,10 +412,11 @@ def test_flip_tta_predicts_the_mean_of_the_photo_and_its_mirror_image(tiny, supe
     from labelgen.data.io import list_images, read_image
     from labelgen.metrics import ConfusionMatrix
     from labelgen.student.evaluate import preprocess
-    from labelgen.student.models import load_student
+    from labelgen.student.models import Student
 
     run_dir, _ = supervised_run
-    model, config = load_student(run_dir)
+    reloaded = Student.from_pretrained(run_dir)
+    model, config = reloaded.net, reloaded.student_config
     model.eval()
     code, out, err = _cli(["predict", "--checkpoint", str(run_dir), "--images", str(tiny["val"] / "images"),
                            "--out", str(tmp_path / "masks"), "--flip"], capsys)
@@ -518,7 +521,7 @@ def _registered_students() -> list[tuple[str, str | None]]:
 @pytest.mark.parametrize("arch, encoder", _registered_students())
 def test_every_smp_architecture_trains_saves_and_loads(arch, encoder, tiny):
     """smp's whole registry (segformer, dpt, upernet, ...): forward, one train step, save, load back."""
-    from labelgen.student.models import check_image_size, create_student, load_student
+    from labelgen.student.models import Student, check_image_size, create_student
 
     fit, size = _smallest_fit(arch)
     encoder = encoder or fit
@@ -529,7 +532,8 @@ def test_every_smp_architecture_trains_saves_and_loads(arch, encoder, tiny):
     result = train(_options(tiny["root"], "supervised", tiny["real"], f"arch-{arch}-{encoder}", arch=arch,
                             encoder=encoder, image_size=size, batch_size=2, max_steps=1))
     assert result.steps == 1 and np.isfinite(result.losses[0])
-    loaded, config = load_student(result.run_dir)
+    reloaded = Student.from_pretrained(result.run_dir)
+    loaded, config = reloaded.net, reloaded.student_config
     assert (config.arch, config.encoder, config.image_size) == (arch, encoder, list(size))
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
@@ -763,10 +767,11 @@ def test_pseudo_label_round_two(tiny, supervised_run, tmp_path):
     from labelgen.data.io import list_images, read_image
     from labelgen.data.shards import ShardReader, ShardSample, ShardWriter
     from labelgen.errors import LabelgenError
-    from labelgen.student.models import load_student
+    from labelgen.student.models import Student
     from labelgen.student.pseudo_label import pseudo_label_folder, student_probabilities
 
-    model, config = load_student(supervised_run[0])
+    reloaded = Student.from_pretrained(supervised_run[0])
+    model, config = reloaded.net, reloaded.student_config
     images = tiny["real"] / "images"
     n = pseudo_label_folder(model, config, images, tmp_path / "r2", "sup", flip=True, progress=False)
     samples = list(ShardReader(tmp_path / "r2"))
