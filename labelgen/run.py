@@ -1,11 +1,12 @@
-"""One run infrastructure for every loop (DDPM and StyleGAN2 trainers, heads, student) and synthesis.
+"""One run infrastructure for every loop (DDPM and StyleGAN2 trainers, heads, student) and synthesis; the
+training engine the loops run on (labelgen.engine) is built from these.
 
     pick_device(name)            "auto" | "cpu" | "cuda[:k]" -> torch.device (one clear error without a GPU)
     option_on(value, device)     the one rule of the speed options (bf16, channels_last, compile):
                                  "auto" = on for CUDA only
     init_dist() -> Dist          torchrun set-up from WORLD_SIZE/RANK/LOCAL_RANK (gloo on CPU, nccl on GPU);
                                  Dist: rank, world, device, barrier, broadcast, sum, gather, close
-    seed_everything(seed)        python, numpy, torch (and CUDA) seeds
+    seed_everything(seed, dev)   python, numpy, torch (and CUDA) seeds -> a torch.Generator on dev seeded the same
     rng_state() / set_rng_state  the same generators (+ an optional torch.Generator) as plain tensors and
                                  numbers, so a resume file never needs pickled objects
     save_resume / load_resume    the ONE resume-file layout (below), loaded with ``weights_only=True``
@@ -137,10 +138,13 @@ def init_dist(device: str = "auto") -> Dist:
 
 
 # ---------------------------------------------------------------- RNG
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The one seeding function: python, numpy and torch (CUDA too) seeded with ``seed``; returns a new
+    torch.Generator on ``device`` seeded the same, for a loop's own draws (batches, noise, augmentation)."""
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)  # CUDA generators too
+    return torch.Generator(device).manual_seed(seed)
 
 
 def rng_state(gen: torch.Generator | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from labelgen.student.models import (
     check_image_size, create_student, describe_init, encoder_channels, feature_pyramid, load_matching, read_best,
     save_student,
 )
-from labelgen.training.common import EMA
+from labelgen.engine import EMA
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
 FEATURE_MODES = ("feature-distill", "dreamteacher")

@@ -78,6 +78,8 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
               help=f"Steps between sample grids, 0 = never {_shown('sample_every')}.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None,
               help=f"Steps between checkpoints/exports {_shown('checkpoint_every')}.")
+@click.option("--log-every", type=click.IntRange(1), default=None,
+              help=f"Steps between rows of OUT/train/log.csv (running mean loss) {_shown('log_every')}.")
 @click.option("--time-limit", "time_limit_min", type=POSITIVE, default=None,
               help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
 @click.option("--seed", type=int, default=None, help=f"Random seed {_shown('seed')}.")
@@ -89,7 +91,7 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, export_fp16,
                         beta_schedule, z_dim,
                         r1_gamma, diffaug, batch_size, steps, lr, ema, warmup, grad_clip, sample_every,
-                        checkpoint_every, time_limit_min, seed, device, compile_mode, quiet):
+                        checkpoint_every, log_every, time_limit_min, seed, device, compile_mode, quiet):
     """Train a generator of your own domain on unlabeled images (resumable; see --time-limit).
 
     \b
@@ -97,6 +99,9 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
                loadable by the ddpm backend.
     stylegan2: labelgen's StyleGAN2 + residual discriminator, R1, DiffAugment -> OUT loadable by the
                stylegan2 backend (save_pretrained folder).
+
+    Several processes (GPUs): torchrun --nproc-per-node K -m labelgen.cli -- train-generator ... (each takes
+    1/K of every batch: --batch-size divisible by K; the loss curve of one process).
     """
     from labelgen.cli import parse_size
     from labelgen.training.train_generator import train_generator
@@ -104,7 +109,8 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
     options = {
         "resolution": parse_size(resolution, "--resolution") if resolution else None,
         "batch_size": batch_size, "steps": steps, "lr": lr, "ema": ema, "warmup": warmup, "grad_clip": grad_clip,
-        "sample_every": sample_every, "checkpoint_every": checkpoint_every, "time_limit_min": time_limit_min,
+        "sample_every": sample_every, "checkpoint_every": checkpoint_every, "log_every": log_every,
+        "time_limit_min": time_limit_min,
         "seed": seed, "device": device,
     }
     ch = _parse_channels(channels)

@@ -1,23 +1,20 @@
-"""Pieces shared by the generator trainers: data in memory, start/resume, EMA, grids, stopping.
+"""Pieces shared by the generator trainers: data in memory, start/resume, grids.
 
-Device choice, RNG state, the resume file, the output lock, the log (OUT/train/log.csv + tb/) and
-the progress bar are the run infrastructure every loop shares: :mod:`labelgen.run`."""
+Device choice, torchrun, RNG seeding, EMA, the resume file, the log (OUT/train/log.csv + tb/), the
+progress bar and stopping are the training engine every loop runs on: :mod:`labelgen.engine`."""
 from __future__ import annotations
 
 import shutil
-import signal
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from labelgen.data.io import list_images, read_image, write_png
 from labelgen.errors import DataError, LabelgenError
-from labelgen.run import load_resume, pick_device, progress as run_progress
+from labelgen.run import load_resume, progress as run_progress
 
 CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/: the run's resume file (labelgen.run.save_resume)
 TRAIN_DIR = "train"  # OUT/train/: checkpoint, log.csv, tb/, sample grids (not needed to load the model)
@@ -75,68 +72,6 @@ def augment_batch(images_u8: torch.Tensor, index: torch.Tensor, gen: torch.Gener
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-# ---------------------------------------------------------------- EMA
-class EMA:
-    """Exponential moving average of a module's parameters (``shadow`` is a full copy, eval mode).
-
-    The effective decay warms up as min(decay, (1 + step) / (10 + step)) so short runs are not
-    dominated by the random initialisation."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        import copy
-
-        self.decay = decay
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        ema_p = list(self.shadow.parameters())
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-        for eb, b in zip(self.shadow.buffers(), model.buffers()):
-            eb.copy_(b)
-
-
-# ---------------------------------------------------------------- stopping
-class StopControl:
-    """Stops a loop when ``time_limit_min`` has passed or on SIGTERM/SIGINT (checked once per step)."""
-
-    def __init__(self, time_limit_min: float | None):
-        self.start = time.monotonic()
-        self.limit_s = None if time_limit_min is None else time_limit_min * 60.0
-        self.signal: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def reason(self) -> str | None:
-        if self.signal:
-            return f"received {self.signal}"
-        if self.limit_s is not None and self.elapsed >= self.limit_s:
-            return f"time limit ({self.limit_s / 60:g} min) reached"
-        return None
-
-
 # ---------------------------------------------------------------- start / resume
 NOT_CARRIED = ("time_limit_min", "device", "compile")  # per session: never taken from the resumed run
 
@@ -153,14 +88,15 @@ class TrainingStart:
     images: torch.Tensor  # uint8 [N, 3, H, W], the training data
 
 
-def begin_training(out: Path, backend: str, cfg, arch_defaults: dict[str, Any], explicit: set[str] | None,
-                   data: Path, show_progress: bool) -> TrainingStart:
-    """Device, new-or-resumed run settings (``start_or_resume``) and the training images, for either trainer."""
-    device = pick_device(cfg.device)
+def begin_training(engine, out: Path, backend: str, cfg, arch_defaults: dict[str, Any], explicit: set[str] | None,
+                   data: Path) -> TrainingStart:
+    """New-or-resumed run settings (``start_or_resume``) and the training images (on every rank), for either
+    trainer; the device is the engine's (labelgen.engine.Engine)."""
     run, saved = start_or_resume(Path(out), backend, asdict(cfg), arch_defaults, explicit)
     cfg = replace(cfg, **{k: v for k, v in run.items() if k not in arch_defaults})
-    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None, progress=show_progress)
-    return TrainingStart(Path(out) / TRAIN_DIR / CHECKPOINT_NAME, device, run, saved, cfg, images)
+    images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None,
+                         progress=engine.show_progress)
+    return TrainingStart(Path(out) / TRAIN_DIR / CHECKPOINT_NAME, engine.device, run, saved, cfg, images)
 
 
 def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any],

@@ -9,7 +9,7 @@
 
 StyleGAN2 makes square images whose side is a power of two: other data must be resized with
 ``resolution=(R, R)``. Output: ``OUT/generator_config.json`` + ``OUT/generator.safetensors``
-(``G_ema.save_pretrained``, loadable by ``load_generator`` / the stylegan2 backend); the training
+(``G_ema.save_pretrained``, loadable by ``Generator.from_pretrained`` / the stylegan2 backend); the training
 state (G, D, G_ema, both optimisers, step, RNG) in ``OUT/train/checkpoint.pt`` (the resume file of
 labelgen.run); the log in ``OUT/train/log.csv`` (step, total, loss_d, loss_g, seconds) + ``OUT/train/tb/``.
 """
@@ -18,17 +18,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelgen.engine import EMA, Engine
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
-from labelgen.run import RunLog, progress, rng_state, save_resume, set_rng_state
-from labelgen.training.common import (EMA, TRAIN_DIR, RunningMean, StopControl, augment_batch, begin_training,
-                                      save_grid)
+from labelgen.run import rng_state, save_resume, set_rng_state
+from labelgen.training.common import TRAIN_DIR, RunningMean, augment_batch, begin_training, save_grid
 
 SG2_ARCH_DEFAULTS = {"resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
 
@@ -58,13 +58,16 @@ class StyleGAN2TrainConfig:
 
 
 # ---------------------------------------------------------------- DiffAugment
-def diff_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """DiffAugment 'color,translation,cutout' (Zhao et al. 2020); differentiable in x, randomness from gen."""
+def diff_augment(x: torch.Tensor, gen: torch.Generator, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """DiffAugment 'color,translation,cutout' (Zhao et al. 2020); differentiable in x, randomness from gen.
+    ``x``: rows rank, rank + world, ... of a global batch (labelgen.engine.Engine.shard): the random numbers are
+    drawn for the whole batch and these rows taken, so every rank augments its rows as one process would."""
     n, _, h, w = x.shape
     dev = x.device
 
     def rand(*shape):
-        return torch.rand(shape, generator=gen, device=gen.device).to(dev)
+        drawn = torch.rand((shape[0] * world, *shape[1:]), generator=gen, device=gen.device)
+        return (drawn if world == 1 else drawn[rank::world]).to(dev)
 
     # colour: brightness, saturation, contrast
     x = x + (rand(n, 1, 1, 1) - 0.5)
@@ -185,10 +188,13 @@ def _seeds(gen: torch.Generator, n: int) -> list[int]:
     return torch.randint(0, 2**62, (n,), generator=gen, device=gen.device).tolist()
 
 
-def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Callable[[str], None] = print,
-                    show_progress: bool = True, explicit: set[str] | None = None) -> dict[str, Any]:
+def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainConfig,
+                    explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) a StyleGAN2 on ``engine`` (one process, or one rank of a torchrun job: every rank draws
+    the same global batch, latents, noise seeds and augmentation and computes its rows; see train_generator)."""
     out = Path(out)
-    start = begin_training(out, "stylegan2", cfg, SG2_ARCH_DEFAULTS, explicit, data, show_progress)
+    echo = engine.echo
+    start = begin_training(engine, out, "stylegan2", cfg, SG2_ARCH_DEFAULTS, explicit, data)
     ckpt_path, device, run, saved, cfg, images = (start.checkpoint, start.device, start.run, start.saved, start.cfg,
                                                   start.images)
     run["resolution"] = tuple(run["resolution"] or images.shape[2:])
@@ -198,12 +204,12 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
                             "(HxW): pass --resolution RxR, e.g. 64x64")
     if cfg.batch_size < 2 or cfg.steps < 1:
         raise LabelgenError("stylegan2: --batch-size must be >= 2 and --steps positive")
+    engine.check_batch(cfg.batch_size)
     gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * h * h / cfg.batch_size
 
-    torch.manual_seed(cfg.seed)
+    gen = engine.seed(cfg.seed)  # G's and D's initial weights, then every batch, latent, noise and augmentation
     G = build_generator(run)
     D = Discriminator(h, run["max_channels"])
-    gen = torch.Generator(device).manual_seed(cfg.seed)
     c_reg = cfg.r1_every / (cfg.r1_every + 1)  # lazy-regularisation correction of D's Adam
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * c_reg, betas=(0.0, 0.99 ** c_reg), eps=1e-8)
@@ -224,16 +230,22 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
     images = images.to(device)
     n_g = sum(p.numel() for p in G.parameters())
     echo(f"stylegan2: {len(images)} images {h}x{w}, G {n_g / 1e6:.2f} M / D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M "
-         f"params, batch {cfg.batch_size}, R1 gamma {gamma:g}, steps {step}->{cfg.steps}, device {device}")
-    aug = (lambda x: diff_augment(x, gen)) if cfg.diffaug else (lambda x: x)
+         f"params, batch {cfg.batch_size}, R1 gamma {gamma:g}, steps {step}->{cfg.steps}, device {device}"
+         f"{f', {engine.world} torchrun processes' if engine.world > 1 else ''}")
+    aug = (lambda x: diff_augment(x, gen, engine.rank, engine.world)) if cfg.diffaug else (lambda x: x)
 
     def fake_images(n: int) -> torch.Tensor:
-        z = torch.randn((n, run["z_dim"]), generator=gen, device=device)
+        """This rank's rows of ``n`` (the global batch) generated images."""
+        z = engine.shard(torch.randn((n, run["z_dim"]), generator=gen, device=device))
+        seeds = engine.shard(_seeds(gen, n))
         ws = G.mapping(z, None, update_w_avg=True)
-        img, _ = G.synthesis(ws, noise_mode="random", noise_seeds=_seeds(gen, n))
+        G.mapping.w_avg.copy_(engine.mean(G.mapping.w_avg))  # the moving average of w over the global batch
+        img, _ = G.synthesis(ws, noise_mode="random", noise_seeds=seeds)
         return img
 
     def checkpoint() -> None:
+        if not engine.is_main:
+            return
         cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
         run_log.flush()
         save_resume(ckpt_path, "stylegan2", step, {
@@ -243,12 +255,15 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
         ema.shadow.save_pretrained(out)
 
     def sample_grid() -> None:
+        if not engine.is_main:
+            return
         grid = ema.shadow.sample(list(range(cfg.num_samples))).images
         save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
 
     def optimise(opt, model, loss, lr):
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        engine.average_gradients(model.parameters())
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         for g in opt.param_groups:
@@ -257,17 +272,17 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
 
     d_losses, g_losses = RunningMean(), RunningMean()
     stopped = None
-    with StopControl(cfg.time_limit_min) as stop:
+    with engine.watch(cfg.time_limit_min) as stop:
         # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
-        run_log = RunLog(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
-        bar = progress(cfg.steps, step, "train stylegan2") if show_progress and step < cfg.steps else None
+        run_log = engine.run_log(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
+        bar = engine.progress(cfg.steps, step, "train stylegan2") if step < cfg.steps else None
         while step < cfg.steps:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) if cfg.warmup else cfg.lr
             # D: logistic loss on augmented real vs fake (+ lazy R1 on reals)
             G.requires_grad_(False)
             D.requires_grad_(True)
-            real = augment_batch(images, torch.randint(0, len(images), (cfg.batch_size,), generator=gen,
-                                                       device=device), gen)
+            real = engine.shard(augment_batch(images, torch.randint(0, len(images), (cfg.batch_size,), generator=gen,
+                                                                    device=device), gen))
             with torch.no_grad():
                 fake = fake_images(cfg.batch_size)
             loss_d = F.softplus(D(aug(fake))).mean() + F.softplus(-D(aug(real))).mean()
@@ -281,6 +296,7 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
             D.requires_grad_(False)
             loss_g = F.softplus(-D(aug(fake_images(cfg.batch_size)))).mean()
             optimise(opt_g, G, loss_g, lr)
+            loss_d, loss_g = engine.mean(loss_d), engine.mean(loss_g)  # over the global batch
             if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
                 raise LabelgenError(f"stylegan2: loss became non-finite at step {step}; lower --lr")
             # EMA
@@ -297,14 +313,14 @@ def train_stylegan2(data: Path, out: Path, cfg: StyleGAN2TrainConfig, echo: Call
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss_d=f"{d_losses.mean:.3f}", loss_g=f"{g_losses.mean:.3f}", refresh=False)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if engine.due(step, cfg.log_every, cfg.steps):
                 run_log.row(step, {"loss_d": round(d_losses.mean, 5), "loss_g": round(g_losses.mean, 5),
                                    "seconds": round(prior + stop.elapsed, 1)},
                             scalars={"train/loss_d": d_losses.mean, "train/loss_g": g_losses.mean})
-            if cfg.sample_every and step % cfg.sample_every == 0:
+            if engine.due(step, cfg.sample_every):
                 sample_grid()
-            stopped = stop.reason()
-            if stopped or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            stopped = engine.stop_reason()  # every rank stops at the same step
+            if stopped or engine.due(step, cfg.checkpoint_every, cfg.steps):
                 checkpoint()
             if stopped:
                 break

@@ -11,6 +11,13 @@ Python loop; on CPU the loop is unchanged (eager, plain AdamW, loss checked ever
 comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly
 where an uninterrupted one would have been.
 
+Both trainers run on the training engine (:mod:`labelgen.engine`), also under ``torchrun --nproc-per-node
+K -m labelgen.cli -- train-generator ...``: every rank draws the same global batch (indices, flips, noise,
+timesteps) from the same seeded generator and computes its rows (``--batch-size`` divisible by K); the
+gradients are averaged over the ranks before clipping, so K processes follow the loss curve of one process
+(within float rounding). Rank 0 holds OUT's lock and writes the checkpoint, the log, the grids and the
+export; a run may be resumed with another K.
+
 Output folder::
 
     OUT/model_index.json  OUT/unet/  OUT/scheduler/    diffusers DDPMPipeline layout, EMA weights
@@ -34,10 +41,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from labelgen.engine import EMA, Engine, set_fused
 from labelgen.errors import LabelgenError
-from labelgen.run import RunLock, RunLog, progress, rng_state, save_resume, set_rng_state
-from labelgen.training.common import (EMA, TRAIN_DIR, RunningMean, StopControl, augment_batch, begin_training,
-                                      check_divisible, replace_dir, save_grid)
+from labelgen.run import RunLock, rng_state, save_resume, set_rng_state
+from labelgen.training.common import (TRAIN_DIR, RunningMean, augment_batch, begin_training, check_divisible,
+                                      replace_dir, save_grid)
 
 DDPM_ARCH_DEFAULTS = {"resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
                       "beta_schedule": "linear", "num_train_timesteps": 1000}
@@ -175,19 +183,6 @@ class TrainStep:
         return loss
 
 
-def set_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
-    """After ``load_state_dict``: use (or not) the fused AdamW kernel whatever the checkpoint's run used
-    (its ``step`` counters live on the parameters' device when fused, on the CPU otherwise)."""
-    for group in opt.param_groups:
-        group["fused"] = fused
-        if fused:
-            group["foreach"] = None
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].to(p.device if fused else "cpu", torch.float32)
-
-
 def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
     """Write OUT/model_index.json, OUT/unet/, OUT/scheduler/ (DDPMPipeline layout) atomically per part.
 
@@ -210,7 +205,7 @@ def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
     (tmp / "model_index.json").replace(out / "model_index.json")
     shutil.rmtree(tmp, ignore_errors=True)
     # labelgen's marker (backend name; feature options stay the ddpm backend's defaults), so that
-    # labelgen.generators.load_generator(OUT) works as well as from_checkpoint("ddpm", OUT)
+    # labelgen.generators.Generator.from_pretrained(OUT) works as well as from_checkpoint("ddpm", OUT)
     from labelgen.data.io import atomic_write_json
     from labelgen.generators.base import CONFIG_NAME
 
@@ -218,12 +213,14 @@ def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
         atomic_write_json(out / CONFIG_NAME, {"backend": "ddpm"})
 
 
-def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str], None] = print,
-               show_progress: bool = True, explicit: set[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) a DDPM on the images in ``data``; returns a summary dict. ``explicit``: the
-    settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
+def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
+               explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train (or resume) a DDPM on the images in ``data`` on ``engine`` (one process, or one rank of a torchrun
+    job: every rank draws the same global batch and computes its rows); returns a summary dict. ``explicit``:
+    the settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
     out = Path(out)
-    start = begin_training(out, "ddpm", cfg, DDPM_ARCH_DEFAULTS, explicit, data, show_progress)
+    echo = engine.echo
+    start = begin_training(engine, out, "ddpm", cfg, DDPM_ARCH_DEFAULTS, explicit, data)
     ckpt_path, device, run, saved_state, cfg, images = (start.checkpoint, start.device, start.run, start.saved,
                                                         start.cfg, start.images)
     data_res = tuple(images.shape[2:])
@@ -234,14 +231,13 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                     f"the UNet downsamples {len(run['channels']) - 1} times")
     if cfg.batch_size < 1 or cfg.steps < 1:
         raise LabelgenError("--batch-size and --steps must be positive")
+    engine.check_batch(cfg.batch_size)
 
-    torch.manual_seed(cfg.seed)
+    gen = engine.seed(cfg.seed)  # the UNet's initial weights, then every batch, flip, noise and timestep
     unet = build_unet(run)
     scheduler = build_scheduler(run)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    fused = device.type == "cuda"  # the fused AdamW kernel on CUDA; CPU keeps the plain one (same numbers as before)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
-                            **({"fused": True} if fused else {}))
+    fused = engine.fused
+    opt = engine.adamw(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     step = 0
     prior_seconds = 0.0
     if saved_state is not None:
@@ -256,27 +252,26 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         prior_seconds = float(saved_state.get("seconds", 0.0))
         set_rng_state(saved_state["rng"][0], gen)
         echo(f"resuming {out} from step {step}")
-    cuda = device.type == "cuda"
-    if cuda:
-        unet.to(memory_format=torch.channels_last)
-        ema.shadow.to(memory_format=torch.channels_last)
+    engine.channels_last(unet)
+    engine.channels_last(ema.shadow)
     images = images.to(device)  # uint8 [N, 3, H, W] on the device: batches are drawn and flipped there
     step_fn = TrainStep(unet, wants_compile(cfg.compile, device))
-    sync_every_step = device.type != "cuda"  # CUDA: the loss comes back to the host only when it is needed
+    sync_every_step = not engine.cuda  # CUDA: the loss comes back to the host only when it is needed
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     n_params = sum(p.numel() for p in unet.parameters())
     echo(f"ddpm: {len(images)} images {run['resolution'][0]}x{run['resolution'][1]}, UNet {list(run['channels'])} "
          f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}"
-         f"{', compiled' if step_fn.compiled is not None else ''}{', fused AdamW' if fused else ''}")
+         f"{', compiled' if step_fn.compiled is not None else ''}{', fused AdamW' if fused else ''}"
+         f"{f', {engine.world} torchrun processes' if engine.world > 1 else ''}")
 
     pending: list[torch.Tensor] = []  # losses of the steps not yet read back (0-d tensors on the device)
 
     def read_losses(done: int) -> None:
-        """Read the pending losses back to the host (one sync); a non-finite one stops the run.
-        ``done``: the steps taken, the pending ones included."""
+        """Read the pending losses (their mean over the ranks) back to the host (one sync); a non-finite one
+        stops the run. ``done``: the steps taken, the pending ones included."""
         if not pending:
             return
-        values = torch.stack(pending).tolist()
+        values = engine.mean(torch.stack(pending)).tolist()
         first = done - len(pending)  # the step index of pending[0]
         pending.clear()
         for k, value in enumerate(values):
@@ -286,6 +281,8 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
 
     def checkpoint(export: bool = True) -> None:
         read_losses(step)
+        if not engine.is_main:
+            return
         run_log.flush()
         save_resume(ckpt_path, "ddpm", step, {
             "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
@@ -299,31 +296,32 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         grid = ddim_sample(ema.shadow, scheduler, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
         save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    autocast = engine.autocast()
     losses = RunningMean()
     stopped: str | None = None
     unet.train()
-    with StopControl(cfg.time_limit_min) as stop:
+    with engine.watch(cfg.time_limit_min) as stop:
         # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
-        run_log = RunLog(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
+        run_log = engine.run_log(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
         done_before = step >= cfg.steps
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
-        bar = progress(cfg.steps, step, "train ddpm") if show_progress and step < cfg.steps else None
+        bar = engine.progress(cfg.steps, step, "train ddpm") if step < cfg.steps else None
         while step < cfg.steps:
+            # the global batch, drawn alike on every rank; each rank computes its rows (engine.shard)
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
             x0 = augment_batch(images, idx, gen)
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, run["num_train_timesteps"], (cfg.batch_size,), generator=gen, device=device)
+            x0, noise, t = engine.shard(x0), engine.shard(noise), engine.shard(t)
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            if cuda:
-                xt = xt.contiguous(memory_format=torch.channels_last)
+            xt = engine.channels_last(a.sqrt() * x0 + (1 - a).sqrt() * noise)
             opt.zero_grad(set_to_none=True)
             loss = step_fn(xt, t, noise, autocast)  # forward + backward
             pending.append(loss.detach())
             if sync_every_step:
                 read_losses(step + 1)  # before the optimiser step: a non-finite loss never reaches the weights
+            engine.average_gradients(unet.parameters())
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -332,7 +330,7 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
             opt.step()
             ema.update(unet, step)
             step += 1
-            log_due = step % cfg.log_every == 0 or step == cfg.steps
+            log_due = engine.due(step, cfg.log_every, cfg.steps)
             if log_due:
                 read_losses(step)
             if bar is not None:
@@ -343,10 +341,10 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
                 run_log.row(step, {"loss": round(losses.mean, 5), "lr": lr,
                                    "seconds": round(prior_seconds + stop.elapsed, 1)},
                             scalars={"train/loss": losses.mean, "train/lr": lr})
-            if cfg.sample_every and step % cfg.sample_every == 0:
+            if engine.is_main and engine.due(step, cfg.sample_every):
                 sample_grid()
-            stopped = stop.reason()
-            if stopped or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            stopped = engine.stop_reason(agree=sync_every_step or log_due)  # every rank stops at the same step
+            if stopped or engine.due(step, cfg.checkpoint_every, cfg.steps):
                 checkpoint(export=True)
             if stopped:
                 break
@@ -354,10 +352,11 @@ def train_ddpm(data: Path, out: Path, cfg: DDPMTrainConfig, echo: Callable[[str]
         if bar is not None:
             bar.close()
         if done_before:  # export only: the checkpoint keeps the run's own record
-            export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
+            if engine.is_main:
+                export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
         elif step >= cfg.steps and not (out / "unet").is_dir():
             checkpoint(export=True)
-        if step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
+        if engine.is_main and step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
     run_log.close()
     summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
@@ -382,12 +381,19 @@ def trainers() -> dict[str, tuple[type, Callable[..., dict[str, Any]], dict[str,
 
 
 def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str, Any]:
-    """Dispatch to the backend's trainer (see :func:`trainers`), holding OUT's lock."""
+    """Dispatch to the backend's trainer (see :func:`trainers`) on a training engine (labelgen.engine: under
+    ``torchrun --nproc-per-node K`` K processes share every batch; rank 0 holds OUT's lock and writes OUT)."""
     registry = trainers()
     if backend not in registry:
         raise LabelgenError(f"train-generator: unsupported backend {backend!r} (one of {', '.join(registry)})")
     config_class, trainer, _ = registry[backend]
-    echo = options.pop("echo", print)
-    show = options.pop("show_progress", True)
-    with RunLock(out, "train-generator", clean=[Path(out) / TRAIN_DIR]):
-        return trainer(data, out, config_class(**options), echo=echo, show_progress=show, explicit=set(options))
+    engine = Engine(options.get("device", "auto"), echo=options.pop("echo", print),
+                    show_progress=options.pop("show_progress", True))
+    try:
+        with RunLock(out, "train-generator", clean=[Path(out) / TRAIN_DIR]) if engine.is_main else nullcontext():
+            summary = trainer(engine, data, out, config_class(**options), explicit=set(options))
+    except BaseException:
+        engine.dist.close()  # no barrier: the other ranks may never reach it (torchrun ends them)
+        raise
+    engine.close()
+    return summary
