@@ -56,6 +56,25 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
                             help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
 
+QUIET_ENV = "LABELGEN_QUIET"  # =1: no progress bars (labelgen.run.progress; also set by --quiet)
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[QUIET_ENV] = "1"  # also reaches worker processes (DataLoader, torchrun children)
+
+
+def with_quiet(group: click.Group) -> click.Group:
+    """``--quiet`` (no progress bar) on every command of ``group`` that does not declare its own: one option name
+    with one meaning on every command."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            with_quiet(command)
+        elif not any(isinstance(p, click.Option) and "--quiet" in p.opts for p in command.params):
+            command.params.append(click.Option(["--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                                               callback=_set_quiet, help=f"No progress bar (or set {QUIET_ENV}=1)."))
+    return group
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="labelgen")
@@ -189,6 +208,7 @@ from labelgen.demo import demo_cmd  # noqa: E402
 
 for _command in (*TEACHER_COMMANDS, train_generator_cmd, app_cmd, demo_cmd):
     cli.add_command(_command)
+with_quiet(cli)
 
 
 def error_line(error: LabelgenError) -> str:
@@ -219,6 +239,7 @@ def run_click(group: click.Group, argv: list[str] | None = None) -> None:
 
     from labelgen.data.io import FS_ERRNOS
 
+    quiet = os.environ.get(QUIET_ENV)
     try:
         with warnings.catch_warnings():
             if not debug_enabled():  # notices the library raises as warnings: one line, no source line
@@ -239,6 +260,9 @@ def run_click(group: click.Group, argv: list[str] | None = None) -> None:
         _fail(f"{f'{e.filename}: ' if e.filename else ''}{e.strerror or e}", 2)
     except Exception as e:  # noqa: BLE001  (reported as a bug, traceback with --debug)
         raise_or_report(e)
+    finally:  # --quiet holds for this command (and its children) only
+        if quiet is None:
+            os.environ.pop(QUIET_ENV, None)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -417,9 +417,11 @@ def read_progress(path: Path | str) -> tuple[int, int] | None:
 def progress(total: int | None, initial: int = 0, desc: str | None = None, unit: str = "step",
              disable: bool = False, **kwargs):
     """The one progress bar (tqdm on stderr); redraws every 0.5 s on a terminal, every 30 s into a file.
-    Shown from 0.5 s on, so a command that fails at once prints its one error line and nothing else."""
+    Shown from 0.5 s on, so a command that fails at once prints its one error line and nothing else; hidden by
+    every command's --quiet (LABELGEN_QUIET=1)."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
+    disable = disable or os.environ.get("LABELGEN_QUIET", "").strip().lower() not in ("", "0", "false", "no")
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.5 if tty else 30.0, smoothing=0.05, disable=disable, delay=0.5, **kwargs)

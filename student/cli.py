@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from labelgen.cli import debug_option, format_size, parse_size, run_click
+from labelgen.cli import debug_option, format_size, parse_size, run_click, with_quiet
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange, device_option
 from labelgen.student.augment import AUGMENT_POLICIES
@@ -149,13 +149,13 @@ TTA_OPTION = click.option("--flip/--no-flip", default=False, show_default=True,
 def _load(checkpoint: Path, weights: str | None, device: str = "cpu"):
     """The student of a run folder on ``device`` (auto | cpu | cuda, labelgen.run.pick_device's meaning)."""
     from labelgen.run import pick_device
-    from labelgen.student.models import describe_weights, load_student, weights_file
+    from labelgen.student.models import Student, describe_weights, weights_file
 
     dev = pick_device(device)
-    model, config = load_student(checkpoint, weights=weights)
+    student = Student.from_pretrained(checkpoint, dev, weights=weights)
     path = weights_file(checkpoint, weights)
     click.echo(f"weights: {describe_weights(path)} on {dev}")
-    return model.to(dev), config, path, dev
+    return student.net, student.student_config, path, dev
 
 
 @cli.command("eval")
@@ -233,6 +233,9 @@ def export_cmd(checkpoint: Path, onnx_path: Path, opset: int, tolerance: float, 
     model, config, weights_path, _ = _load(checkpoint, weights)  # exported from the CPU
     diff = export_onnx(model, config, onnx_path, opset, tolerance=tolerance)
     click.echo(f"wrote {onnx_path}; onnxruntime vs PyTorch max abs diff: {diff:.3g}")
+
+
+with_quiet(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

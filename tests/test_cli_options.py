@@ -48,9 +48,33 @@ def test_every_sampling_command_takes_ddim_steps(group, path):
     assert _option(_command(group, path), "--ddim-steps") is not None
 
 
-def test_quiet_on_every_long_running_trainer():
-    for group, path in [(labelgen_cli, ["train-generator"]), (student_cli, ["train"])]:
-        assert _option(_command(group, path), "--quiet") is not None, path
+def _leaf_commands(group: click.Group, path=()):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_quiet_on_every_command():
+    commands = [*_leaf_commands(labelgen_cli), *_leaf_commands(student_cli)]
+    assert len(commands) > 15
+    missing = [" ".join(path) for path, command in commands if _option(command, "--quiet") is None]
+    assert not missing, missing
+
+
+def test_quiet_hides_the_progress_bar_for_that_command_only(monkeypatch):
+    """--quiet (added by with_quiet to each command) disables labelgen.run.progress for that command only."""
+    from labelgen.cli import run_click, with_quiet
+    from labelgen.run import progress
+
+    monkeypatch.delenv("LABELGEN_QUIET", raising=False)
+    seen = []
+    group = with_quiet(click.Group("g", commands=[click.Command("probe", callback=lambda: seen.append(
+        progress(3).disable))]))
+    run_click(group, ["probe", "--quiet"])
+    run_click(group, ["probe"])
+    assert seen == [True, False]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
