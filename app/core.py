@@ -11,6 +11,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,9 @@ def heat(values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- review store
+_REVIEW_LOCK = threading.Lock()
+
+
 class ReviewStore:
     """Accept/reject decisions per synthetic set, in ``W/review.json`` (atomic writes).
 
@@ -347,16 +351,19 @@ class ReviewStore:
         return dict(self._read()["sets"].get(set_name, {}))
 
     def set(self, set_name: str, key: str, decision: str | None) -> None:
+        """Make ``key``'s state ``decision`` (None: unreviewed), whatever it was: the same call twice is the same
+        as once. Written at once; one read-modify-write at a time in this process (the app's sessions)."""
         if decision not in (ACCEPTED, REJECTED, None):
             raise AppError(f"bad review decision {decision!r}")
-        data = self._read()
-        entries = data["sets"].setdefault(set_name, {})
-        if decision is None:
-            entries.pop(key, None)
-        else:
-            entries[key] = decision
-        data["updated"] = time.time()
-        atomic_write_json(self.path, data)
+        with _REVIEW_LOCK:
+            data = self._read()
+            entries = data["sets"].setdefault(set_name, {})
+            if decision is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = decision
+            data["updated"] = time.time()
+            atomic_write_json(self.path, data)
 
 
 # ---------------------------------------------------------------- synthetic sets

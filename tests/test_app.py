@@ -51,6 +51,11 @@ def button(at, label: str):
     return next(b for b in at.button if b.label == label)
 
 
+def decide(at, key: str, decision: str) -> None:
+    """Choose ``decision`` (accepted / rejected / unreviewed: Accept / Reject / Clear) on sample ``key``'s card."""
+    at.segmented_control(key=f"dec-{key}").set_value(decision).run()
+
+
 # ------------------------------------------------------------------ pure logic
 def test_rle_round_trip_and_validation():
     mask = np.full((5, 7), 255, np.uint8)
@@ -548,8 +553,8 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
     # most uncertain first
     captions = [c for el in at.get("image") for c in el.captions]
     assert captions[0].startswith("s00005") and captions[-1].startswith("s00000")
-    at.button(key="acc-s00005").click().run()
-    at.button(key="rej-s00001").click().run()
+    decide(at, "s00005", "accepted")
+    decide(at, "s00001", "rejected")
     decisions = json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"]
     assert decisions == {"s00005": "accepted", "s00001": "rejected"}
     at.selectbox(key="review_filter").set_value("accepted").run()
@@ -562,6 +567,47 @@ def test_review_accept_reject_persist_and_fix_opens_annotator(app, ws):
     new_id = at.session_state["ann_id"]
     assert new_id == "g000004" and ws.read_mask(new_id) is not None
     assert json.loads(ws.recipe_path(new_id).read_text())["from_synthetic"] == "s00003"
+
+
+def test_review_states_are_explicit_idempotent_and_written_at_once(app, ws):
+    """Accept / Reject / Clear each set one state: a second Accept stays accepted (it used to toggle back to
+    unreviewed), and every choice is on disk before the page shows it."""
+    from streamlit.testing.v1 import AppTest
+
+    at = app.run()
+    at.sidebar.radio[0].set_value("review").run()
+
+    def on_disk():
+        data = json.loads((ws.root / "review.json").read_text())
+        return data["sets"]["synthetic"], data["updated"]
+
+    def badge(key):
+        return next(c for el in at.get("image") for c in el.captions if c.startswith(key)).rsplit(" · ", 1)[1]
+
+    control = at.segmented_control(key="dec-s00005")
+    assert control.value is None and control.options == ["Accept", "Reject", "Clear"]
+    decide(at, "s00005", "accepted")
+    decisions, first = on_disk()
+    assert decisions == {"s00005": "accepted"} and badge("s00005") == "ACCEPTED"
+    decide(at, "s00005", "accepted")  # again: still accepted (it used to toggle back)
+    assert on_disk() == (decisions, first) and badge("s00005") == "ACCEPTED"
+    assert at.segmented_control(key="dec-s00005").value == "accepted"
+    decide(at, "s00005", "rejected")
+    decide(at, "s00005", "rejected")
+    assert on_disk()[0] == {"s00005": "rejected"} and badge("s00005") == "REJECTED"
+    decide(at, "s00005", "unreviewed")  # Clear: unreviewed, nothing selected
+    assert on_disk()[0] == {} and badge("s00005") == "unreviewed"
+    assert at.segmented_control(key="dec-s00005").value is None
+    decide(at, "s00005", "unreviewed")
+    assert on_disk()[0] == {} and badge("s00005") == "unreviewed"
+    # the control follows review.json (another session's decisions, a fresh session)
+    core.ReviewStore(ws).set("synthetic", "s00004", core.REJECTED)
+    at.run()
+    assert at.segmented_control(key="dec-s00004").value == "rejected" and badge("s00004") == "REJECTED"
+    decide(at, "s00002", "accepted")
+    again = AppTest.from_file(APP_FILE, default_timeout=60).run()
+    again.sidebar.radio[0].set_value("review").run()
+    assert any(c == "s00002 · unc 0.333 · ACCEPTED" for el in again.get("image") for c in el.captions)
 
 
 def test_train_page_without_holdout_says_so(app, ws):
@@ -667,8 +713,8 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     np.testing.assert_array_equal(pred.mask, sample.mask)
 
     # accept / reject persist across a fresh session
-    at.button(key=f"acc-{by_score[1].key}").click().run()
-    at.button(key=f"rej-{by_score[2].key}").click().run()
+    decide(at, by_score[1].key, "accepted")
+    decide(at, by_score[2].key, "rejected")
     assert json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"] == {
         by_score[1].key: "accepted", by_score[2].key: "rejected"}
     again = AppTest.from_file(APP_FILE, default_timeout=60).run()

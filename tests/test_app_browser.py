@@ -27,7 +27,7 @@ CHROMIUM = "/usr/bin/chromium"
 OUT = Path(__file__).resolve().parents[1] / "test-output"
 # Waits are on the app's own state (its flash messages, the mask status line, the canvas's JS state), so a
 # slow machine only makes them slower; this bound only turns a hang into a failure (seconds).
-APP_WAIT = 180
+APP_WAIT = int(os.environ.get("APP_WAIT", 180))
 
 pytestmark = [
     pytest.mark.browser,
@@ -141,6 +141,11 @@ def app_has_edits(page, state) -> None:
     page.get_by_text(re.compile(rf"unsaved changes · edit #{seq}$")).first.wait_for()
 
 
+def decide(page, key: str, choice: str) -> None:
+    """Click ``choice`` (Accept / Reject / Clear) on sample ``key``'s review card."""
+    page.locator(f".st-key-dec-{key}").get_by_text(choice, exact=True).click()
+
+
 def read_mask(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         assert im.mode == "P"  # an index PNG, not colours
@@ -237,9 +242,9 @@ def test_review_decisions_survive_reload(server, page):
     url, ws = server
     OUT.mkdir(exist_ok=True)
     page.goto(f"{url}/?page=review")
-    page.locator(".st-key-acc-s00005 button").click()
+    decide(page, "s00005", "Accept")
     wait_until(lambda: (ws.root / "review.json").is_file(), what="review.json")
-    page.locator(".st-key-rej-s00002 button").click()
+    decide(page, "s00002", "Reject")
     wait_until(lambda: json.loads((ws.root / "review.json").read_text())["sets"]["synthetic"]
                == {"s00005": "accepted", "s00002": "rejected"}, what="both decisions")
     page.reload()
@@ -282,7 +287,7 @@ def test_canvas_in_the_first_screen_plain_wheel_scrolls_ctrl_wheel_sizes(annotat
     top = page.evaluate("() => document.querySelector('iframe[title*=mask_canvas]').getBoundingClientRect().top "
                         "+ document.querySelector('[data-testid=stMain]').scrollTop")
     page.get_by_text("Import real images").click()
-    page.get_by_text("cannot compute features of real images").wait_for()
+    page.get_by_text("needs features of real images").wait_for()
     assert page.evaluate("() => document.querySelector('iframe[title*=mask_canvas]').getBoundingClientRect().top "
                          "+ document.querySelector('[data-testid=stMain]').scrollTop") == top
     page.get_by_text("Import real images").click()  # closed again
@@ -344,6 +349,75 @@ def test_counter_counts_what_the_annotator_marked_done(annotator, screen):
     page.screenshot(path=str(OUT / "app_annotate_done.png"))
 
 
+def test_view_options_hide_the_mask_outline_hide_a_class_and_the_legend(annotator, screen):
+    """H hides the mask, O shows outlines only, Shift+2 / the eye hide class 1, ? opens the shortcuts legend; none
+    of it edits the mask."""
+    url, ws = annotator
+    page = screen
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 1
+    ws.save_mask("g000003", mask)
+    page.goto(f"{url}/?page=annotate&id=g000003")
+    state = canvas_frame(page, "g000003:0")
+    frame = page.frame_locator("iframe[title*='mask_canvas']")
+
+    def shown(x, y):  # the mask layer's opacity at image pixel (x, y), and whether the layer is visible
+        return state.evaluate("([x, y]) => [document.getElementById('mask').getContext('2d')"
+                              ".getImageData(x, y, 1, 1).data[3], document.getElementById('mask').style.visibility]",
+                              [x, y])
+
+    wait_until(lambda: shown(32, 32) == [255, "visible"], what="the mask drawn")
+    frame.locator("#status").click()  # the keyboard goes to the canvas
+    page.keyboard.press("h")
+    assert shown(32, 32)[1] == "hidden"
+    page.keyboard.press("h")
+    page.keyboard.press("o")  # outlines only: the square's edge and the background's edge next to it
+    assert [shown(32, 32)[0], shown(16, 32)[0], shown(15, 32)[0], shown(5, 5)[0]] == [0, 255, 255, 0]
+    page.screenshot(path=str(OUT / "app_annotate_outline.png"))
+    page.keyboard.press("o")
+    page.keyboard.press("Shift+Digit2")  # class 1 hidden, class 0 still shown
+    assert [shown(32, 32)[0], shown(5, 5)[0]] == [0, 255]
+    frame.locator("#eye-1").click()  # and shown again by its eye
+    assert [shown(32, 32)[0], shown(5, 5)[0]] == [255, 255]
+    frame.locator("#status").click()
+    page.keyboard.press("?")
+    frame.get_by_text("outlines only").wait_for()
+    page.screenshot(path=str(OUT / "app_annotate_legend.png"))
+    assert state.evaluate("window.labelgenCanvas.seq") == 0  # nothing sent to the app: the mask is as saved
+    np.testing.assert_array_equal(ws.read_mask("g000003"), mask)
+
+
+def test_accept_twice_stays_accepted_and_quick_clicks_all_land(annotator, screen):
+    url, ws = annotator
+    page = screen
+    review = ws.root / "review.json"
+
+    def on_disk():
+        data = json.loads(review.read_text()) if review.is_file() else {"sets": {}}
+        return data["sets"].get("synthetic", {}), data.get("updated")
+
+    page.goto(f"{url}/?page=review")
+    decide(page, "s00005", "Accept")
+    wait_until(lambda: on_disk()[0] == {"s00005": "accepted"}, what="s00005 accepted on disk")
+    page.get_by_text("s00005 · unc 0.833 · ACCEPTED").wait_for()
+    decide(page, "s00005", "Accept")  # a second Accept: still accepted (it used to toggle back to unreviewed)
+    decide(page, "s00000", "Reject")  # (once this one is on disk, the page has had the second Accept too)
+    wait_until(lambda: on_disk()[0] == {"s00005": "accepted", "s00000": "rejected"}, what="s00000 rejected")
+    page.get_by_text("s00005 · unc 0.833 · ACCEPTED").wait_for()
+    # clicks while the page is still updating from the one before: every one is written
+    decide(page, "s00004", "Reject")
+    decide(page, "s00003", "Accept")
+    decide(page, "s00003", "Accept")
+    decide(page, "s00001", "Reject")
+    wait_until(lambda: on_disk()[0] == {"s00005": "accepted", "s00000": "rejected", "s00004": "rejected",
+                                        "s00003": "accepted", "s00001": "rejected"}, what="all decisions on disk")
+    decide(page, "s00005", "Clear")  # back to unreviewed
+    wait_until(lambda: "s00005" not in on_disk()[0], what="s00005 cleared")
+    page.get_by_text("s00005 · unc 0.833 · unreviewed").wait_for()
+    page.get_by_text("s00003 · unc 0.500 · ACCEPTED").wait_for()
+    page.screenshot(path=str(OUT / "app_review_states.png"), full_page=True)
+
+
 # ------------------------------------------------------------------ the real teacher behind the pages
 def _cli(*args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LABELGEN_WORKSPACE="")
@@ -393,7 +467,7 @@ def test_pages_on_real_heads_and_synthesis(tmp_path, page):
         key = page.locator("[data-testid='stImageCaption']").first.inner_text().split(" · ")[0]
         page.locator(f".st-key-unc-{key} label").click()
         page.get_by_text("per-pixel js-divergence").wait_for(timeout=60_000)
-        page.locator(f".st-key-acc-{key} button").click()
+        decide(page, key, "Accept")
         wait_until(lambda: (ws.root / "review.json").is_file(), what="review.json")
         page.get_by_text(f"{key} · unc").filter(has_text="ACCEPTED").wait_for()
         page.screenshot(path=str(OUT / "app_review_real.png"), full_page=True)

@@ -17,6 +17,8 @@ from labelgen.workspace import Workspace
 
 PAGE_SIZE = 12
 COLUMNS = 4
+UNREVIEWED = "unreviewed"
+DECISIONS = {ACCEPTED: "Accept", REJECTED: "Reject", UNREVIEWED: "Clear"}  # state -> its choice on a card
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -33,8 +35,34 @@ def _head_stamp(ws: Workspace) -> str | None:
     return "|".join(f"{p.relative_to(ws.heads_dir)}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
-def _decide(set_name: str, key: str, decision: str | None) -> None:
-    ReviewStore(state.workspace()).set(set_name, key, decision)
+def _write_choices(store: ReviewStore, set_name: str) -> None:
+    """Write every decision the annotator chose on a card since the page last showed it (atomic, one write each).
+
+    The cards' decision controls hold values, and every message from the browser carries all of them, so choices
+    made while the page is still updating all arrive; but Streamlit may skip the on_change callback of a control
+    changed while a run was interrupted, so the page compares each control with what it last showed instead of
+    relying on callbacks. A control that still shows what it was given is left alone (review.json wins: another
+    session may have changed it)."""
+    shown = st.session_state.setdefault("review_shown", {})
+    for (name, key), was in list(shown.items()):
+        control = f"dec-{key}"
+        if name != set_name or control not in st.session_state:
+            continue
+        choice = st.session_state[control]
+        if choice != was:
+            store.set(set_name, key, choice if choice in (ACCEPTED, REJECTED) else None)
+            shown[(name, key)] = choice
+
+
+def _decision_control(set_name: str, key: str, decision: str | None) -> None:
+    """Accept / Reject / Clear for one card, showing ``decision`` (None: unreviewed, nothing selected); what it
+    shows is remembered for :func:`_write_choices` until a run of the page ends without drawing the card."""
+    control = f"dec-{key}"
+    if st.session_state.get(control) != decision:
+        st.session_state[control] = decision  # as review.json says (Clear leaves nothing selected)
+    st.session_state.setdefault("review_shown", {})[(set_name, key)] = decision
+    st.segmented_control("Decision", list(DECISIONS), format_func=DECISIONS.get, required=True, key=control,
+                         label_visibility="collapsed", width="stretch")
 
 
 def _fix(set_dir: str, info) -> None:
@@ -89,6 +117,7 @@ def render(ws: Workspace) -> None:
     order = top[1].selectbox("Sort by", ["most uncertain first", "least uncertain first", "key"], key="review_sort")
     show = top[2].selectbox("Show", ["all", "unreviewed", "accepted", "rejected"], key="review_filter")
     store = ReviewStore(ws)
+    _write_choices(store, set_name)
     decisions = store.decisions(set_name)
 
     def unc(s):
@@ -122,13 +151,9 @@ def render(ws: Workspace) -> None:
                 u = "" if info.uncertainty is None else f" · unc {info.uncertainty:.3f}"
                 st.image(upscale(overlay(sample.image, sample.mask, palette), factor),
                          caption=f"{info.key}{u} · {badge}")
-                b = st.columns(2)
-                b[0].button("Accept", key=f"acc-{info.key}", on_click=_decide,
-                            args=(set_name, info.key, None if decision == ACCEPTED else ACCEPTED),
-                            type="primary" if decision == ACCEPTED else "secondary", use_container_width=True)
-                b[1].button("Reject", key=f"rej-{info.key}", on_click=_decide,
-                            args=(set_name, info.key, None if decision == REJECTED else REJECTED),
-                            type="primary" if decision == REJECTED else "secondary", use_container_width=True)
+                # a state, not a toggle: a second Accept stays accepted; a control holding a value, not buttons
+                # (of several button clicks made while the page updates, Streamlit keeps only the last)
+                _decision_control(set_name, info.key, decision)
                 st.button("Fix → annotate", key=f"fix-{info.key}", on_click=_fix, args=(str(set_dir), info),
                             use_container_width=True, help="Copy into the annotations and open it in the annotator.")
                 if st.toggle("uncertainty map", key=f"unc-{info.key}"):
@@ -138,6 +163,8 @@ def render(ws: Workspace) -> None:
                         st.caption(f"no uncertainty map: {text}")
                     else:
                         st.image(upscale(umap, factor), caption=text)
+    drawn = {(set_name, info.key) for info in chosen}  # the run got here: forget the cards it did not draw
+    st.session_state["review_shown"] = {k: v for k, v in st.session_state["review_shown"].items() if k in drawn}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
