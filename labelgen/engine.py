@@ -4,10 +4,9 @@ asks the engine for everything around it:
 
     Engine(device)                  device choice (labelgen.run.pick_device: auto | cpu | cuda) and torchrun
                                     (labelgen.run.init_dist: gloo on CPU, nccl on GPU; world 1 without torchrun)
-      .seed(seed, per_rank)         seeds python, numpy and torch (labelgen.run.seed_everything) -> the run's
-                                    torch.Generator on the device
       .autocast()  .channels_last(x)   mixed precision: bf16 autocast and channels_last on CUDA only
-      .adamw(params, **kw)          AdamW under the one fused-optimiser rule (:func:`fused_optimizer`)
+      .optimizer(cls, params, **kw)   an Adam / AdamW under the one fused-optimiser rule (:func:`fused_optimizer`)
+      .load_optimizer(opt, state)   its resumed state, on this device's kernel whatever the saved run used
       .shard(x)  .check_batch(n)    data parallelism over a global batch: every rank draws the same global
                                     batch from the same seeded generator and computes its rows x[rank::world]
                                     (so K processes see the data, noise and augmentation of one process)
@@ -23,9 +22,11 @@ asks the engine for everything around it:
                                     rank 0 (silent elsewhere)
       .due(step, every, total)      the cadence of logging, validation, sample grids and checkpoints
       .close()                      every rank done, process group closed
+    labelgen.run.seed_everything(seed, device)   the one seeding function: python, numpy, torch -> the loop's
+                                    torch.Generator (the same seed on every rank where they draw one global batch,
+                                    seed + rank where each draws its own samples)
     EMA(model, decay)               the exponential moving average of the weights that is exported / validated
-    fused_optimizer(device)         the fused-optimiser rule: the fused AdamW kernel on CUDA, the plain one on the
-                                    CPU (its fused kernel rounds differently: CPU runs keep their numbers)
+    fused_optimizer(device)         the fused-optimiser rule: torch's fused Adam/AdamW kernel on the CPU and on CUDA
 
 HF ``accelerate`` was weighed and not used: its checkpoints pickle RNG states (not loadable with
 ``weights_only``), its DDP wrapper does not take StyleGAN2's R1 double backward and alternating G/D phases,
@@ -44,13 +45,14 @@ import torch
 from torch import nn
 
 from labelgen.errors import LabelgenError
-from labelgen.run import RunLog, init_dist, progress, seed_everything
+from labelgen.run import Dist, RunLog, init_dist, pick_device, progress
 
 
-def fused_optimizer(device: torch.device) -> bool:
-    """The one fused-optimiser rule: the fused AdamW kernel on CUDA (fewer kernel launches), the plain one on
-    the CPU (where the fused kernel rounds differently from the plain loop)."""
-    return torch.device(device).type == "cuda"
+def fused_optimizer(device: torch.device | str) -> bool:
+    """The one fused-optimiser rule: Adam and AdamW take torch's fused kernel wherever it exists, the CPU and
+    CUDA (one pass over all parameters: on the CPU the step of the 14 M-parameter U-Net/ResNet-18 student
+    takes 0.06 s instead of 0.33 s; on CUDA it saves a kernel launch per tensor)."""
+    return torch.device(device).type in ("cpu", "cuda")
 
 
 def set_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
@@ -140,8 +142,10 @@ def _silent(*args, **kwargs) -> None:
 class Engine:
     """One training run's place (device, rank), numerics and bookkeeping; see the module docstring."""
 
-    def __init__(self, device: str = "auto", amp: bool = True, echo=print, show_progress: bool = True):
-        self.dist = init_dist(device)
+    def __init__(self, device: str = "auto", amp: bool = True, echo=print, show_progress: bool = True,
+                 torchrun: bool = True):
+        """``torchrun`` False: one process whatever the environment says (a loop that does not shard, the heads)."""
+        self.dist = init_dist(device) if torchrun else Dist(device=pick_device(device))
         self.device = self.dist.device
         self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.is_main
         self.distributed = self.dist.active
@@ -151,12 +155,7 @@ class Engine:
         self.show_progress = show_progress and self.is_main
         self.stop: StopControl | None = None
 
-    # ---------------------------------------------------------------- RNG, numerics, optimiser
-    def seed(self, seed: int, per_rank: bool = False) -> torch.Generator:
-        """Seed the run (``per_rank``: seed + rank, for loops whose ranks draw their own samples); the returned
-        generator on the device is the one a loop draws its batches, noise and augmentation from."""
-        return seed_everything(seed + (self.rank if per_rank else 0), self.device)
-
+    # ---------------------------------------------------------------- numerics, optimiser
     def autocast(self):
         """bf16 autocast on CUDA when ``amp`` is on; nothing otherwise."""
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -172,9 +171,15 @@ class Engine:
     def fused(self) -> bool:
         return fused_optimizer(self.device)
 
-    def adamw(self, params: Iterable, **kwargs) -> torch.optim.AdamW:
-        """AdamW with the fused kernel where :func:`fused_optimizer` says so."""
-        return torch.optim.AdamW(params, **kwargs, **({"fused": True} if self.fused else {}))
+    def optimizer(self, cls: type[torch.optim.Optimizer], params: Iterable, **kwargs) -> torch.optim.Optimizer:
+        """``cls`` (torch.optim.Adam or AdamW) with the fused kernel where :func:`fused_optimizer` says so."""
+        return cls(params, **kwargs, **({"fused": True} if self.fused else {}))
+
+    def load_optimizer(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """A resumed optimiser state, continued on this device's kernel (a checkpoint of a run with the plain
+        kernel, or from another device, takes the fused-optimiser rule of this one)."""
+        opt.load_state_dict(state)
+        set_fused(opt, self.fused)
 
     # ---------------------------------------------------------------- data parallelism
     def check_batch(self, batch_size: int, option: str = "--batch-size") -> None:

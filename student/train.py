@@ -1,7 +1,8 @@
 """Student training: supervised, label-distill, feature-distill, dreamteacher (see labelgen.student.distill).
 
 One process, or several under ``torchrun`` (DDP: gloo on CPU, nccl on GPU; each rank reads its own
-slice of a deterministic per-epoch order). bf16 autocast + channels_last on GPU only.
+slice of a deterministic per-epoch order). bf16 autocast + channels_last on GPU only. Device, torchrun,
+seeding, the optimiser's fused kernel, EMA and DDP come from the training engine (labelgen.engine).
 
 Resume: ``RUN_DIR/last.pt`` (the resume file of :mod:`labelgen.run`, loaded with
 ``weights_only=True``) holds model (+ regressor), optimizer, LR scheduler, step, RNG states and loss
@@ -30,9 +31,8 @@ from torch import nn
 from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
 from labelgen.losses import class_balance_weights
-from labelgen.run import (
-    RunLock, RunLog, init_dist, load_resume, progress, rng_state, save_resume, seed_everything, set_rng_state,
-)
+from labelgen.engine import EMA, Engine
+from labelgen.run import RunLock, RunLog, load_resume, rng_state, save_resume, seed_everything, set_rng_state
 from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, default_loader_workers, make_loader, open_sources,
@@ -47,7 +47,6 @@ from labelgen.student.models import (
     check_image_size, create_student, describe_init, encoder_channels, feature_pyramid, load_matching, read_best,
     save_student,
 )
-from labelgen.engine import EMA
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
 FEATURE_MODES = ("feature-distill", "dreamteacher")
@@ -207,26 +206,22 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
 
     Rank 0 holds RUN_DIR's lock for the whole run (a second run into the same RUN_DIR is refused)."""
     _check(options)
-    dist = init_dist(options.device)
-    lock = RunLock(options.out, "student train").acquire() if dist.is_main else None
+    engine = Engine(options.device, amp=options.amp, echo=log, show_progress=options.progress)
+    lock = RunLock(options.out, "student train").acquire() if engine.is_main else None
     try:
-        return _train(options, dist, stop_after, teacher, log)
+        return _train(options, engine, stop_after, teacher)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(options: TrainOptions, dist, stop_after: int | None, teacher: TeacherTargets | None,
-           log) -> TrainResult:
-    rank, world, local_rank, device = dist.rank, dist.world, dist.local_rank, dist.device
-    distributed = dist.active
-    cuda = device.type == "cuda"
-    amp = options.amp and cuda
-    is_main = dist.is_main
+def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
+           teacher: TeacherTargets | None) -> TrainResult:
+    rank, world, device, is_main = engine.rank, engine.world, engine.device, engine.is_main
+    cuda, amp = engine.cuda, engine.amp  # bf16 autocast + channels_last on CUDA only
     run_dir = Path(options.out)
-    if not is_main:
-        log = lambda *a, **k: None  # noqa: E731
-    seed_everything(options.seed + rank)
+    log = engine.echo  # messages of rank 0
+    seed_everything(options.seed + rank)  # each rank draws its own samples' augmentation
 
     # ---- data
     mode = options.mode
@@ -284,10 +279,9 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         log("feature levels: " + ", ".join(f"teacher {(c, *hw)} -> student stride {4 * 2 ** lv} {sizes[lv]}"
                                          for c, hw, lv in zip(channels, teacher_sizes, levels)))
     module = StudentTrainModule(student, regressor, need_logits=mode != "feature-distill").to(device)
-    if cuda:
-        module = module.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=options.lr,
-                                  weight_decay=options.weight_decay, fused=True)
+    module = engine.channels_last(module)
+    optimizer = engine.optimizer(torch.optim.AdamW, [p for p in module.parameters() if p.requires_grad], lr=options.lr,
+                                 weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, options.schedule))
 
     config = StudentConfig(arch=options.arch, encoder=options.encoder, classes=classes.to_json()["classes"],
@@ -302,7 +296,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         state = load_resume(state_path, RUN_KIND)
         _check_compatible(run_dir, state, config, options.ema_decay)
         module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
+        engine.load_optimizer(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, losses = int(state["step"]), list(state["losses"])
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
@@ -317,14 +311,10 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         log("note: --mode feature-distill trains no segmentation head; --val is not scored")
     best = _resume_best(run_dir, options.val, log) if validate and step else None
 
-    train_module = module
-    if distributed and cuda:
-        train_module = module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if distributed:
-        train_module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[local_rank] if cuda else None, find_unused_parameters=mode == "feature-distill")
+    # DDP under torchrun (batch norm synchronised on CUDA; converted in place, so ``module`` is what trains)
+    train_module = engine.wrap(module, find_unused_parameters=mode == "feature-distill")
 
-    # --ema-decay: the averaged weights (labelgen.training.common.EMA, warm-up min(decay, (1 + k) / (10 + k)) at update k)
+    # --ema-decay: the averaged weights (labelgen.engine.EMA, warm-up min(decay, (1 + k) / (10 + k)) at update k)
     # are the student that is validated, kept as best and saved; the raw weights train on (and are in last.pt too)
     ema = EMA(module.student, options.ema_decay) if options.ema_decay > 0 else None
     if ema is not None and state is not None:
@@ -340,7 +330,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         if saved_at[0] == step:
             return
         saved_at[0] = step
-        rngs = dist.gather(rng_state())  # every rank takes part (each resumes its own streams); rank 0 writes
+        rngs = engine.dist.gather(rng_state())  # every rank takes part (each resumes its own streams); rank 0 writes
         if not is_main:
             return
         run_log.flush()  # everything logged up to this checkpoint is on disk before it
@@ -374,7 +364,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         log(f"step {step}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
         return miou
 
-    bar = progress(total, step, disable=not (is_main and options.progress))
+    bar = engine.progress(total, step)
     images_seen, t0 = 0, time.perf_counter()
     step_times: list[float] = []  # wall seconds of each step (data wait included)
     t_last = t0
@@ -452,7 +442,7 @@ def _train(options: TrainOptions, dist, stop_after: int | None, teacher: Teacher
         result.best_miou, result.best_step = best["miou"], best["step"]
     if run_log is not None:
         run_log.close()
-    dist.barrier()
+    engine.barrier()
     return result
 
 

@@ -154,3 +154,72 @@ def test_two_process_dist_sums_and_broadcasts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert lines == ["0 2 3 from 0 [0, 1]", "1 2 3 from 0 [0, 1]"]
+
+
+# ---------------------------------------------------------------- the training engine (labelgen.engine)
+def test_seed_everything_returns_the_loops_generator():
+    gen = seed_everything(7)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(7)))  # torch's own
+    assert random.random() == random.Random(7).random() and np.random.rand() == np.random.RandomState(7).rand()
+
+
+def test_engine_fused_optimiser_rule_and_a_plain_kernel_state_resumed():
+    from labelgen.engine import Engine, fused_optimizer
+
+    assert fused_optimizer("cpu") and fused_optimizer(torch.device("cuda", 0)) and not fused_optimizer("meta")
+    engine = Engine("cpu", torchrun=False)
+    model = torch.nn.Linear(4, 3)
+    plain = torch.optim.AdamW(model.parameters(), lr=0.1)  # the state of a run saved with the plain kernel
+    model(torch.randn(2, 4)).sum().backward()
+    plain.step()
+    for cls in (torch.optim.AdamW, torch.optim.Adam):
+        opt = engine.optimizer(cls, model.parameters(), lr=0.1)
+        assert type(opt) is cls and opt.param_groups[0]["fused"] is True
+    engine.load_optimizer(opt, plain.state_dict())
+    assert opt.param_groups[0]["fused"] is True and opt.state[model.weight]["step"].item() == 1
+    opt.step()  # continues on the fused kernel
+
+
+def test_engine_in_one_process(monkeypatch):
+    import time
+
+    from labelgen.engine import Engine
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun=False: one process whatever the environment says
+    assert Engine("cpu", torchrun=False).world == 1
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    engine = Engine("cpu")
+    x = torch.arange(6.0)
+    assert engine.shard(x) is x and engine.mean(x) is x and not engine.distributed
+    assert [engine.due(s, 2, 5) for s in range(1, 6)] == [False, True, False, True, True] and not engine.due(4, 0, 4)
+    assert engine.stop_reason() is None
+    with engine.watch(time_limit_min=1e-6):
+        time.sleep(0.01)
+        assert "time limit" in engine.stop_reason(agree=False)  # one process: checked at every call
+    assert engine.stop_reason() is None
+
+
+def test_two_process_engine_shards_averages_and_stops_together(tmp_path):
+    """Two gloo ranks: rows rank::2 of one global batch; their averaged gradient is the whole batch's; a stop
+    seen by rank 1 only stops both at the same (agreed) call, and not at calls that do not agree."""
+    script = (
+        "import pathlib, sys, torch\nfrom labelgen.engine import Engine\n"
+        "e = Engine('cpu')\ntorch.manual_seed(0)\nw = torch.nn.Linear(3, 1)\nx = torch.randn(8, 3)\n"
+        "w(e.shard(x)).square().mean().backward()\ne.average_gradients(w.parameters())\n"
+        "full = torch.nn.Linear(3, 1)\nfull.load_state_dict(w.state_dict())\nfull(x).square().mean().backward()\n"
+        "same = all(torch.allclose(a.grad, b.grad, atol=1e-6) for a, b in zip(w.parameters(), full.parameters()))\n"
+        "with e.watch(None) as stop:\n"
+        "    stop.signal = 'SIGTERM' if e.rank == 1 else None\n"
+        "    quiet, agreed = e.stop_reason(agree=False), e.stop_reason()\n"
+        "rows = e.shard(torch.arange(8)).tolist()\n"
+        "pathlib.Path(sys.argv[1], f'rank{e.rank}.txt').write_text(f'{rows} {same} {quiet} {agreed}')\ne.close()\n")
+    (tmp_path / "job.py").write_text(script)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "job.py"), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [
+        "[0, 2, 4, 6] True None another torchrun process was stopped (signal or time limit)",
+        "[1, 3, 5, 7] True None received SIGTERM"]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from labelgen.data.io import IGNORE_INDEX
+from labelgen.engine import Engine
 from labelgen.errors import LabelgenError
 from labelgen.heads.base import TaskHead
 from labelgen.heads.conv import ConvInterpreter, dice_loss
@@ -44,7 +45,7 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 from labelgen.imaging import mirror_image
 from labelgen.losses import class_balance_weights, mask_class_frequencies
 from labelgen.metrics import ConfusionMatrix, Scores
-from labelgen.run import LOG_NAME, TB_DIR, RunLock, RunLog, progress as progress_bar
+from labelgen.run import LOG_NAME, TB_DIR, RunLock, RunLog, progress as progress_bar, seed_everything
 
 Example = tuple[list[torch.Tensor], torch.Tensor]  # (levels [1, C_i, h_i, w_i], mask [1, H, W] int64)
 
@@ -142,11 +143,11 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
     per-class cross-entropy weights (``config.class_balance``)."""
     if num_examples < 1:
         raise LabelgenError("no annotated images to train on (annotate some: W/annotations/<id>.mask.png)")
-    torch.manual_seed(config.seed)
-    rng = torch.Generator().manual_seed(config.seed)
+    engine = Engine(device, torchrun=False)  # device and optimiser rules of every loop; heads train in one process
+    rng = seed_everything(config.seed)  # pixel draws: a CPU generator (the masks stay on the CPU)
     order_rng = random.Random(config.seed)
-    head.to(device).train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    head.to(engine.device).train()
+    optimizer = engine.optimizer(torch.optim.AdamW, head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     is_mlp = isinstance(head, PixelMLPEnsemble)
     if class_weights is not None:
         class_weights = class_weights.float().to(device)

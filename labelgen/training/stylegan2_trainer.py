@@ -27,7 +27,7 @@ from torch import nn
 from labelgen.engine import EMA, Engine
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
-from labelgen.run import rng_state, save_resume, set_rng_state
+from labelgen.run import rng_state, save_resume, seed_everything, set_rng_state
 from labelgen.training.common import TRAIN_DIR, RunningMean, augment_batch, begin_training, save_grid
 
 SG2_ARCH_DEFAULTS = {"resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
@@ -207,12 +207,13 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
     engine.check_batch(cfg.batch_size)
     gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * h * h / cfg.batch_size
 
-    gen = engine.seed(cfg.seed)  # G's and D's initial weights, then every batch, latent, noise and augmentation
+    gen = seed_everything(cfg.seed, device)  # G's and D's initial weights, then every batch, latent, noise and augmentation
     G = build_generator(run)
     D = Discriminator(h, run["max_channels"])
     c_reg = cfg.r1_every / (cfg.r1_every + 1)  # lazy-regularisation correction of D's Adam
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * c_reg, betas=(0.0, 0.99 ** c_reg), eps=1e-8)
+    opt_g = engine.optimizer(torch.optim.Adam, G.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
+    opt_d = engine.optimizer(torch.optim.Adam, D.parameters(), lr=cfg.lr * c_reg, betas=(0.0, 0.99 ** c_reg),
+                             eps=1e-8)
     step, prior = 0, 0.0
     if saved is not None:
         G.load_state_dict(saved["G"])
@@ -222,8 +223,8 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
     ema = EMA(G, 0.0)
     if saved is not None:
         ema.shadow.load_state_dict(saved["G_ema"])
-        opt_g.load_state_dict(saved["opt_g"])
-        opt_d.load_state_dict(saved["opt_d"])
+        engine.load_optimizer(opt_g, saved["opt_g"])
+        engine.load_optimizer(opt_d, saved["opt_d"])
         step, prior = int(saved["step"]), float(saved.get("seconds", 0.0))
         set_rng_state(saved["rng"][0], gen)
         echo(f"resuming {out} from step {step}")

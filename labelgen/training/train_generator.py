@@ -5,9 +5,10 @@ cosine betas), epsilon prediction, MSE loss, AdamW with linear warm-up, gradient
 copy, random horizontal flips; bf16 autocast + channels_last on GPU only. The whole data set lives
 on the training device as one uint8 tensor and batches are drawn and flipped there (no loader). On
 CUDA the UNet is compiled (``compile``: "auto" = on for CUDA only; a model that fails to compile falls
-back to eager with one warning), AdamW is the fused kernel, and the loss is read back to the host only
-every ``log_every`` steps (and before any checkpoint or sample grid), so the GPU never waits on the
-Python loop; on CPU the loop is unchanged (eager, plain AdamW, loss checked every step). All training randomness (batch indices, flips, noise, timesteps)
+back to eager with one warning) and the loss is read back to the host only every ``log_every`` steps (and
+before any checkpoint or sample grid), so the GPU never waits on the Python loop; on CPU the loop is eager
+and checks the loss every step. AdamW is the fused kernel on both (the engine's fused-optimiser rule). All
+training randomness (batch indices, flips, noise, timesteps)
 comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly
 where an uninterrupted one would have been.
 
@@ -41,9 +42,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from labelgen.engine import EMA, Engine, set_fused
+from labelgen.engine import EMA, Engine
 from labelgen.errors import LabelgenError
-from labelgen.run import RunLock, rng_state, save_resume, set_rng_state
+from labelgen.run import RunLock, rng_state, save_resume, seed_everything, set_rng_state
 from labelgen.training.common import (TRAIN_DIR, RunningMean, augment_batch, begin_training, check_divisible,
                                       replace_dir, save_grid)
 
@@ -233,11 +234,12 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
         raise LabelgenError("--batch-size and --steps must be positive")
     engine.check_batch(cfg.batch_size)
 
-    gen = engine.seed(cfg.seed)  # the UNet's initial weights, then every batch, flip, noise and timestep
+    gen = seed_everything(cfg.seed, device)  # the UNet's initial weights, then every batch, flip, noise and timestep
     unet = build_unet(run)
     scheduler = build_scheduler(run)
     fused = engine.fused
-    opt = engine.adamw(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = engine.optimizer(torch.optim.AdamW, unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+                           weight_decay=cfg.weight_decay)
     step = 0
     prior_seconds = 0.0
     if saved_state is not None:
@@ -246,8 +248,7 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     ema = EMA(unet, cfg.ema)
     if saved_state is not None:
         ema.shadow.load_state_dict(saved_state["ema"])
-        opt.load_state_dict(saved_state["optimizer"])
-        set_fused(opt, fused)  # a checkpoint of a CPU run resumed on CUDA (or back) takes this device's kernel
+        engine.load_optimizer(opt, saved_state["optimizer"])
         step = int(saved_state["step"])
         prior_seconds = float(saved_state.get("seconds", 0.0))
         set_rng_state(saved_state["rng"][0], gen)
