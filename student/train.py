@@ -405,11 +405,11 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
                 miou = None
-                if validate and options.val_every and (step % options.val_every == 0 or step == total):
+                if validate and engine.due(step, options.val_every, total):
                     miou = score_val()
                     bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", val=f"{miou:.3f}",
                                     best=f"{best['miou']:.3f}")
-                if is_main and (step % options.log_every == 0 or miou is not None):
+                if is_main and (engine.due(step, options.log_every) or miou is not None):
                     lr = scheduler.get_last_lr()[0]
                     run_log.row(step, {"epoch": epoch, "loss": f"{value:.6f}", "lr": f"{lr:.6g}",
                                        "images_per_s": f"{rate:.2f}",
@@ -417,7 +417,7 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
                                        "val_miou": None if miou is None else f"{miou:.6f}"},
                                 scalars={"train/loss": value, "train/lr": lr, "train/images_per_s": rate,
                                          **{f"train/{k}": v for k, v in parts.items()}})
-                if step % options.save_every == 0 or step == total:
+                if engine.due(step, options.save_every, total):
                     save()
                 if stop_after is not None and step >= stop_after:
                     raise _Stop
