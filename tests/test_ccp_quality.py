@@ -42,7 +42,7 @@ def tiny_teacher(ccp_mini, tmp_path):
     return ccp, ws
 
 
-# ~9 of the suite's ~22 minutes in a fresh-clone CI (26 rows, each one or more CLI subprocesses): the benchmark's
+# ~9 of the suite's ~22 minutes in a fresh-clone CI (29 rows, each one or more CLI subprocesses): the benchmark's
 # plumbing, not the product's; `make test-all` (and `pytest -m slow`) runs it, and run it after changing bench/
 @pytest.mark.slow
 def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
