@@ -164,9 +164,7 @@ def import_real_images(ws: Workspace, images: list[tuple[str, np.ndarray]],
     notices of photos stretched far out of proportion, labelgen.imaging.aspect_notice)."""
     from labelgen.imaging import aspect_notice
 
-    if not can_import_real(ws):
-        raise AppError(f"the {ws.config.backend} generator cannot compute features of real images; importing here "
-                       "needs a diffusion teacher (dcgan, stylegan2: `labelgen import` inverts photos into the latent space)")
+    check_import_real(ws)
     notices = [f"{name}: {n}" for name, image in images if (n := aspect_notice(image.shape[:2], ws.resolution))]
     ids, _ = ws.add_photos((image, (masks or {}).get(name), {"source": "real", "original_name": Path(name).name[:200]})
                            for name, image in images)
@@ -203,15 +201,14 @@ def folder_images(ws: Workspace, roots: list[Path], folder: str) -> list[tuple[s
     return out
 
 
-def can_import_real(ws: Workspace) -> bool:
+def check_import_real(ws: Workspace) -> None:
+    """Refuse importing photos in the app (one line, labelgen.teacher.require_image_encoding) where the teacher
+    does not encode them (GAN teachers: `labelgen import` inverts them, a while per photo)."""
     from labelgen.generators import generator_class
+    from labelgen.teacher import require_image_encoding
 
-    if getattr(ws.config, "can_encode_images", False):
-        return True
-    try:
-        return bool(generator_class(ws.config.backend).can_encode_images)
-    except LabelgenError:
-        return False
+    require_image_encoding(generator_class(ws.config.backend), "importing photos here (dcgan, stylegan2: `labelgen "
+                           "import -w W --images DIR` projects each into the latent space, a while per photo)")
 
 
 # ---------------------------------------------------------------- generating

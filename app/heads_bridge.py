@@ -1,5 +1,5 @@
-"""The app's window on the trained heads: the workspace's :class:`~labelgen.teacher.Teacher`, nothing
-re-implemented.
+"""The app's window on the trained heads: the workspace's :class:`~labelgen.teacher.Teacher` (the views pass
+``ws.teacher()``), nothing re-implemented.
 
 Every prediction is ``Teacher.predict`` (mask = argmax of the ensemble mean, mean probabilities, per-pixel
 uncertainty = ensemble JS divergence (entropy for one member), image score) of ``Teacher.features`` of the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelgen.teacher import ImagePrediction
+from labelgen.teacher import ImagePrediction, Teacher
 from labelgen.workspace import Workspace
 
 
@@ -22,12 +22,12 @@ def current_head_id(ws: Workspace) -> str | None:
     return ws.teacher().head_id if has_heads(ws) else None
 
 
-def predict_annotation(ws: Workspace, annotation_id: str) -> ImagePrediction:
-    """The heads' prediction of an annotation image (features from the workspace's cache)."""
-    teacher = ws.teacher()
-    return teacher.predict([f.to(teacher.device) for f in ws.annotation_features(annotation_id)])[0]
+def predict_annotation(teacher: Teacher, ws: Workspace, annotation_id: str) -> ImagePrediction:
+    """``teacher``'s prediction of an annotation image (its features through the workspace's feature store)."""
+    features = ws.feature_store.annotation(teacher, ws, annotation_id)
+    return teacher.predict([f.to(teacher.device) for f in features])[0]
 
 
-def predict_sample(ws: Workspace, sample) -> ImagePrediction:
-    """The heads' prediction of a synthetic sample (a ``ShardSample`` written by ``labelgen synthesize``)."""
-    return ws.teacher().label(recipes=[sample.meta or {}], images=[np.ascontiguousarray(sample.image)])[0]
+def predict_sample(teacher: Teacher, sample) -> ImagePrediction:
+    """``teacher``'s prediction of a synthetic sample (a ``ShardSample`` written by ``labelgen synthesize``)."""
+    return teacher.label(recipes=[sample.meta or {}], images=[np.ascontiguousarray(sample.image)])[0]

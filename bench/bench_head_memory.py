@@ -42,7 +42,7 @@ def worker(mode: str, count: int, epochs: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.heads.train import TrainConfig, train_heads
     from labelgen.workspace import Workspace
 
     torch.set_num_threads(1)
@@ -59,7 +59,9 @@ def worker(mode: str, count: int, epochs: int) -> dict:
                                      for l in levels], 1) for levels in levels_per_image])  # [N, D, H, W]
         peak_step = full.numel() * 4
     else:
-        result = train_workspace_heads(ws, TrainConfig(epochs=epochs), progress=False)
+        folder, head = ws.head_settings()
+        result = train_heads(ws.teacher(head=False), ws, TrainConfig(epochs=epochs), folder, head, progress=False,
+                             store=ws.feature_store)
         peak_step = result.peak_step_bytes
     return {"mode": mode, "count": count, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_mib": rss_before / 1024, "peak_step_mib": peak_step / 2**20,

@@ -35,7 +35,7 @@ TINY_DDPM_UNET = {"sample_size": [32, 32], "in_channels": 3, "out_channels": 3, 
 
 
 def make_workspace(root: Path, backend: str, head: str, checkpoint=None, options=None):
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.heads.train import TrainConfig, train_heads
     from labelgen.workspace import create_workspace
 
     ws = create_workspace(root, backend, ["dark", "mid", "bright"], checkpoint=checkpoint,
@@ -43,7 +43,9 @@ def make_workspace(root: Path, backend: str, head: str, checkpoint=None, options
     for annotation_id in ws.sample_annotations(4, seed_start=0):
         grey = ws.read_annotation(annotation_id)[0].mean(axis=2)
         ws.save_mask(annotation_id, np.digitize(grey, [85, 170]).astype(np.uint8))
-    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=256), progress=False)
+    folder, head = ws.head_settings()
+    train_heads(ws.teacher(head=False), ws, TrainConfig(epochs=1, pixels_per_image=256), folder, head, progress=False,
+                store=ws.feature_store)
     return ws
 
 
@@ -62,8 +64,8 @@ def synthesis_rate(ws, n: int, batch_size: int, encode_workers: int, out: Path) 
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    summary = synthesize(ws, SynthesisConfig(n=n, shard_size=n, batch_size=batch_size, encode_workers=encode_workers),
-                         out, progress=False)
+    config = SynthesisConfig(n=n, shard_size=n, batch_size=batch_size, encode_workers=encode_workers)
+    summary = synthesize(ws.teacher(), config, out, progress=False)
     return n / (time.perf_counter() - started), summary.bytes / n
 
 

@@ -344,7 +344,11 @@ class Runner:
         from labelgen.training.evaluate_teacher import evaluate_teacher
 
         workspace, seconds = self.workspace(row.heads)
-        result = evaluate_teacher(workspace, self.ccp / "test", progress=False, flip=row.tta, cache=True)
+        from labelgen.workspace import Workspace
+
+        ws = Workspace(workspace)
+        result = evaluate_teacher(ws.teacher(), self.ccp / "test", progress=False, flip=row.tta,
+                                  store=ws.feature_store)
         scores = {"name": row.name, "trained_on": row.trained_on, "miou": result["miou"],
                   "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
                   "device": self.device, "seconds": round(seconds + result["seconds"], 1)}

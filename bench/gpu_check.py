@@ -242,8 +242,10 @@ class Check:
 
         import torch
 
-        result = evaluate_teacher(self.out / "ws", self.ccp / "test", progress=False,
-                                  device="cuda" if torch.cuda.is_available() else None)
+        from labelgen.workspace import Workspace
+
+        teacher = Workspace(self.out / "ws").teacher(device="cuda" if torch.cuda.is_available() else None)
+        result = evaluate_teacher(teacher, self.ccp / "test", progress=False)
         return {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
                 "per_class_iou": result["per_class_iou"], "images": result.get("images")}
 

@@ -38,7 +38,7 @@ def demo_cmd(out: Path, count: int, batch_size: int, ddim_steps: int, workspace_
     click.echo(f"teacher: {workspace.config.backend} generator, {workspace.config.head['type']} head, "
                f"classes {', '.join(workspace.classes.names)} (workspace {workspace.root})")
     config = SynthesisConfig(n=count, shard_size=count, batch_size=batch_size, soft_labels="uint8")
-    summary = synthesize(workspace, config, out / "synthetic")
+    summary = synthesize(workspace.teacher(), config, out / "synthetic")
     click.echo(f"kept {summary.kept} samples ({summary.dropped} dropped) in {summary.seconds:.1f} s, "
                f"{summary.samples_per_second:.2f} samples/s, {summary.bytes / 2**20:.2f} MiB -> {out / 'synthetic'}")
     tiles = []

@@ -4,8 +4,8 @@ the heads read (``labelgen tune-features``).
 DDPM-seg chose its timesteps and blocks by hand; here a sweep decides, scored like everything else in the
 project (labelgen.metrics mIoU of the workspace's head type):
 
-1. a *sweep teacher*: the workspace's generator with every candidate timestep (and the workspace's current ones)
-   and every block switched on (``Generator.with_options``), so one pass gives the features of all candidates;
+1. a *sweep teacher*: the teacher's generator with every candidate timestep (and the teacher's current ones)
+   and every block switched on (``Teacher.with_levels``), so one pass gives the features of all candidates;
    the features of the annotated images (and of ``--val`` images) are computed once through ``Teacher.features``
    and kept in memory (float16);
 2. a candidate = (timesteps, blocks); its score = mIoU on ``--val`` of a head trained on the annotations with
@@ -20,9 +20,10 @@ project (labelgen.metrics mIoU of the workspace's head type):
    current choice is scored too, as it is, and kept when
    nothing beats it.
 
-The winner is written into the workspace (generator options ``timesteps`` / ``feature_layers`` for the built-in
-backends, so the generator computes only those levels; ``feature_layers`` of the workspace for plug-ins), and the
-whole table into ``W/feature_sweep.json``. The generator id changes with it, so the heads must be trained again
+The report's ``choice`` is the winner as the teacher keeps levels (``Teacher.level_settings``: generator options
+``timesteps`` / ``feature_layers`` where the generator takes them, so it computes only those levels, else the
+teacher's ``feature_layers``); ``Workspace.keep_feature_sweep`` writes it into workspace.json and the whole table
+into ``W/feature_sweep.json``. The generator id changes with it, so the heads must be trained again
 (``labelgen train-heads``), which the command says.
 """
 from __future__ import annotations
@@ -83,42 +84,38 @@ class _Layout:
         return [self.blocks.index(b) * T + ti for b in sorted(candidate.blocks) for ti in sorted(ts)]
 
 
-def _sweep_generator(workspace, config: SweepConfig):
-    """(generator with every candidate level on, blocks, timesteps) for the workspace's backend. A diffusion
-    teacher also computes the workspace's current timesteps when they are not candidates, so that today's
-    choice is scored as it is (the reference the sweep must beat), not as its overlap with the candidates."""
-    generator = workspace.generator()
-    builtin = ":" not in workspace.config.backend
-    diffusion = builtin and hasattr(generator, "timesteps") and "timesteps" in generator.config
-    if diffusion:
+def _sweep_teacher(teacher: Teacher, config: SweepConfig) -> tuple[Teacher, list[int], list[int]]:
+    """(teacher with every candidate level on, blocks, timesteps). A diffusion teacher also computes its current
+    timesteps when they are not candidates, so that today's choice is scored as it is (the reference the sweep
+    must beat), not as its overlap with the candidates."""
+    timesteps = None
+    if teacher.timesteps:
         if not config.timesteps:
             raise LabelgenError("--timesteps: give at least one candidate timestep")
-        sweep = generator.with_options(timesteps=sorted(set(config.timesteps) | set(_workspace_timesteps(workspace))),
-                                       feature_layers=None)
-        return sweep, list(sweep.layers), list(sweep.timesteps)
-    if builtin and "feature_layers" in generator.config:
-        sweep = generator.with_options(feature_layers=None)
-        return sweep, list(range(len(sweep.feature_channels))), []
-    return generator, list(range(len(generator.feature_channels))), []  # plug-in: its own levels
+        timesteps = sorted(set(config.timesteps) | set(teacher.timesteps))
+    sweep = teacher.with_levels(None, timesteps)
+    T = max(1, len(sweep.timesteps))
+    return sweep, list(range(len(sweep.channels) // T)), list(sweep.timesteps)
 
 
-def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig | None = None,
-                  log: Callable[[str], None] = print, progress: bool = True, apply: bool = True) -> dict[str, Any]:
-    """Run the sweep (module docstring); returns the saved report {"candidates": [...], "best": {...}, ...}."""
-    from labelgen.data.io import atomic_write_json
+def tune_features(teacher: Teacher, annotations, val_folder: Path | None = None, config: SweepConfig | None = None,
+                  head: dict[str, Any] | None = None, log: Callable[[str], None] = print, progress: bool = True
+                  ) -> dict[str, Any]:
+    """Run the sweep (module docstring) over ``teacher``'s generator on the annotated items of ``annotations`` (a
+    workspace, or labelgen.annotations.Annotations) with heads of ``head`` (``{"type", options}``; default a pixel
+    MLP); returns the report {"candidates": [...], "best": {...}, "choice": {...}, ...}."""
     from labelgen.run import progress as progress_bar
 
     config = config or SweepConfig()
-    annotated = workspace.annotated_ids()
+    annotated = annotations.annotated_ids()
     if len(annotated) < 2:
-        raise LabelgenError(f"{workspace.annotations_dir}: tune-features needs at least 2 annotated images")
+        raise LabelgenError(f"{annotations.annotations_dir}: tune-features needs at least 2 annotated images")
     if val_folder is None and not 2 <= config.folds:
         raise LabelgenError("--folds must be at least 2 (or give --val FOLDER)")
     start = time.perf_counter()
-    generator, blocks, timesteps = _sweep_generator(workspace, config)
-    teacher = Teacher(generator)
+    sweep, blocks, timesteps = _sweep_teacher(teacher, config)
     layout = _Layout(blocks, timesteps)
-    names = list(workspace.classes.names)
+    names = list(annotations.classes.names)
     num_classes = len(names)
 
     def store(features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -127,21 +124,25 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
     train_set = []  # (levels fp16 [1, C_i, h_i, w_i], mask [1, H, W] int64)
     for annotation_id in progress_bar(len(annotated), desc="features (annotations)", unit="image",
                                       disable=not progress, iterable=annotated):
-        image, recipe, mask = workspace.read_annotation(annotation_id)
-        train_set.append((store(teacher.features(recipes=[recipe], images=[image])),
+        image, recipe = annotations.read_item(annotation_id)
+        mask = annotations.read_mask(annotation_id, image.shape)
+        train_set.append((store(sweep.features(recipes=[recipe], images=[image])),
                           torch.from_numpy(mask.astype(np.int64))[None]))
     val_set = None
     if val_folder is not None:
-        val_set = _val_features(workspace, teacher, Path(val_folder), store, progress)
+        from labelgen.heads.train import real_images
+
+        val_set = [(store(sweep.features(images=[image])), mask)
+                   for _, image, mask in real_images(sweep, Path(val_folder), num_classes, progress=progress)]
     class_weights = None
     if config.class_balance > 0:
         freq = mask_class_frequencies([m[0].numpy() for _, m in train_set], num_classes)
         class_weights = class_balance_weights(torch.from_numpy(freq), config.class_balance)
-    head_type = workspace.config.head.get("type", "pixel-mlp")
-    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"}
+    head_options = dict(head or {"type": "pixel-mlp"})
+    head_type = head_options.pop("type")
     train_config = TrainConfig(epochs=config.epochs, pixels_per_image=config.pixels_per_image,
                                class_balance=config.class_balance, seed=config.seed)
-    channels = teacher.channels
+    channels = sweep.channels
     scored: dict[tuple, Candidate] = {}
 
     def score(candidate: Candidate) -> Candidate:
@@ -155,7 +156,7 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
             return [example[0][i].float() for i in idx], example[1]
 
         scores = _score_levels(train_set, val_set, pick, [channels[i] for i in idx], head_type, head_options,
-                               num_classes, workspace.resolution, train_config, class_weights, config.folds)
+                               num_classes, teacher.resolution, train_config, class_weights, config.folds)
         candidate.miou, candidate.per_class = float(scores.miou), [float(v) for v in scores.per_class_iou]
         candidate.seconds = round(time.perf_counter() - t0, 1)
         scored[key] = candidate
@@ -177,21 +178,17 @@ def tune_features(workspace, val_folder: Path | None = None, config: SweepConfig
         top = max(trials, key=lambda c: c.miou)
         if top.miou > best.miou:
             best, improved = top, True
-    default = _current_choice(workspace, blocks, timesteps)
+    default = _current_choice(teacher, blocks, timesteps)
     reference = scored.get(default) or score(Candidate(*default))
     if reference.miou > best.miou:  # the search found nothing better than today's choice: keep it
         best = reference
+    choice = {"blocks": None if list(best.blocks) == blocks else list(best.blocks),
+              "timesteps": list(best.timesteps) or None}
     report = {"scored_on": how, "head": head_type, "sweep": asdict(config), "classes": names,
               "candidates": [asdict(c) for c in scored.values()], "best": asdict(best), "before": asdict(reference),
-              "seconds": round(time.perf_counter() - start, 1), "applied": False}
-    log(f"best: {best.label()} mIoU {best.miou:.4f} (the workspace's current choice, {reference.label()}: "
-        f"{reference.miou:.4f})")
-    with workspace.writing():  # W/.lock: the config and its report written by one process at a time
-        if apply:
-            report["applied"] = _apply(workspace, best, blocks, timesteps)
-        report = json.loads(json.dumps(report))  # as saved (lists, not tuples)
-        atomic_write_json(workspace.root / SWEEP_NAME, report)
-    return report
+              "choice": choice, "seconds": round(time.perf_counter() - start, 1), "applied": False}
+    log(f"best: {best.label()} mIoU {best.miou:.4f} (the current choice, {reference.label()}: {reference.miou:.4f})")
+    return json.loads(json.dumps(report))  # as saved (lists, not tuples)
 
 
 def forward_select(score: Callable[[Candidate], Candidate], timesteps, blocks: tuple[int, ...],
@@ -210,16 +207,6 @@ def forward_select(score: Callable[[Candidate], Candidate], timesteps, blocks: t
             best = top
         chosen = top.timesteps
     return best
-
-
-def _val_features(workspace, teacher: Teacher, folder: Path, store, progress: bool):
-    from labelgen.heads.train import real_images
-
-    if not teacher.can_encode_images:
-        raise LabelgenError(f"--val scores real images: the {workspace.config.backend} teacher cannot compute their "
-                            "features; leave --val out (k-fold over the annotations)")
-    return [(store(teacher.features(images=[image])), mask)
-            for _, image, mask in real_images(workspace, folder, progress=progress)]
 
 
 def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options, num_classes, resolution,
@@ -245,42 +232,9 @@ def _score_levels(train_set, val_set, pick, in_channels, head_type, head_options
     return matrix.compute()
 
 
-def _workspace_timesteps(workspace) -> list[int]:
-    """The diffusion timesteps the workspace's heads read today (generator options, else the workspace's)."""
-    return [int(t) for t in workspace.config.generator_options.get("timesteps") or workspace.config.timesteps or []]
-
-
-def _current_choice(workspace, blocks: list[int], timesteps: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The workspace's selection today, as (timesteps, blocks) of the sweep (the sweep computes its timesteps)."""
-    options = workspace.config.generator_options
-    if timesteps:
-        ts = tuple(sorted(t for t in _workspace_timesteps(workspace) if t in timesteps))
-        chosen_blocks = options.get("feature_layers")
-        bl = tuple(sorted(blocks if chosen_blocks is None else [b % len(blocks) for b in chosen_blocks]))
-        return ts or (timesteps[0],), bl
-    if ":" in workspace.config.backend:
-        return (), tuple(workspace.layer_indices)
-    chosen_blocks = options.get("feature_layers")
-    return (), tuple(sorted(blocks if chosen_blocks is None else [b % len(blocks) for b in chosen_blocks]))
-
-
-def _apply(workspace, best: Candidate, blocks: list[int], timesteps: list[int]) -> bool:
-    """Store the choice in workspace.json (the generator then computes only those levels)."""
-    options = dict(workspace.config.generator_options)
-    if ":" in workspace.config.backend:
-        workspace.config.feature_layers = list(best.blocks)
-    else:
-        options["feature_layers"] = None if list(best.blocks) == blocks else list(best.blocks)
-        if timesteps:
-            options["timesteps"] = list(best.timesteps)
-            workspace.config.timesteps = list(best.timesteps)
-        workspace.config.generator_options = options
-        workspace.config.feature_layers = None
-    from labelgen.workspace import load_workspace_generator
-
-    generator = load_workspace_generator(workspace.config.backend, workspace.checkpoint_path(),
-                                         workspace.config.generator_options)
-    workspace.config.feature_channels = [int(c) for c in generator.feature_channels]
-    workspace.save_config()
-    workspace.reload()
-    return True
+def _current_choice(teacher: Teacher, blocks: list[int], timesteps: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The teacher's selection today, as (timesteps, blocks) of the sweep (the sweep computes its timesteps)."""
+    chosen = teacher.blocks
+    ts = tuple(sorted(t for t in teacher.timesteps if t in timesteps))
+    bl = tuple(sorted(blocks if chosen is None else {b % len(blocks) for b in chosen}))
+    return (ts or (timesteps[0],), bl) if timesteps else ((), bl)

@@ -23,6 +23,16 @@ Heads: one trained head, or several (both head types trained, ``labelgen train-h
 the one place where they are combined: ``predict`` averages the probabilities of every member of every head
 (:func:`predict_heads`), and the uncertainty is the JS divergence over all those members.
 
+Levels: the teacher owns their selection. A generator whose constructor takes ``feature_layers`` (and
+``timesteps``: diffusion) computes only the chosen levels (:func:`level_options`; every built-in backend, and a
+plug-in that takes them); of any other the teacher picks ``levels`` from all it computes. One mechanism for both
+(:meth:`Teacher.level_settings`, :meth:`Teacher.with_levels`), one range check
+(labelgen.generators.base.check_feature_layers). ``feature_info``: channels and stride of each selected level, from
+the generator's declared ``feature_channels`` / ``feature_strides`` (no forward pass), as timm's FeatureInfo.
+
+Capability: teachers that encode images (``can_encode_images``) compute features of real photos; anything that
+needs it calls :meth:`Teacher.require_image_encoding` (:func:`require_image_encoding`: the one refusal).
+
 Identities: ``generator_id`` = backend + a content hash of the checkpoint's weights (cached per file by
 size and mtime) + a hash of the feature-affecting options; ``head_id`` = content hash of the saved head
 (several heads: :func:`heads_identity` of their ids).
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -210,6 +221,44 @@ class Prediction:
                                self.uncertainty[k].float().cpu().numpy(), float(self.scores[k]))
 
 
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One selected feature level (timm's FeatureInfo entry): ``num_chs`` channels at ``reduction`` image pixels per
+    feature pixel, so ``size`` = the generator resolution / reduction; ``index`` into the generator's levels."""
+
+    index: int
+    num_chs: int
+    reduction: int | float
+    size: tuple[int, int]  # (h, w) at the teacher's resolution
+
+    @property
+    def module(self) -> str:
+        return f"level{self.index}"
+
+
+# ---------------------------------------------------------------- capabilities and level selection
+LEVEL_OPTIONS = ("feature_layers", "timesteps")  # constructor options by which a generator computes only chosen levels
+
+
+def require_image_encoding(generator, what: str) -> None:
+    """Refuse ``what`` (an option or a step, e.g. "--from-images") unless ``generator`` (a Generator or its class)
+    computes features of given images (diffusion teachers): the one refusal of a teacher that cannot."""
+    if not generator.can_encode_images:
+        raise LabelgenError(f"{what} needs features of real images, which the {generator.backend} teacher cannot "
+                            "compute (it computes features from generator recipes); use a diffusion teacher (ddpm, "
+                            "adm, stable-diffusion)")
+
+
+def level_options(generator_class) -> tuple[str, ...]:
+    """Which of LEVEL_OPTIONS a generator class's constructor takes: with ``feature_layers`` it computes only the
+    chosen blocks (with ``timesteps`` only those timesteps); without, it computes all its levels and the teacher
+    picks. The same question for built-in backends and plug-ins."""
+    import inspect
+
+    parameters = inspect.signature(generator_class.__init__).parameters
+    return tuple(name for name in LEVEL_OPTIONS if name in parameters)
+
+
 @dataclass
 class Sample:
     images: torch.Tensor  # [N, 3, H, W] in [-1, 1], uint8-exact for teachers that encode images
@@ -221,19 +270,20 @@ class Sample:
 class Teacher:
     """A generator, the feature levels a head reads, and (optionally) the trained head.
 
-    ``levels``: indices into the generator's feature list (None = all). ``head``: a TaskHead whose
-    ``in_channels`` are the selected levels' channels, or a list of them (several head types, combined by
-    ``predict``); None: features only, e.g. feature distillation."""
+    ``levels``: indices into the generator's feature list (None = all; checked by the generators' one range check).
+    ``head``: a TaskHead whose ``in_channels`` are the selected levels' channels, or a list of them (several head
+    types, combined by ``predict``); None: features only, e.g. feature distillation. ``classes``: the ClassList the
+    heads predict (names in what the stages write; default class0, class1, ...). Built without a workspace as
+    ``Teacher(generator, levels, head)``; a workspace builds its own with ``Workspace.teacher()``."""
 
     def __init__(self, generator, levels: Sequence[int] | None = None, head=None, generator_id: str | None = None,
-                 head_id: str | None = None):
+                 head_id: str | None = None, classes=None):
+        from labelgen.generators.base import check_feature_layers
+
         self.generator = generator.eval()
         for p in self.generator.parameters():
             p.requires_grad_(False)
-        n = len(generator.feature_channels)
-        self.levels = list(range(n)) if levels is None else [int(i) for i in levels]
-        if not self.levels or any(not 0 <= i < n for i in self.levels):
-            raise LabelgenError(f"feature levels {self.levels}: the generator has levels 0..{n - 1}")
+        self.levels = check_feature_layers(levels, len(generator.feature_channels), generator.backend)
         heads = [] if head is None else list(head) if isinstance(head, (list, tuple)) else [head]
         self.heads = [h.eval() for h in heads]
         for h in self.heads:
@@ -245,6 +295,7 @@ class Teacher:
                                 + ", ".join(f"{h.head_type} {h.num_classes} classes at {h.output_size}" for h in self.heads))
         self.generator_id = generator_id or f"{generator.backend}:{state_digest(generator)[:12]}"
         self.head_id = head_id
+        self._classes = classes
 
     # ---- description ----
     @property
@@ -258,8 +309,80 @@ class Teacher:
         return int(h), int(w)
 
     @property
+    def feature_info(self) -> list[FeatureLevel]:
+        """Channels, stride and size of each selected level, from the generator's declared ``feature_channels`` and
+        ``feature_strides`` (its architecture; nothing is run), as timm's FeatureInfo."""
+        strides = list(self.generator.feature_strides)
+        h, w = self.resolution
+        info = []
+        for i in self.levels:
+            stride = strides[i]
+            info.append(FeatureLevel(i, int(self.generator.feature_channels[i]), stride,
+                                     (math.ceil(h / stride), math.ceil(w / stride))))
+        return info
+
+    @property
+    def classes(self):
+        """The ClassList the heads predict (the workspace's; without one: class0, class1, ...)."""
+        if self._classes is None:
+            from labelgen.data.classes import ClassList
+
+            self._classes = ClassList.from_names([f"class{i}" for i in range(self.num_classes)])
+        return self._classes
+
+    @property
     def can_encode_images(self) -> bool:
         return bool(self.generator.can_encode_images)
+
+    def require_image_encoding(self, what: str) -> None:
+        """Refuse ``what`` unless this teacher computes features of real images (:func:`require_image_encoding`)."""
+        require_image_encoding(self.generator, what)
+
+    def require_recipes(self, items: Sequence[dict | None], what: str) -> None:
+        """Refuse ``what`` when one of ``items`` (recipes, shard metas) has no generator recipe and this teacher
+        computes features from recipes (checked before any work, not at the item)."""
+        if any(recipe_of(item) is None for item in items):
+            self.require_image_encoding(what)
+
+    # ---- level selection (module docstring) ----
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        """The diffusion timesteps the generator computes features at (() for a generator without that option)."""
+        if "timesteps" not in level_options(type(self.generator)):
+            return ()
+        chosen = getattr(self.generator, "timesteps", None) or self.generator.config.get("timesteps") or ()
+        return tuple(int(t) for t in chosen)
+
+    @property
+    def blocks(self) -> list[int] | None:
+        """The generator blocks this teacher reads: the generator's ``feature_layers`` option where it takes one
+        (None: the backend's default), else the teacher's levels."""
+        if "feature_layers" in level_options(type(self.generator)):
+            chosen = self.generator.config.get("feature_layers")
+            return None if chosen is None else [int(b) for b in chosen]
+        return list(self.levels)
+
+    @staticmethod
+    def level_settings(generator_class, blocks: Sequence[int] | None, timesteps: Sequence[int] | None = None
+                       ) -> tuple[dict[str, Any], list[int] | None]:
+        """Where a choice of blocks (None: all) and timesteps (None: the generator's) is kept: (generator options,
+        teacher levels). A generator that takes ``feature_layers`` gets the blocks as that option (it then computes
+        only those; teacher levels None = all it computes), any other computes all and the teacher picks."""
+        takes = level_options(generator_class)
+        options: dict[str, Any] = {}
+        if "feature_layers" in takes:
+            options["feature_layers"] = None if blocks is None else [int(b) for b in blocks]
+            blocks = None
+        if "timesteps" in takes and timesteps:
+            options["timesteps"] = [int(t) for t in timesteps]
+        return options, None if blocks is None else [int(b) for b in blocks]
+
+    def with_levels(self, blocks: Sequence[int] | None = None, timesteps: Sequence[int] | None = None) -> "Teacher":
+        """A features-only teacher on the same weights reading ``blocks`` (None: all) at ``timesteps`` (None: these)
+        (:meth:`level_settings`), e.g. every candidate level of a feature sweep."""
+        options, levels = self.level_settings(type(self.generator), blocks, timesteps)
+        generator = self.generator.with_options(**options) if options else self.generator
+        return Teacher(generator, levels, classes=self._classes)
 
     @property
     def device(self) -> torch.device:
@@ -319,13 +442,13 @@ class Teacher:
             kwargs = {} if seed is None else {"seed": seed}
             return self._place(self.select(self.generator.features_of_images(x, **kwargs)))
         if recipes is None:
-            raise LabelgenError(f"the {self.generator.backend} teacher computes features from generator recipes; "
-                                "none given")
+            self.require_image_encoding("features of images without their generator recipes")
+            raise LabelgenError("Teacher.features: give the items' recipes or images")
         backend_recipes = [recipe_of(r) for r in recipes]
         if any(r is None for r in backend_recipes):
-            raise LabelgenError(f"a real image without a latent: the {self.generator.backend} teacher needs an "
-                                "inversion method to compute its features (`labelgen import` inverts photos into "
-                                "dcgan and stylegan2 latents; or use a diffusion teacher)")
+            self.require_image_encoding("a real photo without a latent (`labelgen import` stores one for dcgan, "
+                                        "stylegan2)")
+            raise LabelgenError("Teacher.features: a real photo needs its image (images=...)")
         return self._place(self.select(self.generator.features_from_recipes(backend_recipes).features))
 
     @torch.no_grad()
@@ -374,9 +497,7 @@ class Teacher:
     def flipped_features(self, images, seed: int | None = None) -> list[torch.Tensor]:
         """Features of the horizontally mirrored images (image-encoding teachers: flip test-time augmentation);
         ``seed``: as in :meth:`features`."""
-        if not self.can_encode_images:
-            raise LabelgenError(f"flip test-time augmentation needs features of images; the {self.generator.backend} "
-                                "teacher computes them from recipes (use --tta none)")
+        self.require_image_encoding("flip (test-time augmentation, --tta, --augment flip)")
         if isinstance(images, torch.Tensor):
             return self.features(images=images.flip(-1), seed=seed)
         return self.features(images=[mirror_image(a) for a in images], seed=seed)

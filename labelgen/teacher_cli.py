@@ -252,14 +252,15 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
                     augment, holdout, head_type, device):
     """Train the workspace's task head on its annotated images; saves W/heads/ (+ train_log.json)
     (--type: a second head type, W/heads/<type>/)."""
-    from labelgen.heads.train import train_workspace_heads
+    from labelgen.heads.train import train_heads
 
     ws = _open(workspace_dir)
     config = TrainConfig(epochs=epochs, images_per_step=images_per_step, pixels_per_image=pixels_per_image, lr=lr,
                          seed=seed, class_balance=class_balance, augment=augment)
     device = _generator_to(ws, device)
-    result = train_workspace_heads(ws, config, val_folder, device=device, log=click.echo, holdout=holdout,
-                                   head_type=head_type)
+    folder, head = ws.head_settings(head_type)
+    result = train_heads(ws.teacher(head=False), ws, config, folder, head, val_folder, device=device, log=click.echo,
+                         holdout=holdout, store=ws.feature_store)
     msg = f"trained {head_type or ws.head_type} head on {len(ws.annotated_ids()) - holdout} annotated images " \
           f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
     if result.val_miou:
@@ -319,7 +320,7 @@ def synthesize_cmd(workspace_dir, count, out_dir, batch_size, drop_uncertain, sh
                              from_images=None if from_images is None else str(from_images),
                              encode_workers=encode_workers, overlap=overlap, tta=tta, class_idx=class_idx, truncation=truncation,
                              ddim_steps=ddim_steps, device=device)
-    summary = synthesize(ws, config, out_dir)
+    summary = synthesize(ws.teacher(), config, out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         disk = summary.bytes
         click.echo(f"kept {summary.kept} samples, dropped {summary.dropped} (most uncertain), {summary.shards} shards "
@@ -380,7 +381,8 @@ def tune_features_cmd(workspace_dir, val_folder, timesteps, max_timesteps, folds
                          folds=folds, epochs=epochs, class_balance=class_balance, seed=seed)
     _generator_to(ws, device)
     with ws.writing():  # refused now, not after the sweep, when another labelgen process writes into W
-        report = tune_features(ws, val_folder, config, log=click.echo, apply=apply)
+        report = tune_features(ws.teacher(head=False), ws, val_folder, config, ws.head_settings()[1], log=click.echo)
+        report = ws.keep_feature_sweep(report, apply)
     best = report["best"]
     chosen = (f"timesteps {best['timesteps']}, " if best["timesteps"] else "") + f"blocks {best['blocks']}"
     click.echo(f"chose {chosen}: mIoU {best['miou']:.4f} ({report['scored_on']}; was {report['before']['miou']:.4f}) "

@@ -28,8 +28,6 @@ All writes are atomic. Relative checkpoint paths in the config are relative to t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -52,7 +50,6 @@ from labelgen.teacher import Teacher, check_head, generator_identity, heads_iden
 
 WORKSPACE_ENV = "LABELGEN_WORKSPACE"
 CONFIG_NAME = "workspace.json"
-DIFFUSION_BACKENDS = ("ddpm", "stable-diffusion", "adm")
 ANNOTATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WRITER = "labelgen process"  # what W/.lock's refusal names: "in use by pid N (another labelgen process writes there)"
 IMPORT_STAGING = ".import.staging"  # W/annotations/<this>/: an import's files while written
@@ -123,6 +120,14 @@ class Workspace:
             return self.heads_dir
         head_class(head_type)  # a known type (one line otherwise)
         return self.heads_dir / head_type
+
+    def head_settings(self, head_type: str | None = None) -> tuple[Path, dict[str, Any]]:
+        """(folder, {"type", options}) of a head of ``head_type`` to train (labelgen.heads.train.train_heads): the
+        workspace's type (None) in W/heads/ with the config's options, another in W/heads/<type>/ with its defaults."""
+        folder = self.head_dir(head_type)
+        if folder == self.heads_dir:
+            return folder, {**self.config.head, "type": self.head_type}
+        return folder, {"type": head_type}
 
     def trained_heads(self) -> dict[str, Path]:
         """{head type: folder} of every trained head, W/heads/ first (its type read from its head_config.json)
@@ -276,7 +281,7 @@ class Workspace:
                                     "`labelgen train-heads`)")
             stamp = tuple((str(p.relative_to(self.heads_dir)), p.stat().st_mtime_ns, p.stat().st_size)
                           for folder in folders.values() for p in sorted(folder.glob("head*")) if p.is_file())
-        key = (head, tuple(self.layer_indices), tuple(folders))
+        key = (head, tuple(self.layer_indices), tuple(folders))  # the levels: config feature_layers (None: all)
         cached = self._teachers.get(key)
         if cached is None or cached[0] != stamp:
             task_heads, ids = [], []
@@ -288,71 +293,57 @@ class Workspace:
                                         f"workspace has {len(self.classes)}: run `labelgen train-heads` again")
                 task_heads.append(task_head)
                 ids.append(head_id(folder))
-            cached = (stamp, Teacher(self.generator(), self.layer_indices, task_heads or None, self.generator_id(),
-                                     heads_identity(ids) if ids else None))
+            cached = (stamp, Teacher(self.generator(), self.config.feature_layers, task_heads or None,
+                                     self.generator_id(), heads_identity(ids) if ids else None, self.classes))
             self._teachers[key] = cached
         teacher = cached[1]
         return teacher.to(device) if device is not None else teacher
+
+    def select_levels(self, blocks: list[int] | None, timesteps: list[int] | None = None) -> None:
+        """Keep a choice of generator blocks (None: all) and diffusion timesteps (None: as they are) in workspace.json,
+        where ``Teacher.level_settings`` says (generator options or the teacher's ``feature_layers``). The generator
+        id changes with it: the heads must be trained again."""
+        options, levels = Teacher.level_settings(generator_class_of(self.config.backend), blocks, timesteps)
+        with self.writing():
+            self.config.generator_options = {**self.config.generator_options, **options}
+            self.config.feature_layers = levels
+            if "timesteps" in options:
+                self.config.timesteps = list(options["timesteps"])
+            generator = load_workspace_generator(self.config.backend, self.checkpoint_path(),
+                                                 self.config.generator_options)
+            self.config.feature_channels = [int(c) for c in generator.feature_channels]
+            self.save_config()
+        self.reload()
+
+    def keep_feature_sweep(self, report: dict[str, Any], apply: bool = True) -> dict[str, Any]:
+        """Write a ``tune_features`` report to W/feature_sweep.json, with (``apply``) its choice kept
+        (:meth:`select_levels`); returns it as written."""
+        from labelgen.feature_selection import SWEEP_NAME
+
+        with self.writing():  # W/.lock: the config and its report written by one process at a time
+            if apply:
+                self.select_levels(**report["choice"])
+            report = {**report, "applied": bool(apply)}
+            atomic_write_json(self.root / SWEEP_NAME, report)
+        return report
 
     # ---- features of annotations ----
     @property
     def feature_cache_dir(self) -> Path:
         return self.root / "cache" / "features"
 
+    @property
+    def feature_store(self):
+        """The teacher features of this workspace's items, kept in W/cache/features/ (labelgen.annotations.FeatureStore;
+        recomputed when the generator, its levels or the item change)."""
+        from labelgen.annotations import FeatureStore
+
+        return FeatureStore(self.feature_cache_dir)
+
     def annotation_features(self, annotation_id: str, mirror: bool = False) -> list:
-        """Selected native-resolution features of one annotation, [1, C_i, h_i, w_i] each, on the CPU
-        (disk-cached): ``Teacher.features`` of its recipe and stored image. ``mirror``: the features of the
-        horizontally mirrored image (``Teacher.flipped_features``; image-encoding teachers), what head training's
-        flip augmentation reads with the mirrored mask."""
-        image = read_image(self.image_path(annotation_id))  # [H, W, 3] uint8, read once
-        recipe = read_json(self.recipe_path(annotation_id))
-
-        def compute() -> list:
-            teacher = self.teacher(head=False)
-            features = teacher.flipped_features([image]) if mirror else teacher.features(recipes=[recipe], images=[image])
-            return [f.cpu() for f in features]
-
-        return self.cached_features(f"annotations/{annotation_id}" + (".mirror" if mirror else ""),
-                                    [recipe, hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)]
-                                    + (["mirror"] if mirror else []), compute)
-
-    def image_features(self, image: np.ndarray, cache_key: str | None = None) -> list:
-        """Selected features of any image uint8 [H, W, 3] (image-encoding teachers; resized to the generator
-        resolution by the one resize rule), [1, C_i, h_i, w_i] each, on the CPU; disk-cached under ``cache_key``."""
-        if not self.config.can_encode_images:
-            raise LabelgenError(f"the {self.config.backend} generator cannot compute features of real images "
-                                "(needs an inversion method); use a diffusion teacher")
-
-        def compute() -> list:
-            return [f.cpu() for f in self.teacher(head=False).features(images=[image])]
-
-        if cache_key is None:
-            return compute()
-        return self.cached_features(cache_key, [hashlib.sha256(image.tobytes()).hexdigest(), list(image.shape)], compute)
-
-    def cached_features(self, key: str, fingerprint_parts: list, compute) -> list:
-        """``compute()`` (a list of tensors) stored at W/cache/features/<key>.safetensors; reused while
-        the generator id (weights included), selected layers and ``fingerprint_parts`` stay the same."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        from labelgen.data.io import save_safetensors
-
-        fingerprint = hashlib.sha256(json.dumps([self.generator_id(), self.layer_indices, fingerprint_parts],
-                                                sort_keys=True).encode()).hexdigest()
-        cache = self.feature_cache_dir / f"{key}.safetensors"
-        if cache.is_file():
-            try:
-                with safe_open(str(cache), framework="pt") as f:
-                    fresh = (f.metadata() or {}).get("fingerprint") == fingerprint
-                if fresh:
-                    tensors = load_file(str(cache))
-                    return [tensors[f"level{i}"] for i in range(len(tensors))]
-            except Exception:  # unreadable cache file: recompute it
-                pass
-        features = compute()
-        save_safetensors(cache, {f"level{i}": f.float() for i, f in enumerate(features)}, {"fingerprint": fingerprint})
-        return features
+        """The workspace teacher's features of one annotation, [1, C_i, h_i, w_i] each, on the CPU, through its
+        feature store (``FeatureStore.annotation``; ``mirror``: of the mirrored image)."""
+        return self.feature_store.annotation(self.teacher(head=False), self, annotation_id, mirror)
 
     # ---- adding images ----
     def sample_annotations(self, n: int, seed_start: int | None = None, batch_size: int = 8, **options) -> list[str]:
@@ -492,10 +483,12 @@ class Workspace:
 
     def read_annotation(self, annotation_id: str) -> tuple[np.ndarray, dict, np.ndarray | None]:
         """(image uint8 [H, W, 3], recipe, mask uint8 [H, W] or None)."""
-        image = read_image(self.image_path(annotation_id))
-        recipe = read_json(self.recipe_path(annotation_id))
-        mask = self.read_mask(annotation_id, image.shape)
-        return image, recipe, mask
+        image, recipe = self.read_item(annotation_id)
+        return image, recipe, self.read_mask(annotation_id, image.shape)
+
+    def read_item(self, annotation_id: str) -> tuple[np.ndarray, dict]:
+        """(image uint8 [H, W, 3], recipe) of an annotation: what its teacher features are computed from."""
+        return read_image(self.image_path(annotation_id)), read_json(self.recipe_path(annotation_id))
 
     def read_mask(self, annotation_id: str, image_shape: tuple[int, ...] | None = None) -> np.ndarray | None:
         path = self.mask_path(annotation_id)
@@ -558,7 +551,10 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
                      feature_layers: list[int] | None = None,
                      generator_options: dict[str, Any] | None = None) -> Workspace:
     """``labelgen init``: load the generator once (a bad checkpoint is refused before anything is
-    written), record its resolution and feature channels, write workspace.json."""
+    written), record its resolution and feature channels, write workspace.json. Where the chosen levels are kept
+    (generator options, or the teacher's ``feature_layers``): ``Teacher.level_settings``."""
+    from labelgen.generators.base import check_feature_layers
+
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise LabelgenError(f"{root}: exists and is not a folder")
@@ -568,19 +564,12 @@ def create_workspace(root: Path | str, backend: str, class_names: list[str], che
     checkpoint_path = None if checkpoint is None else Path(checkpoint).resolve()
     if checkpoint_path is not None and not checkpoint_path.exists():
         raise LabelgenError(f"{checkpoint}: checkpoint not found")
-    generator_options = dict(generator_options or {})
-    if ":" not in backend:  # the built-in backends select levels (and diffusion timesteps) themselves
-        if feature_layers is not None:
-            generator_options["feature_layers"] = list(feature_layers)
-            feature_layers = None
-        if backend in DIFFUSION_BACKENDS and timesteps:
-            generator_options["timesteps"] = list(timesteps)
+    level_options, feature_layers = Teacher.level_settings(generator_class_of(backend), feature_layers, timesteps)
+    generator_options = {**(generator_options or {}), **{k: v for k, v in level_options.items() if v is not None}}
     generator = load_workspace_generator(backend, checkpoint_path, generator_options)
     channels = [int(c) for c in generator.feature_channels]
-    if feature_layers is not None:
-        bad = [i for i in feature_layers if not 0 <= i < len(channels)]
-        if bad:
-            raise LabelgenError(f"--feature-layers {bad}: the generator has levels 0..{len(channels) - 1}")
+    if feature_layers is not None:  # the teacher's levels (a generator without feature_layers): the one range check
+        feature_layers = check_feature_layers(feature_layers, len(channels), backend)
     config = WorkspaceConfig(
         backend=backend, checkpoint=None if checkpoint_path is None else str(checkpoint_path),
         classes=classes.to_json()["classes"], resolution=[int(v) for v in generator.resolution],

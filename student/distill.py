@@ -220,11 +220,8 @@ class TeacherTargets:
 
     def check_data(self, metas: list[dict[str, Any]]) -> None:
         """GAN teachers need a generator recipe for every training sample."""
-        from labelgen.teacher import recipe_of
-
-        if self.use_recipes and any(recipe_of(m) is None for m in metas):
-            raise LabelgenError(f"the {self.teacher.generator.backend} teacher cannot compute features of real images "
-                                "and some training samples carry no generator recipe; use shards made by this generator")
+        self.teacher.require_recipes(metas, "training samples without a generator recipe (not from this generator's "
+                                            "shards)")
 
     @torch.no_grad()
     def __call__(self, images_pm1: torch.Tensor, metas: list[dict[str, Any]], keys: list[str]) -> list[torch.Tensor]:

@@ -64,16 +64,11 @@ def image_digests(source) -> list[str]:
     return [pixels_sha256(source.image(i)) for i in range(len(source))]
 
 
-def describe_levels(teacher, features: list[torch.Tensor]) -> list[dict[str, Any]]:
-    """What the manifest says of each stored level: generator level index and name, channels, size, stride."""
-    res_h = teacher.resolution[0]
-    out = []
-    for index, f in zip(teacher.levels, features):
-        h, w = (int(v) for v in f.shape[-2:])
-        stride = res_h / h
-        out.append({"name": f"level{index}", "index": int(index), "channels": int(f.shape[1]), "size": [h, w],
-                    "stride": int(stride) if stride == int(stride) else round(stride, 4)})
-    return out
+def describe_levels(teacher) -> list[dict[str, Any]]:
+    """What the manifest says of each stored level: generator level index and name, channels, size, stride
+    (``Teacher.feature_info``: from the generator's architecture, the teacher is not run for it)."""
+    return [{"name": level.module, "index": level.index, "channels": level.num_chs, "size": list(level.size),
+             "stride": level.reduction} for level in teacher.feature_info]
 
 
 def write_features(teacher, config: FeaturesConfig, out_dir: Path | str, progress: bool = True,
@@ -90,8 +85,8 @@ def write_features(teacher, config: FeaturesConfig, out_dir: Path | str, progres
     if n == 0:
         raise LabelgenError(f"{', '.join(config.data)}: no images")
     parts = getattr(source, "parts", [source])
-    probe = teacher.features(recipes=[source.metas[0]], images=[source.image(0)])  # bad data: refused before writing
-    levels = describe_levels(teacher, probe)
+    teacher.require_recipes(source.metas, "stored features of images without a generator recipe")  # before writing
+    levels = describe_levels(teacher)
     plan = {"format": FEATURES_FORMAT, "data": [{"path": str(Path(p.path).resolve()), "count": len(p)} for p in parts],
             "teacher": {"generator": teacher.generator_id, "levels": list(teacher.levels),
                         "backend": teacher.generator.backend, "resolution": list(teacher.resolution)},

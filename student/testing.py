@@ -105,6 +105,10 @@ class FakeGenerator(Generator):
     def feature_channels(self) -> list[int]:
         return [16, 8, 4]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [8, 4, 2]
+
     def features_of_images(self, images: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
         f0 = torch.relu(self.stem(images))  # [N, 16, H/8, W/8]
         f1 = torch.relu(self.up1(nn.functional.interpolate(f0, scale_factor=2.0)))  # [N, 8, H/4, W/4]

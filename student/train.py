@@ -270,9 +270,8 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
             with torch.random.fork_rng(devices=[]):  # building a generator draws random numbers: not the student's
                 teacher_feats = teacher or _load_teacher(options, device)
             teacher_feats.check_data(source.metas)
-            probe = dataset[0]
-            t = teacher_feats(probe["image_pm1"][None].to(device), [source.metas[0]], ["0"])
-            channels, teacher_sizes = teacher_feats.channels, [tuple(f.shape[-2:]) for f in t]
+            info = teacher_feats.teacher.feature_info  # channels and strides of its levels: the teacher is not run
+            channels, teacher_sizes = [level.num_chs for level in info], [level.size for level in info]
         sizes = [size for _, size in feature_pyramid(student, options.arch, options.image_size)]  # strides 4..32
         levels = match_levels(sizes, teacher_sizes)
         regressor = FeatureRegressor(encoder_channels(student), channels, levels)

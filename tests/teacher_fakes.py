@@ -62,6 +62,10 @@ class FakeGAN(Generator):
     def feature_channels(self) -> list[int]:
         return [p.shape[0] for p in self.projections]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [2 ** (len(self.projections) - 1 - level) for level in range(len(self.projections))]
+
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:  # images [N, 3, H, W] in [-1, 1]
         delay = self.delay or float(os.environ.get("TEACHER_FAKES_DELAY", "0") or 0)  # slow runs for kill tests
         if delay:
@@ -122,6 +126,15 @@ def kill_when_written(proc, marker: Path, timeout: float = 120.0) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+
+
+def train_workspace_heads(ws, config=None, head_type: str | None = None, **options):
+    """What `labelgen train-heads` runs: labelgen.heads.train.train_heads with the workspace's teacher (its
+    levels), annotations, head folder and settings (``head_type``: W/heads/<type>/), and feature store."""
+    from labelgen.heads.train import train_heads
+
+    folder, head = ws.head_settings(head_type)
+    return train_heads(ws.teacher(head=False), ws, config, folder, head, store=ws.feature_store, **options)
 
 
 def annotated_workspace(root: Path, backend: str = "FakeGAN", head: str = "pixel-mlp", count: int = 3,

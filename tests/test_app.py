@@ -122,8 +122,8 @@ def test_folder_import_only_inside_allowed_roots(ws, tmp_path, monkeypatch):
     images = core.folder_images(ws, roots, str(outside))
     assert [n for n, _ in images] == ["a.png"] and images[0][1].shape == (40, 80, 3)
     # the dcgan teacher cannot use real images: refused with a reason, nothing written
-    assert not core.can_import_real(ws)
-    with pytest.raises(core.AppError, match="diffusion"):
+    with pytest.raises(LabelgenError, match="^importing photos here .* needs features of real images, which the dcgan "
+                                            "teacher cannot compute"):
         core.import_real_images(ws, images)
     assert ws.annotation_ids() == ["g000001", "g000002", "g000003"]
 
@@ -669,14 +669,14 @@ def synthesized(tmp_path):
     """A fake-GAN workspace with trained heads and the real `labelgen synthesize` output in W/synthetic."""
     import torch
 
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.heads.train import TrainConfig
     from labelgen.synthesis import SynthesisConfig, synthesize
-    from teacher_fakes import annotated_workspace
+    from teacher_fakes import annotated_workspace, train_workspace_heads
 
     torch.set_num_threads(1)
     ws = annotated_workspace(tmp_path / "w", count=3)
     train_workspace_heads(ws, TrainConfig(epochs=4, pixels_per_image=256), progress=False)
-    synthesize(ws, SynthesisConfig(n=6, shard_size=3, batch_size=3, soft_labels="uint8", encode_workers=0),
+    synthesize(ws.teacher(), SynthesisConfig(n=6, shard_size=3, batch_size=3, soft_labels="uint8", encode_workers=0),
                ws.synthetic_dir, progress=False)
     return ws
 
@@ -708,7 +708,7 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
     assert "js-divergence" in text and "the heads that labelled it" in text
     assert f"score {top.uncertainty:.3f}" in text  # recomputed score = the score synthesis stored
     sample = core.load_sample(ws.synthetic_dir, top)
-    pred = heads_bridge.predict_sample(ws, sample)
+    pred = heads_bridge.predict_sample(ws.teacher(), sample)
     assert pred.score == pytest.approx(top.uncertainty, abs=1e-5)
     np.testing.assert_array_equal(pred.mask, sample.mask)
 
@@ -735,7 +735,7 @@ def test_review_on_real_synthesis_output(synthesized, monkeypatch):
                                   image)
     np.testing.assert_array_equal(image, sample.image)
     np.testing.assert_array_equal(mask, sample.mask)
-    assert heads_bridge.predict_annotation(ws, new_id).score == pytest.approx(top.uncertainty, abs=1e-5)
+    assert heads_bridge.predict_annotation(ws.teacher(), ws, new_id).score == pytest.approx(top.uncertainty, abs=1e-5)
 
 
 def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
@@ -752,7 +752,7 @@ def test_prefill_uses_the_heads_prediction(synthesized, monkeypatch):
     assert not at.exception, at.exception
     prefill_id, mask = at.session_state["prefill"]
     assert prefill_id == new_id
-    np.testing.assert_array_equal(mask, predict_annotation(ws, new_id).mask)
+    np.testing.assert_array_equal(mask, predict_annotation(ws.teacher(), ws, new_id).mask)
     # the canvas is handed the prediction (and reports it back, so Save writes it)
     canvas = at.session_state["canvas"]
     at.session_state[canvas["key"]] = {"doc": canvas["doc"], "seq": 0, "width": 32, "height": 32,

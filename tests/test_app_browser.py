@@ -502,8 +502,8 @@ def test_assisted_annotation_superpixels_teacher_wheel_and_undo(tmp_path, page):
     server's PYTHONPATH). Screenshot: test-output/app_assist.png."""
     from labelgen.app.assist import superpixels
     from labelgen.app.heads_bridge import predict_annotation
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
-    from teacher_fakes import TESTS_DIR, annotated_workspace
+    from labelgen.heads.train import TrainConfig
+    from teacher_fakes import TESTS_DIR, annotated_workspace, train_workspace_heads
 
     OUT.mkdir(exist_ok=True)
     ws = annotated_workspace(tmp_path / "W", count=3)
@@ -584,7 +584,7 @@ def test_assisted_annotation_superpixels_teacher_wheel_and_undo(tmp_path, page):
         # the teacher's prediction: for a clicked superpixel, then for a dragged rectangle
         assert frame.locator("#t-teacher").is_disabled()  # nothing to accept until the prediction is loaded
         page.get_by_text("Teacher regions").click()
-        pred = predict_annotation(ws, annotation_id).mask
+        pred = predict_annotation(ws.teacher(), ws, annotation_id).mask
         wait_until(lambda: np.array_equal(js("pred"), pred), what="the teacher's prediction on the canvas")
         np.testing.assert_array_equal(js("mask"), m2)
         frame.locator("#t-teacher").click()

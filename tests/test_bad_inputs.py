@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from labelgen.student.testing import CLASSES as STUDENT_CLASSES, make_folder, make_shards, scene
-from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env
+from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env, train_workspace_heads
 from test_import_export import make_coco, make_labelstudio
 
 BIN = Path(sys.executable).parent
@@ -82,7 +82,7 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
 # ------------------------------------------------------------------ shared inputs (made once)
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
+    from labelgen.heads.train import TrainConfig
     from labelgen.student.train import TrainOptions, train
 
     torch.set_num_threads(1)

@@ -234,6 +234,7 @@ def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
     from noise_seed_probe import probe
 
     from labelgen.training.evaluate_teacher import evaluate_teacher
+    from labelgen.workspace import Workspace
 
     ccp, ws = tiny_teacher
     labelgen_cli("train-heads", "-w", ws, "--type", "conv", "--epochs", "1")
@@ -241,14 +242,12 @@ def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
     rows = {(r["heads"], r["trained_on_seeds"], r["tta_seeds"]): r["miou"] for r in report["rows"]}
     assert set(rows) == {(h, t, k) for h in ("pixel-mlp", "conv", "pixel-mlp+conv") for t in (1, 2) for k in (1, 2)}
     assert all(0 <= m <= 1 for m in rows.values())
-    own = evaluate_teacher(ws, ccp / "val", progress=False, flip=True)
+    own = evaluate_teacher(Workspace(ws).teacher(), ccp / "val", progress=False, flip=True)
     assert report["images"] == own["images"] > 0
     assert rows[("pixel-mlp+conv", 1, 1)] == pytest.approx(own["miou"], abs=1e-9)
     # the probe's other seeds reach the mirror images too (Teacher.flipped_features(seed=))
     import numpy as np
     import torch
-
-    from labelgen.workspace import Workspace
 
     teacher = Workspace(ws).teacher(head=False)
     image = np.random.default_rng(0).integers(0, 256, (*teacher.resolution, 3), dtype=np.uint8)

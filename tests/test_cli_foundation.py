@@ -134,9 +134,18 @@ def test_train_heads_and_synthesize_defaults_are_their_configs(monkeypatch, tmp_
     from labelgen import teacher_cli
     from labelgen.cli import cli
 
-    monkeypatch.setattr(teacher_cli, "_open", lambda workspace_dir: object())
+    class Workspace:  # what the commands ask of a workspace before the stage gets its teacher
+        feature_store = None
+
+        def head_settings(self, head_type=None):
+            return tmp_path, {"type": "pixel-mlp"}
+
+        def teacher(self, **options):
+            return None
+
+    monkeypatch.setattr(teacher_cli, "_open", lambda workspace_dir: Workspace())
     monkeypatch.setattr(teacher_cli, "_generator_to", lambda ws, device: "cpu")
-    seen = _capture(monkeypatch, heads_train, "train_workspace_heads", 1)
+    seen = _capture(monkeypatch, heads_train, "train_heads", 2)
     _invoke(cli, ["train-heads", "-w", str(tmp_path)])
     assert seen["value"] == heads_train.TrainConfig()
 

@@ -15,10 +15,10 @@ from labelgen import default_teacher
 from labelgen.data.shards import ShardReader
 from labelgen.errors import LabelgenError
 from labelgen.heads import TaskHead, head_id
-from labelgen.heads.train import TrainConfig, evaluate_head, train_workspace_heads
+from labelgen.heads.train import TrainConfig, evaluate_head
 from labelgen.synthesis import SynthesisConfig, synthesize
 from labelgen.workspace import CONFIG_NAME, Workspace
-from teacher_fakes import annotated_workspace, subprocess_env
+from teacher_fakes import annotated_workspace, subprocess_env, train_workspace_heads
 
 TRAIN = TrainConfig(epochs=1, pixels_per_image=128)
 
@@ -92,7 +92,7 @@ def test_an_old_single_head_workspace_still_loads(tmp_path):
 def test_synthesis_with_two_heads_runs_and_records_both(two_heads, tmp_path):
     ws = two_heads
     out = tmp_path / "synth"
-    synthesize(ws, SynthesisConfig(n=2, soft_labels="uint8", shard_size=2), out, progress=False)
+    synthesize(ws.teacher(), SynthesisConfig(n=2, soft_labels="uint8", shard_size=2), out, progress=False)
     plan = json.loads((out / "synthesis.json").read_text())
     teacher = ws.teacher()
     assert plan["head"] == teacher.head_id and plan["head_type"] == "pixel-mlp+conv" and plan["ensemble"] == 4

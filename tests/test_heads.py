@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from labelgen.errors import LabelgenError
 from labelgen.heads import TaskHead, create_head, head_id
 from labelgen.heads.sampling import features_at_pixels
-from labelgen.heads.train import TrainConfig, evaluate_head, train_head, train_workspace_heads
+from labelgen.heads.train import TrainConfig, evaluate_head, train_head
 from labelgen.heads.uncertainty import image_scores, pixel_uncertainty
 from labelgen.run import read_log, read_progress
-from teacher_fakes import annotated_workspace, layout
+from teacher_fakes import annotated_workspace, layout, train_workspace_heads
 
 torch.set_num_threads(1)
 
@@ -163,14 +163,16 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
     from labelgen.cli import main
     from labelgen.metrics import ConfusionMatrix
 
+    from labelgen.annotations import FeatureStore
+
     ws = annotated_workspace(tmp_path / "w", count=4)
     trained_on, in_training = set(), []
-    real_features, real_train_head = ws.annotation_features, train_module.train_head
+    real_features, real_train_head = FeatureStore.annotation, train_module.train_head
 
-    def spy_features(annotation_id, mirror=False):
+    def spy_features(self, teacher, annotations, annotation_id, mirror=False):
         if in_training:
             trained_on.add(annotation_id)
-        return real_features(annotation_id, mirror)
+        return real_features(self, teacher, annotations, annotation_id, mirror)
 
     def spy_train_head(*args, **kwargs):
         in_training.append(True)
@@ -179,7 +181,7 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
         finally:
             in_training.clear()
 
-    monkeypatch.setattr(ws, "annotation_features", spy_features)
+    monkeypatch.setattr(FeatureStore, "annotation", spy_features)
     monkeypatch.setattr(train_module, "train_head", spy_train_head)
     lines = []
     result = train_workspace_heads(ws, TrainConfig(epochs=6, pixels_per_image=512), progress=False, holdout=1,
@@ -191,7 +193,7 @@ def test_train_heads_holdout_writes_per_class_iou_of_images_not_trained_on(tmp_p
     # the logged numbers are the ConfusionMatrix scores of the saved head on the held-out image
     head = TaskHead.from_pretrained(ws.heads_dir)
     matrix = ConfusionMatrix(3)
-    probs = head.predict_proba(real_features("g000004"))
+    probs = head.predict_proba(ws.annotation_features("g000004"))
     matrix.update(probs.mean(1).argmax(1), torch.from_numpy(ws.read_mask("g000004").astype(np.int64))[None])
     scores = matrix.compute()
     assert log["holdout"]["per_class"]["disc"] == pytest.approx(scores.per_class_iou[1])
@@ -263,5 +265,5 @@ def test_flip_augmentation_is_off_for_teachers_that_compute_features_from_recipe
     train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False, log=lambda _: None)
     log = json.loads((ws.heads_dir / "train_log.json").read_text())
     assert log["train"]["augment"] == "none" and log["steps"] == 4  # 2 images / 2 per step x 4 steps
-    with pytest.raises(LabelgenError, match="--augment none"):
+    with pytest.raises(LabelgenError, match="^--augment flip needs features of real images"):
         train_workspace_heads(ws, TrainConfig(epochs=1, augment="flip"), progress=False, log=lambda _: None)

@@ -65,7 +65,7 @@ def test_a_photo_and_its_mask_store_the_same_pixels_through_labelgen_import_and_
     np.testing.assert_array_equal(stored_mask, resize_mask(mask, (32, 32)))
     # evaluation brings the same photo in the same way
     with pytest.warns(UserWarning, match="a 48x80 photo is stretched"):
-        [(_, eval_image, eval_mask)] = list(real_images(cli_ws, split))
+        [(_, eval_image, eval_mask)] = list(real_images(cli_ws.teacher(head=False), split, len(cli_ws.classes)))
     np.testing.assert_array_equal(eval_image, image)
     np.testing.assert_array_equal(eval_mask[0].numpy(), stored_mask)
 

@@ -609,21 +609,23 @@ def test_head_training_memory_flat_in_annotations(tmp_path, monkeypatch):
     tensors alive at any time does not grow with the number of annotations."""
     import weakref
 
-    from labelgen.heads.train import TrainConfig, train_workspace_heads
-    from labelgen.workspace import Workspace, create_workspace
+    from labelgen.annotations import FeatureStore
+    from labelgen.heads.train import TrainConfig
+    from labelgen.workspace import create_workspace
+    from teacher_fakes import train_workspace_heads
 
     checkpoint, _ = _tiny_adm_file(tmp_path)
-    original = Workspace.annotation_features
+    original = FeatureStore.annotation
     alive: weakref.WeakSet = weakref.WeakSet()
     most = {"alive": 0}
 
-    def tracked(self, annotation_id, mirror=False):  # plain and mirrored (flip augmentation: on for ADM)
-        features = original(self, annotation_id, mirror)
+    def tracked(self, teacher, annotations, annotation_id, mirror=False):  # plain and mirrored (flip: on for ADM)
+        features = original(self, teacher, annotations, annotation_id, mirror)
         alive.update(features)
         most["alive"] = max(most["alive"], len(alive))
         return features
 
-    monkeypatch.setattr(Workspace, "annotation_features", tracked)
+    monkeypatch.setattr(FeatureStore, "annotation", tracked)
     peaks = {}
     for n in (3, 12):
         _photos(tmp_path / f"photos{n}", n, size=32)

@@ -21,10 +21,10 @@ from PIL import Image
 from labelgen.cli import main
 from labelgen.data.shards import ShardReader, ShardWriter
 from labelgen.errors import DataError, LabelgenError
-from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.heads.train import TrainConfig
 from labelgen.synthesis import SynthesisConfig, synthesize
 from labelgen.workspace import Workspace, create_workspace
-from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env
+from teacher_fakes import CLASSES, REPO, annotated_workspace, render, subprocess_env, train_workspace_heads
 
 torch.set_num_threads(1)
 
@@ -115,7 +115,7 @@ def test_from_images_resume_over_a_changed_folder_is_refused(trained, tmp_path, 
     for i in range(6):
         _image(folder / f"img{i}.png", 900 + i, 48)
     config = SynthesisConfig(n=None, shard_size=2, batch_size=2, from_images=str(folder), encode_workers=0)
-    reference = synthesize(trained, config, tmp_path / "reference", progress=False)
+    reference = synthesize(trained.teacher(), config, tmp_path / "reference", progress=False)
     assert reference.kept == 6 and sorted(_sources(tmp_path / "reference")) == [f"img{i}.png" for i in range(6)]
 
     out = tmp_path / "out"
@@ -128,7 +128,7 @@ def test_from_images_resume_over_a_changed_folder_is_refused(trained, tmp_path, 
 
     monkeypatch.setattr(ShardWriter, "write_shard", killed_after_first)
     with pytest.raises(_Killed):
-        synthesize(trained, config, out, progress=False)
+        synthesize(trained.teacher(), config, out, progress=False)
     monkeypatch.undo()
     plan = json.loads((out / "synthesis.json").read_text())
     assert plan["images"] == [[f"img{i}.png", file_sha256(folder / f"img{i}.png")] for i in range(6)]
@@ -141,7 +141,7 @@ def test_from_images_resume_over_a_changed_folder_is_refused(trained, tmp_path, 
     before = _tree(out)
     with pytest.raises(LabelgenError, match=r"changed since this synthesis started \(changed: img1\.png; "
                                             r"added: img00\.png\); use a new --out"):
-        synthesize(trained, config, out, progress=False)
+        synthesize(trained.teacher(), config, out, progress=False)
     assert _tree(out) == before
 
     # as one CLI line
@@ -162,7 +162,7 @@ def test_from_images_resume_over_a_changed_folder_is_refused(trained, tmp_path, 
     (folder / "img00.png").unlink()
     for path, payload in kept.items():
         path.write_bytes(payload)
-    summary = synthesize(trained, config, out, progress=False)
+    summary = synthesize(trained.teacher(), config, out, progress=False)
     assert summary.kept == 6 and summary.shards_written == 2
     assert _sources(out) == _sources(tmp_path / "reference")
     assert [(s.key, s.mask.tobytes()) for s in ShardReader(out)] == \

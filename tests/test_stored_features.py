@@ -83,7 +83,8 @@ def test_stored_features_equal_teacher_features(tiny, tmp_path):
     for i in range(len(shards)):
         for e, g in zip(gan.features(recipes=[shards.metas[i]]), from_recipes.read(i)):
             torch.testing.assert_close(g.float(), e[0], rtol=1e-3, atol=1e-3)
-    with pytest.raises(LabelgenError, match="real image without a latent"):
+    with pytest.raises(LabelgenError, match="^stored features of images without a generator recipe needs features "
+                                            "of real images, which the fake teacher cannot compute"):
         write_features(gan, FeaturesConfig(data=[str(tiny["real"])]), tmp_path / "gan-photos", progress=False)
     assert not (tmp_path / "gan-photos").exists()  # refused before anything was written
 
@@ -140,6 +141,29 @@ def test_stored_features_give_the_loss_of_features_computed_in_the_loop(tiny, mo
     assert (stored.run_dir / "regressor.safetensors").is_file()
     config = json.loads((stored.run_dir / "student_config.json").read_text())
     assert config["train"]["features"] == str(tiny["feats"])
+
+
+def test_the_regressor_is_built_from_feature_info_before_the_teacher_runs(tiny):
+    """Feature distillation sizes its regressor from Teacher.feature_info (channels and strides of the levels):
+    when it logs the levels, the teacher has not been run once (it used to run on a probe image)."""
+    from labelgen.student.distill import TeacherTargets
+
+    runs, seen = [], []
+
+    class Counted(TeacherTargets):
+        def __call__(self, *args, **kwargs):
+            runs.append(1)
+            return super().__call__(*args, **kwargs)
+
+    def log(*args, **kwargs):
+        line = " ".join(map(str, args))
+        if line.startswith("feature levels:"):
+            seen.append((len(runs), line))
+
+    result = train(_options(tiny, "from-info", teacher="unused"), teacher=Counted(Teacher(FakeGenerator(32))), log=log)
+    assert [count for count, _ in seen] == [0] and len(runs) == result.steps == 1
+    assert seen[0][1].startswith("feature levels: teacher (16, 4, 4) -> student stride 8 (4, 4), "
+                                 "teacher (8, 8, 8) -> student stride 4 (8, 8)")
 
 
 def test_features_of_another_teacher_or_missing_images_are_refused(tiny, tmp_path, capsys):

@@ -16,10 +16,12 @@ from PIL import Image
 from labelgen.data.shards import ShardReader
 from labelgen.errors import LabelgenError
 from labelgen.heads import create_head
-from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.heads.train import TrainConfig
 from labelgen.metrics import ConfusionMatrix
 from labelgen.synthesis import SynthesisConfig, plan_shards, synthesize
-from teacher_fakes import REPO, annotated_workspace, kill_when_written, layout, render, subprocess_env
+from teacher_fakes import (
+    REPO, annotated_workspace, kill_when_written, layout, render, subprocess_env, train_workspace_heads,
+)
 
 torch.set_num_threads(1)
 
@@ -50,7 +52,7 @@ def test_plan_is_deterministic_and_over_generates():
 
 def test_synthesize_round_trip_soft_labels_and_webdataset(trained, tmp_path):
     out = tmp_path / "out"
-    summary = synthesize(trained, SynthesisConfig(n=7, shard_size=3, batch_size=2, soft_labels="uint8"), out,
+    summary = synthesize(trained.teacher(), SynthesisConfig(n=7, shard_size=3, batch_size=2, soft_labels="uint8"), out,
                          progress=False)
     assert (summary.kept, summary.dropped, summary.shards) == (7, 0, 3)
     samples = list(ShardReader(out))
@@ -75,10 +77,10 @@ def test_synthesize_round_trip_soft_labels_and_webdataset(trained, tmp_path):
 
 
 def test_drop_uncertain_removes_the_most_uncertain(trained, tmp_path):
-    every = synthesize(trained, SynthesisConfig(n=12, shard_size=12), tmp_path / "all", progress=False)
+    every = synthesize(trained.teacher(), SynthesisConfig(n=12, shard_size=12), tmp_path / "all", progress=False)
     assert every.dropped == 0
     scores = {s.key: s.meta["uncertainty"] for s in ShardReader(tmp_path / "all")}
-    kept = synthesize(trained, SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.5), tmp_path / "kept",
+    kept = synthesize(trained.teacher(), SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.5), tmp_path / "kept",
                       progress=False)
     assert (kept.kept, kept.dropped) == (6, 6)
     kept_keys = [s.key for s in ShardReader(tmp_path / "kept")]
@@ -86,7 +88,7 @@ def test_drop_uncertain_removes_the_most_uncertain(trained, tmp_path):
     assert kept_keys == sorted(lowest)
     assert max(scores[k] for k in kept_keys) <= min(scores[k] for k in scores if k not in kept_keys)
     with pytest.raises(LabelgenError, match="other settings"):  # resume must not mix settings
-        synthesize(trained, SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.25), tmp_path / "kept", progress=False)
+        synthesize(trained.teacher(), SynthesisConfig(n=6, shard_size=6, drop_uncertain=0.25), tmp_path / "kept", progress=False)
 
 
 def test_from_images_pseudo_labels_real_images(trained, tmp_path):
@@ -94,7 +96,7 @@ def test_from_images_pseudo_labels_real_images(trained, tmp_path):
     folder.mkdir()
     for seed in range(900, 905):
         Image.fromarray(render(seed, 64)).save(folder / f"img{seed}.png")
-    summary = synthesize(trained, SynthesisConfig(n=None, shard_size=2, from_images=str(folder)), tmp_path / "out",
+    summary = synthesize(trained.teacher(), SynthesisConfig(n=None, shard_size=2, from_images=str(folder)), tmp_path / "out",
                          progress=False)
     assert summary.kept == 5
     matrix = ConfusionMatrix(3)
@@ -109,8 +111,8 @@ def test_from_images_refused_for_gan(tmp_path):
     ws = annotated_workspace(tmp_path / "gan", count=1)
     create_head("pixel-mlp", ws.head_in_channels, 3, ws.resolution).save_pretrained(
         ws.heads_dir, extra={"generator": ws.generator_id()})
-    with pytest.raises(LabelgenError, match="inversion method"):
-        synthesize(ws, SynthesisConfig(n=None, from_images=str(tmp_path)), tmp_path / "out", progress=False)
+    with pytest.raises(LabelgenError, match="^--from-images needs features of real images"):
+        synthesize(ws.teacher(), SynthesisConfig(n=None, from_images=str(tmp_path)), tmp_path / "out", progress=False)
 
 
 def _cli(ws, out, extra_env=None, torchrun=False) -> subprocess.Popen:
@@ -126,7 +128,7 @@ def _cli(ws, out, extra_env=None, torchrun=False) -> subprocess.Popen:
 def reference(trained, tmp_path_factory):
     """The CLI settings of _cli, made by one uninterrupted in-process run."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    synthesize(trained, SynthesisConfig(n=12, shard_size=2, batch_size=2, drop_uncertain=0.25), out, progress=False)
+    synthesize(trained.teacher(), SynthesisConfig(n=12, shard_size=2, batch_size=2, drop_uncertain=0.25), out, progress=False)
     return contents(out)
 
 
@@ -236,11 +238,11 @@ def test_pipelined_synthesis_writes_the_same_bytes_as_sequential(trained, tmp_pa
 
     monkeypatch.setattr(Teacher, "predict", recording_predict)
     settings = dict(n=7, shard_size=3, batch_size=2, drop_uncertain=0.25, soft_labels="uint8")
-    sequential = synthesize(trained, SynthesisConfig(**settings, overlap=False, encode_workers=0), tmp_path / "seq",
+    sequential = synthesize(trained.teacher(), SynthesisConfig(**settings, overlap=False, encode_workers=0), tmp_path / "seq",
                             progress=False)
     assert threads and all(name == "MainThread" for name in threads)
     threads.clear()
-    pipelined = synthesize(trained, SynthesisConfig(**settings, overlap=True, encode_workers=3), tmp_path / "pipe",
+    pipelined = synthesize(trained.teacher(), SynthesisConfig(**settings, overlap=True, encode_workers=3), tmp_path / "pipe",
                            progress=False)
     assert threads and all(name.startswith("label") for name in threads)
     assert (pipelined.kept, pipelined.dropped, pipelined.shards) == (sequential.kept, sequential.dropped, 3)

@@ -13,12 +13,12 @@ import torch
 from labelgen import default_teacher
 from labelgen.data.shards import ShardReader
 from labelgen.errors import LabelgenError
-from labelgen.heads.train import TrainConfig, train_workspace_heads
+from labelgen.heads.train import TrainConfig
 from labelgen.imaging import images_to_tensor, resize_image, resize_mask
 from labelgen.synthesis import SynthesisConfig, synthesize
 from labelgen.teacher import Teacher, recipe_of, weights_digest
 from labelgen.workspace import Workspace
-from teacher_fakes import annotated_workspace, subprocess_env
+from teacher_fakes import annotated_workspace, subprocess_env, train_workspace_heads
 
 TEACHERS = ["FakeGAN", "FakeDiffusion", "default"]
 
@@ -51,7 +51,7 @@ def test_same_item_same_features_everywhere(kind, tmp_path, monkeypatch):
     original_predict = Teacher.predict
     monkeypatch.setattr(Teacher, "predict", lambda self, f, *a: seen.append([x.clone() for x in f])
                         or original_predict(self, f, *a))
-    synthesize(ws, SynthesisConfig(n=1, batch_size=1, seed_base=seed, soft_labels="uint8"), tmp_path / "synth",
+    synthesize(ws.teacher(), SynthesisConfig(n=1, batch_size=1, seed_base=seed, soft_labels="uint8"), tmp_path / "synth",
                progress=False)
     monkeypatch.setattr(Teacher, "predict", original_predict)
     assert len(seen) == 1
@@ -63,7 +63,8 @@ def test_same_item_same_features_everywhere(kind, tmp_path, monkeypatch):
     # the app: prediction of the annotation and of the synthetic sample = prediction of those features
     teacher = ws.teacher()
     expected = teacher.predict(annotation)[0]
-    for pred in (heads_bridge.predict_annotation(ws, annotation_id), heads_bridge.predict_sample(ws, sample)):
+    for pred in (heads_bridge.predict_annotation(ws.teacher(), ws, annotation_id),
+                 heads_bridge.predict_sample(ws.teacher(), sample)):
         np.testing.assert_array_equal(pred.mask, expected.mask)
         np.testing.assert_array_equal(pred.probs, expected.probs)
         assert pred.score == expected.score
@@ -90,7 +91,8 @@ def test_recipe_of_normalises_every_dress():
 
 def test_gan_teacher_refuses_real_images_in_one_line(tmp_path):
     ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=1)
-    with pytest.raises(LabelgenError, match="inversion method"):
+    with pytest.raises(LabelgenError, match=r"^a real photo without a latent .* needs features of real images, which "
+                                            "the fake-gan teacher cannot compute"):
         ws.teacher(head=False).features(recipes=[{"source": "real", "file": "x.png"}])
 
 
@@ -205,7 +207,8 @@ def test_flip_tta_is_the_mean_of_both_views(tmp_path):
     torch.testing.assert_close(pred.probs, ((plain + mirrored) / 2).mean(dim=1))
     assert not torch.equal(pred.probs, plain.mean(dim=1))  # the mirror view changed something
     gan = _workspace("FakeGAN", tmp_path / "gan")
-    with pytest.raises(LabelgenError, match="--tta none"):
+    with pytest.raises(LabelgenError, match=r"^flip \(test-time augmentation, --tta, --augment flip\) needs features of "
+                                            "real images"):
         gan.teacher().label(recipes=[{"seed": 1}], images=[image], flip=True)
 
 
@@ -224,7 +227,7 @@ def test_synthesize_from_images_labels_real_photos_with_flip_tta(tmp_path, monke
     monkeypatch.setattr(Teacher, "flipped_features", lambda self, images: mirrored.append(len(images))
                         or original(self, images))
     for tta in ("real", "none"):
-        synthesize(ws, SynthesisConfig(n=None, from_images=str(photos), soft_labels="uint8", tta=tta),
+        synthesize(ws.teacher(), SynthesisConfig(n=None, from_images=str(photos), soft_labels="uint8", tta=tta),
                    tmp_path / tta, progress=False)
         out[tta] = list(ShardReader(tmp_path / tta))
         assert mirrored == [2], (tta, mirrored)  # the photos' mirror images: with --tta real only
@@ -307,8 +310,10 @@ def test_tune_features_sweeps_timesteps_and_blocks_and_stores_the_choice(tmp_pat
         ws.save_mask(annotation_id, np.digitize(grey, np.percentile(grey, [33, 66])).astype(np.uint8))
     before = ws.generator_id()
     lines = []
-    report = tune_features(ws, None, SweepConfig(timesteps=(10, 300, 700), max_timesteps=2, folds=2, epochs=1,
-                                                 pixels_per_image=64), log=lines.append, progress=False)
+    report = tune_features(ws.teacher(head=False), ws, None, SweepConfig(
+        timesteps=(10, 300, 700), max_timesteps=2, folds=2, epochs=1, pixels_per_image=64), log=lines.append,
+        progress=False)
+    report = ws.keep_feature_sweep(report)
     candidates = report["candidates"]
     assert {tuple(c["timesteps"]) for c in candidates} >= {(10,), (300,), (700,)}  # every single timestep scored
     assert all(0 <= c["miou"] <= 1 for c in candidates) and report["scored_on"] == "2-fold over the annotations"
@@ -355,9 +360,137 @@ def test_tune_features_on_a_gan_teacher_selects_blocks(tmp_path):
     from labelgen.feature_selection import SweepConfig, tune_features
 
     ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=4)
-    report = tune_features(ws, None, SweepConfig(folds=2, epochs=1, pixels_per_image=64), log=lambda *_: None,
-                           progress=False)
+    report = tune_features(ws.teacher(head=False), ws, None, SweepConfig(folds=2, epochs=1, pixels_per_image=64),
+                           log=lambda *_: None, progress=False)
+    ws.keep_feature_sweep(report)
     assert all(c["timesteps"] == [] for c in report["candidates"])
-    assert Workspace(ws.root).config.feature_layers == report["best"]["blocks"]
+    assert Workspace(ws.root).layer_indices == report["best"]["blocks"]  # the teacher picks (no feature_layers option)
     train_workspace_heads(Workspace(ws.root), TrainConfig(epochs=1, pixels_per_image=64), progress=False)
     assert Workspace(ws.root).teacher().channels == [[8, 8, 4][b] for b in report["best"]["blocks"]]
+
+
+FEATURE_INFO_GENERATORS = ["dcgan", "adm", "biggan", "stylegan2", "ddpm", "stable-diffusion", "FakeGAN",
+                           "FakeDiffusion", "fake"]
+
+
+def _small_generator(name: str):
+    """Every registered backend at toy size (the contract test's configs), the test fakes and the student's fake."""
+    import teacher_fakes
+    from labelgen.generators import BACKENDS
+    from labelgen.student.testing import FakeGenerator
+    from test_generators import TINY, _make
+
+    assert set(BACKENDS) <= set(FEATURE_INFO_GENERATORS)  # a new backend is checked here too
+    if name in TINY:
+        return _make(name, **({"feature_layers": [0, -1]} if name in ("stylegan2", "adm") else {}))
+    return FakeGenerator() if name == "fake" else getattr(teacher_fakes, name)()
+
+
+@pytest.mark.parametrize("name", FEATURE_INFO_GENERATORS)
+def test_feature_info_matches_a_forward_pass(name):
+    """Teacher.feature_info (channels, stride, size of each selected level) comes from the generator's declared
+    feature_channels / feature_strides, with nothing run, and equals the shapes its features have."""
+    generator = _small_generator(name)
+    levels = list(range(len(generator.feature_channels)))[::-1][:3]  # a selection, not in generator order
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in generator.modules()]
+    teacher = Teacher(generator, levels)
+    info = teacher.feature_info
+    assert not calls  # read from the architecture: no module ran
+    for hook in hooks:
+        hook.remove()
+    features = teacher.sample([1, 2]).features
+    assert [lv.index for lv in info] == levels
+    assert [(lv.num_chs, *lv.size) for lv in info] == [tuple(f.shape[1:]) for f in features]
+    h, w = teacher.resolution
+    assert all(h / lv.reduction == lv.size[0] and w / lv.reduction == lv.size[1] for lv in info)
+    assert [lv.module for lv in info] == [f"level{i}" for i in levels]
+
+
+def test_stages_take_a_teacher_built_without_a_workspace(tmp_path, monkeypatch):
+    """train_heads, synthesize, evaluate_teacher and tune_features run on a Teacher(generator, levels, head) made in
+    memory, with annotations in memory: no workspace folder is read or written (only the outputs asked for)."""
+    from labelgen.annotations import Annotations
+    from labelgen.feature_selection import SweepConfig, tune_features
+    from labelgen.heads.train import train_heads
+    from labelgen.student.testing import CLASSES, FakeGenerator, make_folder, scene
+    from labelgen.training.evaluate_teacher import evaluate_teacher
+
+    monkeypatch.chdir(tmp_path)
+    val = make_folder(tmp_path / "val", 3, seed0=100)
+    generator = FakeGenerator(32)
+    items = {f"a{i}": (*scene(i, (32, 32)), {"seed": i}) for i in range(4)}
+    annotations = Annotations(CLASSES, {k: (image, recipe, mask) for k, (image, mask, recipe) in items.items()})
+    result = train_heads(Teacher(generator, [1, 2]), annotations, TrainConfig(epochs=2, pixels_per_image=128),
+                         val_folder=val, progress=False, log=lambda *_: None)
+    assert result.head.in_channels == [8, 4] and len(result.val_miou) == 2 and result.steps > 0
+    teacher = Teacher(generator, [1, 2], result.head, classes=CLASSES)
+    summary = synthesize(teacher, SynthesisConfig(n=3, shard_size=2, batch_size=2), tmp_path / "synth",
+                         progress=False)
+    samples = list(ShardReader(tmp_path / "synth"))
+    assert summary.kept == 3 and [s.meta["generator"] for s in samples] == [teacher.generator_id] * 3
+    assert json.loads((tmp_path / "synth" / "manifest.json").read_text())["classes"][1]["name"] == "square"
+    scores = evaluate_teacher(teacher, val, progress=False)
+    assert scores["images"] == 3 and list(scores["per_class_iou"]) == list(CLASSES.names)
+    assert scores["miou"] == pytest.approx(result.val_miou[-1])  # the same photos, the same head
+    report = tune_features(Teacher(generator), annotations, None, SweepConfig(folds=2, epochs=1, pixels_per_image=64),
+                           log=lambda *_: None, progress=False)
+    assert report["candidates"] and set(report["best"]["blocks"]) <= {0, 1, 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth", "val"]
+
+
+def _gan_refusals(tmp_path):
+    """Every place that needs a teacher that computes features of real images, asked of a GAN teacher."""
+    from labelgen.annotations import Annotations
+    from labelgen.app import core
+    from labelgen.heads.train import train_heads
+    from labelgen.student.distill import TeacherTargets
+    from labelgen.student.features import FeaturesConfig, write_features
+    from labelgen.student.testing import make_folder
+    from labelgen.training.evaluate_teacher import evaluate_teacher
+    from teacher_fakes import CLASSES, FakeGAN, layout, render
+
+    ws = annotated_workspace(tmp_path / "w", backend="FakeGAN", count=2)
+    train_workspace_heads(ws, TrainConfig(epochs=1, pixels_per_image=64), progress=False)
+    teacher, photo = ws.teacher(), render(5)
+    photos = make_folder(tmp_path / "photos", 2)
+    annotations = Annotations(ws.classes, {"a": (photo, {"seed": 5}, layout(5))})
+    return {
+        "features of a photo": lambda: teacher.features(recipes=[{"source": "real"}], images=[photo]),
+        "flip": lambda: teacher.flipped_features([photo]),
+        "synthesize --from-images": lambda: synthesize(teacher, SynthesisConfig(n=None, from_images=str(
+            photos / "images")), tmp_path / "s1", progress=False),
+        "synthesize --tta all": lambda: synthesize(teacher, SynthesisConfig(n=2, tta="all"), tmp_path / "s2",
+                                                   progress=False),
+        "train-heads --augment flip": lambda: train_heads(teacher, annotations, TrainConfig(augment="flip")),
+        "train-heads --val": lambda: train_heads(teacher, annotations, TrainConfig(epochs=1), val_folder=photos),
+        "evaluate": lambda: evaluate_teacher(teacher, photos, progress=False),
+        "student": lambda: TeacherTargets(teacher).check_data([{"source_image": "a.png"}]),
+        "labelgen features": lambda: write_features(teacher, FeaturesConfig(data=[str(photos)]), tmp_path / "f",
+                                                    progress=False),
+        "app import": lambda: core.import_real_images(ws, [("a.png", photo)]),
+        "generator": lambda: FakeGAN().features_of_images(torch.zeros(1, 3, 32, 32)),
+        "class": lambda: Teacher(FakeGAN()).require_image_encoding(CLASSES),
+    }
+
+
+def test_one_refusal_for_a_teacher_that_cannot_encode_images(tmp_path):
+    """Teacher.require_image_encoding: every place that needs features of real images refuses a GAN teacher with the
+    one line it words, and only labelgen/teacher.py words it."""
+    import re
+
+    from teacher_fakes import REPO
+
+    one_line = re.compile(r"^.+ needs features of real images, which the fake-gan teacher cannot compute \(it computes "
+                          r"features from generator recipes\); use a diffusion teacher \(ddpm, adm, stable-diffusion\)$")
+    for what, call in _gan_refusals(tmp_path).items():
+        with pytest.raises(LabelgenError) as refused:
+            call()
+        assert one_line.match(str(refused.value)), (what, str(refused.value))
+    sources = [p for folder in ("labelgen", "student", "app", "data") for p in (REPO / folder).rglob("*.py")]
+    worded = [p.relative_to(REPO).as_posix() for p in sources if "needs features of real images, which" in p.read_text()]
+    assert worded == ["labelgen/teacher.py"]
+    old = ("cannot compute features of real images", "cannot compute features of given images", "inversion method to "
+           "compute", "computes them from recipes", "computes features from recipes, not", "needs features of real "
+           "images: the", "scoring on real images needs their features", "cannot compute their features")
+    assert not [(p.name, w) for p in sources for w in old if w in p.read_text()]

@@ -94,7 +94,7 @@ def test_init_refuses_bad_checkpoint_and_creates_nothing(tmp_path, run_cli):
     (["init", "{w}", "--generator", "evilplug:Gen", "--classes", "a,b"], "plug-in 'evilplug:Gen' is not enabled"),
     (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a"], "at least 2"),
     (["init", "{w}", "--generator", "teacher_fakes:FakeGAN", "--classes", "a,b", "--feature-layers", "0,7"],
-     "levels 0..2"),
+     "feature layer 7 (--feature-layers) out of range (the generator has 3 levels: 0..2)"),
 ])
 def test_cli_bad_input_one_line_error(tmp_path, run_cli, args, message):
     args = [a.replace("{w}", str(tmp_path / "w")) for a in args]

@@ -10,7 +10,7 @@ from labelgen.app import state
 from labelgen.app.assist import DEFAULT_SUPERPIXEL_SIZE, SUPERPIXEL_SIZES, SUPERPIXELS, superpixels
 from labelgen.app.canvas import mask_canvas
 from labelgen.app.core import (
-    DONE, MAX_UPLOAD_BYTES, PARTLY, UNLABELLED, AppError, allowed_roots, annotation_progress, can_import_real,
+    DONE, MAX_UPLOAD_BYTES, PARTLY, UNLABELLED, AppError, allowed_roots, annotation_progress, check_import_real,
     decode_image_bytes, file_stamp, folder_images, folder_masks, generate_into_workspace, image_progress,
     import_real_images, mark_done, reopen,
 )
@@ -133,7 +133,7 @@ def _prefill(ws: Workspace, annotation_id: str) -> None:
     from labelgen.app.heads_bridge import predict_annotation
 
     try:
-        pred = predict_annotation(ws, annotation_id)
+        pred = predict_annotation(ws.teacher(), ws, annotation_id)
     except LabelgenError as e:
         state.flash(f"no prediction: {e}", "warning")
         return
@@ -166,7 +166,7 @@ def _assist(ws: Workspace, annotation_id: str, image, heads: bool):
             cache = st.session_state.setdefault("assist_prediction", {})
             if (annotation_id, head) not in cache:
                 cache.clear()
-                cache[(annotation_id, head)] = predict_annotation(ws, annotation_id).mask
+                cache[(annotation_id, head)] = predict_annotation(ws.teacher(), ws, annotation_id).mask
             prediction = cache[(annotation_id, head)]
         except LabelgenError as e:
             st.warning(f"no teacher prediction: {e}")
@@ -183,10 +183,10 @@ def _shown_recipe(recipe: dict) -> dict:
 
 def _import_section(ws: Workspace, import_roots: list[str]) -> None:
     with st.expander("Import real images"):
-        if not can_import_real(ws):
-            st.info(f"The {ws.config.backend} generator cannot compute features of real images; importing here needs "
-                    "a diffusion teacher (ddpm, stable-diffusion). DCGAN and StyleGAN2 teachers: `labelgen import -w W "
-                    "--images DIR` projects each photo into the latent space (takes a while per photo).")
+        try:
+            check_import_real(ws)
+        except LabelgenError as e:
+            st.info(str(e))
             return
         roots = allowed_roots(ws, import_roots)
         st.caption("Folders allowed: " + ", ".join(f"`{r}`" for r in roots))

@@ -88,7 +88,7 @@ def _uncertainty_map(ws: Workspace, sample) -> tuple[np.ndarray | None, str]:
     from labelgen.app import heads_bridge
 
     try:
-        pred = heads_bridge.predict_sample(ws, sample)
+        pred = heads_bridge.predict_sample(ws.teacher(), sample)
         same = sample.meta.get("head") in (None, heads_bridge.current_head_id(ws))
     except LabelgenError as e:
         return None, str(e)

@@ -56,6 +56,14 @@ class Generator(nn.Module, ABC):
     def feature_channels(self) -> list[int]:
         """Channels C_i of each feature level, in output order."""
 
+    @property
+    def feature_strides(self) -> list[int]:
+        """Stride of each feature level in image pixels (the resolution over the level's size), in
+        ``feature_channels`` order, from the architecture, not from a forward pass (``Teacher.feature_info``: what
+        the student and stored features read). Every built-in backend declares it; a plug-in must to be used there."""
+        raise LabelgenError(f"the {self.backend} generator does not declare feature_strides (the stride of each "
+                            "feature level, a Generator property); its levels cannot be matched by size")
+
     @abstractmethod
     def sample(self, seeds: list[int], **options) -> GeneratorOutput:
         """Images for ``seeds`` (deterministic: the same seed gives the same image in any batch)."""
@@ -66,8 +74,10 @@ class Generator(nn.Module, ABC):
 
     def features_of_images(self, images: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
         """Features of given images [N, 3, H, W] in [-1, 1] (diffusion backends only)."""
-        raise LabelgenError(f"the {self.backend} generator cannot compute features of given images "
-                            "(it has no encoder/inversion); use a diffusion teacher for real images")
+        from labelgen.teacher import require_image_encoding
+
+        require_image_encoding(self, "features_of_images")
+        raise NotImplementedError(f"{type(self).__name__} says it encodes images but has no features_of_images")
 
     @classmethod
     @abstractmethod
@@ -170,7 +180,8 @@ def seeded_randn(seeds: list[int], shape: tuple[int, ...], device: torch.device 
 
 
 def check_feature_layers(feature_layers: list[int] | None, num_levels: int, backend: str) -> list[int]:
-    """Validate ``feature_layers`` (indices into ``num_levels`` levels, negatives allowed); None = all."""
+    """Validate ``feature_layers`` (indices into ``num_levels`` levels, negatives allowed); None = all. The one
+    range check of feature levels: a generator's option, a teacher's levels (labelgen.teacher.Teacher)."""
     if feature_layers is None:
         return list(range(num_levels))
     try:
@@ -180,8 +191,8 @@ def check_feature_layers(feature_layers: list[int] | None, num_levels: int, back
     out = []
     for i in layers:
         if not -num_levels <= i < num_levels:
-            raise LabelgenError(f"{backend}: feature layer {i} out of range (the generator has {num_levels} levels: "
-                                f"0..{num_levels - 1})")
+            raise LabelgenError(f"{backend}: feature layer {i} (--feature-layers) out of range (the generator has "
+                                f"{num_levels} levels: 0..{num_levels - 1})")
         out.append(i % num_levels)
     if not out:
         raise LabelgenError(f"{backend}: feature_layers is empty")

@@ -302,6 +302,10 @@ class BigGANGenerator(Generator):
     def feature_channels(self) -> list[int]:
         return [self.generator.block_levels[i][0] for i in self.layers]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [self.generator.block_levels[i][1] for i in self.layers]
+
     @inference
     def _run(self, recipes: list[dict[str, Any]]) -> GeneratorOutput:
         seeds = check_seeds([r["seed"] for r in recipes])

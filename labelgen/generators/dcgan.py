@@ -103,6 +103,10 @@ class DCGANGenerator(Generator):
     def feature_channels(self) -> list[int]:
         return [self._block_channels[i] for i in self.layers]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [16 // 2**i for i in self.layers]  # the blocks make 4, 8, 16, 32 pixels of the 64
+
     def synthesize(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """z [N, nz] -> (images [N, 3, 64, 64], selected block features)."""
         assert z.ndim == 2 and z.shape[1] == self.nz, z.shape

@@ -127,6 +127,12 @@ class DiffusionGenerator(Generator):
         levels = self._level_channels_and_strides()
         return [levels[i][0] for i in self.layers for _ in self.timesteps]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        levels = self._level_channels_and_strides()
+        scale = self.resolution[0] // self.latent_shape[1]  # image pixels per UNet pixel (SD: the VAE's factor)
+        return [levels[i][1] * scale for i in self.layers for _ in self.timesteps]
+
     # ---- options (see the module docstring) ----
     def _option_on(self, name: str, device: torch.device) -> bool:
         """bf16 / channels_last: "auto" or true on CUDA, never on CPU. compile: "auto" on CUDA, true anywhere."""

@@ -379,6 +379,10 @@ class StyleGAN2Generator(Generator):
     def feature_resolutions(self) -> list[int]:
         return [self.synthesis.block_resolutions[i] for i in self.layers]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [self.synthesis.img_resolution // r for r in self.feature_resolutions]
+
     # ---- latents ----
     def _check_class(self, class_idx) -> None:
         if class_idx in (None, 0) or (self.c_dim > 0 and 0 <= int(class_idx) < self.c_dim):

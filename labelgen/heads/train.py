@@ -13,7 +13,7 @@ ignore), so only one mini-batch of ``images_per_step`` images is ever in memory:
 One epoch = one pass over the training examples in random mini-batches; the pixel MLP takes
 ``steps_per_batch`` optimiser steps (fresh pixels each) per loaded mini-batch.
 
-Flip augmentation (``augment``; ``train_workspace_heads``): image-encoding (diffusion) teachers also train on each
+Flip augmentation (``augment``; ``train_heads``): image-encoding (diffusion) teachers also train on each
 annotation's mirror image, its features computed by the generator from the mirrored pixels (the UNet is not
 mirror-equivariant, so these are new feature vectors, unlike mirrored feature maps, which would give a pixel
 MLP the same pixels again) with the mirrored mask. What it did on CCP-8: labelgen/default_teacher/README.md and
@@ -68,14 +68,13 @@ class TrainConfig:
 AUGMENTS = ("auto", "flip", "none")
 
 
-def resolve_augment(augment: str, can_encode_images: bool, backend: str = "") -> str:
-    """"flip" or "none": what ``augment`` means for a teacher (``Teacher.can_encode_images``)."""
+def resolve_augment(augment: str, teacher) -> str:
+    """"flip" or "none": what ``augment`` means for ``teacher`` ("auto": flip where it encodes images)."""
     if augment not in AUGMENTS:
         raise LabelgenError(f"augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
-    if augment == "flip" and not can_encode_images:
-        raise LabelgenError(f"--augment flip needs the features of mirrored images; the {backend or 'this'} teacher "
-                            "computes features from generator recipes (use --augment none)")
-    return "flip" if augment == "flip" or (augment == "auto" and can_encode_images) else "none"
+    if augment == "flip":
+        teacher.require_image_encoding("--augment flip")
+    return "flip" if augment == "flip" or (augment == "auto" and teacher.can_encode_images) else "none"
 
 
 @dataclass
@@ -84,10 +83,11 @@ class TrainResult:
     val_miou: list[float]  # per epoch (empty without validation)
     peak_step_bytes: int  # largest per-step working set of feature tensors (loaded + sampled)
     steps: int
-    holdout: Scores | None = None  # train_workspace_heads(holdout=K): scores on the K held-out images
+    holdout: Scores | None = None  # train_heads(holdout=K): scores on the K held-out images
+    head: TaskHead | None = None  # train_heads: the trained head (also saved when given a folder)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "holdout"}
+        return {k: v for k, v in asdict(self).items() if k not in ("holdout", "head")}
 
 
 def _collate(examples: list[Example]) -> Example:
@@ -233,34 +233,42 @@ def evaluate_head(head: TaskHead, examples, num_classes: int, device: str = "cpu
     return matrix.compute()
 
 
-def real_images(workspace, folder_path, limit: int | None = None, progress: bool = False):
-    """(key, image uint8 [H, W, 3], mask int64 [1, H, W]) of each labelled real image of a folder (project format),
-    brought to the generator's resolution by the photo rule (labelgen.imaging.fit_photo); ``key``: a hash of the
-    image's path (for feature cache keys). Shared by head validation, ``evaluate_teacher`` and ``tune-features``."""
+def real_images(teacher, folder_path, num_classes: int, limit: int | None = None, progress: bool = False):
+    """(key, image uint8 [H, W, 3], mask int64 [1, H, W]) of each labelled real image of a folder (project format,
+    ``num_classes`` classes), brought to the teacher's resolution by the photo rule (labelgen.imaging.fit_photo);
+    ``key``: a hash of the image's path (for feature store keys). Shared by head validation, ``evaluate_teacher``
+    and ``tune-features``; refused by ``Teacher.require_image_encoding`` for a GAN teacher."""
     from labelgen.data.folder import open_labelled
     from labelgen.imaging import fit_photo
 
+    teacher.require_image_encoding(f"scoring on the real images of {folder_path}")
     folder = open_labelled(folder_path, require_masks=True)
-    num_classes = len(workspace.classes)
     if len(folder.classes) != num_classes:
-        raise LabelgenError(f"{folder_path}: {len(folder.classes)} classes, the workspace has {num_classes}")
-    if not workspace.config.can_encode_images:
-        raise LabelgenError(f"{folder_path}: scoring on real images needs their features; the "
-                            f"{workspace.config.backend} generator cannot compute them (use a diffusion teacher)")
+        raise LabelgenError(f"{folder_path}: {len(folder.classes)} classes, the teacher has {num_classes}")
     count = len(folder) if limit is None else min(limit, len(folder))
     for i in progress_bar(count, desc=f"features of {Path(folder_path).name}", unit="image", disable=not progress,
                           iterable=range(count)):
         item = folder[i]
-        image, mask = fit_photo(item.image, workspace.resolution, item.mask)
+        image, mask = fit_photo(item.image, teacher.resolution, item.mask)
         key = hashlib.sha256(str(item.image_path.resolve()).encode()).hexdigest()[:16]
         yield key, image, torch.from_numpy(mask.astype("int64"))[None]
 
 
-def real_examples(workspace, folder_path, cache: bool = False, limit: int | None = None, progress: bool = False):
+def real_examples(teacher, folder_path, num_classes: int, store=None, prefix: str = "val", limit: int | None = None,
+                  progress: bool = False, mirror: bool = False):
     """(features, mask) of each labelled real image of a folder (``real_images``): what ``evaluate_head`` scores
-    a teacher on. ``cache``: keep the features in the workspace feature cache (validation during training)."""
-    for key, image, mask in real_images(workspace, folder_path, limit, progress):
-        yield workspace.image_features(image, cache_key=f"val/{key}" if cache else None), mask
+    a teacher on. ``store``: a labelgen.annotations.FeatureStore keeping them (under ``prefix``/; validation during
+    training reads them every epoch); ``mirror``: also the features of the mirrored image, (features, mirrored,
+    mask)."""
+    from labelgen.annotations import FeatureStore
+
+    store = store or FeatureStore(keep=False)
+    for key, image, mask in real_images(teacher, folder_path, num_classes, limit, progress):
+        features = store.features(teacher, f"{prefix}/{key}", image)
+        if mirror:
+            yield features, store.features(teacher, f"{prefix}/{key}.mirror", image, mirror=True), mask
+        else:
+            yield features, mask
 
 
 TRAIN_LOG_NAME = "train_log.json"  # W/heads/train_log.json: the finished run's record
@@ -279,22 +287,31 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def train_workspace_heads(workspace, config: TrainConfig | None = None, val_folder=None, device: str = "cpu",
-                          log: Callable[[str], None] = print, progress: bool = True, holdout: int = 0,
-                          head_type: str | None = None) -> TrainResult:
-    """``labelgen train-heads``: train the workspace's head type on its annotated images, save it to W/heads/.
-    ``head_type`` (``--type``): another head type, with its own defaults, saved to W/heads/<type>/ (the teacher
-    then ensembles both); the workspace's own type (or None) is W/heads/.
+def train_heads(teacher, annotations, config: TrainConfig | None = None, out_dir: Path | str | None = None,
+                head: dict[str, Any] | None = None, val_folder=None, device: str = "cpu",
+                log: Callable[[str], None] = print, progress: bool = True, holdout: int = 0, store=None
+                ) -> TrainResult:
+    """``labelgen train-heads``: train a head on ``teacher``'s features (its selected levels) of the annotated items
+    of ``annotations`` (a workspace, or labelgen.annotations.Annotations); ``head``: its type and options
+    (``{"type": "pixel-mlp", "ensemble": 3}``; default a pixel MLP); returned in the TrainResult, and saved to
+    ``out_dir`` (e.g. W/heads/, ``Workspace.head_settings``) with the teacher's generator id and levels.
 
-    Features are computed once per annotation (native resolution, disk cache W/cache/features) and
-    read back one mini-batch at a time. ``val_folder``: real images + masks (project folder format,
-    diffusion teachers), resized to the generator resolution; mIoU printed per epoch. ``holdout``: the
-    last K annotated ids are not trained on; their per-class IoU + mIoU (ensemble-mean prediction) is
-    logged as a table and, like every run's losses, written to W/heads/train_log.json (atomic).
-    While it runs, W/heads/ is locked and W/heads/log.csv + tb/ get one row per epoch (the app's
-    progress)."""
-    with RunLock(workspace.head_dir(head_type), "train-heads"), _previous_log_kept(workspace.head_dir(head_type)):
-        return _train_workspace_heads(workspace, config, val_folder, device, log, progress, holdout, head_type)
+    Features are computed once per annotation (native resolution, kept by ``store``, a
+    labelgen.annotations.FeatureStore: a workspace's W/cache/features; default in memory) and read back one
+    mini-batch at a time. ``val_folder``: real images + masks (project folder format, image-encoding teachers),
+    resized to the teacher's resolution; mIoU printed per epoch. ``holdout``: the last K annotated ids are not
+    trained on; their per-class IoU + mIoU (ensemble-mean prediction) is logged as a table and, like every run's
+    losses, written to ``out_dir``/train_log.json (atomic). While it runs, ``out_dir`` is locked and its log.csv +
+    tb/ get one row per epoch (the app's progress)."""
+    from labelgen.annotations import FeatureStore
+
+    store = store or FeatureStore()
+    if out_dir is None:
+        return _train_heads(teacher, annotations, config, None, head, val_folder, device, log, progress, holdout,
+                            store)
+    with RunLock(out_dir, "train-heads"), _previous_log_kept(Path(out_dir)):
+        return _train_heads(teacher, annotations, config, Path(out_dir), head, val_folder, device, log, progress,
+                            holdout, store)
 
 
 @contextmanager
@@ -327,43 +344,41 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, device: str, log: Callable[[str], None],
-                           progress: bool, holdout: int, head_type: str | None) -> TrainResult:
+def _train_heads(teacher, annotations, config: TrainConfig | None, head_dir: Path | None, head: dict[str, Any] | None,
+                 val_folder, device: str, log: Callable[[str], None], progress: bool, holdout: int, store
+                 ) -> TrainResult:
     from labelgen.data.io import atomic_write_json
     from labelgen.heads import create_head
 
     config = config or TrainConfig()
-    annotated = workspace.annotated_ids()
+    annotated = annotations.annotated_ids()
     if not annotated:
-        raise LabelgenError(f"{workspace.annotations_dir}: no annotated images (no <id>.mask.png yet)")
-    config = replace(config, augment=resolve_augment(config.augment, workspace.config.can_encode_images,
-                                                     workspace.config.backend))
+        raise LabelgenError(f"{annotations.annotations_dir}: no annotated images (no <id>.mask.png yet)")
+    config = replace(config, augment=resolve_augment(config.augment, teacher))
     mirror = config.augment == "flip"
     ids, held_out = split_holdout(annotated, holdout)
     examples = [(i, False) for i in ids] + ([(i, True) for i in ids] if mirror else [])  # (annotation id, mirrored)
-    num_classes = len(workspace.classes)
-    names = list(workspace.classes.names)
-    image_shape = (*workspace.resolution, 3)
-    head_dir = workspace.head_dir(head_type)  # W/heads/ (the workspace's type) or W/heads/<type>/
-    primary = head_dir == workspace.heads_dir
-    head_options = {k: v for k, v in workspace.config.head.items() if k != "type"} if primary else {}
-    head = create_head(workspace.head_type if primary else head_type, workspace.head_in_channels, num_classes,
-                       workspace.resolution, seed=config.seed, **head_options)
+    num_classes = len(annotations.classes)
+    names = list(annotations.classes.names)
+    image_shape = (*teacher.resolution, 3)
+    head_options = dict(head or {"type": "pixel-mlp"})
+    head = create_head(head_options.pop("type"), teacher.channels, num_classes, teacher.resolution, seed=config.seed,
+                       **head_options)
     check_step_memory(head, config, device)  # before any feature is computed or the log touched
     for annotation_id in progress_bar(len(annotated), desc="features", unit="image", disable=not progress,
                                       iterable=annotated):
-        workspace.read_mask(annotation_id, image_shape)  # validate every mask before training
-        workspace.annotation_features(annotation_id)  # fills the disk cache
+        annotations.read_mask(annotation_id, image_shape)  # validate every mask before training
+        store.annotation(teacher, annotations, annotation_id)  # computed once, kept by the store
         if mirror and annotation_id in ids:
-            workspace.annotation_features(annotation_id, mirror=True)
+            store.annotation(teacher, annotations, annotation_id, mirror=True)
     if mirror:
         log(f"flip augmentation: {len(ids)} annotated images + their mirror images = {len(examples)} training examples")
 
-    def annotation_example(annotation_id: str, mirrored: bool = False) -> Example:  # from disk each time
-        mask = workspace.read_mask(annotation_id, image_shape)  # [H, W]
+    def annotation_example(annotation_id: str, mirrored: bool = False) -> Example:  # from the store each time
+        mask = annotations.read_mask(annotation_id, image_shape)  # [H, W]
         if mirrored:
             mask = mirror_image(mask)
-        return (workspace.annotation_features(annotation_id, mirror=mirrored),
+        return (store.annotation(teacher, annotations, annotation_id, mirror=mirrored),
                 torch.from_numpy(mask.astype("int64"))[None])  # [1, H, W]
 
     def load_example(i: int) -> Example:
@@ -371,20 +386,20 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
 
     validate = None
     if val_folder is not None:
-        for _ in real_examples(workspace, val_folder, cache=True, progress=progress):
-            pass  # checks the folder now and caches its features (read back at every validation)
+        for _ in real_examples(teacher, val_folder, num_classes, store, progress=progress):
+            pass  # checks the folder now and stores its features (read back at every validation)
 
         def validate(head: TaskHead) -> Scores:
-            return evaluate_head(head, real_examples(workspace, val_folder, cache=True), num_classes, device)
+            return evaluate_head(head, real_examples(teacher, val_folder, num_classes, store), num_classes, device)
 
     class_weights = None
     if config.class_balance > 0:
-        frequencies = mask_class_frequencies((workspace.read_mask(i, image_shape) for i in ids), num_classes)
+        frequencies = mask_class_frequencies((annotations.read_mask(i, image_shape) for i in ids), num_classes)
         class_weights = class_balance_weights(torch.from_numpy(frequencies), config.class_balance)  # [C]
         log(f"class balance (frequency^-{config.class_balance:g}): " + ", ".join(
             f"{n} {f:.3f}->x{w:.2f}" for n, f, w in zip(names, frequencies, class_weights.tolist())))
     total = config.epochs * steps_per_epoch(head.head_type, len(examples), config)
-    run_log = RunLog(head_dir, LOG_COLUMNS, total)  # a new run: the previous run's log starts over
+    run_log = RunLog(head_dir, LOG_COLUMNS, total) if head_dir else None  # a new run: the previous log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
     done = [0]  # optimiser steps so far (tqdm does not count while disabled)
 
@@ -394,9 +409,10 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
 
     def on_epoch(epoch: int, loss: float, scores: Scores | None) -> None:
         miou = None if scores is None else _finite(scores.miou)
-        run_log.row(done[0], {"epoch": epoch + 1, "loss": f"{loss:.6f}",
-                              "val_miou": None if miou is None else f"{miou:.6f}"},
-                    scalars={"train/loss": loss, **({} if miou is None else {"val/miou": miou})})
+        if run_log is not None:
+            run_log.row(done[0], {"epoch": epoch + 1, "loss": f"{loss:.6f}",
+                                  "val_miou": None if miou is None else f"{miou:.6f}"},
+                        scalars={"train/loss": loss, **({} if miou is None else {"val/miou": miou})})
         bar.set_postfix(loss=f"{loss:.4f}")
         if scores is not None:
             (bar.write if progress else log)(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {scores.miou:.4f}")
@@ -406,7 +422,8 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
                             device=device, class_weights=class_weights)
     finally:
         bar.close()
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
     holdout_log = None
     if held_out:
         result.holdout = evaluate_head(head, (annotation_example(i) for i in held_out), num_classes, device)
@@ -415,8 +432,11 @@ def _train_workspace_heads(workspace, config: TrainConfig | None, val_folder, de
                        "per_class": {n: _finite(v) for n, v in zip(names, result.holdout.per_class_iou)}}
         log(f"held-out IoU on {len(held_out)} annotated image(s) not trained on ({', '.join(held_out)}):\n"
             + result.holdout.table(names))
-    head.cpu().save_pretrained(head_dir, extra={
-        "generator": workspace.generator_id(), "feature_layers": workspace.layer_indices,
+    result.head = head.cpu()
+    if head_dir is None:
+        return result
+    head.save_pretrained(head_dir, extra={
+        "generator": teacher.generator_id, "feature_layers": teacher.levels,
         "classes": names, "annotations": ids, "holdout": held_out, "train": asdict(config),
         "final_loss": result.losses[-1] if result.losses else None,
         "val_miou": result.val_miou[-1] if result.val_miou else None})

@@ -180,9 +180,7 @@ class _Source:
         self.config = config
         self.image_paths: list[Path] = []
         if config.from_images is not None:
-            if not teacher.can_encode_images:
-                raise LabelgenError(f"--from-images needs features of real images: the {teacher.generator.backend} "
-                                    "generator needs an inversion method (use a diffusion teacher)")
+            teacher.require_image_encoding("--from-images")
             self.image_paths = list_images(Path(config.from_images))
             if not self.image_paths:
                 raise LabelgenError(f"{config.from_images}: no images")
@@ -269,31 +267,30 @@ class _Labeller:
         self.scored = []
 
 
-def synthesize(workspace, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
+def synthesize(teacher: Teacher, config: SynthesisConfig, out_dir: Path | str, progress: bool = True,
                log=print) -> SynthesisSummary:
-    """``labelgen synthesize`` (see module docstring). Under torchrun each rank writes its shards;
-    rank 0 holds the output folder's lock and writes manifest.json after a barrier, and every rank
-    returns the summary (same numbers)."""
+    """``labelgen synthesize`` (see module docstring) with ``teacher`` (its heads label, its classes name the
+    manifest's; moved to this rank's device). Under torchrun each rank writes its shards; rank 0 holds the output
+    folder's lock and writes manifest.json after a barrier, and every rank returns the summary (same numbers)."""
     dist = init_dist(config.device)
     lock = RunLock(out_dir, "synthesize").acquire() if dist.is_main else None
     try:
-        return _synthesize(workspace, config, Path(out_dir), progress, dist)
+        return _synthesize(teacher, config, Path(out_dir), progress, dist)
     finally:
         if lock is not None:
             lock.release()
         dist.close()
 
 
-def _synthesize(workspace, config: SynthesisConfig, out_dir: Path, progress: bool, dist: Dist) -> SynthesisSummary:
-    device = str(dist.device)
-    writer = ShardWriter(out_dir, workspace.classes)
-    error, teacher, source = "", None, None
+def _synthesize(teacher: Teacher, config: SynthesisConfig, out_dir: Path, progress: bool, dist: Dist
+                ) -> SynthesisSummary:
+    error, writer, source = "", None, None
     try:
-        teacher = workspace.teacher(device=device)  # refuses heads trained on other weights, levels or classes
+        teacher.to(dist.device)
+        writer = ShardWriter(out_dir, teacher.classes)  # no trained head: refused here
         source = _Source(teacher, config)
-        if config.tta == "all" and not teacher.can_encode_images:
-            raise LabelgenError(f"--tta all: the {teacher.generator.backend} teacher computes features from recipes, "
-                                "not of (mirrored) images; use --tta none")
+        if config.tta == "all":
+            teacher.require_image_encoding("--tta all")
     except LabelgenError as e:
         error = str(e)
     plan: list[ShardPlan] = []

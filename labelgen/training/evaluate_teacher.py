@@ -18,35 +18,26 @@ import click
 from labelgen.cli_types import heads_option, parse_heads
 
 
-def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None, progress: bool = True,
-                     flip: bool = False, cache: bool = False, heads: list[str] | None = None,
-                     device: str | None = None) -> dict[str, Any]:
-    """Score the workspace's teacher (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip
-    test-time augmentation) on a labelled split. ``cache``: keep the split's features in the workspace's feature
-    cache (several heads scored on the same features). ``heads``: the head types to ensemble (default: the
-    workspace's setting, else every trained head)."""
-    from labelgen.heads.train import real_images
-    from labelgen.imaging import mirror_image
+def evaluate_teacher(teacher, split: Path, limit: int | None = None, progress: bool = True, flip: bool = False,
+                     store=None) -> dict[str, Any]:
+    """Score ``teacher`` (``Teacher.predict``: ensemble mean; ``flip``: with horizontal-flip test-time augmentation)
+    on a labelled split (its classes: the teacher's). ``store``: a labelgen.annotations.FeatureStore keeping the
+    split's features (several heads scored on the same features; a workspace's: ``Workspace.feature_store``)."""
+    from labelgen.heads.train import real_examples
     from labelgen.metrics import ConfusionMatrix
-    from labelgen.workspace import Workspace
 
-    workspace = Workspace(workspace_dir)
-    # refused when trained on other generator weights, options or levels; ``device``: run it there (e.g. "cuda")
-    teacher = workspace.teacher(heads=heads, device=device)
     start = time.monotonic()
-    matrix = ConfusionMatrix(len(workspace.classes))
+    matrix = ConfusionMatrix(teacher.num_classes)
     device, count = teacher.device, 0
-    for key, image, mask in real_images(workspace, split, limit, progress):
-        features = [f.to(device) for f in workspace.image_features(image, cache_key=f"eval/{key}" if cache else None)]
-        flipped = None
-        if flip:
-            flipped = [f.to(device) for f in workspace.image_features(mirror_image(image), f"eval/{key}-flip" if cache else None)]
+    for example in real_examples(teacher, split, teacher.num_classes, store, "eval", limit, progress, mirror=flip):
+        features, mask = [f.to(device) for f in example[0]], example[-1]
+        flipped = [f.to(device) for f in example[1]] if flip else None
         matrix.update(teacher.predict(features, flipped=flipped).mask.cpu(), mask)
         count += 1
     scores = matrix.compute()
     return {"split": str(split), "images": count, "flip_tta": flip, "miou": scores.miou,
-            "pixel_accuracy": scores.pixel_accuracy,
-            "heads": teacher.head_type, "per_class_iou": dict(zip(workspace.classes.names, [float(v) for v in scores.per_class_iou])),
+            "pixel_accuracy": scores.pixel_accuracy, "heads": teacher.head_type,
+            "per_class_iou": dict(zip(teacher.classes.names, [float(v) for v in scores.per_class_iou])),
             "seconds": round(time.monotonic() - start, 1)}
 
 
@@ -61,7 +52,11 @@ def evaluate_teacher(workspace_dir: Path, split: Path, limit: int | None = None,
 def main(workspace_dir: Path, split: Path, limit: int | None, json_out: Path | None, flip: bool, cache: bool,
          heads: str | None):
     """Print mIoU / per-class IoU / pixel accuracy of WORKSPACE's teacher on SPLIT (images/ + masks/)."""
-    result = evaluate_teacher(workspace_dir, split, limit, flip=flip, cache=cache, heads=parse_heads(heads))
+    from labelgen.workspace import Workspace
+
+    workspace = Workspace(workspace_dir)
+    result = evaluate_teacher(workspace.teacher(heads=parse_heads(heads)), split, limit, flip=flip,
+                              store=workspace.feature_store if cache else None)
     click.echo(json.dumps(result, indent=2))
     if json_out:
         from labelgen.data.io import atomic_write_json
