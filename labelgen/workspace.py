@@ -24,6 +24,11 @@
 Backends are the names in labelgen.generators.BACKENDS, or "module:Class" for a Generator subclass
 importable from PYTHONPATH (plugins, test fakes).
 
+The workspace stores the annotations (read as labelgen.annotations describes), the heads' folders and settings,
+the feature store and the level choice, and builds the Teacher (``Workspace.teacher()``); the stages
+(labelgen.heads.train.train_heads, labelgen.synthesis.synthesize, labelgen.feature_selection.tune_features,
+labelgen.training.evaluate_teacher) take that Teacher, not the workspace.
+
 All writes are atomic. Relative checkpoint paths in the config are relative to the workspace folder.
 """
 from __future__ import annotations
