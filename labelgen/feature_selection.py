@@ -54,7 +54,7 @@ class SweepConfig:
     folds: int = 4  # k-fold over the annotations when there is no --val
     epochs: int = 8  # head training epochs per candidate (the final heads are trained by train-heads)
     pixels_per_image: int = 1024
-    class_balance: float = 0.0  # as train-heads --class-balance
+    class_balance: float = 0.5  # as train-heads --class-balance (the same default)
     seed: int = 0
 
 

@@ -82,7 +82,8 @@ class TrainOptions:
     feature_weight: float = 1.0
     at_weight: float = 10.0
     uncertainty_weighting: bool = False
-    class_balance: float = 0.0  # per-class loss weights ~ pixel frequency^-class_balance (0 = off, 0.5 = 1/sqrt)
+    class_balance: float = 0.5  # per-class loss weights ~ pixel frequency^-class_balance (0 = off; 0.5 = 1/sqrt, the
+    # default: every CCP table student uses it, docs/benchmarks.md)
     teacher: str | None = None
     feature_cache: bool = False
     features: str | None = None  # a stored features set (`labelgen features`): read instead of running the teacher
