@@ -12,7 +12,7 @@ import click
 
 from labelgen.cli_defaults import defaults_of
 from labelgen.cli_types import FINITE, POSITIVE, FiniteRange, IntList, NameList, device_option, heads_option, parse_heads
-from labelgen.errors import LabelgenError
+from labelgen.errors import LabelgenError, notice
 from labelgen.feature_selection import SweepConfig
 from labelgen.generators import BACKENDS
 from labelgen.heads import HEADS, default_ensemble
@@ -243,7 +243,8 @@ def import_cmd(workspace_dir, images_dir, masks_dir, steps, device):
                    "pixels); auto: flip for teachers that compute features of images (diffusion), else none.")
 @click.option("--holdout", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last K annotated images: not trained on, per-class IoU printed and written to "
-                   "W/heads/train_log.json.")
+                   "W/heads/train_log.json; a warning when the pixel baseline (the same heads on the photos' own "
+                   "pixels) scores higher on them.")
 @click.option("--type", "head_type", type=click.Choice(list(HEADS)), default=None,
               help="Train this head type instead of the workspace's: saved to W/heads/<type>/, and the teacher "
                    "ensembles it with W/heads/ [default: the workspace's head type, W/heads/].")
@@ -265,9 +266,16 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
           f"({result.steps} steps, final loss {result.losses[-1]:.4f})"
     if result.val_miou:
         msg += f", val mIoU {result.val_miou[-1]:.4f}"
-    if result.holdout is not None:
-        msg += f", held-out mIoU {result.holdout.miou:.4f} on {holdout} image(s)"
+    warning = None
+    if result.holdout is not None:  # what the generator's features add: the same heads on the photos' own pixels
+        from labelgen.quality import below_baseline, holdout_baseline
+
+        baseline = holdout_baseline(ws.teacher(head=False), ws, config, head, holdout, device).miou
+        msg += f", held-out mIoU {result.holdout.miou:.4f} on {holdout} image(s) (pixel baseline {baseline:.4f})"
+        warning = below_baseline(result.holdout.miou, baseline)
     click.echo(msg + f" -> {ws.head_dir(head_type)}")
+    if warning:
+        notice(warning)
     if len(ws.trained_heads()) > 1:
         click.echo(f"the teacher ensembles the heads {', '.join(ws.selected_heads())} (workspace.json \"heads\" "
                    "selects; synthesize --heads for one run)")

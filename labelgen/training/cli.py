@@ -51,6 +51,17 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output folder (loadable model + train/ checkpoint); rerun to resume.")
 @click.option("--resolution", type=str, default=None, help="HxW to train at [default: the images' size].")
+@click.option("--init", "init", type=str, default=None, metavar="PATH|default",
+              help="Fine-tune an existing generator instead of starting from noise (its architecture; a ddpm at any "
+                   "resolution divisible by its downsampling): ddpm: `default` (the embedded CCP DDPM), a DDPM folder "
+                   "(DDPMPipeline layout), an ADM .pt with its model flags beside it; stylegan2: an output folder "
+                   "of this trainer. Fixed for a run.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None, metavar="W",
+              help="ddpm: a workspace with annotated photos: the k-fold mIoU of its heads on the EMA generator's "
+                   "features every --probe-every minutes and at the end, beside the pixel baseline's (printed; "
+                   "OUT/train/log.csv probe_miou).")
+@click.option("--probe-every", "probe_every_min", type=POSITIVE, default=None,
+              help=f"ddpm: minutes between --annotations probes {_shown('probe_every_min', only='ddpm')}.")
 @click.option("--channels", type=str, default=None,
               help=f"ddpm: UNet block channels {_shown('channels', only='ddpm')}; stylegan2: max channels of G and D "
                    f"{_shown('max_channels', only='stylegan2')}.")
@@ -88,8 +99,8 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
               help=f"ddpm: torch.compile the UNet (auto = on CUDA; falls back to eager with a warning) "
                    f"{_shown('compile', only='ddpm')}.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_generator_cmd(backend, data, out, resolution, channels, layers_per_block, attention, export_fp16,
-                        beta_schedule, z_dim,
+def train_generator_cmd(backend, data, out, resolution, init, annotations, probe_every_min, channels, layers_per_block,
+                        attention, export_fp16, beta_schedule, z_dim,
                         r1_gamma, diffaug, batch_size, steps, lr, ema, warmup, grad_clip, sample_every,
                         checkpoint_every, log_every, time_limit_min, seed, device, compile_mode, quiet):
     """Train a generator of your own domain on unlabeled images (resumable; see --time-limit).
@@ -99,6 +110,9 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
                loadable by the ddpm backend.
     stylegan2: labelgen's StyleGAN2 + residual discriminator, R1, DiffAugment -> OUT loadable by the
                stylegan2 backend (save_pretrained folder).
+
+    --init: fine-tune an existing generator instead (e.g. `default`, the embedded CCP DDPM, at your resolution);
+    --annotations W: how good its features are for W's task as it trains (docs/teacher.md).
 
     Several processes (GPUs): torchrun --nproc-per-node K -m labelgen.cli -- train-generator ... (each takes
     1/K of every batch: --batch-size divisible by K; the loss curve of one process).
@@ -111,18 +125,22 @@ def train_generator_cmd(backend, data, out, resolution, channels, layers_per_blo
         "batch_size": batch_size, "steps": steps, "lr": lr, "ema": ema, "warmup": warmup, "grad_clip": grad_clip,
         "sample_every": sample_every, "checkpoint_every": checkpoint_every, "log_every": log_every,
         "time_limit_min": time_limit_min,
-        "seed": seed, "device": device,
+        "seed": seed, "device": device, "init": init,
     }
     ch = _parse_channels(channels)
     export_fp16 = export_fp16 or None  # a flag: unset = False; None = "not given"
     if backend == "ddpm":
         bad = [n for n, v in (("--z-dim", z_dim), ("--r1-gamma", r1_gamma), ("--diffaug", diffaug)) if v is not None]
         options.update(channels=ch, layers_per_block=layers_per_block, attention=attention, beta_schedule=beta_schedule,
-                       export_fp16=export_fp16, compile=compile_mode)
+                       export_fp16=export_fp16, compile=compile_mode,
+                       annotations=None if annotations is None else str(annotations), probe_every_min=probe_every_min)
+        if probe_every_min is not None and annotations is None:
+            raise LabelgenError("--probe-every: probes the features on --annotations W; give it too")
     else:
         bad = [n for n, v in (("--layers-per-block", layers_per_block), ("--attention", attention),
                               ("--beta-schedule", beta_schedule), ("--export-fp16", export_fp16),
-                              ("--compile", compile_mode)) if v is not None]
+                              ("--compile", compile_mode), ("--annotations", annotations),
+                              ("--probe-every", probe_every_min)) if v is not None]
         if ch is not None and len(ch) != 1:
             raise LabelgenError("stylegan2: --channels takes one number (the maximum channel count), e.g. 256")
         options.update(max_channels=ch[0] if ch else None, z_dim=z_dim, r1_gamma=r1_gamma, diffaug=diffaug)

@@ -73,7 +73,8 @@ def augment_batch(images_u8: torch.Tensor, index: torch.Tensor, gen: torch.Gener
 
 
 # ---------------------------------------------------------------- start / resume
-NOT_CARRIED = ("time_limit_min", "device", "compile")  # per session: never taken from the resumed run
+# per session: never taken from the resumed run
+NOT_CARRIED = ("time_limit_min", "device", "compile", "annotations", "probe_every_min")
 
 
 @dataclass
@@ -123,7 +124,8 @@ def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_def
                                 f"{requested[k]!r}; use the same settings to resume, or a new --out")
     carried = {} if explicit is None else {k: v for k, v in saved["config"].items()
                                            if k in requested and k not in explicit and k not in NOT_CARRIED}
-    return {**requested, **carried, **{k: saved["config"][k] for k in arch_defaults}}, saved
+    # a key a run made before it existed (e.g. init) has its default
+    return {**requested, **carried, **{k: saved["config"].get(k, d) for k, d in arch_defaults.items()}}, saved
 
 
 def _norm(v):

@@ -16,7 +16,7 @@ labelgen.run); the log in ``OUT/train/log.csv`` (step, total, loss_d, loss_g, se
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
 from labelgen.run import rng_state, save_resume, seed_everything, set_rng_state
 from labelgen.training.common import TRAIN_DIR, RunningMean, augment_batch, begin_training, save_grid
+from labelgen.training.init_from import init_source, load_stylegan2_init, load_weights, take_architecture
 
-SG2_ARCH_DEFAULTS = {"resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
+SG2_ARCH_DEFAULTS = {"init": None, "resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
 
 
 @dataclass
 class StyleGAN2TrainConfig:
+    init: str | None = None  # --init: a stylegan2 trainer's output folder to start from (labelgen.training.init_from)
     resolution: tuple[int, int] | None = None  # (R, R); None: the images' size (must be square)
     max_channels: int | None = None
     z_dim: int | None = None  # = w_dim
@@ -194,7 +196,8 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
     the same global batch, latents, noise seeds and augmentation and computes its rows; see train_generator)."""
     out = Path(out)
     echo = engine.echo
-    start = begin_training(engine, out, "stylegan2", cfg, SG2_ARCH_DEFAULTS, explicit, data)
+    requested = replace(cfg, init=init_source(cfg.init))  # its architecture settings: None where not given
+    start = begin_training(engine, out, "stylegan2", requested, SG2_ARCH_DEFAULTS, explicit, data)
     ckpt_path, device, run, saved, cfg, images = (start.checkpoint, start.device, start.run, start.saved, start.cfg,
                                                   start.images)
     run["resolution"] = tuple(run["resolution"] or images.shape[2:])
@@ -202,6 +205,10 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
     if h != w or h < 4 or h & (h - 1):
         raise LabelgenError(f"stylegan2 makes square images with a power-of-two side; the data is {h}x{w} "
                             "(HxW): pass --resolution RxR, e.g. 64x64")
+    init_state = None
+    if saved is None and run["init"]:  # a new run from --init: its architecture, G_ema and D
+        arch, init_state = load_stylegan2_init(run["init"], run["resolution"])
+        take_architecture(run, requested, arch)
     if cfg.batch_size < 2 or cfg.steps < 1:
         raise LabelgenError("stylegan2: --batch-size must be >= 2 and --steps positive")
     engine.check_batch(cfg.batch_size)
@@ -218,6 +225,9 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
     if saved is not None:
         G.load_state_dict(saved["G"])
         D.load_state_dict(saved["D"])
+    elif init_state is not None:  # G and its EMA (the copy below) start from the init's G_ema
+        load_weights(G, init_state["G"], run["init"], "stylegan2 G")
+        load_weights(D, init_state["D"], run["init"], "stylegan2 D")
     G.to(device)
     D.to(device)
     ema = EMA(G, 0.0)
@@ -230,8 +240,9 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
         echo(f"resuming {out} from step {step}")
     images = images.to(device)
     n_g = sum(p.numel() for p in G.parameters())
+    started = f" from {run['init']}" if run["init"] else ""
     echo(f"stylegan2: {len(images)} images {h}x{w}, G {n_g / 1e6:.2f} M / D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M "
-         f"params, batch {cfg.batch_size}, R1 gamma {gamma:g}, steps {step}->{cfg.steps}, device {device}"
+         f"params{started}, batch {cfg.batch_size}, R1 gamma {gamma:g}, steps {step}->{cfg.steps}, device {device}"
          f"{f', {engine.world} torchrun processes' if engine.world > 1 else ''}")
     aug = (lambda x: diff_augment(x, gen, engine.rank, engine.world)) if cfg.diffaug else (lambda x: x)
 

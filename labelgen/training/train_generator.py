@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,15 +47,18 @@ from labelgen.errors import LabelgenError
 from labelgen.run import RunLock, rng_state, save_resume, seed_everything, set_rng_state
 from labelgen.training.common import (TRAIN_DIR, RunningMean, augment_batch, begin_training, check_divisible,
                                       replace_dir, save_grid)
+from labelgen.training.init_from import (Denoiser, DiffusersDenoiser, init_source, load_ddpm_init, load_weights,
+                                         model_eps, take_architecture)
 
-DDPM_ARCH_DEFAULTS = {"resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
+DDPM_ARCH_DEFAULTS = {"init": None, "resolution": None, "channels": (32, 64, 128, 128), "layers_per_block": 1, "attention": True,
                       "beta_schedule": "linear", "num_train_timesteps": 1000}
 
 
 @dataclass
 class DDPMTrainConfig:
     # architecture / schedule (fixed for a run; checked on resume). None = the resumed run's value,
-    # else DDPM_ARCH_DEFAULTS (resolution: the images' size)
+    # else DDPM_ARCH_DEFAULTS (resolution: the images' size), or the init's (labelgen.training.init_from)
+    init: str | None = None  # --init: the generator the run starts from ("default" or a path); None: from noise
     resolution: tuple[int, int] | None = None  # (H, W)
     channels: tuple[int, ...] | None = None
     layers_per_block: int | None = None
@@ -81,6 +84,8 @@ class DDPMTrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: str = "auto"  # torch.compile the UNet: "auto" (on for CUDA), "on", "off"; eager fallback on failure
+    annotations: str | None = None  # --annotations W: probe the EMA's features on W's annotated photos (quality.Probe)
+    probe_every_min: float = 10.0  # minutes between probes (and one at the end)
 
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -178,7 +183,7 @@ class TrainStep:
     @staticmethod
     def _run(model, xt, t, noise, autocast) -> torch.Tensor:
         with autocast:
-            pred = model(xt, t).sample
+            pred = model_eps(model(xt, t))
         loss = F.mse_loss(pred.float(), noise)
         loss.backward()
         return loss
@@ -214,6 +219,21 @@ def export_pipeline(unet, scheduler, out: Path, fp16: bool = False) -> None:
         atomic_write_json(out / CONFIG_NAME, {"backend": "ddpm"})
 
 
+def _network(run: dict[str, Any], requested: DDPMTrainConfig, saved: dict[str, Any] | None
+             ) -> tuple[Denoiser | None, dict[str, torch.Tensor] | None]:
+    """(the network, the init's weights) of a run that does not train the trainer's own UNet from noise: a resumed
+    init run's (its checkpoint's "net"; its weights are the checkpoint's), or a new run's --init, whose architecture
+    settings go into ``run`` (one given explicitly that differs is refused). (None, None): from noise."""
+    if saved is not None:
+        spec = saved["config"].get("net")
+        return (None if spec is None else Denoiser.from_spec(spec)), None
+    if run["init"] is None:
+        return None, None
+    denoiser, state = load_ddpm_init(run["init"], run["resolution"])
+    take_architecture(run, requested, denoiser.arch())
+    return denoiser, state
+
+
 def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
                explicit: set[str] | None = None) -> dict[str, Any]:
     """Train (or resume) a DDPM on the images in ``data`` on ``engine`` (one process, or one rank of a torchrun
@@ -221,13 +241,15 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     the settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
     out = Path(out)
     echo = engine.echo
-    start = begin_training(engine, out, "ddpm", cfg, DDPM_ARCH_DEFAULTS, explicit, data)
+    requested = replace(cfg, init=init_source(cfg.init))  # its architecture settings: None where not given
+    start = begin_training(engine, out, "ddpm", requested, DDPM_ARCH_DEFAULTS, explicit, data)
     ckpt_path, device, run, saved_state, cfg, images = (start.checkpoint, start.device, start.run, start.saved,
                                                         start.cfg, start.images)
     data_res = tuple(images.shape[2:])
     if run["resolution"] is None:
         run["resolution"] = data_res
     run["resolution"] = tuple(run["resolution"])
+    denoiser, init_state = _network(run, requested, saved_state)
     check_divisible(run["resolution"], 2 ** (len(run["channels"]) - 1),
                     f"the UNet downsamples {len(run['channels']) - 1} times")
     if cfg.batch_size < 1 or cfg.steps < 1:
@@ -235,8 +257,14 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     engine.check_batch(cfg.batch_size)
 
     gen = seed_everything(cfg.seed, device)  # the UNet's initial weights, then every batch, flip, noise and timestep
-    unet = build_unet(run)
-    scheduler = build_scheduler(run)
+    if denoiser is None:  # from noise: the trainer's own UNet
+        unet, scheduler = build_unet(run), build_scheduler(run)
+        denoiser = DiffusersDenoiser.of(unet, scheduler)
+    else:
+        unet = denoiser.build()
+        if init_state is not None:  # a new run from --init: its weights (the EMA starts from them too)
+            load_weights(unet, init_state, run["init"], f"{denoiser.kind} UNet at {run['resolution'][0]}x"
+                                                        f"{run['resolution'][1]}")
     fused = engine.fused
     opt = engine.optimizer(torch.optim.AdamW, unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
                            weight_decay=cfg.weight_decay)
@@ -258,10 +286,11 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     images = images.to(device)  # uint8 [N, 3, H, W] on the device: batches are drawn and flipped there
     step_fn = TrainStep(unet, wants_compile(cfg.compile, device))
     sync_every_step = not engine.cuda  # CUDA: the loss comes back to the host only when it is needed
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    alphas_cumprod = denoiser.alphas_cumprod().to(device)
     n_params = sum(p.numel() for p in unet.parameters())
+    started = f", from {run['init']}" if run["init"] else ""
     echo(f"ddpm: {len(images)} images {run['resolution'][0]}x{run['resolution'][1]}, UNet {list(run['channels'])} "
-         f"({n_params / 1e6:.2f} M params), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}"
+         f"({n_params / 1e6:.2f} M params{started}), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}"
          f"{', compiled' if step_fn.compiled is not None else ''}{', fused AdamW' if fused else ''}"
          f"{f', {engine.world} torchrun processes' if engine.world > 1 else ''}")
 
@@ -286,16 +315,28 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
             return
         run_log.flush()
         save_resume(ckpt_path, "ddpm", step, {
-            "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"])},
+            "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"]),
+                       **({"net": denoiser.spec} if run["init"] else {})},
             "model": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in ema.shadow.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": [rng_state(gen)], "seconds": prior_seconds + stop.elapsed})
         if export:
-            export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
+            denoiser.export(ema.shadow, out, fp16=cfg.export_fp16)
 
     def sample_grid() -> None:
-        grid = ddim_sample(ema.shadow, scheduler, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
+        grid = denoiser.grid(ema.shadow, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
         save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
+
+    probe = None  # --annotations: the k-fold mIoU of the EMA's features (labelgen.quality.Probe), rank 0
+    if cfg.annotations and engine.is_main:
+        from labelgen.quality import Probe
+
+        probe = Probe(cfg.annotations, run["resolution"], cfg.probe_every_min, echo)
+    probed: dict[int, float] = {}  # step -> the probe's mIoU, this session
+
+    def run_probe() -> float:
+        probed[step] = probe.run(denoiser.generator(ema.shadow, timesteps=probe.timesteps), step, stop.elapsed)
+        return probed[step]
 
     autocast = engine.autocast()
     losses = RunningMean()
@@ -303,10 +344,13 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     unet.train()
     with engine.watch(cfg.time_limit_min) as stop:
         # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
-        run_log = engine.run_log(out / TRAIN_DIR, ("loss", "lr", "seconds"), cfg.steps, resume_step=step)
+        run_log = engine.run_log(out / TRAIN_DIR, ("loss", "lr", "seconds", "probe_miou"), cfg.steps,
+                                 resume_step=step)
         done_before = step >= cfg.steps
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
+        elif probe is not None and step == 0 and run["init"]:  # what fine-tuning starts from
+            run_log.row(0, {"probe_miou": round(run_probe(), 5)}, scalars={"probe/miou": probed[0]})
         bar = engine.progress(cfg.steps, step, "train ddpm") if step < cfg.steps else None
         while step < cfg.steps:
             # the global batch, drawn alike on every rank; each rank computes its rows (engine.shard)
@@ -338,13 +382,16 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
                 bar.update(1)
                 if step % 10 == 0 and not pending:
                     bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
-            if log_due:
-                run_log.row(step, {"loss": round(losses.mean, 5), "lr": lr,
-                                   "seconds": round(prior_seconds + stop.elapsed, 1)},
-                            scalars={"train/loss": losses.mean, "train/lr": lr})
+            row = {"loss": round(losses.mean, 5), "lr": lr, "seconds": round(prior_seconds + stop.elapsed, 1)}
+            scalars = {"train/loss": losses.mean, "train/lr": lr}
             if engine.is_main and engine.due(step, cfg.sample_every):
                 sample_grid()
             stopped = engine.stop_reason(agree=sync_every_step or log_due)  # every rank stops at the same step
+            if probe is not None and (stopped or step >= cfg.steps or probe.due(stop.elapsed)):
+                row["probe_miou"] = round(run_probe(), 5)  # (rank 0 only: not a decision the ranks share)
+                scalars["probe/miou"] = probed[step]
+            if log_due or "probe_miou" in row:
+                run_log.row(step, row, scalars=scalars)
             if stopped or engine.due(step, cfg.checkpoint_every, cfg.steps):
                 checkpoint(export=True)
             if stopped:
@@ -354,14 +401,15 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
             bar.close()
         if done_before:  # export only: the checkpoint keeps the run's own record
             if engine.is_main:
-                export_pipeline(ema.shadow, scheduler, out, fp16=cfg.export_fp16)
-        elif step >= cfg.steps and not (out / "unet").is_dir():
+                denoiser.export(ema.shadow, out, fp16=cfg.export_fp16)
+        elif step >= cfg.steps and not denoiser.exported(out):
             checkpoint(export=True)
         if engine.is_main and step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
             sample_grid()
     run_log.close()
     summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
-               "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params}
+               "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params,
+               "probe_miou": probed.get(step), "probe_baseline": probe.baseline if probe is not None else None}
     if stopped:
         echo(f"stopped at step {step}/{cfg.steps} ({stopped}); checkpoint saved; run the same command to continue")
     elif done_before:
