@@ -276,7 +276,7 @@ class Workspace:
         the trained heads (``heads``: these types; default the config's "heads", else every trained one), each
         refused with one line when trained on other generator weights, options or levels, or for another class
         count. Reused while the head files stay the same."""
-        from labelgen.heads import head_id, load_head, read_head_config
+        from labelgen.heads import TaskHead, head_id, read_head_config
 
         stamp, folders = None, {}
         if head:
@@ -292,7 +292,7 @@ class Workspace:
             task_heads, ids = [], []
             for folder in folders.values():
                 check_head(read_head_config(folder).get("meta", {}), self.generator_id(), self.layer_indices, folder)
-                task_head = load_head(folder)
+                task_head = TaskHead.from_pretrained(folder)
                 if task_head.num_classes != len(self.classes):
                     raise LabelgenError(f"{folder}: the head predicts {task_head.num_classes} classes, the "
                                         f"workspace has {len(self.classes)}: run `labelgen train-heads` again")

@@ -90,7 +90,7 @@ class FakeGenerator(Generator):
     can_encode_images = True
 
     def __init__(self, size: int = 32):
-        super().__init__({"size": size})
+        super().__init__()
         self.size = size
         torch.manual_seed(1234)
         self.stem = nn.Conv2d(3, 16, 3, stride=8, padding=1)

@@ -48,7 +48,7 @@ class FakeGAN(Generator):
     backend = "fake-gan"
 
     def __init__(self, size: int = 32, channels: tuple[int, ...] = (8, 8, 4), delay: float = 0.0):
-        super().__init__({"size": size, "channels": list(channels), "delay": delay})
+        super().__init__()
         self.size = size
         self.delay = delay
         torch.manual_seed(1234)

@@ -10,7 +10,7 @@ import torch
 
 import labelgen  # noqa: F401  (installs the torchvision shim before diffusers)
 from labelgen.errors import LabelgenError
-from labelgen.generators import create_generator, from_checkpoint, load_generator
+from labelgen.generators import Generator, create_generator, from_checkpoint
 
 # ------------------------------------------------------------------------------------------------
 # tiny configurations of every backend: name -> (constructor kwargs, sample options)
@@ -129,7 +129,7 @@ class TestGeneratorContract:
 
     def test_save_pretrained_round_trip(self, gen, backend, tmp_path):
         gen.save_pretrained(tmp_path / "g")
-        loaded = load_generator(tmp_path / "g")
+        loaded = Generator.from_pretrained(tmp_path / "g")
         assert type(loaded) is type(gen) and loaded.resolution == gen.resolution
         assert loaded.feature_channels == gen.feature_channels
         reference = gen.sample([1], **_options(backend))

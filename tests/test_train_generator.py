@@ -147,7 +147,7 @@ def test_time_limit_stops_with_checkpoint_and_loadable_export(tmp_path):
 def test_output_loads_in_ddpm_backend_and_diffusers(tmp_path):
     from diffusers import DDPMPipeline
 
-    from labelgen.generators import from_checkpoint, load_generator
+    from labelgen.generators import Generator, from_checkpoint
 
     data = _images(tmp_path / "imgs")
     out = tmp_path / "run"
@@ -157,7 +157,7 @@ def test_output_loads_in_ddpm_backend_and_diffusers(tmp_path):
     ckpt = load_checkpoint(out / TRAIN_DIR / CHECKPOINT_NAME)
     for k, v in pipe.unet.state_dict().items():  # the export holds the EMA weights
         assert torch.equal(v, ckpt["ema"][k]), k
-    for gen in (from_checkpoint("ddpm", out), load_generator(out)):
+    for gen in (from_checkpoint("ddpm", out), Generator.from_pretrained(out)):
         assert gen.resolution == (H, W)
         images = torch.rand(2, 3, H, W) * 2 - 1
         feats = gen.features_of_images(images)
@@ -212,15 +212,15 @@ def _red(folder: Path) -> tuple[Path, torch.Tensor]:
 
 
 def test_stylegan2_learns_colour_and_loads_in_backend(tmp_path):
-    from labelgen.generators import load_generator
+    from labelgen.generators import Generator
 
     data, target = _red(tmp_path / "red")
     out = tmp_path / "sg"
     _train_sg(data, out, steps=1)
-    err0 = (load_generator(out).sample(list(range(8))).images.mean([0, 2, 3]) - target).abs().mean()
+    err0 = (Generator.from_pretrained(out).sample(list(range(8))).images.mean([0, 2, 3]) - target).abs().mean()
     summary = _train_sg(data, out, steps=30)
     assert summary["step"] == 30 and np.isfinite(summary["loss_d"]) and np.isfinite(summary["loss_g"])
-    gen = load_generator(out)  # G_ema.save_pretrained folder
+    gen = Generator.from_pretrained(out)  # G_ema.save_pretrained folder
     assert gen.backend == "stylegan2" and gen.resolution == (16, 16)
     output = gen.sample([0, 1])
     assert [f.shape[1] for f in output.features] == gen.feature_channels
@@ -274,12 +274,12 @@ def test_diff_augment_is_differentiable_and_translates():
 def test_finished_run_reexports_fp16_that_loads_as_float32(tmp_path):
     from safetensors import safe_open
 
-    from labelgen.generators import load_generator
+    from labelgen.generators import Generator
 
     data = _images(tmp_path / "imgs")
     out = tmp_path / "run"
     _train(data, out, steps=2, ema=0.5)
-    fp32 = load_generator(out).features_of_images(torch.zeros(1, 3, H, W))
+    fp32 = Generator.from_pretrained(out).features_of_images(torch.zeros(1, 3, H, W))
     weights = out / "unet" / "diffusion_pytorch_model.safetensors"
     size32 = weights.stat().st_size
     summary = _train(data, out, steps=2, export_fp16=True)  # already at --steps: re-export only
@@ -287,7 +287,7 @@ def test_finished_run_reexports_fp16_that_loads_as_float32(tmp_path):
     with safe_open(str(weights), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     assert weights.stat().st_size < 0.6 * size32
-    gen = load_generator(out)
+    gen = Generator.from_pretrained(out)
     assert next(gen.parameters()).dtype == torch.float32
     fp16 = gen.features_of_images(torch.zeros(1, 3, H, W))
     for a, b in zip(fp32, fp16):

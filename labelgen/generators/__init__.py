@@ -4,7 +4,8 @@
     from_checkpoint("stylegan2", "ffhq.pkl")                   a published checkpoint (NVlabs .pkl,
                                                                diffusers folder, DCGAN state dict,
                                                                guided-diffusion .pt, BigGAN-deep .bin)
-    load_generator("path/to/saved")                            a folder written by save_pretrained
+    Generator.from_pretrained("path/to/saved")                 a folder written by save_pretrained (the
+                                                               backend its generator_config.json names)
 
 Backends are imported lazily: each registry entry names ``module:Class``. Besides the built-in
 :data:`BACKENDS`, a backend may be a plug-in, but only one the user opted in to (a workspace.json is
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME, Generator, GeneratorOutput
+from labelgen.generators.base import Generator, GeneratorOutput
 
 BACKENDS: dict[str, str] = {
     "stylegan2": "labelgen.generators.stylegan2:StyleGAN2Generator",
@@ -40,7 +41,7 @@ PLUGINS_ENV = "LABELGEN_PLUGINS"  # opt-in list of plug-in modules / module:Clas
 ENTRY_POINT_GROUP = "labelgen.generators"  # installed plug-ins: name -> module:Class
 
 __all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "PLUGINS_ENV", "Generator", "GeneratorOutput", "resolve_backend",
-           "generator_class", "create_generator", "from_checkpoint", "load_generator", "check_loaded"]
+           "generator_class", "create_generator", "from_checkpoint", "check_loaded"]
 
 
 def installed_plugins() -> dict[str, str]:
@@ -95,18 +96,6 @@ def create_generator(backend: str, **config: Any) -> Generator:
 def from_checkpoint(backend: str, checkpoint: Path | str | None, **options: Any) -> Generator:
     """Load a published/pretrained checkpoint of ``backend`` (refusing bad ones with a clear error)."""
     return check_loaded(generator_class(backend).from_checkpoint(checkpoint, **options), checkpoint or backend)
-
-
-def load_generator(folder: Path | str) -> Generator:
-    """Rebuild a generator saved with ``save_pretrained`` (config JSON + safetensors)."""
-    import json
-
-    folder = Path(folder)
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise LabelgenError(f"{folder}: no {CONFIG_NAME} (not a saved labelgen generator)")
-    config = json.loads(config_path.read_text())
-    return check_loaded(generator_class(config.pop("backend")).from_pretrained(folder), folder)
 
 
 def check_loaded(generator: Generator, source: Path | str) -> Generator:

@@ -46,8 +46,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import CONFIG_NAME, check_options, machine_option, parse_bool, require_checkpoint
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options
+from labelgen.generators.base import CONFIG_NAME, check_options, parse_bool, require_checkpoint
+from labelgen.generators.diffusion import PixelDiffusionGenerator
 
 # guided-diffusion's model flags that shape the network / schedule, with its defaults
 FLAG_DEFAULTS: dict[str, Any] = {
@@ -401,10 +401,7 @@ class ADMGenerator(PixelDiffusionGenerator):
         shared = parse_bool(share_noise)
         if shared is None:
             raise LabelgenError(f"adm: share_noise must be true or false, got {share_noise!r}")
-        super().__init__({"flags": flags, "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
-                          "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          "share_noise": shared, "fp16": machine_option("fp16", fp16),
-                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
+        super().__init__({"flags": flags, "share_noise": shared})
         self.flags = flags
         self.unet = ADMUNet(flags)
         self.alphas_cumprod = alphas_cumprod(flags)  # float64 [diffusion_steps]
@@ -467,7 +464,8 @@ class ADMGenerator(PixelDiffusionGenerator):
         """A guided-diffusion ``.pt`` state dict (or .safetensors) + its model flags, or a save_pretrained folder.
         Options: preset, flags, timesteps, feature_layers, ddim_steps, noise_seed, share_noise, fp16, bf16,
         channels_last, compile, max_batch."""
-        from labelgen.generators.state_dicts import load_by_name, read_state_dict
+        from labelgen.generators.state_dicts import read_state_dict
+        from labelgen.pretrained import fit_weights
 
         check_options("adm", options, OPTION_KEYS)
         path = require_checkpoint("adm", checkpoint, "a guided-diffusion .pt such as lsun_horse.pt, with --preset or "
@@ -478,5 +476,5 @@ class ADMGenerator(PixelDiffusionGenerator):
         resolved = resolve_flags(path, preset, flags)
         state = read_state_dict(path, "guided-diffusion UNet")
         model = cls(resolved, **options)
-        load_by_name(model.unet, state, path, "ADM UNet")
+        fit_weights(model.unet, state, path, "ADM UNet built from its flags")
         return model.eval()

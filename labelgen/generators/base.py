@@ -8,13 +8,13 @@ Shapes (N = batch):
     images    float32 [N, 3, H, W] in [-1, 1]
     features  list of float tensors [N, C_i, h_i, w_i], one per layer in ``feature_channels`` order
 
-Saved like diffusers models: ``save_pretrained(dir)`` writes ``generator_config.json`` (backend name
-+ constructor arguments) next to ``generator.safetensors``; :func:`labelgen.generators.load_generator`
-rebuilds any backend from such a folder.
+Saved like diffusers models (:mod:`labelgen.pretrained`): ``save_pretrained(dir)`` writes
+``generator_config.json`` (backend name + the constructor's arguments, recorded when it was built) next to
+``generator.safetensors`` (the diffusion backends: a diffusers folder); ``Generator.from_pretrained(dir)``
+rebuilds whichever backend the folder names, ``Backend.from_pretrained(dir)`` that one.
 """
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +24,14 @@ import torch
 from torch import nn
 
 from labelgen.errors import LabelgenError
+from labelgen.pretrained import Pretrained
 
 CONFIG_NAME = "generator_config.json"
 WEIGHTS_NAME = "generator.safetensors"
+# Speed switches of the machine a generator runs on, not of the model: "auto" (on for CUDA), true or false.
+# A saved generator folder does not carry them (folders written before they had an "auto" value always held
+# "false", chosen or not, so it is dropped when read); a workspace's generator_options or a call sets them.
+MACHINE_OPTIONS = ("bf16", "fp16", "channels_last", "compile")  # fp16: adm only
 
 
 @dataclass
@@ -36,15 +41,33 @@ class GeneratorOutput:
     recipes: list[dict[str, Any]] = field(default_factory=list)  # per image: what recomputes it (JSON-able)
 
 
-class Generator(nn.Module, ABC):
+class Generator(Pretrained, ABC):
     """Base class of generator backends (see module docstring)."""
 
     backend: ClassVar[str]  # registry name, e.g. "stylegan2", "ddpm", "dcgan", "stable-diffusion"
     can_encode_images: ClassVar[bool] = False  # True: features_of_images works on real images
+    config_name, weights_name, unsaved = CONFIG_NAME, WEIGHTS_NAME, MACHINE_OPTIONS
+    kind_key, kind_attribute, noun = "backend", "backend", "generator"
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any] | None = None):
+        """``self.config`` holds the backend constructor's arguments already (labelgen.pretrained); ``config``: the
+        normalised form of some of them, stored over them (plug-ins that pass all of them, as backends once had
+        to, still work)."""
         super().__init__()
-        self.config = dict(config)  # constructor arguments, saved in generator_config.json
+        self.config.update(config or {})
+
+    @classmethod
+    def subclass_for(cls, kind: str) -> type["Generator"]:
+        from labelgen.generators import generator_class
+
+        return generator_class(kind)
+
+    @classmethod
+    def checked(cls, model: "Generator", source: Path) -> "Generator":
+        """Image size and finite weights (:func:`labelgen.generators.check_loaded`)."""
+        from labelgen.generators import check_loaded
+
+        return check_loaded(model, source)
 
     @property
     @abstractmethod
@@ -93,32 +116,11 @@ class Generator(nn.Module, ABC):
         return []
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str) -> "Generator":
-        """Rebuild from a ``save_pretrained`` folder (config JSON + safetensors)."""
-        from labelgen.data.io import load_safetensors
-        from labelgen.errors import one_line
-
-        folder = Path(folder)
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        config = {k: v for k, v in config.items() if k not in MACHINE_OPTIONS}  # older folders: always "false"
-        backend = config.pop("backend", cls.backend)
-        if backend != cls.backend:
-            raise LabelgenError(f"{folder}: holds a {backend!r} generator, not {cls.backend!r}")
-        model = cls(**config)
-        tensors = load_safetensors(folder / WEIGHTS_NAME)
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise LabelgenError(f"{folder / WEIGHTS_NAME}: weights do not fit the saved config ({one_line(e, 200)})") from None
-        return model.eval()
-
-    @classmethod
     def from_saved_folder(cls, folder: Path, options: dict[str, Any], not_one: str) -> "Generator":
         """A ``save_pretrained`` folder with ``options`` applied; ``not_one``: the error when it is not one."""
         if not (Path(folder) / CONFIG_NAME).is_file():
             raise LabelgenError(f"{folder}: {not_one}")
-        model = cls.from_pretrained(folder)
-        return model.with_options(**options) if options else model
+        return cls.build_pretrained(Path(folder), **options)
 
     def with_options(self, **options) -> "Generator":
         """A new generator with the same weights and other constructor options (feature_layers, ...)."""
@@ -126,20 +128,6 @@ class Generator(nn.Module, ABC):
         model.load_state_dict(self.state_dict())
         return model.eval()
 
-    # ---- persistence (diffusers-style) ----
-    def save_pretrained(self, folder: Path | str) -> None:
-        from labelgen.data.io import atomic_write_bytes, save_safetensors
-
-        folder = Path(folder)
-        save_safetensors(folder / WEIGHTS_NAME, self.state_dict())
-        config = {k: v for k, v in self.config.items() if k not in MACHINE_OPTIONS}
-        atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": self.backend, **config}, indent=2).encode())
-
-
-# Speed switches of the machine a generator runs on, not of the model: "auto" (on for CUDA), true or false.
-# A saved generator folder does not carry them (folders written before they had an "auto" value always held
-# "false", chosen or not, so it is dropped when read); a workspace's generator_options or a call sets them.
-MACHINE_OPTIONS = ("bf16", "fp16", "channels_last", "compile")  # fp16: adm only
 
 
 def parse_bool(value: Any) -> bool | None:

@@ -257,11 +257,7 @@ class BigGANGenerator(Generator):
         if 4 * 2 ** (len(multipliers) - 1) != resolution:
             raise LabelgenError(f"biggan: {len(multipliers) - 1} up-sampling stages make {4 * 2 ** (len(multipliers) - 1)}"
                                 f" pixels, not resolution {resolution}")
-        super().__init__({"resolution": int(resolution), "channel_width": int(channel_width), "z_dim": int(z_dim),
-                          "num_classes": int(num_classes), "multipliers": multipliers,
-                          "attention_layer_position": int(attention_layer_position), "n_stats": int(n_stats),
-                          "eps": float(eps), "feature_layers": feature_layers, "class_id": int(class_id),
-                          "truncation": float(truncation), "z_sampler": z_sampler})
+        super().__init__({"multipliers": multipliers})
         self._check_class(class_id)
         self._check_truncation(truncation)
         self._check_z_sampler(z_sampler)
@@ -384,7 +380,8 @@ class BigGANGenerator(Generator):
         truncation, z_sampler."""
         import json
 
-        from labelgen.generators.state_dicts import load_by_name, read_state_dict
+        from labelgen.generators.state_dicts import read_state_dict
+        from labelgen.pretrained import fit_weights
 
         if "class_idx" in options:  # the CLI's --class (stylegan2's name for it)
             options["class_id"] = options.pop("class_idx")
@@ -399,8 +396,7 @@ class BigGANGenerator(Generator):
                                 "pytorch_model.bin, or its folder)")
         path = Path(checkpoint)
         if path.is_dir() and (path / CONFIG_NAME).is_file():  # a save_pretrained folder
-            model = cls.from_pretrained(path)
-            return model.with_options(**options) if options else model
+            return cls.build_pretrained(path, **options)
         if path.is_dir():
             found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
             found = found or sorted(path.glob("*" + PORT_WEIGHTS_SUFFIX))
@@ -419,5 +415,5 @@ class BigGANGenerator(Generator):
             except (ValueError, OSError, AttributeError):
                 raise LabelgenError(f"{published}: unreadable BigGAN config.json") from None
         model = cls(**config, **options)
-        load_by_name(model, state, path, "BigGAN-deep generator")
+        fit_weights(model, state, path, "BigGAN-deep generator its key layout describes")
         return model.eval()

@@ -30,6 +30,7 @@ from labelgen.generators.base import (
     CONFIG_NAME, Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, module_device,
     seeded_randn,
 )
+from labelgen.pretrained import fit_weights
 
 DEFAULT_PACKAGE = "gan_face_generate"
 DEFAULT_FILE = "weights.tar"
@@ -79,8 +80,7 @@ class DCGANGenerator(Generator):
 
     def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, feature_layers: list[int] | None = None,
                  truncation: float = 1.0):
-        super().__init__({"nz": nz, "ngf": ngf, "nc": nc, "feature_layers": feature_layers,
-                          "truncation": float(truncation)})
+        super().__init__({"truncation": float(truncation)})
         if nc != 3:
             raise LabelgenError(f"dcgan: only RGB generators are supported (nc=3), got nc={nc}")
         self.nz, self.ngf, self.nc = int(nz), int(ngf), int(nc)
@@ -169,20 +169,15 @@ class DCGANGenerator(Generator):
         if set(options) - {"truncation"}:
             raise LabelgenError(f"dcgan: unknown options {sorted(set(options) - {'truncation'})} "
                                 "(it takes feature_layers, truncation)")
+        if feature_layers is not None:
+            options["feature_layers"] = feature_layers
         if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():  # a save_pretrained folder
-            model = cls.from_pretrained(checkpoint)
-            if feature_layers is not None:
-                options["feature_layers"] = feature_layers
-            return model.with_options(**options) if options else model
+            return cls.build_pretrained(Path(checkpoint), **options)
         path = default_weights_path() if checkpoint is None else Path(checkpoint)
         state = _read_state_dict(path)
         first = state.get("main.0.weight")
         if first is None or first.ndim != 4 or first.shape[2:] != (4, 4) or first.shape[1] % 8:
             raise LabelgenError(f"{path}: not a DCGAN generator state dict (no 4x4 main.0.weight [nz, 8*ngf, 4, 4])")
-        model = cls(nz=int(first.shape[0]), ngf=int(first.shape[1]) // 8, feature_layers=feature_layers, **options)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            msg = " ".join(str(e).split())
-            raise LabelgenError(f"{path}: weights do not fit the DCGAN architecture ({msg[:200]})") from None
+        model = cls(nz=int(first.shape[0]), ngf=int(first.shape[1]) // 8, **options)
+        fit_weights(model, state, path, "DCGAN generator its main.0.weight describes")
         return model.eval()

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.base import MACHINE_OPTIONS, CONFIG_NAME, check_options, require_checkpoint
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, PixelDiffusionGenerator, machine_options, plain_config
+from labelgen.generators.base import MACHINE_OPTIONS, CONFIG_NAME, Generator, check_options, require_checkpoint
+from labelgen.generators.diffusion import PixelDiffusionGenerator, plain_config
 
 MODEL_INDEX = "model_index.json"
 OPTION_KEYS = ("timesteps", "feature_layers", "ddim_steps", "noise_seed", "bf16", "channels_last", "compile",
@@ -42,21 +42,41 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def write_labelgen_config(folder: Path, backend: str, config: dict[str, Any], skip: tuple[str, ...]) -> None:
-    from labelgen.data.io import atomic_write_bytes
+def write_labelgen_config(folder: Path, generator: Generator, skip: tuple[str, ...], extra: dict | None) -> None:
+    """generator_config.json beside a diffusers folder: the saved config less what the diffusers files hold."""
+    from labelgen.data.io import atomic_write_json
 
-    options = {k: v for k, v in config.items() if k not in skip and k not in MACHINE_OPTIONS}
-    atomic_write_bytes(folder / CONFIG_NAME, json.dumps({"backend": backend, **options}, indent=2).encode())
+    saved = generator.config_to_save(extra)
+    atomic_write_json(folder / CONFIG_NAME, {k: v for k, v in saved.items() if k not in skip})
 
 
-def read_labelgen_options(folder: Path, backend: str) -> dict[str, Any]:
+def load_diffusers_model(model_class, folder: Path, what: str):
+    """A diffusers model (UNet, VAE) from its folder. Safetensors weights holding a tensor of another shape than
+    config.json builds are labelgen.pretrained's one error (the file's header against a model built on the meta
+    device: nothing allocated); names (older layouts diffusers renames), sharded or .bin weights and anything else
+    diffusers refuses: one line."""
+    from labelgen.pretrained import check_shapes, file_shapes
+
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        with torch.device("meta"):
+            model = model_class.from_config(_read_json(folder / "config.json", f"diffusers {what} folder"))
+        check_shapes(model.state_dict(), file_shapes(weights), weights,
+                     f"{model_class.__name__} of {folder / 'config.json'}", names_too=False)
+    try:
+        return model_class.from_pretrained(str(folder))
+    except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError for missing/bad weights
+        raise LabelgenError(f"{folder}: cannot load the {what} ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]})") from None
+
+
+def read_labelgen_options(folder: Path, generator_class: type[Generator]) -> dict[str, Any]:
     """Feature options saved next to a diffusers folder (empty when it is a plain diffusers folder)."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         return {}
     saved = _read_json(path, "labelgen generator")
-    if saved.pop("backend", backend) != backend:
-        raise LabelgenError(f"{folder}: holds a different generator backend, not {backend!r}")
+    generator_class.class_of(saved, folder)  # another backend's folder: one line
     return {k: v for k, v in saved.items() if k in OPTION_KEYS and k not in MACHINE_OPTIONS}  # see MACHINE_OPTIONS
 
 
@@ -71,10 +91,7 @@ class DDPMGenerator(PixelDiffusionGenerator):
 
         scheduler_config = plain_config(scheduler_config or DDPMScheduler().config)
         unet = _unet if _unet is not None else UNet2DModel.from_config(dict(unet_config))
-        super().__init__({"unet_config": plain_config(unet.config), "scheduler_config": scheduler_config,
-                          "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
-                          "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
+        super().__init__({"unet_config": plain_config(unet.config), "scheduler_config": scheduler_config})
         self.unet = unet
         if self.unet.config.in_channels != 3 or self.unet.config.out_channels != 3:
             raise LabelgenError("ddpm: the UNet must map 3 to 3 channels (RGB pixel space)")
@@ -91,7 +108,7 @@ class DDPMGenerator(PixelDiffusionGenerator):
         return self.unet(x, t).sample
 
     # ---- diffusers folder layout ----
-    def save_pretrained(self, folder: Path | str) -> None:
+    def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
         import diffusers
         from diffusers import DDPMScheduler
 
@@ -104,13 +121,13 @@ class DDPMGenerator(PixelDiffusionGenerator):
         index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
         atomic_write_bytes(folder / MODEL_INDEX, json.dumps(index, indent=2).encode())
-        write_labelgen_config(folder, self.backend, self.config, skip=("unet_config", "scheduler_config"))
+        write_labelgen_config(folder, self, ("unet_config", "scheduler_config"), extra)
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str, **options) -> "DDPMGenerator":
+    def build_pretrained(cls, folder: Path, **options) -> "DDPMGenerator":
+        """A DDPMPipeline folder (generator_config.json optional)."""
         from diffusers import UNet2DModel
 
-        folder = Path(folder)
         if not (folder / "unet").is_dir():
             raise LabelgenError(f"{folder}: not a DDPM folder (expected unet/ and scheduler/ as written by "
                                 "DDPMPipeline.save_pretrained)")
@@ -119,12 +136,8 @@ class DDPMGenerator(PixelDiffusionGenerator):
         if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
             raise LabelgenError(f"{folder}/unet: a {unet_config['_class_name']}, not a UNet2DModel "
                                 "(Stable Diffusion folders: use --backend stable-diffusion)")
-        try:
-            unet = UNet2DModel.from_pretrained(str(folder / "unet"))
-        except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError for missing/bad weights
-            raise LabelgenError(f"{folder}/unet: cannot load the UNet ({type(e).__name__}: "
-                                f"{(str(e).splitlines() or [''])[0][:160]})") from None
-        kwargs = {**read_labelgen_options(folder, cls.backend), **options}
+        unet = load_diffusers_model(UNet2DModel, folder / "unet", "UNet")
+        kwargs = {**read_labelgen_options(folder, cls), **options}
         return cls(unet_config=plain_config(unet.config), scheduler_config=scheduler_config, _unet=unet,
                    **kwargs).eval()
 
@@ -137,4 +150,4 @@ class DDPMGenerator(PixelDiffusionGenerator):
                            "`labelgen train-generator --backend ddpm`")
         if not Path(checkpoint).is_dir():
             raise LabelgenError(f"{checkpoint}: not a folder (a DDPM checkpoint is a DDPMPipeline folder)")
-        return cls.from_pretrained(checkpoint, **options)
+        return cls.build_pretrained(Path(checkpoint), **options)

@@ -39,8 +39,8 @@ from labelgen.errors import LabelgenError
 from labelgen.imaging import quantize
 from labelgen.run import option_on
 from labelgen.generators.base import (
-    Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, machine_option, module_device,
-    seeded_randn,
+    MACHINE_OPTIONS, Generator, GeneratorOutput, check_feature_layers, check_seeds, inference, machine_option,
+    module_device, seeded_randn,
 )
 
 DEFAULT_TIMESTEPS = [50, 150, 250]
@@ -48,12 +48,6 @@ DEFAULT_TIMESTEPS = [50, 150, 250]
 # no CUDA graphs, because their output buffers are overwritten by the next replay while the loop still holds
 # the outputs of earlier micro-batches (torch.cat of all of them per step).
 COMPILE_MODE = "max-autotune-no-cudagraphs"
-
-
-def machine_options(bf16, channels_last, compile) -> dict[str, bool | str]:
-    """The constructors' bf16 / channels_last / compile arguments, normalised ("auto", True or False)."""
-    return {"bf16": machine_option("bf16", bf16), "channels_last": machine_option("channels_last", channels_last),
-            "compile": machine_option("compile", compile)}
 
 
 def plain_config(config) -> dict[str, Any]:
@@ -77,6 +71,9 @@ class DiffusionGenerator(Generator):
     unet: torch.nn.Module
 
     def _setup_features(self, timesteps, feature_layers, num_train_timesteps: int) -> None:
+        for name in MACHINE_OPTIONS:  # the constructor's bf16, channels_last, compile (adm: fp16): "auto", True, False
+            if name in self.config:
+                self.config[name] = machine_option(name, self.config[name])
         try:
             self.timesteps = [int(t) for t in (DEFAULT_TIMESTEPS if timesteps is None else timesteps)]
         except (TypeError, ValueError):

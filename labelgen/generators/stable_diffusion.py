@@ -26,8 +26,10 @@ from typing import Any
 import torch
 
 from labelgen.errors import LabelgenError
-from labelgen.generators.ddpm import MODEL_INDEX, OPTION_KEYS, _read_json, read_labelgen_options, write_labelgen_config
-from labelgen.generators.diffusion import DEFAULT_TIMESTEPS, DiffusionGenerator, machine_options, plain_config
+from labelgen.generators.ddpm import (
+    MODEL_INDEX, OPTION_KEYS, _read_json, load_diffusers_model, read_labelgen_options, write_labelgen_config,
+)
+from labelgen.generators.diffusion import DiffusionGenerator, plain_config
 
 EMBEDS_FILE = "empty_prompt_embeds.safetensors"
 EMBEDS_KEY = "prompt_embeds"
@@ -36,11 +38,7 @@ EMBEDS_KEY = "prompt_embeds"
 def _load_module(cls, folder: Path, what: str):
     if not (folder / "config.json").is_file():
         raise LabelgenError(f"{folder}: missing (a Stable Diffusion folder needs vae/, unet/ and scheduler/)")
-    try:
-        return cls.from_pretrained(str(folder))
-    except Exception as e:  # diffusers raises OSError/ValueError/... for missing or mismatched weights
-        raise LabelgenError(f"{folder}: cannot load the {what} ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:160]})") from None
+    return load_diffusers_model(cls, folder, what)
 
 
 def empty_prompt_embeds(folder: Path) -> torch.Tensor:
@@ -85,10 +83,7 @@ class StableDiffusionGenerator(DiffusionGenerator):
         scheduler_config = plain_config(scheduler_config or DDIMScheduler(beta_schedule="scaled_linear",
                                                                           beta_start=0.00085, beta_end=0.012).config)
         super().__init__({"unet_config": plain_config(unet.config), "vae_config": plain_config(vae.config),
-                          "scheduler_config": scheduler_config, "prompt_length": int(prompt_length),
-                          "timesteps": list(DEFAULT_TIMESTEPS if timesteps is None else timesteps),
-                          "feature_layers": feature_layers, "ddim_steps": int(ddim_steps), "noise_seed": int(noise_seed),
-                          **machine_options(bf16, channels_last, compile), "max_batch": int(max_batch)})
+                          "scheduler_config": scheduler_config})
         self.unet, self.vae = unet, vae
         if vae.config.latent_channels != unet.config.in_channels:
             raise LabelgenError(f"stable-diffusion: VAE latents have {vae.config.latent_channels} channels but the "
@@ -138,7 +133,7 @@ class StableDiffusionGenerator(DiffusionGenerator):
         return self.unet(x, t, encoder_hidden_states=context).sample
 
     # ---- diffusers folder layout ----
-    def save_pretrained(self, folder: Path | str) -> None:
+    def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
         import diffusers
         from diffusers import DDIMScheduler
         from labelgen.data.io import atomic_write_bytes, save_safetensors
@@ -154,21 +149,20 @@ class StableDiffusionGenerator(DiffusionGenerator):
                  "vae": ["diffusers", "AutoencoderKL"]}
         if not (folder / MODEL_INDEX).is_file():
             atomic_write_bytes(folder / MODEL_INDEX, json.dumps(index, indent=2).encode())
-        write_labelgen_config(folder, self.backend, self.config,
-                              skip=("unet_config", "vae_config", "scheduler_config", "prompt_length"))
+        write_labelgen_config(folder, self, ("unet_config", "vae_config", "scheduler_config", "prompt_length"), extra)
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str, **options) -> "StableDiffusionGenerator":
+    def build_pretrained(cls, folder: Path, **options) -> "StableDiffusionGenerator":
+        """A diffusers Stable Diffusion folder (generator_config.json optional)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        folder = Path(folder)
         if not (folder / "unet").is_dir() or not (folder / "vae").is_dir():
             raise LabelgenError(f"{folder}: not a Stable Diffusion folder (expected vae/, unet/, scheduler/)")
         scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json", "diffusers scheduler folder")
         unet = _load_module(UNet2DConditionModel, folder / "unet", "UNet")
         vae = _load_module(AutoencoderKL, folder / "vae", "VAE")
         embeds = empty_prompt_embeds(folder)
-        kwargs = {**read_labelgen_options(folder, cls.backend), **options}
+        kwargs = {**read_labelgen_options(folder, cls), **options}
         return cls(unet_config=plain_config(unet.config), vae_config=plain_config(vae.config),
                    scheduler_config=scheduler_config, prompt_length=embeds.shape[1], _unet=unet, _vae=vae,
                    _prompt_embeds=embeds, **kwargs).eval()
@@ -183,4 +177,4 @@ class StableDiffusionGenerator(DiffusionGenerator):
             raise LabelgenError("stable-diffusion: pass --checkpoint, a local diffusers Stable Diffusion folder "
                                 "(vae/, unet/, scheduler/, text_encoder/ + tokenizer/ or "
                                 f"{EMBEDS_FILE}); nothing is downloaded")
-        return cls.from_pretrained(checkpoint, **options)
+        return cls.build_pretrained(Path(checkpoint), **options)

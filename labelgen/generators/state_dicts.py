@@ -1,17 +1,14 @@
-"""Reading published checkpoints as plain tensors, and loading them into our modules by parameter name.
+"""Reading published checkpoints as plain tensors (loaded into our modules by :func:`labelgen.pretrained.fit_weights`).
 
 :func:`read_state_dict` accepts a ``.safetensors`` file or a torch ``.pt/.pth/.bin`` file loaded with
 ``torch.load(weights_only=True)``: a file whose unpickling needs anything beyond tensors and plain
 containers (a class, a function such as ``os.system``) is refused before any of it runs.
-:func:`load_by_name` copies such a dict into a module and turns every mismatch into one line naming
-the first missing, unexpected or mis-shaped parameters.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from labelgen.errors import LabelgenError
 
@@ -54,24 +51,3 @@ def read_state_dict(path: Path | str, what: str, nested: tuple[str, ...] = ("sta
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LabelgenError(f"{path}: not a {what} state dict (expected a dict of named tensors)")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_by_name(module: nn.Module, state: dict[str, torch.Tensor], path: Path | str, what: str) -> None:
-    """Copy ``state`` into ``module`` (strict, by name); a mismatch is one line naming the first offenders."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {list(state[k].shape)} != {list(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} of another shape (e.g. {'; '.join(shapes[:2])})")
-    if problems:
-        raise LabelgenError(f"{path}: weights do not fit the {what} built from its flags: {'; '.join(problems)}")
-    with torch.no_grad():
-        for name, tensor in own.items():
-            tensor.copy_(state[name].to(tensor.dtype))

@@ -346,11 +346,7 @@ class StyleGAN2Generator(Generator):
                  feature_layers: list[int] | None = None, truncation_psi: float = 1.0,
                  truncation_cutoff: int | None = None, noise_mode: str = "const", class_idx: int = 0):
         mapping_kwargs, synthesis_kwargs = dict(mapping_kwargs or {}), dict(synthesis_kwargs or {})
-        super().__init__({"img_resolution": img_resolution, "z_dim": z_dim, "w_dim": w_dim, "c_dim": c_dim,
-                          "img_channels": img_channels, "mapping_kwargs": mapping_kwargs,
-                          "synthesis_kwargs": synthesis_kwargs, "feature_layers": feature_layers,
-                          "truncation_psi": truncation_psi, "truncation_cutoff": truncation_cutoff,
-                          "noise_mode": noise_mode, "class_idx": int(class_idx)})
+        super().__init__()
         if img_channels not in (1, 3):
             raise LabelgenError(f"stylegan2: img_channels must be 1 or 3, got {img_channels}")
         if noise_mode not in NOISE_MODES:

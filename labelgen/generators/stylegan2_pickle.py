@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from labelgen.errors import LabelgenError
+from labelgen.pretrained import fit_weights
 
 PERSISTENCE_MODULE = "torch_utils.persistence"
 PERSISTENCE_ENTRY = "_reconstruct_persistent_obj"
@@ -228,17 +229,6 @@ def load_nvidia_pickle(path: Path | str, **options: Any):
         model = StyleGAN2Generator(**kwargs, **options)
     except LabelgenError as e:
         raise LabelgenError(f"{path}: {e}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise LabelgenError(f"{path}: the pickle's generator does not match StyleGAN2 "
-                            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                            f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}; StyleGAN3/other pickles "
-                            "are not supported)")
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(tensors[k].shape)]
-    if bad:
-        k = bad[0]
-        raise LabelgenError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    fit_weights(model, {k: v.float() for k, v in tensors.items()}, path,
+                "StyleGAN2 generator its init arguments describe (StyleGAN3 and other pickles are not supported)")
     return model.eval()

@@ -45,9 +45,3 @@ def create_head(name: str, in_channels: list[int], num_classes: int, output_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(in_channels=list(in_channels), num_classes=num_classes, output_size=output_size, **options)
-
-
-
-def load_head(folder, device: str = "cpu") -> TaskHead:
-    """Deprecated: TaskHead.from_pretrained(folder, device)."""
-    return TaskHead.from_pretrained(folder, device)
