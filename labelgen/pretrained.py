@@ -8,9 +8,9 @@
 A subclass of :class:`Pretrained` records ``self.config`` from the arguments its constructor was called with
 (defaults filled in; arguments whose name starts with ``_``, such as a prebuilt submodule, left out; in the form
 JSON gives back: tuples as lists) before the constructor runs, so no class lists its own arguments; a constructor
-that normalises an argument (the string "false" to False) stores the normalised value over it. Loading never runs code from the folder: configs are JSON,
-weights safetensors. :func:`fit_weights` is the one check that tensors fit a model: :class:`WeightsDoNotFit`, one
-line naming the file, the first tensor that does not fit and both shapes.
+that normalises an argument (the string "false" to False) stores the normalised value over it. Loading never runs
+code from the folder: configs are JSON, weights safetensors. :func:`fit_weights` is the one check that tensors fit
+a model: :class:`WeightsDoNotFit`, one line naming the file, the first tensor that does not fit and both shapes.
 """
 from __future__ import annotations
 
@@ -192,12 +192,19 @@ class Pretrained(nn.Module):
         return cls
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **options: Any) -> "Pretrained":
+    def from_config(cls, config: Mapping[str, Any], source: Path | str | None = None, /,
+                    **options: Any) -> "Pretrained":
         """A new (randomly initialised) model from a saved config (its kind, "meta" and ``unsaved`` keys are not
-        constructor arguments); ``options`` override its arguments."""
-        target = cls.class_of(config, "config")
+        constructor arguments; ``source``: the file it came from, for messages); ``options`` override arguments."""
+        source = source or cls.config_name
+        target = cls.class_of(config, source)
         skip = {target.kind_key, "meta", *target.unsaved}
-        return target(**{**{k: v for k, v in config.items() if k not in skip}, **options})
+        arguments = {**{k: v for k, v in config.items() if k not in skip}, **options}
+        try:
+            inspect.signature(target).bind(**arguments)
+        except TypeError as e:  # a key the constructor does not take, or one it needs missing
+            raise LabelgenError(f"{source}: not the arguments of the {target.noun} ({e})") from None
+        return target(**arguments)
 
     # ---- save / load ----
     def save_pretrained(self, folder: Path | str, extra: dict[str, Any] | None = None) -> None:
@@ -219,10 +226,10 @@ class Pretrained(nn.Module):
     def build_pretrained(cls, folder: Path, **options: Any) -> "Pretrained":
         """The model of ``folder`` (eval mode, on the CPU); folders in another library's layout override this."""
         config = cls.read_pretrained_config(folder)
-        target = cls.class_of(config, folder)
+        target = cls.class_of(config, folder / cls.config_name)
         if target is not cls:
             return target.build_pretrained(folder, **options)
-        model = cls.from_config(config, **options)
+        model = cls.from_config(config, folder / cls.config_name, **options)
         model.load_weights(folder / cls.weights_name)
         return model.eval()
 

@@ -185,7 +185,7 @@ class Student(Pretrained):
     @classmethod
     def build_pretrained(cls, folder: Path, weights: str | None = None) -> "Student":
         """The student of a run folder; ``weights``: which of its weights files (:func:`weights_file`)."""
-        student = cls.from_config(cls.read_pretrained_config(folder))
+        student = cls.from_config(cls.read_pretrained_config(folder), folder / CONFIG_NAME)
         student.load_weights(weights_file(folder, weights))
         return student.eval()
 

@@ -89,6 +89,22 @@ def test_weights_of_another_shape_are_one_error_naming_file_tensor_and_shapes(ki
     assert f"{tensor} is {in_file} in the file, {in_model} in the model" in message
 
 
+def test_a_config_the_constructor_cannot_take_is_one_line_naming_the_file(tmp_path):
+    import json
+    import re
+
+    from labelgen.errors import LabelgenError
+
+    _make("dcgan").save_pretrained(tmp_path / "g")
+    path = tmp_path / "g" / "generator_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ngff": 4}))
+    with pytest.raises(LabelgenError, match=f"^{re.escape(str(path))}: not the arguments of the generator .*'ngff'"):
+        Generator.from_pretrained(tmp_path / "g")
+    path.write_text(json.dumps({"nz": 16}))
+    with pytest.raises(LabelgenError, match=f"^{re.escape(str(path))}: no 'backend' \\(which generator it holds\\)"):
+        Generator.from_pretrained(tmp_path / "g")
+
+
 @torch.no_grad()
 def test_folders_written_before_the_one_shape_still_load(tmp_path):
     """The files as the writers before labelgen.pretrained wrote them: a generator config listed by hand (with the

@@ -76,7 +76,7 @@ def read_labelgen_options(folder: Path, generator_class: type[Generator]) -> dic
     if not path.is_file():
         return {}
     saved = _read_json(path, "labelgen generator")
-    generator_class.class_of(saved, folder)  # another backend's folder: one line
+    generator_class.class_of(saved, path)  # another backend's folder: one line
     return {k: v for k, v in saved.items() if k in OPTION_KEYS and k not in MACHINE_OPTIONS}  # see MACHINE_OPTIONS
 
 
