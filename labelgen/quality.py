@@ -11,8 +11,9 @@
 
 The baseline is the same heads (type, options, epochs, pixels per image, class balance, flip augmentation) trained
 on the same annotations and scored on the same held-out images, reading the photo's RGB at strides 1, 4 and 16
-(average-pooled: the pixel and its surroundings) instead of generator features. It costs seconds on a CPU (9 input
-channels), and the difference between a teacher and it is what the generator's features add. It is a floor of what
+(average-pooled: the pixel and its surroundings) instead of generator features. It is cheap next to heads on
+generator features (9 input channels instead of hundreds), and the difference between a teacher and it is what the
+generator's features add. It is a floor of what
 a supervised student trained on the same labels gets (a U-Net learns more from them): a teacher below it has features
 that add nothing yet, and its labels will not teach a student more than those labels alone.
 """
