@@ -277,15 +277,3 @@ def describe_init(report: dict[str, Any]) -> str:
     return (f"loaded {len(report['loaded'])} tensors ({parts}); skipped {len(report['skipped'])} "
             f"(shape differs); {len(report['missing'])} left at random init")
 
-
-
-def save_student(run_dir: Path, model: nn.Module, config: StudentConfig) -> None:
-    """Deprecated: ``Student(**asdict(config), _net=model).save_pretrained(run_dir)``."""
-    Student(**asdict(config), _net=model).save_pretrained(run_dir)
-
-
-def load_student(run_dir: Path | str, device: str | torch.device = "cpu", weights: str | None = None
-                 ) -> tuple[nn.Module, StudentConfig]:
-    """Deprecated: ``Student.from_pretrained(run_dir, device, weights=weights)`` (its ``net`` and ``student_config``)."""
-    student = Student.from_pretrained(run_dir, device, weights=weights)
-    return student.net, student.student_config

@@ -43,9 +43,9 @@ from labelgen.student.distill import (
     match_levels, resize_to, soft_label_loss,
 )
 from labelgen.student.models import (
-    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, NO_FEATURE_PYRAMID, REGRESSOR_NAME, STATE_NAME, StudentConfig,
-    check_image_size, create_student, describe_init, encoder_channels, feature_pyramid, load_matching, read_best,
-    save_student,
+    BEST_JSON, BEST_NAME, IMAGENET_MEAN, IMAGENET_STD, NO_FEATURE_PYRAMID, REGRESSOR_NAME, STATE_NAME, Student,
+    StudentConfig, check_image_size, create_student, describe_init, encoder_channels, feature_pyramid, load_matching,
+    read_best,
 )
 
 MODES = ("supervised", "label-distill", "feature-distill", "dreamteacher")
@@ -338,7 +338,7 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
             "module": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "losses": losses, "rng": rngs, "config": json.loads(json.dumps(asdict(config))), "total": total,
             **({"ema": ema.shadow.state_dict()} if ema is not None else {})})
-        save_student(run_dir, averaged, config)
+        Student(**asdict(config), _net=averaged).save_pretrained(run_dir)
         if module.regressor is not None:
             save_safetensors(run_dir / REGRESSOR_NAME, module.regressor)
 
