@@ -1,6 +1,7 @@
 """The CCP-8 quality table: teacher, students and supervised baselines on Clothing Co-Parsing at 96x64.
 
-    .venv/bin/python bench/ccp_quality.py --ccp CCP96 [--teacher WORKSPACE] [--preset cpu] [--out RUN_DIR] [--rows ...]
+    .venv/bin/python bench/ccp_quality.py --ccp CCP96 [--teacher WORKSPACE] [--preset cpu] [--out RUN_DIR] \
+        [--rows ...] [--seeds N]
 
 ``CCP96`` is the output of ``labelgen data import-ccp --size 96x64`` (made here with ``--src`` if missing). Metric
 and splits as in the dataset's DATACARD: mean IoU over the 8 classes from one confusion matrix over the split;
@@ -12,12 +13,15 @@ with their output in RUN_DIR/logs/, makes each data part once under RUN_DIR/data
 RUN_DIR/rows/<name>.json, so a killed run resumes where it stopped; a row runs the rows it builds on first.
 Prints a markdown table and writes ``--results`` (one object per row: name, trained_on, miou, per_class,
 pixel_accuracy, device, seconds, command, selection, ...). ``--rows`` takes row groups (supervised, teacher,
-distill) and/or row names.
+distill) and/or row names. ``--seeds N`` runs each student row named there at N student seeds on the same data
+(a row run at several: ``miou`` = the mean, ``miou_seeds``, ``miou_std``; see ``aggregate_seeds``). The pretraining
+row (feature-distill) scores nothing: its ``miou`` is null and ``pretrain`` holds its feature-loss curve in brief.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +29,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from statistics import mean, stdev
 
 import click
 
@@ -48,12 +53,13 @@ class Preset:
     sweep_epochs: int  # tune-features: head epochs per candidate
     real_weight: float  # how much more often an annotated-20 image is drawn than a synthetic one
     class_balance: float  # student --class-balance (loss weight ~ class pixel frequency^-P), every student row
+    pretrain_steps: int  # feature-distill: DreamTeacher's pretraining on stored teacher features (no labels)
 
 
 PRESETS = {
-    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 1, 1, 1, 4.0, 0.5),  # the test suite's: plumbing only, on tiny data
-    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5),  # the table in docs/benchmarks.md
-    "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20, 20.0, 0.5),  # the full protocol
+    "tiny": Preset(3, 3, 3, 2, 2, 2, 2, 4, 2, 1, 1, 1, 4.0, 0.5, 3),  # the test suite's: plumbing only, on tiny data
+    "cpu": Preset(300, 600, 800, 150, 60, 100, 8, 128, 10, 400, 10, 4, 20.0, 0.5, 600),  # docs/benchmarks.md's table
+    "gpu": Preset(3000, 6000, 20000, 10000, 300, 1000, 32, 20000, 50, None, 60, 20, 20.0, 0.5, 20000),  # full protocol
 }
 
 
@@ -85,19 +91,23 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Student:
-    """A student row: `student train` on ``data`` (CCP splits and PARTS), then `student eval` on test.
+    """A student row: `student train` on ``data`` (CCP splits and PARTS), then `student eval` on test (a
+    feature-distill row trains no segmentation head: nothing is scored, its feature-loss curve is recorded instead).
     ``trained_on`` is formatted with {data} (the parts' descriptions), {n[part]} (a part's samples), {size}, {init}."""
     name: str
     note: str
     data: tuple[str, ...]
     trained_on: str
     mode: str = "label-distill"
-    steps: str = "distill_steps"  # the Preset field, times steps_factor
+    steps: str = "distill_steps"  # the Preset field (or fields joined by "+", summed), times steps_factor
     steps_factor: int = 1
     flags: str = "--tau 4"  # extra `student train` options
     size: str | None = "96x64"  # --image-size (the photos' size); None: the init row's
     teacher: tuple[Heads, ...] = ()  # --teacher: these heads' workspace (dreamteacher)
-    init: bool = False  # --init: the distilled student with the best val mIoU (of this run folder)
+    features: str | None = None  # --features: this PARTS entry (teacher features stored once)
+    init: str | None = None  # --init: this row's student at the same seed, or BEST_DISTILLED (of this run folder)
+    arch: str = "unet"
+    encoder: str = "resnet18"
     lr: float = 1e-3
     group: str = "distill"
 
@@ -131,6 +141,14 @@ class Photos:
 
 
 @dataclass(frozen=True)
+class Features:
+    """The teacher's features of the images of parts ``of`` (CCP splits and PARTS), stored once by `labelgen features`
+    (the workspace of ``heads``: their generator and levels) and read by every student row with ``features``."""
+    heads: tuple[Heads, ...]
+    of: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Relabelled:
     """Part ``of``'s photos relabelled by row ``student``'s student (`student pseudo-label`, flip TTA), its soft labels
     averaged with ``of``'s at ``teacher_weight``; its data cost counts as ``of``'s."""
@@ -157,8 +175,11 @@ PARTS = {
     "pseudo-r2": Relabelled("{n} photos relabelled by label-distill", "label-distill", of="pseudo"),
     "pseudo-all-r2": Relabelled("{n} photos (all) relabelled by label-distill-long-all-2x + teacher (weight 0.5)",
                                 "label-distill-long-all-2x", of="pseudo-all", teacher_weight=0.5),
+    # feature-distill's data and label-distill's (pseudo's photos are unlabeled photos, matched by their pixels)
+    "features": Features(BEST, of=("unlabeled", "synthetic", "annotated-20")),
 }
 
+BEST_DISTILLED = "best-distilled"  # Student.init: the DISTILLED student with the best val mIoU
 DISTILL = ("synthetic", "pseudo", "annotated-20")  # label-distill's data
 ALL = ("synthetic", "pseudo-all", "annotated-20")
 TAU = "{data}; soft labels tau=4"
@@ -221,14 +242,32 @@ ROWS = (
             size="192x128"),
     Student("dreamteacher", "label-distill's data; feature distillation with the teacher in the loop", DISTILL,
             "{data}; features + soft labels tau=4", mode="dreamteacher", steps="dreamteacher_steps", teacher=BEST),
+    # DreamTeacher's recipe on stored teacher features (PARTS["features"], made once): pretraining, then fine-tuning
+    Student("feature-distill", "pretraining only (DreamTeacher): regress the teacher's stored features of every "
+            "unlabeled photo + the synthetic samples, no labels; nothing scored: its feature-loss curve is recorded",
+            ("unlabeled", "synthetic"), "{data} (all unlabeled photos); teacher features, no labels",
+            mode="feature-distill", steps="pretrain_steps", flags="", features="features"),
+    Student("label-distill-fd", "label-distill's command from feature-distill's weights (the same seed's)", DISTILL,
+            TAU + "; from {init}'s weights", init="feature-distill"),
+    Student("supervised-20-fd", "supervised-20's command from feature-distill's weights: DreamTeacher's fine-tune "
+            "on the labels", ("annotated-20",), "{data}; from {init}'s weights", mode="supervised",
+            steps="supervised_steps", flags="", init="feature-distill"),
+    Student("dreamteacher-stored", "the one-stage mix on label-distill's data and stored features, as many steps as "
+            "feature-distill + label-distill-fd", DISTILL, "{data}; stored features + soft labels tau=4",
+            mode="dreamteacher", steps="pretrain_steps+distill_steps", features="features"),
+    Student("label-distill-convnext", "label-distill with DreamTeacher's student: UPerNet on ConvNeXt-atto (timm, "
+            "from scratch)", DISTILL, TAU + "; UPerNet/ConvNeXt-atto student", arch="upernet",
+            encoder="tu-convnext_atto"),
     Student("finetuned-20", "the distilled student with the best val mIoU fine-tuned on annotated-20 at its size",
             ("annotated-20",), "{init} + {data}", mode="supervised", steps="finetune_steps", flags="", size=None,
-            init=True, lr=2e-4),
+            init=BEST_DISTILLED, lr=2e-4),
 )
 ROW = {row.name: row for row in ROWS}
 ROW_ORDER = tuple(ROW)
 ROW_GROUPS = {group: tuple(r.name for r in ROWS if r.group == group) for group in ("supervised", "teacher", "distill")}
-DISTILLED = tuple(r.name for r in ROWS if isinstance(r, Student) and r.mode != "supervised")  # finetuned-20's choice
+# finetuned-20's choice: the students distilled from scratch on their data with finetuned-20's architecture
+DISTILLED = tuple(r.name for r in ROWS if isinstance(r, Student) and r.mode in ("label-distill", "dreamteacher")
+                  and (r.arch, r.encoder) == ("unet", "resnet18") and not r.init and not r.features)
 
 
 # ---- the runner ----
@@ -254,12 +293,49 @@ def student(*args) -> list[str]:
     return [PY, "-m", "labelgen.student.cli", *map(str, args)]
 
 
-class Runner:
-    """Builds each row's commands from the table and runs them in ``out`` (finished rows read back from out/rows/)."""
+def feature_loss_curve(run_dir: Path) -> dict:
+    """What a feature-distill run learned, in brief: its feature MSE (log.csv's ``parts``) at the first and last
+    step logged."""
+    from labelgen.run import read_log
 
-    def __init__(self, ccp: Path, teacher: Path | None, out: Path, preset: Preset, threads: int, seed: int):
+    logged = [(int(r["step"]), dict(part.split("=") for part in r["parts"].split()))
+              for r in read_log(run_dir / "log.csv")]
+    mse = [(step, float(parts["feat_mse"])) for step, parts in logged if "feat_mse" in parts]
+    if not mse:
+        raise click.ClickException(f"{run_dir / 'log.csv'}: no feat_mse logged")
+    return {"steps": mse[-1][0], "feat_mse_first": mse[0][1], "feat_mse_last": mse[-1][1]}
+
+
+def aggregate_seeds(records: list[dict], seeds: list[int]) -> dict:
+    """One row from its runs at several student seeds (``records`` in ``seeds``' order, the first one's command and
+    selection kept): miou = the mean, miou_seeds the per-seed scores, miou_std their sample standard deviation,
+    per-class IoU and pixel accuracy the means, seconds the mean per run; a pretraining row (miou None) averages its
+    feature-loss summary (``pretrain``; per seed in ``pretrain_seeds``). One record is returned as it is."""
+    if len(records) == 1:
+        return records[0]
+    row = {key: value for key, value in records[0].items() if key != "seed"}
+    row.update(seeds=seeds, seconds=round(mean(r["seconds"] for r in records), 1))
+    if row["miou"] is None:
+        return {**row, "pretrain": {key: mean(r["pretrain"][key] for r in records) for key in row["pretrain"]},
+                "pretrain_seeds": [r["pretrain"] for r in records]}
+    scores = [r["miou"] for r in records]
+    per_class = {}
+    for name in row["per_class"]:  # a class absent from the test split and every prediction has no IoU (None)
+        values = [r["per_class"][name] for r in records if r["per_class"][name] is not None]
+        per_class[name] = mean(values) if values else None
+    return {**row, "miou": mean(scores), "miou_std": stdev(scores), "miou_seeds": scores, "per_class": per_class,
+            "pixel_accuracy": mean(r["pixel_accuracy"] for r in records)}
+
+
+class Runner:
+    """Builds each row's commands from the table and runs them in ``out`` (finished rows read back from out/rows/).
+    A student row runs at ``seeds`` student seeds, seed .. seed + seeds - 1, on the same data: ``seed`` in
+    students/<name> and rows/<name>.json, another seed k in students/<name>-seed<k> and rows/<name>-seed<k>.json."""
+
+    def __init__(self, ccp: Path, teacher: Path | None, out: Path, preset: Preset, threads: int, seed: int,
+                 seeds: int = 1):
         self.ccp, self.teacher_src, self.out, self.p = ccp, teacher, out, preset
-        self.threads, self.seed = threads, seed
+        self.threads, self.seed, self.seeds = threads, seed, seeds
 
     @cached_property
     def device(self) -> str:
@@ -283,20 +359,37 @@ class Runner:
         return labelgen("train-heads", "-w", self.workspace_dir((heads,)), "--epochs", self.p.head_epochs, "--seed",
                         self.seed, "--class-balance", heads.class_balance, "--augment", heads.augment)
 
-    def student_cmd(self, row: Student, init: str | None = None) -> list[str]:
-        cmd = student("train", "--mode", row.mode, "--out", self.out / "students" / row.name, "--val", self.ccp / "val",
-                      "--val-every", self.p.val_every, "--max-steps", row.steps_factor * getattr(self.p, row.steps),
-                      "--batch-size", self.p.batch_size, "--image-size", row.size or ROW[init].size, "--arch", "unet",
-                      "--encoder", "resnet18", "--seed", self.seed, "--threads", self.threads, "--lr", row.lr,
-                      "--class-balance", self.p.class_balance, *row.flags.split())
+    def run_dir(self, name: str, seed: int | None = None) -> Path:
+        """A student row's run folder at a student seed (default: the runner's)."""
+        seed = self.seed if seed is None else seed
+        return self.out / "students" / (name if seed == self.seed else f"{name}-seed{seed}")
+
+    def student_cmd(self, row: Student, init: str | None = None, seed: int | None = None) -> list[str]:
+        """``init``: finetuned-20's chosen student (its runner-seed run); a row's own ``init`` row: at the same seed."""
+        seed = self.seed if seed is None else seed
+        init_dir = None
+        if init:
+            init_dir = self.run_dir(init)
+        elif row.init and row.init != BEST_DISTILLED:
+            init_dir = self.run_dir(row.init, seed)
+        pretrain = row.mode == "feature-distill"  # no segmentation head: nothing to validate or class-balance
+        steps = row.steps_factor * sum(getattr(self.p, field) for field in row.steps.split("+"))
+        cmd = student("train", "--mode", row.mode, "--out", self.run_dir(row.name, seed),
+                      *(() if pretrain else ("--val", self.ccp / "val", "--val-every", self.p.val_every)),
+                      "--max-steps", steps, "--batch-size", self.p.batch_size, "--image-size",
+                      row.size or ROW[init].size, "--arch", row.arch, "--encoder", row.encoder, "--seed", seed,
+                      "--threads", self.threads, "--lr", row.lr,
+                      *(() if pretrain else ("--class-balance", self.p.class_balance)), *row.flags.split())
         if row.teacher:
             cmd += ["--teacher", str(self.workspace_dir(row.teacher))]
+        if row.features:
+            cmd += ["--features", str(self.part_dir(row.features))]
         for part in row.data:
             cmd += ["--data", str(self.part_dir(part))]
         if len(row.data) > 1:
             weights = (self.p.real_weight if part == "annotated-20" else 1 for part in row.data)
             cmd += ["--data-weights", ",".join(f"{w:g}" for w in weights)]
-        return cmd + (["--init", str(self.out / "students" / init)] if init else [])
+        return cmd + (["--init", str(init_dir)] if init_dir else [])
 
     def tta_cmds(self, row: StudentTTA) -> list[tuple[str, list[str]]]:
         """(folder, `student eval`) on val without and with flip TTA (the choice), then on test with it."""
@@ -324,20 +417,39 @@ class Runner:
         return " ; ".join(steps)
 
     # ---- rows ----
+    def record_path(self, name: str, seed: int) -> Path:
+        return self.out / "rows" / (f"{name}.json" if seed == self.seed else f"{name}-seed{seed}.json")
+
     def row_done(self, name: str) -> dict | None:
-        path = self.out / "rows" / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        """A row as reported, read back from out/rows/: a student row run at several seeds is their aggregate."""
+        if not (path := self.record_path(name, self.seed)).is_file():
+            return None
+        records = {self.seed: json.loads(path.read_text())}
+        for other in sorted((self.out / "rows").glob(f"{name}-seed*.json")):
+            if match := re.fullmatch(rf"{re.escape(name)}-seed(\d+)\.json", other.name):
+                records[int(match.group(1))] = json.loads(other.read_text())
+        return aggregate_seeds(list(records.values()), list(records))
 
     def row(self, name: str) -> dict:
-        """Run (or read back) one row by name."""
+        """Run (or read back) one row by name, a student row at the runner's seeds; the row as reported."""
+        for seed in range(self.seed, self.seed + (self.seeds if isinstance(ROW[name], Student) else 1)):
+            self.run_once(name, seed)
+        return self.row_done(name)
+
+    def run_once(self, name: str, seed: int | None = None) -> dict:
+        """Run (or read back) one row at one student seed (default: the runner's); that run's record."""
         from labelgen.data.io import atomic_write_json
 
-        if row := self.row_done(name):
-            return row
+        path = self.record_path(name, self.seed if seed is None else seed)
+        if path.is_file():
+            return json.loads(path.read_text())
         spec = ROW[name]
-        row = {Teacher: self.teacher_row, Student: self.student_row, StudentTTA: self.tta_row}[type(spec)](spec)
-        (self.out / "rows").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "rows" / f"{name}.json", row)
+        if isinstance(spec, Student):
+            row = self.student_row(spec, self.seed if seed is None else seed)
+        else:
+            row = {Teacher: self.teacher_row, StudentTTA: self.tta_row}[type(spec)](spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, row)
         return row
 
     def teacher_row(self, row: Teacher) -> dict:
@@ -360,35 +472,49 @@ class Runner:
                 "selection": "features: " + ("tune-features on val" if row.heads[0].features == "selected" else
                                              "default") + f"; heads: fixed {self.p.head_epochs} epochs"}
 
-    def student_row(self, row: Student) -> dict:
-        """Train + test one student (its predictions resized back to the photos' 96x64 when scored)."""
+    def student_row(self, row: Student, seed: int) -> dict:
+        """Train + test one student at one seed (its predictions resized back to the photos' 96x64 when scored); a
+        pretraining row is not scored: its feature-loss curve is recorded instead (miou None, ``pretrain``)."""
         init, record = None, {}
-        if row.init:
+        if row.init == BEST_DISTILLED:
             init, record = self.best_distilled()
+        elif row.init:
+            self.run_once(row.init, seed)  # the pretraining at the same seed
         counts = {part: self.part(part) for part in row.data}
+        if row.features:
+            self.part(row.features)
         if row.teacher:
             self.workspace(row.teacher)
-        run_dir = self.out / "students" / row.name
-        cmd = self.student_cmd(row, init)
-        seconds = run(cmd, self.out / "logs" / f"{row.name}.log")
+        run_dir, suffix = self.run_dir(row.name, seed), "" if seed == self.seed else f"-seed{seed}"
+        cmd = self.student_cmd(row, init, seed)
+        seconds = run(cmd, self.out / "logs" / f"{row.name}{suffix}.log")
+        done = {"name": row.name, "trained_on": self.trained_on(row, counts, init or row.init)}
+        data = {**self.data_seconds(row.data + ((row.features,) if row.features else ())), **record,
+                **({} if seed == self.seed else {"seed": seed})}
+        if row.mode == "feature-distill":
+            return {**done, "miou": None, "per_class": None, "pixel_accuracy": None, "device": self.device,
+                    "seconds": round(seconds, 1), "command": " ".join(cmd[2:]),
+                    "selection": "pretraining only: no segmentation head trained, nothing scored; its last weights "
+                                 "initialise the rows built on it", "pretrain": feature_loss_curve(run_dir), **data}
         seconds += run(student("eval", "--checkpoint", run_dir, "--data", self.ccp / "test", "--out", run_dir / "test"),
-                       self.out / "logs" / f"{row.name}-eval.log")
+                       self.out / "logs" / f"{row.name}{suffix}-eval.log")
         scores = json.loads((run_dir / "test" / "scores.json").read_text())
         best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else {}
         return {
-            "name": row.name, "trained_on": self.trained_on(row, counts, init), "miou": scores["miou"],
+            **done, "miou": scores["miou"],
             "per_class": scores["per_class"], "pixel_accuracy": scores["pixel_accuracy"], "device": self.device,
             "seconds": round(seconds, 1), "command": " ".join(cmd[2:]),
             "selection": f"best val mIoU {best.get('miou', float('nan')):.4f} at step {best.get('step', '?')}",
-            **self.data_seconds(row.data), **record,
+            **data,
         }
 
     def best_distilled(self) -> tuple[str, dict]:
-        """The DISTILLED row whose student (trained in this run folder) has the best val mIoU, and its record."""
+        """The DISTILLED row whose student (trained in this run folder at the runner's seed) has the best val mIoU,
+        and its record."""
         val = {}
         for name in DISTILLED:
-            self.row(name)
-            if (best := self.out / "students" / name / "best.json").is_file():
+            self.run_once(name)
+            if (best := self.run_dir(name) / "best.json").is_file():
                 val[name] = json.loads(best.read_text())["miou"]
         if not val:
             raise click.ClickException(f"finetuned-20: no distilled student checkpoint in {self.out / 'students'}")
@@ -408,7 +534,7 @@ class Runner:
 
     def tta_row(self, row: StudentTTA) -> dict:
         """The checkpoint of row ``row.of`` (trained in this run folder) scored with flip TTA."""
-        base_row = self.row(row.of)
+        base_row = self.run_once(row.of)
         if not (self.out / "students" / row.of / "student_config.json").is_file():
             raise click.ClickException(f"{row.name}: {row.of}'s checkpoint is not in {self.out / 'students'} (its row "
                                        f"was read back); remove rows/{row.of}.json to train it here")
@@ -442,8 +568,15 @@ class Runner:
             atomic_write_json(self.out / "data" / "seconds.json", {**self.timing(), name: seconds})
         return json.loads((dest / "manifest.json").read_text())["num_samples"]
 
-    def make_part(self, part: Samples | Photos | Relabelled, dest: Path) -> float:
+    def make_part(self, part: Samples | Photos | Features | Relabelled, dest: Path) -> float:
         logs = self.out / "logs"
+        if isinstance(part, Features):
+            data = []
+            for name in part.of:
+                self.part(name)
+                data += ["--data", self.part_dir(name)]
+            return run(labelgen("features", "-w", self.workspace(part.heads)[0], *data, "--out", dest),
+                       logs / f"{dest.name}.log")
         if isinstance(part, Samples):
             cmd = labelgen("synthesize", "-w", self.workspace(part.heads)[0], "--n", part.times * self.p.synthetic_n,
                            "--out", dest, "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500,
@@ -456,7 +589,7 @@ class Runner:
                            self.ccp / "unlabeled" / "images", "--out", dest, "--soft-labels", "uint8",
                            "--shard-size", 500)
             return run(cmd + (["--n", str(limit)] if limit else []), logs / f"{dest.name}-label.log")
-        self.row(part.student)
+        self.run_once(part.student)
         self.part(part.of)
         shutil.rmtree(dest, ignore_errors=True)
         mix = () if part.teacher_weight is None else ("--teacher-shards", self.part_dir(part.of), "--teacher-weight",
@@ -577,13 +710,24 @@ class Runner:
         return dest
 
 
+def miou_cell(row: dict) -> str:
+    """mIoU; over several seeds mean ± std (n); a pretraining row's feature MSE from its first to its last step."""
+    if row["miou"] is None:
+        pretrain = row["pretrain"]
+        return f"n/a (pretraining: feature MSE {pretrain['feat_mse_first']:.3g} -> {pretrain['feat_mse_last']:.3g})"
+    if "miou_seeds" in row:
+        return f"**{row['miou']:.3f} ± {row['miou_std']:.3f} ({len(row['miou_seeds'])})**"
+    return f"**{row['miou']:.3f}**"
+
+
 def markdown(rows: list[dict]) -> str:
-    classes = list(rows[0]["per_class"])
+    classes = list(next(r["per_class"] for r in rows if r["per_class"] is not None))
     head = "| row | trained on | mIoU | " + " | ".join(classes) + " | seconds | device |"
     lines = [head, "|" + "---|" * (len(classes) + 5)]
     for r in rows:
-        per = " | ".join("n/a" if r["per_class"][c] is None else f"{r['per_class'][c]:.2f}" for c in classes)
-        lines.append(f"| {r['name']} | {r['trained_on']} | **{r['miou']:.3f}** | {per} | {r['seconds']:.0f} | {r['device']} |")
+        per = " | ".join("n/a" if r["per_class"] is None or r["per_class"][c] is None else f"{r['per_class'][c]:.2f}"
+                         for c in classes)
+        lines.append(f"| {r['name']} | {r['trained_on']} | {miou_cell(r)} | {per} | {r['seconds']:.0f} | {r['device']} |")
     return "\n".join(lines)
 
 
@@ -599,10 +743,14 @@ def markdown(rows: list[dict]) -> str:
               help="Where the table's JSON goes.")
 @click.option("--threads", type=int, default=1, help="Torch threads per training process.")
 @click.option("--seed", type=int, default=0)
+@click.option("--seeds", type=click.IntRange(min=1), default=1,
+              help="Student seeds per student row run now: --seed .. --seed + N - 1 on the same data (a row built on "
+                   "the pretraining row starts from its run at the same seed; finetuned-20 from the student chosen "
+                   "at --seed); reported as mean ± std.")
 @click.option("--rows", "row_groups", type=str, default=",".join(ROW_GROUPS),
               help="Row groups and/or row names to run now (finished rows of others are read back from --out).")
 def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Path, results: Path, threads: int,
-         seed: int, row_groups: str):
+         seed: int, seeds: int, row_groups: str):
     """Run (or resume) every row, print the markdown table, write the JSON."""
     from labelgen.data.io import atomic_write_json
 
@@ -611,7 +759,7 @@ def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Pa
             raise click.ClickException(f"{ccp}: not an imported CCP folder (pass --src to import it)")
         run(labelgen("data", "import-ccp", "--src", src, "--out", ccp, "--size", "96x64"), out / "logs" / "import.log")
     start = time.perf_counter()
-    runner = Runner(ccp, teacher, out, PRESETS[preset], threads, seed)
+    runner = Runner(ccp, teacher, out, PRESETS[preset], threads, seed, seeds)
     names = []
     for item in (g.strip() for g in row_groups.split(",") if g.strip()):
         if item not in ROW_GROUPS and item not in ROW:

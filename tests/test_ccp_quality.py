@@ -42,7 +42,7 @@ def tiny_teacher(ccp_mini, tmp_path):
     return ccp, ws
 
 
-# ~9 of the suite's ~22 minutes in a fresh-clone CI (29 rows, each one or more CLI subprocesses): the benchmark's
+# ~9 of the suite's ~22 minutes in a fresh-clone CI (34 rows, each one or more CLI subprocesses): the benchmark's
 # plumbing, not the product's; `make test-all` (and `pytest -m slow`) runs it, and run it after changing bench/
 @pytest.mark.slow
 def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
@@ -59,11 +59,14 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
         "teacher-ensemble", "teacher-ensemble-tta", "label-distill", "label-distill-ens", "label-distill-r2",
         "label-distill-strong-aug", "label-distill-cons", "label-distill-uw", "label-distill-ema", "label-distill-2x",
         "label-distill-8x-samples", "label-distill-long", "label-distill-long-all", "label-distill-long-all-2x", "label-distill-long-all-3x",
-        "label-distill-long-all-tta", "label-distill-long-all-3x-tta", "label-distill-long-all-2x-r2", "dreamteacher", "finetuned-20"]
+        "label-distill-long-all-tta", "label-distill-long-all-3x-tta", "label-distill-long-all-2x-r2", "dreamteacher",
+        "feature-distill", "label-distill-fd", "supervised-20-fd", "dreamteacher-stored", "label-distill-convnext",
+        "finetuned-20"]
     by_name = {r["name"]: r for r in rows}
     for row in rows:
-        assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
-        assert row["device"] and row["seconds"] >= 0 and row["command"]
+        if row["name"] != "feature-distill":  # pretraining only: nothing scored
+            assert 0.0 <= row["miou"] <= 1.0 and set(row["per_class"]) == set(CCP8_CLASSES.names)
+        assert row["device"] and row["seconds"] >= 0 and row["command"] and "miou_seeds" not in row
     assert "| label-distill |" in proc.stdout and "**" in proc.stdout
     # the distillation data really was made: synthetic samples and pseudo-labelled unlabeled photos, soft labels
     synthetic = json.loads((tmp_path / "run" / "data" / "synthetic" / "manifest.json").read_text())
@@ -194,6 +197,27 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert by_name["teacher-selected-cb-tta"]["command"].endswith("--flip")
     relabelled = json.loads((tmp_path / "run" / "data" / "pseudo-r2" / "manifest.json").read_text())
     assert relabelled["num_samples"] == 1 and relabelled["config"]["relabelled_by"].startswith("label-distill")
+    # DreamTeacher's recipe: the teacher's features stored once (by label-distill's teacher, over every unlabeled
+    # photo, the synthetic samples and annotated-20), read by the pretraining and by the one-stage mix
+    features = json.loads((run_data / "features" / "manifest.json").read_text())
+    assert features["format"] == "labelgen-features/1" and features["num_samples"] == 2 + 4 + len(
+        list((ccp / "annotated-20" / "images").iterdir()))
+    assert features["config"]["data"][1]["path"] == str((run_data / "synthetic").resolve())
+    fd = by_name["feature-distill"]
+    assert fd["miou"] is None and fd["per_class"] is None and "--features " in fd["command"]
+    assert fd["pretrain"]["steps"] == 3 and fd["pretrain"]["feat_mse_first"] > 0 and fd["pretrain"]["feat_mse_last"] > 0
+    assert fd["data_seconds"] == round(timing["synthetic"] + timing["features"], 1)
+    assert "| feature-distill |" in proc.stdout and "n/a (pretraining: feature MSE" in proc.stdout
+    for name, like in (("label-distill-fd", "label-distill"), ("supervised-20-fd", "supervised-20")):
+        assert by_name[name]["command"] == by_name[like]["command"].replace(
+            f"students/{like} ", f"students/{name} ") + f" --init {students / 'feature-distill'}"
+        init = json.loads((students / name / "student_config.json").read_text())["train"]["init"]
+        assert init == str(students / "feature-distill")
+    stored = by_name["dreamteacher-stored"]
+    assert f"--features {run_data / 'features'} " in stored["command"] and "--max-steps 6 " in stored["command"]
+    assert stored["data_seconds"] == round(timing["synthetic"] + timing["pseudo"] + timing["features"], 1)
+    convnext = json.loads((students / "label-distill-convnext" / "student_config.json").read_text())
+    assert (convnext["arch"], convnext["encoder"]) == ("upernet", "tu-convnext_atto")
     # a second invocation resumes: every row is read back, nothing retrained
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
                             "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
@@ -208,6 +232,20 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
                           "--out", str(tmp_path / "run"), "--results", str(results), "--rows", "teacher-magic"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "teacher-ensemble" in bad.stderr
+    # --seeds 2: label-distill-fd again at seed 1, from feature-distill's seed-1 run (made for it); the row reports both
+    two = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
+                          "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results),
+                          "--rows", "label-distill-fd", "--seeds", "2"], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    seeded = {r["name"]: r for r in json.loads(results.read_text())}
+    seed1 = json.loads((tmp_path / "run" / "rows" / "label-distill-fd-seed1.json").read_text())
+    assert seed1["seed"] == 1 and f"--init {students / 'feature-distill-seed1'}" in seed1["command"]
+    assert seeded["label-distill-fd"]["miou_seeds"] == [by_name["label-distill-fd"]["miou"], seed1["miou"]]
+    assert seeded["label-distill-fd"]["miou"] == pytest.approx((seed1["miou"] + by_name["label-distill-fd"]["miou"]) / 2)
+    assert seeded["feature-distill"]["seeds"] == [0, 1] and len(seeded["feature-distill"]["pretrain_seeds"]) == 2
+    assert (students / "feature-distill-seed1" / "model.safetensors").is_file()
+    assert seeded["label-distill"] == by_name["label-distill"]  # the rows not named: as they were
+    assert "| label-distill-fd |" in two.stdout and " ± " in two.stdout
 
 
 def test_the_runner_builds_every_recorded_command():
@@ -256,3 +294,96 @@ def test_noise_seed_probe_scores_the_teachers_own_path(tiny_teacher, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not all(torch.equal(a, b) for a, b in zip(teacher.flipped_features([image], seed=1),
                                                      teacher.flipped_features([image], seed=0)))
+
+
+def test_the_runner_builds_the_feature_distillation_rows_commands():
+    """The DreamTeacher rows on the cpu preset: feature-distill pretrains on the stored features of every unlabeled
+    photo + the synthetic samples (no val, no class balance: it trains no segmentation head), the -fd rows are
+    label-distill's / supervised-20's commands from its weights, dreamteacher-stored mixes both losses on
+    label-distill's data for as many steps as the two stages, -convnext is label-distill with the ConvNeXt student;
+    another seed has its own folder and starts from the pretraining of that seed. Nothing runs."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ccp_quality
+
+    ccp, out = Path("/data/ccp96"), Path("/runs/ccp")
+    runner = ccp_quality.Runner(ccp, None, out, ccp_quality.PRESETS["cpu"], threads=2, seed=0)
+    assert runner.command("feature-distill") == (
+        "labelgen.student.cli train --mode feature-distill --out /runs/ccp/students/feature-distill --max-steps 600 "
+        "--batch-size 8 --image-size 96x64 --arch unet --encoder resnet18 --seed 0 --threads 2 --lr 0.001 "
+        "--features /runs/ccp/data/features --data /data/ccp96/unlabeled --data /runs/ccp/data/synthetic "
+        "--data-weights 1,1")
+    base = runner.command("label-distill")
+    assert base == ("labelgen.student.cli train --mode label-distill --out /runs/ccp/students/label-distill "
+                    "--val /data/ccp96/val --val-every 100 --max-steps 800 --batch-size 8 --image-size 96x64 "
+                    "--arch unet --encoder resnet18 --seed 0 --threads 2 --lr 0.001 --class-balance 0.5 --tau 4 "
+                    "--data /runs/ccp/data/synthetic --data /runs/ccp/data/pseudo --data /data/ccp96/annotated-20 "
+                    "--data-weights 1,1,20")
+    assert runner.command("label-distill-fd") == base.replace(
+        "students/label-distill ", "students/label-distill-fd ") + " --init /runs/ccp/students/feature-distill"
+    assert runner.command("supervised-20-fd") == runner.command("supervised-20").replace(
+        "students/supervised-20 ", "students/supervised-20-fd ") + " --init /runs/ccp/students/feature-distill"
+    assert runner.command("dreamteacher-stored") == base.replace(
+        "--mode label-distill --out /runs/ccp/students/label-distill ",
+        "--mode dreamteacher --out /runs/ccp/students/dreamteacher-stored ").replace(
+        "--max-steps 800 ", "--max-steps 1400 ").replace(
+        "--tau 4 ", "--tau 4 --features /runs/ccp/data/features ")
+    assert runner.command("label-distill-convnext") == base.replace(
+        "students/label-distill ", "students/label-distill-convnext ").replace(
+        "--arch unet --encoder resnet18 ", "--arch upernet --encoder tu-convnext_atto ")
+    # another seed: its own run folder, and the pretraining of the same seed
+    seed1 = " ".join(runner.student_cmd(ccp_quality.ROW["label-distill-fd"], seed=1)[2:])
+    assert seed1 == runner.command("label-distill-fd").replace(
+        "students/label-distill-fd ", "students/label-distill-fd-seed1 ").replace("--seed 0 ", "--seed 1 ").replace(
+        "students/feature-distill", "students/feature-distill-seed1")
+    # the features are made once, by the label-distill teacher, over what feature-distill and label-distill read
+    part = ccp_quality.PARTS["features"]
+    assert part.heads == ccp_quality.BEST and {"unlabeled", "synthetic"} <= set(part.of)
+    assert set(ccp_quality.ROW["dreamteacher-stored"].data) <= set(part.of) | {"pseudo"}
+    # finetuned-20 still chooses among the students distilled from scratch with its own architecture
+    assert not {"feature-distill", "label-distill-fd", "dreamteacher-stored", "label-distill-convnext"} & set(
+        ccp_quality.DISTILLED)
+    assert not out.exists()
+
+
+def _fake_record(name, miou, per_class, seconds, **extra):
+    return {"name": name, "trained_on": "x", "miou": miou, "per_class": per_class, "pixel_accuracy": miou and miou + 0.5,
+            "device": "CPU", "seconds": seconds, "command": f"train --seed {extra.get('seed', 0)}", **extra}
+
+
+def test_a_row_run_at_several_seeds_reports_their_mean_spread_and_list(tmp_path):
+    """Per-seed records in rows/ (the runner's seed in <name>.json, seed k in <name>-seed<k>.json) are reported as
+    one row: miou the mean, miou_std the sample standard deviation, miou_seeds the list, per-class IoU the mean (a
+    class without IoU in one seed: the others'); one seed keeps its record as it is; the table prints mean ± std (n)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ccp_quality
+
+    runner = ccp_quality.Runner(tmp_path / "ccp", None, tmp_path, ccp_quality.PRESETS["tiny"], threads=1, seed=0)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    records = [_fake_record("label-distill", 0.40, {"skin": 0.2, "dress": None}, 10.0),
+               _fake_record("label-distill", 0.44, {"skin": 0.4, "dress": 0.1}, 20.0, seed=1),
+               _fake_record("label-distill", 0.45, {"skin": 0.3, "dress": 0.3}, 30.0, seed=2)]
+    for record, file in zip(records, ("label-distill.json", "label-distill-seed1.json", "label-distill-seed2.json")):
+        (rows / file).write_text(json.dumps(record))
+    single = _fake_record("label-distill-long", 0.5, {"skin": 0.5, "dress": 0.5}, 5.0)
+    (rows / "label-distill-long.json").write_text(json.dumps(single))
+    row = runner.row_done("label-distill")
+    assert row["miou_seeds"] == [0.40, 0.44, 0.45] and row["seeds"] == [0, 1, 2]
+    assert row["miou"] == pytest.approx(0.43) and row["miou_std"] == pytest.approx(0.026457513, abs=1e-8)
+    assert row["per_class"] == {"skin": pytest.approx(0.3), "dress": pytest.approx(0.2)}
+    assert row["pixel_accuracy"] == pytest.approx(0.93) and row["seconds"] == 20.0
+    assert row["command"] == "train --seed 0" and "seed" not in row  # the runner's seed's command
+    assert runner.row_done("label-distill-long") == single  # one seed: today's record, no miou_seeds
+    assert runner.row_done("label-distill-2x") is None
+    table = ccp_quality.markdown([row, single])
+    assert "| label-distill | x | **0.430 ± 0.026 (3)** | 0.30 | 0.20 |" in table
+    assert "| label-distill-long | x | **0.500** | 0.50 | 0.50 |" in table
+    # a pretraining row: no score; its feature-loss summary averaged over the seeds, printed as such
+    pretrain = [_fake_record("feature-distill", None, None, 8.0, pretrain={"steps": 3, "feat_mse_first": f,
+                                                                           "feat_mse_last": f / 2}, seed=s)
+                for s, f in ((0, 1.0), (1, 3.0))]
+    row = ccp_quality.aggregate_seeds(pretrain, [0, 1])
+    assert row["miou"] is None and row["pretrain"] == {"steps": 3, "feat_mse_first": 2.0, "feat_mse_last": 1.0}
+    assert row["pretrain_seeds"] == [p["pretrain"] for p in pretrain] and "miou_seeds" not in row
+    assert "| feature-distill | x | n/a (pretraining: feature MSE 2 -> 1) | n/a | n/a |" in ccp_quality.markdown(
+        [single, row])
