@@ -50,7 +50,7 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     results = tmp_path / "ccp_quality.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
                            "--preset", "tiny", "--out", str(tmp_path / "run"), "--results", str(results)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(results.read_text())
     assert [r["name"] for r in rows] == [
