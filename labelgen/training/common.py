@@ -81,7 +81,6 @@ NOT_CARRIED = ("time_limit_min", "device", "compile", "annotations", "probe_ever
 class TrainingStart:
     """What both generator trainers begin with (see :func:`begin_training`)."""
 
-    checkpoint: Path  # OUT/train/checkpoint.pt
     device: torch.device
     run: dict[str, Any]  # the run's settings (a resumed run's own, unless given again)
     saved: dict[str, Any] | None  # the resume state, or None for a new run
@@ -89,30 +88,38 @@ class TrainingStart:
     images: torch.Tensor  # uint8 [N, 3, H, W], the training data
 
 
-def begin_training(engine, out: Path, backend: str, cfg, arch_defaults: dict[str, Any], explicit: set[str] | None,
+def run_folder(out: Path | str, engine=None):
+    """OUT as a generator run's folder (labelgen.engine.RunFolder: its one writer): OUT/train/checkpoint.pt,
+    OUT/train/log.csv + tb/ + samples/, the export in OUT."""
+    from labelgen.engine import RunFolder
+
+    return RunFolder(out, engine, train_dir=TRAIN_DIR, resume_name=CHECKPOINT_NAME, what="train-generator")
+
+
+def begin_training(engine, folder, backend: str, cfg, arch_defaults: dict[str, Any], explicit: set[str] | None,
                    data: Path) -> TrainingStart:
     """New-or-resumed run settings (``start_or_resume``) and the training images (on every rank), for either
-    trainer; the device is the engine's (labelgen.engine.Engine)."""
-    run, saved = start_or_resume(Path(out), backend, asdict(cfg), arch_defaults, explicit)
+    trainer; the device is the engine's (labelgen.engine.Engine), ``folder`` the run's (:func:`run_folder`)."""
+    run, saved = start_or_resume(folder, backend, asdict(cfg), arch_defaults, explicit)
     cfg = replace(cfg, **{k: v for k, v in run.items() if k not in arch_defaults})
     images = load_images(data, tuple(run["resolution"]) if run["resolution"] else None,
                          progress=engine.show_progress)
-    return TrainingStart(Path(out) / TRAIN_DIR / CHECKPOINT_NAME, engine.device, run, saved, cfg, images)
+    return TrainingStart(engine.device, run, saved, cfg, images)
 
 
-def start_or_resume(out: Path, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any],
+def start_or_resume(folder, backend: str, requested: dict[str, Any], arch_defaults: dict[str, Any],
                     explicit: set[str] | None = None):
-    """(run settings, saved checkpoint or None) for a run in ``out``.
+    """(run settings, saved checkpoint or None) for a run in ``folder`` (:func:`run_folder`).
 
     Resuming: the architecture keys (those of ``arch_defaults``) come from the checkpoint, and an
     explicitly requested value that differs is refused; the other settings (steps, lr, batch size,
     ...) not in ``explicit`` are the resumed run's own, so rerunning with only --data/--out continues
     the same run (``explicit`` None: every requested value counts as given). New run: unset
     architecture keys take ``arch_defaults``."""
-    ckpt_path = Path(out) / TRAIN_DIR / CHECKPOINT_NAME
-    if Path(out).exists() and not Path(out).is_dir():
+    out = folder.root
+    if out.exists() and not out.is_dir():
         raise LabelgenError(f"{out}: exists and is not a folder")
-    saved = load_resume(ckpt_path, BACKENDS) if ckpt_path.is_file() else None
+    saved = folder.load_resume(BACKENDS)
     if saved is None:
         return {**requested, **{k: requested[k] if requested[k] is not None else d
                                 for k, d in arch_defaults.items()}}, None

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelgen.engine import EMA, Engine
+from labelgen.engine import EMA, Engine, RunFolder
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
 from labelgen.run import rng_state, save_resume, seed_everything, set_rng_state
@@ -190,16 +190,16 @@ def _seeds(gen: torch.Generator, n: int) -> list[int]:
     return torch.randint(0, 2**62, (n,), generator=gen, device=gen.device).tolist()
 
 
-def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainConfig,
+def train_stylegan2(engine: Engine, data: Path, folder: RunFolder, cfg: StyleGAN2TrainConfig,
                     explicit: set[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) a StyleGAN2 on ``engine`` (one process, or one rank of a torchrun job: every rank draws
-    the same global batch, latents, noise seeds and augmentation and computes its rows; see train_generator)."""
-    out = Path(out)
+    """Train (or resume) a StyleGAN2 into ``folder`` (its one writer) on ``engine`` (one process, or one rank of a
+    torchrun job: every rank draws the same global batch, latents, noise seeds and augmentation and computes its
+    rows; see train_generator)."""
+    out = folder.root
     echo = engine.echo
     requested = replace(cfg, init=init_source(cfg.init))  # its architecture settings: None where not given
-    start = begin_training(engine, out, "stylegan2", requested, SG2_ARCH_DEFAULTS, explicit, data)
-    ckpt_path, device, run, saved, cfg, images = (start.checkpoint, start.device, start.run, start.saved, start.cfg,
-                                                  start.images)
+    start = begin_training(engine, folder, "stylegan2", requested, SG2_ARCH_DEFAULTS, explicit, data)
+    device, run, saved, cfg, images = start.device, start.run, start.saved, start.cfg, start.images
     run["resolution"] = tuple(run["resolution"] or images.shape[2:])
     h, w = run["resolution"]
     if h != w or h < 4 or h & (h - 1):
@@ -260,7 +260,7 @@ def train_stylegan2(engine: Engine, data: Path, out: Path, cfg: StyleGAN2TrainCo
             return
         cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
         run_log.flush()
-        save_resume(ckpt_path, "stylegan2", step, {
+        save_resume(folder.resume_path, "stylegan2", step, {
             "config": {**run, "resolution": list(run["resolution"])},
             "G": cpu(G), "D": cpu(D), "G_ema": cpu(ema.shadow), "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(), "rng": [rng_state(gen)], "seconds": prior + stop.elapsed})

@@ -16,8 +16,10 @@ Both trainers run on the training engine (:mod:`labelgen.engine`), also under ``
 K -m labelgen.cli -- train-generator ...``: every rank draws the same global batch (indices, flips, noise,
 timesteps) from the same seeded generator and computes its rows (``--batch-size`` divisible by K); the
 gradients are averaged over the ranks before clipping, so K processes follow the loss curve of one process
-(within float rounding). Rank 0 holds OUT's lock and writes the checkpoint, the log, the grids and the
-export; a run may be resumed with another K.
+(within float rounding). The loop is the engine's (``Engine.fit``: the step function draws, computes and
+optimises; the engine calls the log, sample grid, probe and checkpoint on their cadence and stops); rank 0 holds
+OUT's lock and writes the checkpoint, the log, the grids and the export through OUT's one writer
+(``labelgen.engine.RunFolder``); a run may be resumed with another K.
 
 Output folder::
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -42,11 +43,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from labelgen.engine import EMA, Engine
+from labelgen.engine import EMA, Cadence, Engine, RunFolder, Tick
 from labelgen.errors import LabelgenError
-from labelgen.run import RunLock, rng_state, save_resume, seed_everything, set_rng_state
-from labelgen.training.common import (TRAIN_DIR, RunningMean, augment_batch, begin_training, check_divisible,
-                                      replace_dir, save_grid)
+from labelgen.run import rng_state, seed_everything, set_rng_state
+from labelgen.training.common import (RunningMean, augment_batch, begin_training, check_divisible, replace_dir,
+                                      run_folder)
 from labelgen.training.init_from import (Denoiser, DiffusersDenoiser, init_source, load_ddpm_init, load_weights,
                                          model_eps, take_architecture)
 
@@ -234,17 +235,17 @@ def _network(run: dict[str, Any], requested: DDPMTrainConfig, saved: dict[str, A
     return denoiser, state
 
 
-def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
+def train_ddpm(engine: Engine, data: Path, folder: RunFolder, cfg: DDPMTrainConfig,
                explicit: set[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) a DDPM on the images in ``data`` on ``engine`` (one process, or one rank of a torchrun
-    job: every rank draws the same global batch and computes its rows); returns a summary dict. ``explicit``:
-    the settings the caller gave (the others are taken from a resumed run; see ``start_or_resume``)."""
-    out = Path(out)
+    """Train (or resume) a DDPM on the images in ``data`` into ``folder`` (its one writer) on ``engine`` (one
+    process, or one rank of a torchrun job: every rank draws the same global batch and computes its rows); returns
+    a summary dict. ``explicit``: the settings the caller gave (the others are taken from a resumed run; see
+    ``start_or_resume``)."""
+    out = folder.root
     echo = engine.echo
     requested = replace(cfg, init=init_source(cfg.init))  # its architecture settings: None where not given
-    start = begin_training(engine, out, "ddpm", requested, DDPM_ARCH_DEFAULTS, explicit, data)
-    ckpt_path, device, run, saved_state, cfg, images = (start.checkpoint, start.device, start.run, start.saved,
-                                                        start.cfg, start.images)
+    start = begin_training(engine, folder, "ddpm", requested, DDPM_ARCH_DEFAULTS, explicit, data)
+    device, run, saved_state, cfg, images = start.device, start.run, start.saved, start.cfg, start.images
     data_res = tuple(images.shape[2:])
     if run["resolution"] is None:
         run["resolution"] = data_res
@@ -284,14 +285,14 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
     engine.channels_last(unet)
     engine.channels_last(ema.shadow)
     images = images.to(device)  # uint8 [N, 3, H, W] on the device: batches are drawn and flipped there
-    step_fn = TrainStep(unet, wants_compile(cfg.compile, device))
+    train_step = TrainStep(unet, wants_compile(cfg.compile, device))
     sync_every_step = not engine.cuda  # CUDA: the loss comes back to the host only when it is needed
     alphas_cumprod = denoiser.alphas_cumprod().to(device)
     n_params = sum(p.numel() for p in unet.parameters())
     started = f", from {run['init']}" if run["init"] else ""
     echo(f"ddpm: {len(images)} images {run['resolution'][0]}x{run['resolution'][1]}, UNet {list(run['channels'])} "
          f"({n_params / 1e6:.2f} M params{started}), batch {cfg.batch_size}, steps {step}->{cfg.steps}, device {device}"
-         f"{', compiled' if step_fn.compiled is not None else ''}{', fused AdamW' if fused else ''}"
+         f"{', compiled' if train_step.compiled is not None else ''}{', fused AdamW' if fused else ''}"
          f"{f', {engine.world} torchrun processes' if engine.world > 1 else ''}")
 
     pending: list[torch.Tensor] = []  # losses of the steps not yet read back (0-d tensors on the device)
@@ -309,23 +310,25 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
                 raise LabelgenError(f"loss became {value} at step {first + k}; lower --lr or check the data")
             losses.add(value)
 
-    def checkpoint(export: bool = True) -> None:
-        read_losses(step)
-        if not engine.is_main:
-            return
-        run_log.flush()
-        save_resume(ckpt_path, "ddpm", step, {
+    def show_loss(lr: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
+
+    def checkpoint(done: int) -> None:
+        read_losses(done)
+        folder.save_resume("ddpm", done, {
             "config": {**run, "resolution": list(run["resolution"]), "channels": list(run["channels"]),
                        **({"net": denoiser.spec} if run["init"] else {})},
             "model": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in ema.shadow.state_dict().items()},
-            "optimizer": opt.state_dict(), "rng": [rng_state(gen)], "seconds": prior_seconds + stop.elapsed})
-        if export:
-            denoiser.export(ema.shadow, out, fp16=cfg.export_fp16)
+            "optimizer": opt.state_dict(), "rng": [rng_state(gen)], "seconds": prior_seconds + engine.elapsed})
+        export()
 
-    def sample_grid() -> None:
-        grid = denoiser.grid(ema.shadow, cfg.num_samples, cfg.sample_steps, cfg.seed, device)
-        save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
+    def export() -> None:
+        folder.export(lambda root: denoiser.export(ema.shadow, root, fp16=cfg.export_fp16))
+
+    def sample_grid(done: int) -> None:
+        folder.grid(done, denoiser.grid(ema.shadow, cfg.num_samples, cfg.sample_steps, cfg.seed, device))
 
     probe = None  # --annotations: the k-fold mIoU of the EMA's features (labelgen.quality.Probe), rank 0
     if cfg.annotations and engine.is_main:
@@ -334,81 +337,85 @@ def train_ddpm(engine: Engine, data: Path, out: Path, cfg: DDPMTrainConfig,
         probe = Probe(cfg.annotations, run["resolution"], cfg.probe_every_min, echo)
     probed: dict[int, float] = {}  # step -> the probe's mIoU, this session
 
-    def run_probe() -> float:
-        probed[step] = probe.run(denoiser.generator(ema.shadow, timesteps=probe.timesteps), step, stop.elapsed)
-        return probed[step]
+    def run_probe(done: int) -> float:
+        probed[done] = probe.run(denoiser.generator(ema.shadow, timesteps=probe.timesteps), done, engine.elapsed)
+        return probed[done]
+
+    def train_one(k: int) -> dict[str, Any]:
+        """Step k (0-based): the global batch, drawn alike on every rank; each rank computes its rows (engine.shard)."""
+        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
+        x0 = augment_batch(images, idx, gen)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, run["num_train_timesteps"], (cfg.batch_size,), generator=gen, device=device)
+        x0, noise, t = engine.shard(x0), engine.shard(noise), engine.shard(t)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = engine.channels_last(a.sqrt() * x0 + (1 - a).sqrt() * noise)
+        opt.zero_grad(set_to_none=True)
+        loss = train_step(xt, t, noise, autocast)  # forward + backward
+        pending.append(loss.detach())
+        if sync_every_step:
+            read_losses(k + 1)  # before the optimiser step: a non-finite loss never reaches the weights
+        engine.average_gradients(unet.parameters())
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        lr = cfg.lr * min(1.0, (k + 1) / max(1, cfg.warmup))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        ema.update(unet, k)
+        if (k + 1) % 10 == 0 and not pending:
+            show_loss(lr)
+        return {"lr": lr}
+
+    def probe_row(tick: Tick) -> dict[str, Any]:
+        return {"probe_miou": round(run_probe(tick.step), 5)}  # (rank 0 only: not a decision the ranks share)
+
+    def log_row(tick: Tick):
+        if tick.log:  # every rank: the pending losses come back (their mean over the ranks)
+            read_losses(tick.step)
+            if tick.step % 10 == 0:
+                show_loss(tick.values["lr"])
+        lr = tick.values["lr"]
+        row = {"loss": round(losses.mean, 5), "lr": lr, "seconds": round(prior_seconds + tick.seconds, 1)}
+        scalars = {"train/loss": losses.mean, "train/lr": lr}
+        if tick.validated:
+            row.update(tick.validated)
+            scalars["probe/miou"] = probed[tick.step]
+        return row, scalars
 
     autocast = engine.autocast()
     losses = RunningMean()
-    stopped: str | None = None
     unet.train()
-    with engine.watch(cfg.time_limit_min) as stop:
+    cadence = Cadence(log=cfg.log_every, sample=cfg.sample_every, checkpoint=cfg.checkpoint_every,
+                      validate=lambda tick: bool(tick.stopped or tick.last or probe.due(engine.elapsed)),
+                      at_end=("log", "sample", "checkpoint"))
+    with engine.watch(cfg.time_limit_min):
         # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
-        run_log = engine.run_log(out / TRAIN_DIR, ("loss", "lr", "seconds", "probe_miou"), cfg.steps,
-                                 resume_step=step)
+        run_log = folder.open_log(("loss", "lr", "seconds", "probe_miou"), cfg.steps, resume_step=step)
         done_before = step >= cfg.steps
         if done_before:
             echo(f"already trained to step {step} (>= --steps {cfg.steps}); re-exporting")
         elif probe is not None and step == 0 and run["init"]:  # what fine-tuning starts from
-            run_log.row(0, {"probe_miou": round(run_probe(), 5)}, scalars={"probe/miou": probed[0]})
+            run_log.row(0, {"probe_miou": round(run_probe(0), 5)}, scalars={"probe/miou": probed[0]})
         bar = engine.progress(cfg.steps, step, "train ddpm") if step < cfg.steps else None
-        while step < cfg.steps:
-            # the global batch, drawn alike on every rank; each rank computes its rows (engine.shard)
-            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen, device=device)
-            x0 = augment_batch(images, idx, gen)
-            noise = torch.randn(x0.shape, generator=gen, device=device)
-            t = torch.randint(0, run["num_train_timesteps"], (cfg.batch_size,), generator=gen, device=device)
-            x0, noise, t = engine.shard(x0), engine.shard(noise), engine.shard(t)
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = engine.channels_last(a.sqrt() * x0 + (1 - a).sqrt() * noise)
-            opt.zero_grad(set_to_none=True)
-            loss = step_fn(xt, t, noise, autocast)  # forward + backward
-            pending.append(loss.detach())
-            if sync_every_step:
-                read_losses(step + 1)  # before the optimiser step: a non-finite loss never reaches the weights
-            engine.average_gradients(unet.parameters())
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.step()
-            ema.update(unet, step)
-            step += 1
-            log_due = engine.due(step, cfg.log_every, cfg.steps)
-            if log_due:
-                read_losses(step)
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 and not pending:
-                    bar.set_postfix(loss=f"{losses.mean:.4f}", lr=f"{lr:.1e}", refresh=False)
-            row = {"loss": round(losses.mean, 5), "lr": lr, "seconds": round(prior_seconds + stop.elapsed, 1)}
-            scalars = {"train/loss": losses.mean, "train/lr": lr}
-            if engine.is_main and engine.due(step, cfg.sample_every):
-                sample_grid()
-            stopped = engine.stop_reason(agree=sync_every_step or log_due)  # every rank stops at the same step
-            if probe is not None and (stopped or step >= cfg.steps or probe.due(stop.elapsed)):
-                row["probe_miou"] = round(run_probe(), 5)  # (rank 0 only: not a decision the ranks share)
-                scalars["probe/miou"] = probed[step]
-            if log_due or "probe_miou" in row:
-                run_log.row(step, row, scalars=scalars)
-            if stopped or engine.due(step, cfg.checkpoint_every, cfg.steps):
-                checkpoint(export=True)
-            if stopped:
-                break
+        result = engine.fit(train_one, step, cfg.steps, cadence, log=run_log, bar=bar,
+                            on_sample=lambda tick: sample_grid(tick.step),
+                            on_validate=probe_row if probe is not None else None, on_log=log_row,
+                            on_checkpoint=lambda tick: checkpoint(tick.step), agree_every_step=sync_every_step)
+        step, stopped = result.step, result.stopped
         read_losses(step)
         if bar is not None:
             bar.close()
         if done_before:  # export only: the checkpoint keeps the run's own record
-            if engine.is_main:
-                denoiser.export(ema.shadow, out, fp16=cfg.export_fp16)
+            export()
+            if engine.is_main and cfg.sample_every and step % cfg.sample_every:
+                sample_grid(step)
         elif step >= cfg.steps and not denoiser.exported(out):
-            checkpoint(export=True)
-        if engine.is_main and step >= cfg.steps and not stopped and cfg.sample_every and step % cfg.sample_every:
-            sample_grid()
-    run_log.close()
+            checkpoint(step)
+        seconds = prior_seconds + engine.elapsed
+    folder.close_log()
     summary = {"step": step, "steps": cfg.steps, "loss": losses.mean if losses.values else None,
-               "seconds": prior_seconds + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_params,
+               "seconds": seconds, "stopped": stopped, "out": str(out), "params": n_params,
                "probe_miou": probed.get(step), "probe_baseline": probe.baseline if probe is not None else None}
     if stopped:
         echo(f"stopped at step {step}/{cfg.steps} ({stopped}); checkpoint saved; run the same command to continue")
@@ -439,8 +446,8 @@ def train_generator(backend: str, data: Path, out: Path, **options) -> dict[str,
     engine = Engine(options.get("device", "auto"), echo=options.pop("echo", print),
                     show_progress=options.pop("show_progress", True))
     try:
-        with RunLock(out, "train-generator", clean=[Path(out) / TRAIN_DIR]) if engine.is_main else nullcontext():
-            summary = trainer(engine, data, out, config_class(**options), explicit=set(options))
+        with run_folder(out, engine) as folder:  # rank 0 holds OUT's lock (a killed run's temp files go)
+            summary = trainer(engine, data, folder, config_class(**options), explicit=set(options))
     except BaseException:
         engine.dist.close()  # no barrier: the other ranks may never reach it (torchrun ends them)
         raise
