@@ -378,10 +378,6 @@ class Engine:
         return FitResult(step, stopped, epoch)
 
     # ---------------------------------------------------------------- progress
-    def run_log(self, folder: Path | str, columns, total: int, resume_step: int = 0):
-        """FOLDER/log.csv + tb/ (labelgen.run.RunLog) on rank 0; a silent stand-in on the other ranks."""
-        return RunLog(folder, columns, total, resume_step) if self.is_main else _SilentLog()
-
     def progress(self, total: int, initial: int = 0, desc: str | None = None, **kwargs):
         """The progress bar (labelgen.run.progress) on rank 0 when shown; a disabled one otherwise."""
         return progress(total, initial, desc, disable=not self.show_progress, **kwargs)

@@ -1,7 +1,8 @@
-"""Pieces shared by the generator trainers: data in memory, start/resume, grids.
+"""Pieces shared by the generator trainers: data in memory, start/resume, the run folder's layout.
 
-Device choice, torchrun, RNG seeding, EMA, the resume file, the log (OUT/train/log.csv + tb/), the
-progress bar and stopping are the training engine every loop runs on: :mod:`labelgen.engine`."""
+Device choice, torchrun, RNG seeding, EMA, the loop (cadence, stopping), the progress bar and the run folder's
+one writer (the resume file, OUT/train/log.csv + tb/, sample grids, the export) are the training engine every
+loop runs on: :mod:`labelgen.engine`."""
 from __future__ import annotations
 
 import shutil
@@ -12,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelgen.data.io import list_images, read_image, write_png
+from labelgen.data.io import list_images, read_image
 from labelgen.errors import DataError, LabelgenError
-from labelgen.run import load_resume, progress as run_progress
+from labelgen.run import progress as run_progress
 
 CHECKPOINT_NAME = "checkpoint.pt"  # inside OUT/train/: the run's resume file (labelgen.run.save_resume)
 TRAIN_DIR = "train"  # OUT/train/: checkpoint, log.csv, tb/, sample grids (not needed to load the model)
@@ -151,15 +152,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-# ---------------------------------------------------------------- grids / running mean
-def save_grid(path: Path, images: torch.Tensor, cols: int | None = None) -> None:
-    """images float [N, 3, H, W] in [-1, 1] -> one PNG grid (2-px gaps)."""
-    from labelgen.visualize import grid
-    from labelgen.imaging import tensor_to_uint8
-
-    write_png(path, grid(list(tensor_to_uint8(images)), cols=cols))
-
-
+# ---------------------------------------------------------------- running mean
 @dataclass
 class RunningMean:
     values: list[float] = field(default_factory=list)

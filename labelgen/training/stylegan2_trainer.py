@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelgen.engine import EMA, Engine, RunFolder
+from labelgen.engine import EMA, Cadence, Engine, RunFolder, Tick
 from labelgen.errors import LabelgenError
 from labelgen.generators.stylegan2 import FullyConnectedLayer, StyleGAN2Generator, fir, make_filter
-from labelgen.run import rng_state, save_resume, seed_everything, set_rng_state
-from labelgen.training.common import TRAIN_DIR, RunningMean, augment_batch, begin_training, save_grid
+from labelgen.run import rng_state, seed_everything, set_rng_state
+from labelgen.training.common import RunningMean, augment_batch, begin_training
 from labelgen.training.init_from import init_source, load_stylegan2_init, load_weights, take_architecture
 
 SG2_ARCH_DEFAULTS = {"init": None, "resolution": None, "max_channels": 256, "z_dim": 256, "mapping_layers": 4}
@@ -255,22 +255,17 @@ def train_stylegan2(engine: Engine, data: Path, folder: RunFolder, cfg: StyleGAN
         img, _ = G.synthesis(ws, noise_mode="random", noise_seeds=seeds)
         return img
 
-    def checkpoint() -> None:
-        if not engine.is_main:
-            return
+    def checkpoint(done: int) -> None:
         cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-        run_log.flush()
-        save_resume(folder.resume_path, "stylegan2", step, {
-            "config": {**run, "resolution": list(run["resolution"])},
-            "G": cpu(G), "D": cpu(D), "G_ema": cpu(ema.shadow), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "rng": [rng_state(gen)], "seconds": prior + stop.elapsed})
-        ema.shadow.save_pretrained(out)
+        if engine.is_main:
+            folder.save_resume("stylegan2", done, {
+                "config": {**run, "resolution": list(run["resolution"])},
+                "G": cpu(G), "D": cpu(D), "G_ema": cpu(ema.shadow), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "rng": [rng_state(gen)], "seconds": prior + engine.elapsed})
+        folder.export(ema.shadow)
 
-    def sample_grid() -> None:
-        if not engine.is_main:
-            return
-        grid = ema.shadow.sample(list(range(cfg.num_samples))).images
-        save_grid(out / TRAIN_DIR / "samples" / f"step_{step:07d}.png", grid)
+    def sample_grid(tick: Tick) -> None:
+        folder.grid(tick.step, ema.shadow.sample(list(range(cfg.num_samples))).images)
 
     def optimise(opt, model, loss, lr):
         opt.zero_grad(set_to_none=True)
@@ -282,68 +277,66 @@ def train_stylegan2(engine: Engine, data: Path, folder: RunFolder, cfg: StyleGAN
             g["lr"] = lr * (c_reg if opt is opt_d else 1.0)
         opt.step()
 
+    def train_one(k: int) -> None:
+        """Step k (0-based): one D step, one G step, the EMA."""
+        lr = cfg.lr * min(1.0, (k + 1) / max(1, cfg.warmup)) if cfg.warmup else cfg.lr
+        # D: logistic loss on augmented real vs fake (+ lazy R1 on reals)
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        real = engine.shard(augment_batch(images, torch.randint(0, len(images), (cfg.batch_size,), generator=gen,
+                                                                device=device), gen))
+        with torch.no_grad():
+            fake = fake_images(cfg.batch_size)
+        loss_d = F.softplus(D(aug(fake))).mean() + F.softplus(-D(aug(real))).mean()
+        if cfg.r1_every and k % cfg.r1_every == 0 and gamma > 0:
+            real_r = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(D(aug(real_r)).sum(), real_r, create_graph=True)
+            loss_d = loss_d + grad.square().sum([1, 2, 3]).mean() * (gamma / 2) * cfg.r1_every
+        optimise(opt_d, D, loss_d, lr)
+        # G: non-saturating loss
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        loss_g = F.softplus(-D(aug(fake_images(cfg.batch_size)))).mean()
+        optimise(opt_g, G, loss_g, lr)
+        loss_d, loss_g = engine.mean(loss_d), engine.mean(loss_g)  # over the global batch
+        if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+            raise LabelgenError(f"stylegan2: loss became non-finite at step {k}; lower --lr")
+        # EMA
+        if cfg.ema is not None:
+            ema.decay = cfg.ema
+        else:
+            ema_nimg = min(10_000 * cfg.batch_size / 32, (k + 1) * cfg.batch_size * 0.05)
+            ema.decay = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
+        ema.update(G, 10**9)  # warm-up handled by the schedule above
+        d_losses.add(loss_d.item())
+        g_losses.add(loss_g.item())
+        if bar is not None and (k + 1) % 10 == 0:
+            bar.set_postfix(loss_d=f"{d_losses.mean:.3f}", loss_g=f"{g_losses.mean:.3f}", refresh=False)
+
+    def log_row(tick: Tick):
+        return ({"loss_d": round(d_losses.mean, 5), "loss_g": round(g_losses.mean, 5),
+                 "seconds": round(prior + tick.seconds, 1)},
+                {"train/loss_d": d_losses.mean, "train/loss_g": g_losses.mean})
+
     d_losses, g_losses = RunningMean(), RunningMean()
-    stopped = None
-    with engine.watch(cfg.time_limit_min) as stop:
+    with engine.watch(cfg.time_limit_min):
         # after the signal handlers are in place (OUT/train/ appearing tells tests the run is under way)
-        run_log = engine.run_log(out / TRAIN_DIR, ("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
+        run_log = folder.open_log(("loss_d", "loss_g", "seconds"), cfg.steps, resume_step=step)
         bar = engine.progress(cfg.steps, step, "train stylegan2") if step < cfg.steps else None
-        while step < cfg.steps:
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) if cfg.warmup else cfg.lr
-            # D: logistic loss on augmented real vs fake (+ lazy R1 on reals)
-            G.requires_grad_(False)
-            D.requires_grad_(True)
-            real = engine.shard(augment_batch(images, torch.randint(0, len(images), (cfg.batch_size,), generator=gen,
-                                                                    device=device), gen))
-            with torch.no_grad():
-                fake = fake_images(cfg.batch_size)
-            loss_d = F.softplus(D(aug(fake))).mean() + F.softplus(-D(aug(real))).mean()
-            if cfg.r1_every and step % cfg.r1_every == 0 and gamma > 0:
-                real_r = real.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(D(aug(real_r)).sum(), real_r, create_graph=True)
-                loss_d = loss_d + grad.square().sum([1, 2, 3]).mean() * (gamma / 2) * cfg.r1_every
-            optimise(opt_d, D, loss_d, lr)
-            # G: non-saturating loss
-            G.requires_grad_(True)
-            D.requires_grad_(False)
-            loss_g = F.softplus(-D(aug(fake_images(cfg.batch_size)))).mean()
-            optimise(opt_g, G, loss_g, lr)
-            loss_d, loss_g = engine.mean(loss_d), engine.mean(loss_g)  # over the global batch
-            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-                raise LabelgenError(f"stylegan2: loss became non-finite at step {step}; lower --lr")
-            # EMA
-            if cfg.ema is not None:
-                ema.decay = cfg.ema
-            else:
-                ema_nimg = min(10_000 * cfg.batch_size / 32, (step + 1) * cfg.batch_size * 0.05)
-                ema.decay = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
-            ema.update(G, 10**9)  # warm-up handled by the schedule above
-            step += 1
-            d_losses.add(loss_d.item())
-            g_losses.add(loss_g.item())
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss_d=f"{d_losses.mean:.3f}", loss_g=f"{g_losses.mean:.3f}", refresh=False)
-            if engine.due(step, cfg.log_every, cfg.steps):
-                run_log.row(step, {"loss_d": round(d_losses.mean, 5), "loss_g": round(g_losses.mean, 5),
-                                   "seconds": round(prior + stop.elapsed, 1)},
-                            scalars={"train/loss_d": d_losses.mean, "train/loss_g": g_losses.mean})
-            if engine.due(step, cfg.sample_every):
-                sample_grid()
-            stopped = engine.stop_reason()  # every rank stops at the same step
-            if stopped or engine.due(step, cfg.checkpoint_every, cfg.steps):
-                checkpoint()
-            if stopped:
-                break
+        result = engine.fit(train_one, step, cfg.steps,
+                            Cadence(log=cfg.log_every, sample=cfg.sample_every, checkpoint=cfg.checkpoint_every),
+                            log=run_log, bar=bar, on_sample=sample_grid, on_log=log_row,
+                            on_checkpoint=lambda tick: checkpoint(tick.step))
+        step, stopped = result.step, result.stopped
         if bar is not None:
             bar.close()
         if step >= cfg.steps and not (out / "generator.safetensors").is_file():
-            checkpoint()
-    run_log.close()
+            checkpoint(step)
+        seconds = prior + engine.elapsed
+    folder.close_log()
     summary = {"step": step, "steps": cfg.steps, "loss_d": d_losses.mean if d_losses.values else None,
                "loss_g": g_losses.mean if g_losses.values else None, "loss": g_losses.mean if g_losses.values else None,
-               "seconds": prior + stop.elapsed, "stopped": stopped, "out": str(out), "params": n_g}
+               "seconds": seconds, "stopped": stopped, "out": str(out), "params": n_g}
     if stopped:
         echo(f"stopped at step {step}/{cfg.steps} ({stopped}); checkpoint saved; run the same command to continue")
     else:
