@@ -2,7 +2,8 @@
 
 One process, or several under ``torchrun`` (DDP: gloo on CPU, nccl on GPU; each rank reads its own
 slice of a deterministic per-epoch order). bf16 autocast + channels_last on GPU only. Device, torchrun,
-seeding, the optimiser's fused kernel, EMA and DDP come from the training engine (labelgen.engine).
+seeding, the optimiser's fused kernel, EMA and DDP come from the training engine (labelgen.engine); the loop is
+its ``Engine.fit`` over one step function, and RUN_DIR is written by its one writer (``RunFolder``).
 
 Resume: ``RUN_DIR/last.pt`` (the resume file of :mod:`labelgen.run`, loaded with
 ``weights_only=True``) holds model (+ regressor), optimizer, LR scheduler, step, RNG states and loss
@@ -28,11 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from labelgen.data.io import save_safetensors
 from labelgen.errors import LabelgenError
 from labelgen.losses import class_balance_weights
-from labelgen.engine import EMA, Engine
-from labelgen.run import RunLock, RunLog, load_resume, rng_state, save_resume, seed_everything, set_rng_state
+from labelgen.engine import EMA, Cadence, Engine, RunFolder, Tick
+from labelgen.run import rng_state, seed_everything, set_rng_state
 from labelgen.student.augment import AUGMENT_POLICIES
 from labelgen.student.data import (
     ResumableSampler, StudentDataset, class_frequencies, classes_of, default_loader_workers, make_loader, open_sources,
@@ -208,15 +208,11 @@ def train(options: TrainOptions, stop_after: int | None = None, teacher: Teacher
     Rank 0 holds RUN_DIR's lock for the whole run (a second run into the same RUN_DIR is refused)."""
     _check(options)
     engine = Engine(options.device, amp=options.amp, echo=log, show_progress=options.progress)
-    lock = RunLock(options.out, "student train").acquire() if engine.is_main else None
-    try:
-        return _train(options, engine, stop_after, teacher)
-    finally:
-        if lock is not None:
-            lock.release()
+    with RunFolder(options.out, engine, resume_name=STATE_NAME, what="student train") as folder:
+        return _train(options, engine, folder, stop_after, teacher)
 
 
-def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
+def _train(options: TrainOptions, engine: Engine, folder: RunFolder, stop_after: int | None,
            teacher: TeacherTargets | None) -> TrainResult:
     rank, world, device, is_main = engine.rank, engine.world, engine.device, engine.is_main
     cuda, amp = engine.cuda, engine.amp  # bf16 autocast + channels_last on CUDA only
@@ -290,10 +286,9 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
     config.train["image_size"] = list(options.image_size)
 
     # ---- resume
-    step, losses, resumed_from, state = 0, [], 0, None
-    state_path = run_dir / STATE_NAME
-    if options.resume and state_path.is_file():
-        state = load_resume(state_path, RUN_KIND)
+    step, losses, resumed_from = 0, [], 0
+    state = folder.load_resume(RUN_KIND) if options.resume else None
+    if state is not None:
         _check_compatible(run_dir, state, config, options.ema_decay)
         module.load_state_dict(state["module"])
         engine.load_optimizer(optimizer, state["optimizer"])
@@ -302,10 +297,8 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         resumed_from = step
         log(f"resumed {run_dir} at step {step}/{total}")
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (BEST_JSON, BEST_NAME):  # a new run competes with nothing from an older one
-            (run_dir / stale).unlink(missing_ok=True)
+    else:
+        folder.remove(BEST_JSON, BEST_NAME)  # a new run competes with nothing from an older one
     validate = bool(options.val) and is_main and mode != "feature-distill"
     if options.val and mode == "feature-distill":
         log("note: --mode feature-distill trains no segmentation head; --val is not scored")
@@ -322,110 +315,130 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
     averaged = ema.shadow if ema is not None else module.student  # what val, best.safetensors and model.safetensors hold
 
     # log.csv + tb/, both cut back to the step resumed from (rows of later steps died with the killed run)
-    run_log = RunLog(run_dir, LOG_COLUMNS, total, resume_step=step) if is_main else None
+    run_log = folder.open_log(LOG_COLUMNS, total, resume_step=step)
 
     saved_at = [-1]
 
-    def save() -> None:
-        if saved_at[0] == step:
+    def save(done: int) -> None:
+        if saved_at[0] == done:
             return
-        saved_at[0] = step
+        saved_at[0] = done
         rngs = engine.dist.gather(rng_state())  # every rank takes part (each resumes its own streams); rank 0 writes
         if not is_main:
             return
-        run_log.flush()  # everything logged up to this checkpoint is on disk before it
-        save_resume(state_path, RUN_KIND, step, {
+        folder.save_resume(RUN_KIND, done, {
             "module": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "losses": losses, "rng": rngs, "config": json.loads(json.dumps(asdict(config))), "total": total,
             **({"ema": ema.shadow.state_dict()} if ema is not None else {})})
-        Student(**asdict(config), _net=averaged).save_pretrained(run_dir)
+        folder.export(Student(**asdict(config), _net=averaged))
         if module.regressor is not None:
-            save_safetensors(run_dir / REGRESSOR_NAME, module.regressor)
+            folder.save_weights(REGRESSOR_NAME, module.regressor)
 
     last_val: dict[str, Any] = {}
 
-    def score_val() -> float:
+    def score_val(done: int) -> float:
         """mIoU on --val at this step; new best -> best.safetensors + best.json (rank 0 only)."""
         nonlocal best
         from labelgen.student.evaluate import evaluate_folder
 
-        if last_val.get("step") == step:
+        if last_val.get("step") == done:
             return last_val["miou"]
         scores, _ = evaluate_folder(averaged, config, options.val, device)
         miou = float(scores.miou)
-        last_val.update(step=step, miou=miou)
-        run_log.scalar("val/miou", miou, step)
+        last_val.update(step=done, miou=miou)
+        run_log.scalar("val/miou", miou, done)
         if best is None or miou > best["miou"]:
             names = [c["name"] for c in config.classes]
-            best = {"step": step, "miou": miou, "val": str(options.val),
+            best = {"step": done, "miou": miou, "val": str(options.val),
                     "per_class": scores.to_json(names).get("per_class")}
-            _write_best(run_dir, averaged, best)
-        run_log.scalar("val/best_miou", best["miou"], step)
-        log(f"step {step}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
+            # weights first (step + mIoU in their own metadata), then best.json
+            folder.save_weights(BEST_NAME, averaged, metadata={"step": str(done), "miou": repr(miou)})
+            folder.write_json(BEST_JSON, best)
+        run_log.scalar("val/best_miou", best["miou"], done)
+        log(f"step {done}: val mIoU {miou:.4f} (best {best['miou']:.4f} at step {best['step']})")
         return miou
 
-    bar = engine.progress(total, step)
+    batches = None  # this epoch's batches: the sampler resumes mid-epoch at the batch the step count says
+    epoch = 0
     images_seen, t0 = 0, time.perf_counter()
     step_times: list[float] = []  # wall seconds of each step (data wait included)
     t_last = t0
+
+    def next_batch(k: int):
+        nonlocal batches, epoch
+        while True:
+            if batches is None:
+                epoch, start_batch = divmod(k, steps_per_epoch)
+                sampler.set_epoch(epoch, start_batch)
+                batches = iter(loader)
+            try:
+                return next(batches)
+            except StopIteration:
+                batches = None
+
+    def train_one(k: int) -> dict[str, Any]:
+        """Step k (0-based): a batch, forward + loss, backward, AdamW, LR schedule, EMA."""
+        nonlocal images_seen, t_last
+        if stop_after is not None and k >= stop_after and k > resumed_from:
+            raise _Stop(k)  # (tests) a kill after step k >= stop_after: nothing more is done or saved
+        batch = next_batch(k)
+        try:
+            loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp,
+                                class_weights)
+        except ValueError as e:  # torch's batch norm: "Expected more than 1 value per channel when training"
+            if "value per channel" not in str(e):
+                raise
+            h, w = options.image_size
+            raise LabelgenError(f"--batch-size {options.batch_size}: at --image-size {h}x{w} a batch-norm layer "
+                                f"of the {options.arch} student gets one value per channel, which it cannot "
+                                "train on; use --batch-size 2 or more (or a larger --image-size)") from None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(module.student, k)  # update k = step (0-based)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise LabelgenError(f"loss became {value} at step {k + 1}; lower --lr")
+        losses.append(value)
+        now = time.perf_counter()
+        step_times.append(now - t_last)
+        t_last = now
+        images_seen += batch["image"].shape[0] * world
+        rate = images_seen / max(1e-9, time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
+        return {"epoch": epoch, "loss": value, "rate": rate, "parts": parts}
+
+    def validate_row(tick: Tick) -> dict[str, Any]:
+        miou = score_val(tick.step)
+        bar.set_postfix(loss=f"{tick.values['loss']:.4f}", img_s=f"{tick.values['rate']:.1f}", val=f"{miou:.3f}",
+                        best=f"{best['miou']:.3f}")
+        return {"val_miou": f"{miou:.6f}"}
+
+    def log_row(tick: Tick):
+        value, rate, parts = tick.values["loss"], tick.values["rate"], tick.values["parts"]
+        lr = scheduler.get_last_lr()[0]
+        return ({"epoch": tick.values["epoch"], "loss": f"{value:.6f}", "lr": f"{lr:.6g}", "images_per_s": f"{rate:.2f}",
+                 "parts": " ".join(f"{k}={v:.5f}" for k, v in parts.items()), **(tick.validated or {})},
+                {"train/loss": value, "train/lr": lr, "train/images_per_s": rate,
+                 **{f"train/{k}": v for k, v in parts.items()}})
+
+    # validation every --val-every steps and at the last; a log row every --log-every steps (and with a validation);
+    # a checkpoint every --save-every steps and at the last
+    cadence = Cadence(log=options.log_every, validate=options.val_every, checkpoint=options.save_every,
+                      at_end=("validate", "checkpoint"))
+    bar = engine.progress(total, step)
     module.train()
     try:
-        while step < total:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch, start_batch)
-            for batch in loader:
-                if step >= total:
-                    break
-                try:
-                    loss, parts = _step(train_module, batch, mode, options, teacher_feats, source.metas, device, amp,
-                                        class_weights)
-                except ValueError as e:  # torch's batch norm: "Expected more than 1 value per channel when training"
-                    if "value per channel" not in str(e):
-                        raise
-                    h, w = options.image_size
-                    raise LabelgenError(f"--batch-size {options.batch_size}: at --image-size {h}x{w} a batch-norm layer "
-                                        f"of the {options.arch} student gets one value per channel, which it cannot "
-                                        "train on; use --batch-size 2 or more (or a larger --image-size)") from None
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(module.student, step)  # update k = step (0-based)
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise LabelgenError(f"loss became {value} at step {step}; lower --lr")
-                losses.append(value)
-                now = time.perf_counter()
-                step_times.append(now - t_last)
-                t_last = now
-                images_seen += batch["image"].shape[0] * world
-                rate = images_seen / max(1e-9, time.perf_counter() - t0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
-                miou = None
-                if validate and engine.due(step, options.val_every, total):
-                    miou = score_val()
-                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}", val=f"{miou:.3f}",
-                                    best=f"{best['miou']:.3f}")
-                if is_main and (engine.due(step, options.log_every) or miou is not None):
-                    lr = scheduler.get_last_lr()[0]
-                    run_log.row(step, {"epoch": epoch, "loss": f"{value:.6f}", "lr": f"{lr:.6g}",
-                                       "images_per_s": f"{rate:.2f}",
-                                       "parts": " ".join(f"{k}={v:.5f}" for k, v in parts.items()),
-                                       "val_miou": None if miou is None else f"{miou:.6f}"},
-                                scalars={"train/loss": value, "train/lr": lr, "train/images_per_s": rate,
-                                         **{f"train/{k}": v for k, v in parts.items()}})
-                if engine.due(step, options.save_every, total):
-                    save()
-                if stop_after is not None and step >= stop_after:
-                    raise _Stop
-    except _Stop:
-        pass
+        step = engine.fit(train_one, step, total, cadence, log=run_log, bar=bar,
+                          on_validate=validate_row if validate else None, on_log=log_row,
+                          on_checkpoint=lambda tick: save(tick.step)).step
+    except _Stop as stop:
+        step = stop.args[0]
     except Exception:
-        if run_log is not None and resumed_from == 0 and saved_at[0] < 0:
-            run_log.discard()  # bad data found in a new run before its first checkpoint: no log.csv, no tb/
+        if resumed_from == 0 and saved_at[0] < 0:
+            folder.discard_log()  # bad data found in a new run before its first checkpoint: no log.csv, no tb/
         raise
     finally:
         bar.close()
@@ -435,13 +448,12 @@ def _train(options: TrainOptions, engine: Engine, stop_after: int | None,
                          extra={"step_times": step_times, "images_per_step": options.batch_size * world, "rank": rank})
     if stop_after is None or step >= total:
         if validate:
-            result.val_miou = score_val()
+            result.val_miou = score_val(step)
             log(f"validation mIoU on {options.val}: {result.val_miou:.4f}")
-        save()
+        save(step)
     if best is not None:
         result.best_miou, result.best_step = best["miou"], best["step"]
-    if run_log is not None:
-        run_log.close()
+    folder.close_log()
     engine.barrier()
     return result
 
@@ -483,14 +495,6 @@ def _check_val_classes(val: str, classes) -> None:
     names = list(open_labelled(val, require_masks=True).classes.names)
     if names != list(classes.names):
         raise LabelgenError(f"{val}: --val classes {names} differ from the training data's {list(classes.names)}")
-
-
-def _write_best(run_dir: Path, student: nn.Module, best: dict) -> None:
-    """Weights first (step + mIoU in their own metadata), then best.json; each atomic."""
-    from labelgen.data.io import atomic_write_json
-
-    save_safetensors(run_dir / BEST_NAME, student, metadata={"step": str(best["step"]), "miou": repr(best["miou"])})
-    atomic_write_json(run_dir / BEST_JSON, best)
 
 
 def _resume_best(run_dir: Path, val: str, log) -> dict | None:
