@@ -50,6 +50,8 @@ and its data-loader sharding does not fit trainers that keep the whole data set 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -61,7 +63,8 @@ import torch
 from torch import nn
 
 from labelgen.errors import LabelgenError
-from labelgen.run import Dist, RunLock, RunLog, init_dist, load_resume, pick_device, progress, save_resume
+from labelgen.run import (LOG_NAME, TB_DIR, Dist, RunLock, RunLog, init_dist, load_resume, pick_device, progress,
+                          save_resume)
 
 
 def fused_optimizer(device: torch.device | str) -> bool:
@@ -459,6 +462,29 @@ class RunFolder:
         if self.log is not None:
             self.log.discard()
 
+    @contextmanager
+    def previous_log_kept(self) -> Iterator[None]:
+        """DIR/log.csv + tb/ describe the model saved beside them (the heads): the previous run's are set aside
+        while a run trains and put back if it fails (refused, full disk, interrupted) before it saved a new model;
+        dropped once it has. Set-aside ones found at the start are those of a killed run's model, still on disk:
+        they are kept."""
+        pairs = [(self.dir / name, self.dir / f".{name}.previous") for name in (LOG_NAME, TB_DIR)]
+        for path, kept in pairs:
+            if kept.exists():
+                _remove(path)  # the killed run's own partial log
+            elif path.exists():
+                os.replace(path, kept)
+        try:
+            yield
+        except BaseException:
+            for path, kept in pairs:
+                _remove(path)
+                if kept.exists():
+                    os.replace(kept, path)
+            raise
+        for _, kept in pairs:
+            _remove(kept)
+
     # ---------------------------------------------------------------- resume
     def load_resume(self, kind: str | tuple[str, ...] | None = None) -> dict[str, Any] | None:
         """The resume file (labelgen.run.load_resume: ``weights_only``; another ``kind`` refused); None without one."""
@@ -509,3 +535,9 @@ class RunFolder:
         if self.is_main:
             write_png(self.dir / "samples" / f"step_{step:07d}.png", grid(list(tensor_to_uint8(images)), cols=cols))
 
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

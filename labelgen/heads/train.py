@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
-import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from labelgen.data.io import IGNORE_INDEX
-from labelgen.engine import Engine
+from labelgen.engine import Engine, RunFolder
 from labelgen.errors import LabelgenError
 from labelgen.heads.base import TaskHead
 from labelgen.heads.conv import ConvInterpreter, dice_loss
@@ -45,7 +42,7 @@ from labelgen.heads.pixel_mlp import PixelMLPEnsemble
 from labelgen.imaging import mirror_image
 from labelgen.losses import class_balance_weights, mask_class_frequencies
 from labelgen.metrics import ConfusionMatrix, Scores
-from labelgen.run import LOG_NAME, TB_DIR, RunLock, RunLog, progress as progress_bar, seed_everything
+from labelgen.run import progress as progress_bar, seed_everything
 
 Example = tuple[list[torch.Tensor], torch.Tensor]  # (levels [1, C_i, h_i, w_i], mask [1, H, W] int64)
 
@@ -141,7 +138,8 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
                on_step: Callable[[], None] | None = None, device: str = "cpu",
                class_weights: torch.Tensor | None = None) -> TrainResult:
     """Train ``head`` in place on examples 0..num_examples-1 (see module docstring). ``class_weights`` [C]:
-    per-class cross-entropy weights (``config.class_balance``)."""
+    per-class cross-entropy weights (``config.class_balance``). The loop is the engine's (``Engine.fit`` over
+    ``config.epochs`` epochs: each epoch's steps, then validation and ``on_epoch`` at its end)."""
     if num_examples < 1:
         raise LabelgenError("no annotated images to train on (annotate some: W/annotations/<id>.mask.png)")
     engine = Engine(device, torchrun=False)  # device and optimiser rules of every loop; heads train in one process
@@ -153,31 +151,42 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
     if class_weights is not None:
         class_weights = class_weights.float().to(device)
     steps_per_batch = config.steps_per_batch if is_mlp else 1
-    losses, val_miou, peak, steps = [], [], 0, 0
-    for epoch in range(config.epochs):
+    losses, val_miou, peak = [], [], 0
+    epoch_loss, epoch_steps = 0.0, 0
+
+    def epoch_batches() -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """One epoch: the examples in a new random order, a mini-batch loaded at a time (skipped without a
+        labelled pixel), each given ``steps_per_batch`` optimiser steps."""
         order = list(range(num_examples))
         order_rng.shuffle(order)
-        epoch_loss, epoch_steps = 0.0, 0
         for start in range(0, num_examples, config.images_per_step):
             levels, mask = _collate([load_example(i) for i in order[start:start + config.images_per_step]])
             levels = [level.to(device) for level in levels]
             if not bool((mask != IGNORE_INDEX).any()):
                 continue
             for _ in range(steps_per_batch):
-                if is_mlp:
-                    loss, step_bytes = _pixel_mlp_step(head, levels, mask, config, rng,  # type: ignore[arg-type]
-                                                       class_weights)
-                else:
-                    loss, step_bytes = _conv_step(head, levels, mask, config, class_weights)  # type: ignore[arg-type]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                peak = max(peak, step_bytes + _tensor_bytes(levels))
-                epoch_loss += float(loss.detach())
-                epoch_steps += 1
-                steps += 1
-                if on_step:
-                    on_step()
+                yield levels, mask
+
+    batches = epoch_batches()
+
+    def train_one(step: int) -> None:
+        nonlocal peak, epoch_loss, epoch_steps
+        levels, mask = next(batches)  # StopIteration: this epoch's data is done (Engine.fit calls end_epoch)
+        if is_mlp:
+            loss, step_bytes = _pixel_mlp_step(head, levels, mask, config, rng, class_weights)  # type: ignore[arg-type]
+        else:
+            loss, step_bytes = _conv_step(head, levels, mask, config, class_weights)  # type: ignore[arg-type]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        peak = max(peak, step_bytes + _tensor_bytes(levels))
+        epoch_loss += float(loss.detach())
+        epoch_steps += 1
+        if on_step:
+            on_step()
+
+    def end_epoch(epoch: int) -> None:
+        nonlocal batches, epoch_loss, epoch_steps
         losses.append(epoch_loss / max(1, epoch_steps))
         scores = validate(head) if validate else None
         if scores is not None:
@@ -185,6 +194,9 @@ def train_head(head: TaskHead, load_example: Callable[[int], Example], num_examp
             head.train()
         if on_epoch:
             on_epoch(epoch, losses[-1], scores)
+        batches, epoch_loss, epoch_steps = epoch_batches(), 0.0, 0
+
+    steps = engine.fit(train_one, epochs=config.epochs, on_epoch=end_epoch).step
     head.eval()
     return TrainResult(losses, val_miou, peak, steps)
 
@@ -310,45 +322,17 @@ def train_heads(teacher, annotations, config: TrainConfig | None = None, out_dir
     if out_dir is None:
         return _train_heads(teacher, annotations, config, None, head, val_folder, device, log, progress, holdout,
                             store)
-    with RunLock(out_dir, "train-heads"), _previous_log_kept(Path(out_dir)):
-        return _train_heads(teacher, annotations, config, Path(out_dir), head, val_folder, device, log, progress,
-                            holdout, store)
+    # W/heads/ written by its one writer: locked; log.csv + tb/ describe the heads saved beside them (the previous
+    # run's are put back if this one fails before it saved new heads: RunFolder.previous_log_kept)
+    folder = RunFolder(out_dir, what="train-heads")
+    with folder, folder.previous_log_kept():
+        return _train_heads(teacher, annotations, config, folder, head, val_folder, device, log, progress, holdout,
+                            store)
 
 
-@contextmanager
-def _previous_log_kept(head_dir: Path) -> Iterator[None]:
-    """W/heads/log.csv + tb/ describe the heads saved beside them: the previous run's are set aside while a run
-    trains and put back if it fails (refused, full disk, interrupted) before it saved new heads; dropped once it
-    has. Set-aside ones found at the start are those of a killed run's heads, still on disk: they are kept."""
-    pairs = [(head_dir / name, head_dir / f".{name}.previous") for name in (LOG_NAME, TB_DIR)]
-    for path, kept in pairs:
-        if kept.exists():
-            _remove(path)  # the killed run's own partial log
-        elif path.exists():
-            os.replace(path, kept)
-    try:
-        yield
-    except BaseException:
-        for path, kept in pairs:
-            _remove(path)
-            if kept.exists():
-                os.replace(kept, path)
-        raise
-    for _, kept in pairs:
-        _remove(kept)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _train_heads(teacher, annotations, config: TrainConfig | None, head_dir: Path | None, head: dict[str, Any] | None,
-                 val_folder, device: str, log: Callable[[str], None], progress: bool, holdout: int, store
-                 ) -> TrainResult:
-    from labelgen.data.io import atomic_write_json
+def _train_heads(teacher, annotations, config: TrainConfig | None, folder: RunFolder | None,
+                 head: dict[str, Any] | None, val_folder, device: str, log: Callable[[str], None], progress: bool,
+                 holdout: int, store) -> TrainResult:
     from labelgen.heads import create_head
 
     config = config or TrainConfig()
@@ -400,7 +384,7 @@ def _train_heads(teacher, annotations, config: TrainConfig | None, head_dir: Pat
         log(f"class balance (frequency^-{config.class_balance:g}): " + ", ".join(
             f"{n} {f:.3f}->x{w:.2f}" for n, f, w in zip(names, frequencies, class_weights.tolist())))
     total = config.epochs * steps_per_epoch(head.head_type, len(examples), config)
-    run_log = RunLog(head_dir, LOG_COLUMNS, total) if head_dir else None  # a new run: the previous log starts over
+    run_log = folder.open_log(LOG_COLUMNS, total) if folder else None  # a new run: the previous log starts over
     bar = progress_bar(total, desc=f"train {head.head_type} x{head.ensemble}", disable=not progress)
     done = [0]  # optimiser steps so far (tqdm does not count while disabled)
 
@@ -423,8 +407,8 @@ def _train_heads(teacher, annotations, config: TrainConfig | None, head_dir: Pat
                             device=device, class_weights=class_weights)
     finally:
         bar.close()
-        if run_log is not None:
-            run_log.close()
+        if folder is not None:
+            folder.close_log()
     holdout_log = None
     if held_out:
         result.holdout = evaluate_head(head, (annotation_example(i) for i in held_out), num_classes, device)
@@ -434,14 +418,14 @@ def _train_heads(teacher, annotations, config: TrainConfig | None, head_dir: Pat
         log(f"held-out IoU on {len(held_out)} annotated image(s) not trained on ({', '.join(held_out)}):\n"
             + result.holdout.table(names))
     result.head = head.cpu()
-    if head_dir is None:
+    if folder is None:
         return result
-    head.save_pretrained(head_dir, extra={
+    folder.export(head, extra={
         "generator": teacher.generator_id, "feature_layers": teacher.levels,
         "classes": names, "annotations": ids, "holdout": held_out, "train": asdict(config),
         "final_loss": result.losses[-1] if result.losses else None,
         "val_miou": result.val_miou[-1] if result.val_miou else None})
-    atomic_write_json(head_dir / TRAIN_LOG_NAME, {
+    folder.write_json(TRAIN_LOG_NAME, {
         "head": head.head_type, "ensemble": head.ensemble, "classes": names, "train_ids": ids,
         "train": asdict(config), "steps": result.steps, "losses": result.losses, "val_miou": result.val_miou,
         "holdout": holdout_log})
