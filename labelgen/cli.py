@@ -17,6 +17,7 @@ from labelgen.data.coco import UNLABELLED_CHOICES
 from labelgen.data.export import EXPORT_FORMATS
 from labelgen.data.formats import AUTO, IMPORT_FORMATS
 from labelgen.errors import LabelgenError, notice, one_line
+from labelgen.run import QUIET_ENV  # =1: no progress bars (labelgen.run.progress; also set by --quiet)
 
 
 def parse_size(text: str, option: str | None = None) -> tuple[int, int]:
@@ -55,8 +56,6 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
                             help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
-
-QUIET_ENV = "LABELGEN_QUIET"  # =1: no progress bars (labelgen.run.progress; also set by --quiet)
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:

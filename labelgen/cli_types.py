@@ -97,6 +97,15 @@ heads_option = click.option(
 
 DEVICES = ("auto", "cpu", "cuda")  # one meaning everywhere: auto = CUDA when present (labelgen.run.pick_device)
 
-device_option = click.option(
-    "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-    help="Where the tensors are computed: auto = cuda when a GPU is visible, else cpu; cuda without a GPU is refused.")
+
+
+def device_choice(default: str | None = "auto"):
+    """The one ``--device`` option. ``default`` None: the value is None unless given (a command that passes on only
+    the options given, ``labelgen train-generator``, whose trainer's default is auto); --help shows auto either way."""
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default=default, show_default=default is not None,
+        help="Where the tensors are computed: auto = cuda when a GPU is visible, else cpu; cuda without a GPU is "
+             "refused." + ("  [default: auto]" if default is None else ""))
+
+
+device_option = device_choice()

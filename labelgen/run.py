@@ -52,6 +52,7 @@ RESUME_FORMAT = 1
 LOG_NAME = "log.csv"  # FOLDER/log.csv: step, total, then the loop's columns
 TB_DIR = "tb"
 LOCK_NAME = ".lock"
+QUIET_ENV = "LABELGEN_QUIET"  # =1: no progress bars (progress(); set by every command's --quiet, labelgen.cli)
 
 
 # ---------------------------------------------------------------- device / distributed
@@ -418,10 +419,10 @@ def progress(total: int | None, initial: int = 0, desc: str | None = None, unit:
              disable: bool = False, **kwargs):
     """The one progress bar (tqdm on stderr); redraws every 0.5 s on a terminal, every 30 s into a file.
     Shown from 0.5 s on, so a command that fails at once prints its one error line and nothing else; hidden by
-    every command's --quiet (LABELGEN_QUIET=1)."""
+    every command's --quiet (QUIET_ENV: LABELGEN_QUIET=1)."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    disable = disable or os.environ.get("LABELGEN_QUIET", "").strip().lower() not in ("", "0", "false", "no")
+    disable = disable or os.environ.get(QUIET_ENV, "").strip().lower() not in ("", "0", "false", "no")
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.5 if tty else 30.0, smoothing=0.05, disable=disable, delay=0.5, **kwargs)

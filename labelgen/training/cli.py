@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from labelgen.cli_defaults import defaults_of
-from labelgen.cli_types import DEVICES, NON_NEGATIVE, POSITIVE, FiniteRange
+from labelgen.cli_types import NON_NEGATIVE, POSITIVE, FiniteRange, device_choice
 from labelgen.errors import LabelgenError
 from labelgen.training.train_generator import COMPILE_CHOICES, trainers
 
@@ -94,7 +94,7 @@ def _parse_channels(text: str | None) -> tuple[int, ...] | None:
 @click.option("--time-limit", "time_limit_min", type=POSITIVE, default=None,
               help="Minutes; then stop gracefully with a checkpoint (rerun to continue).")
 @click.option("--seed", type=int, default=None, help=f"Random seed {_shown('seed')}.")
-@click.option("--device", type=click.Choice(DEVICES), default=None, help=f"auto, cpu or cuda {_shown('device')}.")
+@device_choice(default=None)  # passed on only when given, as every option here
 @click.option("--compile", "compile_mode", type=click.Choice(COMPILE_CHOICES), default=None,
               help=f"ddpm: torch.compile the UNet (auto = on CUDA; falls back to eager with a warning) "
                    f"{_shown('compile', only='ddpm')}.")
