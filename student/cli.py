@@ -103,7 +103,7 @@ D = defaults_of(TrainOptions)  # every `student train` default comes from TrainO
 @click.option("--amp/--no-amp", default=D["amp"], help="bf16 autocast + channels_last (GPU only; ignored on CPU).")
 @click.option("--seed", type=int, default=D["seed"], help="Seed of init, data order and augmentation.")
 @click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="torch intra-op threads (0 = torch default: all cores). On a busy 2-core box --threads 1 is faster.")
+              help="torch intra-op threads (0 = torch default: all cores). On a 2-core CPU under load --threads 1 is faster.")
 @click.option("--save-every", type=click.IntRange(min=1), default=D["save_every"], help="Checkpoint every N steps.")
 @click.option("--resume/--no-resume", default=D["resume"], help="Continue from RUN_DIR/last.pt when present.")
 @click.option("--progress/--no-progress", default=D["progress"], help="Progress bar (images/s).")
