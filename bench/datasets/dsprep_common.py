@@ -10,6 +10,7 @@ Ids are global: train-full gets 0001..N, then val, then test (as labelgen data i
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -19,12 +20,35 @@ import subprocess
 import sys
 from string import Template
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 MAX_SHORT_SIDE = 96
+
+# DATACARD parts that main_for fills in for every dataset ($-fields: split counts, filled by write_dataset)
+CARD_SPLITS_TABLE = """## Splits (ids are global, as labelgen data import-ccp: train-full 0001.., then val, then test)
+| split | images | masks |
+|---|---|---|
+| annotated-20 | $annotated_20 | yes (the first 20 of train-full) |
+| unlabeled | $unlabeled | no (= the train-full images; disjoint from val and test) |
+| train-full | $train_full | yes (all labelled training photos, for upper-bound runs) |
+| val | $val | yes |
+| test | $test | yes |
+"""
+CARD_TAIL = """
+## Built with
+```
+{command}
+```
+
+## Summary (from the written files)
+```
+{summary}
+```
+"""
 
 
 def die(msg: str) -> None:
@@ -200,3 +224,36 @@ def summary(out: Path) -> str:
             line += f", foreground fraction mean {np.mean(fg):.3f} (min {min(fg):.3f}, max {max(fg):.3f})"
         lines.append(line)
     return "\n".join(lines)
+
+
+def main_for(doc: str, script: str, repo: str, commit: str,
+             read_samples: Callable[[GitBlobs], tuple[list[Sample], list[str]]],
+             classes: list[dict], spec: SplitSpec, card: str, **card_fields: str) -> None:
+    """The command line of a DS/prepare_*.py script: parse --git-dir/--commit/--out, read the samples with
+    read_samples(git) -> (samples, dropped notes), drop near-duplicates, write the dataset and its DATACARD.
+
+    card is the DATACARD up to its caveats: a str.format template with {repo} {commit} {seed} {n_val} {n_test}
+    {dropped} {splits_table} plus the script's own card_fields; CARD_TAIL (command, summary) is appended.
+    $-placeholders are filled by write_dataset with the split counts."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--git-dir", type=Path, required=True, help="bare git dir of the fetched mirror")
+    ap.add_argument("--commit", default=commit)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    git = GitBlobs(args.git_dir, args.commit)
+    samples, dropped = read_samples(git)
+    samples, dups = drop_duplicates(samples)
+    dropped += dups
+    command = " ".join([".venv/bin/python", f"bench/datasets/{Path(script).name}", "--git-dir", str(args.git_dir),
+                        "--commit", git.commit, "--out", str(args.out)])
+    text_card = (card + CARD_TAIL).format(
+        repo=repo, commit=git.commit, seed=spec.seed, n_val=spec.n_val, n_test=spec.n_test,
+        dropped="".join(f"\n  - {d}" for d in dropped) or " none", splits_table=CARD_SPLITS_TABLE,
+        command=command, summary="{summary}", **card_fields)
+    counts = write_dataset(args.out, samples, classes, spec, text_card)
+    text = summary(args.out)
+    card_path = args.out / "DATACARD.md"
+    card_path.write_text(card_path.read_text().replace("{summary}", text))
+    print(f"wrote {args.out}: {counts}; dropped: {dropped or 'none'}")
+    print(text)

@@ -9,7 +9,6 @@ so each rgb photo is resized straight to the target size derived from its mask.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dsprep_common import GitBlobs, Sample, SplitSpec, binarise, die, drop_duplicates, open_image, summary, target_size, write_dataset  # noqa: E402
+from dsprep_common import GitBlobs, Sample, SplitSpec, binarise, die, main_for, open_image, target_size  # noqa: E402
 
 REPO = "shenshutao/image_segmentation"
 COMMIT = "2653401d6ea617026895aac17059eb57e017abcb"
@@ -42,15 +41,7 @@ CARD = """# horse: Weizmann Horse Database (figure/ground), prepared for labelge
 ## Classes
 `classes.json`: 0 background, 1 horse. No ignore (255) pixels.
 
-## Splits (ids are global, as labelgen data import-ccp: train-full 0001.., then val, then test)
-| split | images | masks |
-|---|---|---|
-| annotated-20 | $annotated_20 | yes (the first 20 of train-full) |
-| unlabeled | $unlabeled | no (= the train-full images; disjoint from val and test) |
-| train-full | $train_full | yes (all labelled training photos, for upper-bound runs) |
-| val | $val | yes |
-| test | $test | yes |
-
+{splits_table}
 Split: the photos left after dropping (below), in file-name order, shuffled with `random.Random({seed})`; first train-full,
 then {n_val} val, then {n_test} test. `sources.csv` maps every id to its original file name.
 
@@ -68,30 +59,14 @@ then {n_val} val, then {n_test} test. `sources.csv` maps every id to its origina
 - The source has 9 duplicated photos (dropped, see above) whose two masks differ (IoU about 0.89-0.97):
   a rough measure of the annotation noise.
 - Photos: one horse per image, mostly side view, varied backgrounds; photo sizes vary (81..1280 px).
-
-## Built with
-```
-{command}
-```
-
-## Summary (from the written files)
-```
-{summary}
-```
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--git-dir", type=Path, required=True, help="bare git dir of the fetched mirror")
-    ap.add_argument("--commit", default=COMMIT)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-
-    git = GitBlobs(args.git_dir, args.commit)
+def read_samples(git: GitBlobs) -> tuple[list[Sample], list[str]]:
+    """figure_ground masks and their rgb photos, resized; (samples, dropped notes)."""
     masks = [p for p in git.list("weizmann_horse_db/figure_ground") if p.endswith(".jpg")]
     if not masks:
-        die(f"{args.git_dir}: no weizmann_horse_db/figure_ground/*.jpg at {git.commit}")
+        die(f"{git.git_dir}: no weizmann_horse_db/figure_ground/*.jpg at {git.commit}")
     samples, dropped = [], []
     for mpath in masks:
         name = Path(mpath).name
@@ -108,19 +83,11 @@ def main() -> None:
         img = photo.resize(size, Image.LANCZOS)
         m = binarise(mask.resize(size, Image.NEAREST))
         samples.append(Sample(name, img, m))
+    return samples, dropped
 
-    samples, dups = drop_duplicates(samples)
-    dropped += dups
-    command = " ".join([".venv/bin/python", "bench/datasets/prepare_horse.py", "--git-dir", str(args.git_dir),
-                        "--commit", git.commit, "--out", str(args.out)])
-    card = CARD.format(repo=REPO, commit=git.commit, seed=SPEC.seed, n_val=SPEC.n_val, n_test=SPEC.n_test,
-                       dropped="".join(f"\n  - {d}" for d in dropped) or " none", command=command, summary="{summary}")
-    counts = write_dataset(args.out, samples, CLASSES, SPEC, card)
-    text = summary(args.out)
-    card_path = args.out / "DATACARD.md"
-    card_path.write_text(card_path.read_text().replace("{summary}", text))
-    print(f"wrote {args.out}: {counts}; dropped: {dropped or 'none'}")
-    print(text)
+
+def main() -> None:
+    main_for(__doc__, __file__, REPO, COMMIT, read_samples, CLASSES, SPEC, CARD)
 
 
 if __name__ == "__main__":

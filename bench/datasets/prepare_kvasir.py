@@ -9,7 +9,6 @@ commits replaced them with 256x256 squashed copies, so the commit matters).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dsprep_common import GitBlobs, Sample, SplitSpec, binarise, die, drop_duplicates, open_image, summary, target_size, write_dataset  # noqa: E402
+from dsprep_common import GitBlobs, Sample, SplitSpec, binarise, die, main_for, open_image, target_size  # noqa: E402
 
 REPO = "ViniciusSimm/Colo-Retal-Induscon2023"
 COMMIT = "c5846892339ad5295f05c4dbec123f7b6bbbf3e6"
@@ -45,15 +44,7 @@ CARD = """# kvasir: Kvasir-SEG (colonoscopy polyp segmentation), prepared for la
 ## Classes
 `classes.json`: 0 background, 1 polyp. No ignore (255) pixels.
 
-## Splits (ids are global, as labelgen data import-ccp: train-full 0001.., then val, then test)
-| split | images | masks |
-|---|---|---|
-| annotated-20 | $annotated_20 | yes (the first 20 of train-full) |
-| unlabeled | $unlabeled | no (= the train-full images; disjoint from val and test) |
-| train-full | $train_full | yes (all labelled training photos, for upper-bound runs) |
-| val | $val | yes |
-| test | $test | yes |
-
+{splits_table}
 Split: the pairs left after dropping (below), in file-name order, shuffled with `random.Random({seed})`; first train-full,
 then {n_val} val, then {n_test} test. `sources.csv` maps every id to its original file name.
 
@@ -73,30 +64,14 @@ then {n_val} val, then {n_test} test. `sources.csv` maps every id to its origina
   thumbnail in the lower-left corner; these are background in the masks.
 - Polyp size varies a lot (foreground fraction from under 1 % to about 80 % of the photo); at 96 px the
   smallest polyps are only a few pixels across.
-
-## Built with
-```
-{command}
-```
-
-## Summary (from the written files)
-```
-{summary}
-```
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--git-dir", type=Path, required=True, help="bare git dir of the fetched mirror")
-    ap.add_argument("--commit", default=COMMIT)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-
-    git = GitBlobs(args.git_dir, args.commit)
+def read_samples(git: GitBlobs) -> tuple[list[Sample], list[str]]:
+    """Photos and their masks, resized; pairs with an empty mask dropped. (samples, dropped notes)."""
     photos = [p for p in git.list(f"{FOLDER}/images") if p.endswith(".jpg")]
     if not photos:
-        die(f"{args.git_dir}: no {FOLDER}/images/*.jpg at {git.commit}")
+        die(f"{git.git_dir}: no {FOLDER}/images/*.jpg at {git.commit}")
     samples, dropped = [], []
     for ppath in photos:
         name = Path(ppath).name
@@ -111,20 +86,11 @@ def main() -> None:
             dropped.append(f"{name} (empty mask)")
             continue
         samples.append(Sample(name, photo.resize(size, Image.LANCZOS), np.asarray(m_small)))
+    return samples, dropped
 
-    samples, dups = drop_duplicates(samples)
-    dropped += dups
-    command = " ".join([".venv/bin/python", "bench/datasets/prepare_kvasir.py", "--git-dir", str(args.git_dir),
-                        "--commit", git.commit, "--out", str(args.out)])
-    card = CARD.format(repo=REPO, commit=git.commit, folder=FOLDER, seed=SPEC.seed, n_val=SPEC.n_val,
-                       n_test=SPEC.n_test, dropped="".join(f"\n  - {d}" for d in dropped) or " none", command=command,
-                       summary="{summary}")
-    counts = write_dataset(args.out, samples, CLASSES, SPEC, card)
-    text = summary(args.out)
-    card_path = args.out / "DATACARD.md"
-    card_path.write_text(card_path.read_text().replace("{summary}", text))
-    print(f"wrote {args.out}: {counts}; dropped: {dropped or 'none'}")
-    print(text)
+
+def main() -> None:
+    main_for(__doc__, __file__, REPO, COMMIT, read_samples, CLASSES, SPEC, CARD, folder=FOLDER)
 
 
 if __name__ == "__main__":
