@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from labelgen.cli_types import device_option
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True,
@@ -21,7 +23,8 @@ import click
               help="DDIM steps of the demo's samples (diffusion teachers; sampling only, the heads stay valid).")
 @click.option("-w", "--workspace", "workspace_dir", type=click.Path(path_type=Path), default=None,
               help="Use this workspace instead of the embedded default teacher.")
-def demo_cmd(out: Path, count: int, batch_size: int, ddim_steps: int, workspace_dir: Path | None):
+@device_option
+def demo_cmd(out: Path, count: int, batch_size: int, ddim_steps: int, workspace_dir: Path | None, device: str):
     """Main job: synthesize a labelled set with the default teacher and write an overlay grid PNG."""
     from labelgen.data.io import write_png
     from labelgen.data.shards import ShardReader
@@ -37,7 +40,8 @@ def demo_cmd(out: Path, count: int, batch_size: int, ddim_steps: int, workspace_
         workspace.reload()
     click.echo(f"teacher: {workspace.config.backend} generator, {workspace.config.head['type']} head, "
                f"classes {', '.join(workspace.classes.names)} (workspace {workspace.root})")
-    config = SynthesisConfig(n=count, shard_size=count, batch_size=batch_size, soft_labels="uint8")
+    config = SynthesisConfig(n=count, shard_size=count, batch_size=batch_size, soft_labels="uint8",
+                             device=device)
     summary = synthesize(workspace.teacher(), config, out / "synthetic")
     click.echo(f"kept {summary.kept} samples ({summary.dropped} dropped) in {summary.seconds:.1f} s, "
                f"{summary.samples_per_second:.2f} samples/s, {summary.bytes / 2**20:.2f} MiB -> {out / 'synthetic'}")

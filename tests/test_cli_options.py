@@ -16,7 +16,7 @@ from labelgen.student.cli import cli as student_cli
 TENSOR_COMMANDS = [
     (labelgen_cli, ["sample"]), (labelgen_cli, ["import"]), (labelgen_cli, ["train-heads"]),
     (labelgen_cli, ["tune-features"]), (labelgen_cli, ["synthesize"]), (labelgen_cli, ["features"]),
-    (labelgen_cli, ["train-generator"]),
+    (labelgen_cli, ["train-generator"]), (labelgen_cli, ["demo"]),
     (student_cli, ["train"]), (student_cli, ["eval"]), (student_cli, ["predict"]), (student_cli, ["pseudo-label"]),
 ]
 SAMPLING_COMMANDS = [(labelgen_cli, ["init"]), (labelgen_cli, ["sample"]), (labelgen_cli, ["synthesize"]),
@@ -39,8 +39,7 @@ def _option(command: click.Command, name: str) -> click.Option | None:
 def test_every_tensor_command_takes_device(group, path):
     option = _option(_command(group, path), "--device")
     assert option is not None, f"{' '.join(path)} has no --device"
-    if isinstance(option.type, click.Choice):  # train-generator keeps its saved-run default (None = the run's)
-        assert list(option.type.choices) == ["auto", "cpu", "cuda"]
+    assert list(option.type.choices) == ["auto", "cpu", "cuda"]  # the one option (labelgen.cli_types.device_choice)
 
 
 @pytest.mark.parametrize("group, path", SAMPLING_COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
@@ -82,6 +81,7 @@ def test_quiet_hides_the_progress_bar_for_that_command_only(monkeypatch):
     ["student", "eval", "--checkpoint", "{t}/run", "--data", "{t}/data", "--device", "cuda"],
     ["student", "predict", "--checkpoint", "{t}/run", "--images", "{t}/data", "--out", "{t}/o", "--device", "cuda"],
     ["labelgen", "sample", "-w", "{t}/ws", "--n", "1", "--device", "cuda"],
+    ["labelgen", "demo", "-w", "{t}/ws", "--out", "{t}/demo", "--n", "1", "--device", "cuda"],
 ])
 def test_device_cuda_without_a_gpu_is_one_line(argv, tmp_path, capsys, monkeypatch):
     """--device cuda is accepted by the parser and refused in one line where there is no CUDA (before any work)."""
