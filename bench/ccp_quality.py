@@ -581,7 +581,7 @@ class Runner:
             cmd = labelgen("synthesize", "-w", self.workspace(part.heads)[0], "--n", part.times * self.p.synthetic_n,
                            "--out", dest, "--soft-labels", "uint8", "--drop-uncertain", 0.1, "--shard-size", 500,
                            "--tta", part.tta)
-            return run(cmd + ([] if part.seed_base is None else ["--seed-base", str(part.seed_base)]),
+            return run(cmd + ([] if part.seed_base is None else ["--seed", str(part.seed_base)]),
                        logs / f"{dest.name}.log")
         if isinstance(part, Photos):
             limit = None if part.every else self.p.unlabeled_limit

@@ -178,7 +178,8 @@ def init_cmd(workspace_arg, workspace_dir, backend, checkpoint, class_names, hea
 @click.command("sample")
 @workspace_option
 @click.option("--n", "count", type=click.IntRange(1), required=True, help="Images to generate for annotation.")
-@click.option("--seed-start", type=int, default=None, help="First seed [default: after the largest seed used].")
+@click.option("--seed", "--seed-start", "seed_start", type=int, default=None,
+              help="First seed: sample k uses seed + k [default: after the largest seed used].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @sampling_flags
 @device_option
@@ -296,8 +297,8 @@ def train_heads_cmd(workspace_dir, epochs, val_folder, images_per_step, pixels_p
               help="Pseudo-label these real images instead of sampling (diffusion teachers).")
 @click.option("--soft-labels", type=click.Choice(SOFT_LABELS), default=SYNTHESIS["soft_labels"], show_default=True,
               help="Also store uint8-quantised class probabilities as <key>.soft.npz.")
-@click.option("--seed-base", type=int, default=SYNTHESIS["seed_base"], show_default=True,
-              help="Sample k uses seed seed-base + k.")
+@click.option("--seed", "--seed-base", "seed_base", type=int, default=SYNTHESIS["seed_base"], show_default=True,
+              help="Sample k uses seed + k (--seed-base: the same).")
 @click.option("--tta", type=click.Choice(TTA_MODES), default=SYNTHESIS["tta"], show_default=True,
               help="Horizontal-flip test-time augmentation (image-encoding teachers): for --from-images photos "
                    "(real), for every image (all), or none.")

@@ -160,3 +160,15 @@ def _default_copy(tmp_path):
     from labelgen.default_teacher import copy_default_workspace
 
     return copy_default_workspace(tmp_path / "default").root
+
+
+def test_seed_is_one_name_on_every_command():
+    """The seed of a run or of the first sample is --seed everywhere (sample's --seed-start and synthesize's
+    --seed-base stay as aliases of it)."""
+    seeded = {"sample": "--seed-start", "synthesize": "--seed-base", "train-heads": None, "tune-features": None,
+              "train-generator": None}
+    for name, alias in seeded.items():
+        option = _option(_command(labelgen_cli, [name]), "--seed")
+        assert option is not None, name
+        assert option.opts[0] == "--seed" and (alias is None or alias in option.opts), option.opts
+    assert _option(_command(student_cli, ["train"]), "--seed") is not None

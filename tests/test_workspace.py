@@ -59,7 +59,7 @@ def test_init_sample_and_annotation_store(tmp_path, run_cli):
     proc = run_cli("init", root, "--generator", "teacher_fakes:FakeGAN", "--classes", CLASSES, "--head", "conv",
                    check_rc=0)
     assert "32x32" in proc.stdout
-    run_cli("sample", "-w", root, "--n", "3", "--seed-start", "5", check_rc=0)
+    run_cli("sample", "-w", root, "--n", "3", "--seed", "5", check_rc=0)
     ws = Workspace(root)
     assert ws.resolution == (32, 32) and ws.config.feature_channels == [8, 8, 4]
     assert ws.config.head == {"type": "conv", "ensemble": 1}
