@@ -13,9 +13,11 @@ with their output in RUN_DIR/logs/, makes each data part once under RUN_DIR/data
 RUN_DIR/rows/<name>.json, so a killed run resumes where it stopped; a row runs the rows it builds on first.
 Prints a markdown table and writes ``--results`` (one object per row: name, trained_on, miou, per_class,
 pixel_accuracy, device, seconds, command, selection, ...). ``--rows`` takes row groups (supervised, teacher,
-distill) and/or row names. ``--seeds N`` runs each student row named there at N student seeds on the same data
-(a row run at several: ``miou`` = the mean, ``miou_seeds``, ``miou_std``; see ``aggregate_seeds``). The pretraining
-row (feature-distill) scores nothing: its ``miou`` is null and ``pretrain`` holds its feature-loss curve in brief.
+distill) and/or row names. ``--seeds N`` runs each student row named there at N student seeds on the same data, and
+each teacher row named there at N head seeds (``train-heads --seed``; the feature choice is shared, an ensemble
+combines one seed's heads, the students' data keeps the runner's seed's heads); a row run at several seeds reports
+``miou`` = the mean, ``miou_seeds``, ``miou_std`` (see ``aggregate_seeds``). The pretraining row (feature-distill)
+scores nothing: its ``miou`` is null and ``pretrain`` holds its feature-loss curve in brief.
 """
 from __future__ import annotations
 
@@ -307,8 +309,8 @@ def feature_loss_curve(run_dir: Path) -> dict:
 
 
 def aggregate_seeds(records: list[dict], seeds: list[int]) -> dict:
-    """One row from its runs at several student seeds (``records`` in ``seeds``' order, the first one's command and
-    selection kept): miou = the mean, miou_seeds the per-seed scores, miou_std their sample standard deviation,
+    """One row from its runs at several student / head seeds (``records`` in ``seeds``' order, the first one's command
+    and selection kept): miou = the mean, miou_seeds the per-seed scores, miou_std their sample standard deviation,
     per-class IoU and pixel accuracy the means, seconds the mean per run; a pretraining row (miou None) averages its
     feature-loss summary (``pretrain``; per seed in ``pretrain_seeds``). One record is returned as it is."""
     if len(records) == 1:
@@ -330,7 +332,9 @@ def aggregate_seeds(records: list[dict], seeds: list[int]) -> dict:
 class Runner:
     """Builds each row's commands from the table and runs them in ``out`` (finished rows read back from out/rows/).
     A student row runs at ``seeds`` student seeds, seed .. seed + seeds - 1, on the same data: ``seed`` in
-    students/<name> and rows/<name>.json, another seed k in students/<name>-seed<k> and rows/<name>-seed<k>.json."""
+    students/<name> and rows/<name>.json, another seed k in students/<name>-seed<k> and rows/<name>-seed<k>.json. A
+    teacher row runs at as many head seeds: another seed k's heads in ws-...-seed<k> (a copy of the same ws-<features>),
+    its record in rows/<name>-seed<k>.json."""
 
     def __init__(self, ccp: Path, teacher: Path | None, out: Path, preset: Preset, threads: int, seed: int,
                  seeds: int = 1):
@@ -352,12 +356,16 @@ class Runner:
         part = self.resolve(part)
         return self.out / "data" / part if part in PARTS else self.ccp / part
 
-    def workspace_dir(self, heads: tuple[Heads, ...]) -> Path:
-        return self.out / heads[0].folder("ensemble" if len(heads) > 1 else None)
+    def workspace_dir(self, heads: tuple[Heads, ...], seed: int | None = None) -> Path:
+        """These heads' workspace at a head seed (default: the runner's; another seed k: the folder + -seed<k>)."""
+        seed = self.seed if seed is None else seed
+        return self.out / (heads[0].folder("ensemble" if len(heads) > 1 else None)
+                           + ("" if seed == self.seed else f"-seed{seed}"))
 
-    def train_heads_cmd(self, heads: Heads) -> list[str]:
-        return labelgen("train-heads", "-w", self.workspace_dir((heads,)), "--epochs", self.p.head_epochs, "--seed",
-                        self.seed, "--class-balance", heads.class_balance, "--augment", heads.augment)
+    def train_heads_cmd(self, heads: Heads, seed: int | None = None) -> list[str]:
+        seed = self.seed if seed is None else seed
+        return labelgen("train-heads", "-w", self.workspace_dir((heads,), seed), "--epochs", self.p.head_epochs,
+                        "--seed", seed, "--class-balance", heads.class_balance, "--augment", heads.augment)
 
     def run_dir(self, name: str, seed: int | None = None) -> Path:
         """A student row's run folder at a student seed (default: the runner's)."""
@@ -399,16 +407,17 @@ class Runner:
                 for split, folder, flip in (("val", "val", False), ("val", "val-tta", True),
                                             ("test", "test-tta", True))]
 
-    def command(self, name: str, init: str | None = None) -> str:
-        """The command a row records (``init``: finetuned-20's chosen student), built without running anything."""
+    def command(self, name: str, init: str | None = None, seed: int | None = None) -> str:
+        """The command a row records (``init``: finetuned-20's chosen student) at a student / head seed (default: the
+        runner's), built without running anything."""
         row = ROW[name]
         if isinstance(row, Student):
-            return " ".join(self.student_cmd(row, init)[2:])
+            return " ".join(self.student_cmd(row, init, seed)[2:])
         if isinstance(row, StudentTTA):
             return " ".join(self.tta_cmds(row)[-1][1][2:])
         steps = []
         for heads in row.heads:
-            cmd = " ".join(self.train_heads_cmd(heads)[2:])
+            cmd = " ".join(self.train_heads_cmd(heads, seed)[2:])
             if len(row.heads) > 1 and heads.type != "pixel-mlp":  # its type is set in the workspace, not an option
                 cmd = cmd.replace("train-heads", f"train-heads --type {heads.type}", 1)
             steps.append(cmd)
@@ -431,31 +440,36 @@ class Runner:
         return aggregate_seeds(list(records.values()), list(records))
 
     def row(self, name: str) -> dict:
-        """Run (or read back) one row by name, a student row at the runner's seeds; the row as reported."""
-        for seed in range(self.seed, self.seed + (self.seeds if isinstance(ROW[name], Student) else 1)):
+        """Run (or read back) one row by name, a student or teacher row at the runner's seeds; the row as reported."""
+        for seed in range(self.seed, self.seed + (self.seeds if isinstance(ROW[name], (Student, Teacher)) else 1)):
             self.run_once(name, seed)
         return self.row_done(name)
 
     def run_once(self, name: str, seed: int | None = None) -> dict:
-        """Run (or read back) one row at one student seed (default: the runner's); that run's record."""
+        """Run (or read back) one row at one student / head seed (default: the runner's); that run's record."""
         from labelgen.data.io import atomic_write_json
 
-        path = self.record_path(name, self.seed if seed is None else seed)
+        seed = self.seed if seed is None else seed
+        path = self.record_path(name, seed)
         if path.is_file():
             return json.loads(path.read_text())
         spec = ROW[name]
         if isinstance(spec, Student):
-            row = self.student_row(spec, self.seed if seed is None else seed)
+            row = self.student_row(spec, seed)
+        elif isinstance(spec, Teacher):
+            row = self.teacher_row(spec, seed)
         else:
-            row = {Teacher: self.teacher_row, StudentTTA: self.tta_row}[type(spec)](spec)
+            row = self.tta_row(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, row)
         return row
 
-    def teacher_row(self, row: Teacher) -> dict:
+    def teacher_row(self, row: Teacher, seed: int | None = None) -> dict:
+        """Train (or reuse) the row's heads at one head seed (default: the runner's) and score them on test."""
         from labelgen.training.evaluate_teacher import evaluate_teacher
 
-        workspace, seconds = self.workspace(row.heads)
+        seed = self.seed if seed is None else seed
+        workspace, seconds = self.workspace(row.heads, seed)
         from labelgen.workspace import Workspace
 
         ws = Workspace(workspace)
@@ -464,13 +478,14 @@ class Runner:
         scores = {"name": row.name, "trained_on": row.trained_on, "miou": result["miou"],
                   "per_class": result["per_class_iou"], "pixel_accuracy": result["pixel_accuracy"],
                   "device": self.device, "seconds": round(seconds + result["seconds"], 1)}
+        seeded = {} if seed == self.seed else {"seed": seed}
         if len(row.heads) > 1:
-            return {**scores, "heads": result["heads"], "command": self.command(row.name),
+            return {**scores, "heads": result["heads"], "command": self.command(row.name, seed=seed),
                     "selection": "heads of teacher-selected-cb-flip and teacher-conv reused (seconds: evaluation "
-                                 "only); every member averaged (labelgen.teacher.predict_heads)"}
-        return {**scores, "command": self.command(row.name),
+                                 "only); every member averaged (labelgen.teacher.predict_heads)", **seeded}
+        return {**scores, "command": self.command(row.name, seed=seed),
                 "selection": "features: " + ("tune-features on val" if row.heads[0].features == "selected" else
-                                             "default") + f"; heads: fixed {self.p.head_epochs} epochs"}
+                                             "default") + f"; heads: fixed {self.p.head_epochs} epochs", **seeded}
 
     def student_row(self, row: Student, seed: int) -> dict:
         """Train + test one student at one seed (its predictions resized back to the photos' 96x64 when scored); a
@@ -622,15 +637,16 @@ class Runner:
         return {"data_seconds": round(sum(timing[n] for n in names), 1)} if names and set(names) <= set(timing) else {}
 
     # ---- teacher workspaces ----
-    def workspace(self, heads: tuple[Heads, ...]) -> tuple[Path, float]:
-        """(workspace with these heads trained, seconds training them); two sets: the first's workspace with the
-        second's heads copied into heads/<type>/ (reused, not retrained), combined by the Teacher."""
+    def workspace(self, heads: tuple[Heads, ...], seed: int | None = None) -> tuple[Path, float]:
+        """(workspace with these heads trained at a head seed (default: the runner's; the students' data always uses
+        the runner's), seconds training them); two sets: the first's workspace with the second's heads of the same
+        seed copied into heads/<type>/ (reused, not retrained), combined by the Teacher."""
         from labelgen.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME
 
         if len(heads) == 1:
-            return self.train_heads(heads[0])
-        (first, _), (second, _) = (self.train_heads(h) for h in heads)
-        dest = self.workspace_dir(heads)
+            return self.train_heads(heads[0], seed)
+        (first, _), (second, _) = (self.train_heads(h, seed) for h in heads)
+        dest = self.workspace_dir(heads, seed)
         if not (dest / "heads" / heads[1].type / HEAD_CONFIG_NAME).is_file():
             partial = dest.with_name(dest.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
@@ -642,11 +658,12 @@ class Runner:
             partial.rename(dest)
         return dest, 0.0
 
-    def train_heads(self, heads: Heads) -> tuple[Path, float]:
-        """A copy of ws-<features> (its feature cache too) with these heads trained."""
+    def train_heads(self, heads: Heads, seed: int | None = None) -> tuple[Path, float]:
+        """A copy of ws-<features> (its feature cache too; the feature choice is shared by every head seed) with these
+        heads trained at a head seed (default: the runner's)."""
         from labelgen.workspace import Workspace
 
-        dest = self.workspace_dir((heads,))
+        dest = self.workspace_dir((heads,), seed)
         if (dest / "heads" / "head_config.json").is_file():
             return dest, 0.0
         source = self.features_workspace(heads.features)
@@ -656,7 +673,7 @@ class Runner:
         if ws.config.head.get("type") != heads.type:
             ws.config.head = {"type": heads.type}
             ws.save_config()
-        return dest, run(self.train_heads_cmd(heads), self.out / "logs" / f"{dest.name}.log")
+        return dest, run(self.train_heads_cmd(heads, seed), self.out / "logs" / f"{dest.name}.log")
 
     def features_workspace(self, features: str) -> Path:
         """ws-default: the teacher's default features (t = 50, 150, 250, every block); ws-selected: the features
@@ -744,9 +761,10 @@ def markdown(rows: list[dict]) -> str:
 @click.option("--threads", type=int, default=1, help="Torch threads per training process.")
 @click.option("--seed", type=int, default=0)
 @click.option("--seeds", type=click.IntRange(min=1), default=1,
-              help="Student seeds per student row run now: --seed .. --seed + N - 1 on the same data (a row built on "
-                   "the pretraining row starts from its run at the same seed; finetuned-20 from the student chosen "
-                   "at --seed); reported as mean ± std.")
+              help="Student seeds per student row and head seeds per teacher row run now: --seed .. --seed + N - 1 "
+                   "on the same data (a row built on the pretraining row starts from its run at the same seed; "
+                   "finetuned-20 from the student chosen at --seed; the ensembles combine the heads of one seed; the "
+                   "students' data is labelled by --seed's heads); reported as mean ± std.")
 @click.option("--rows", "row_groups", type=str, default=",".join(ROW_GROUPS),
               help="Row groups and/or row names to run now (finished rows of others are read back from --out).")
 def main(ccp: Path, src: Path | None, teacher: Path | None, preset: str, out: Path, results: Path, threads: int,

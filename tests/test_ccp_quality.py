@@ -248,6 +248,44 @@ def test_every_row_runs_and_the_table_is_written(tiny_teacher, tmp_path):
     assert "| label-distill-fd |" in two.stdout and " ± " in two.stdout
 
 
+# ~55 s on the shared 2-core CPU (tune-features, four head trainings, two TTA evaluations): the bench's plumbing
+@pytest.mark.slow
+def test_a_teacher_row_runs_at_several_head_seeds(tiny_teacher, tmp_path):
+    """--seeds 2 on the best teacher (the ensemble with flip TTA): head seed 1 trains both heads with `train-heads
+    --seed 1` in workspaces of their own (-seed1, copies of the same ws-selected: one feature choice), the ensemble
+    combines those; its record is rows/<name>-seed1.json and the row reports both seeds."""
+    ccp, ws = tiny_teacher
+    results, run = tmp_path / "ccp_quality.json", tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "ccp_quality.py"), "--ccp", str(ccp), "--teacher", str(ws),
+                           "--preset", "tiny", "--out", str(run), "--results", str(results),
+                           "--rows", "teacher-ensemble-tta", "--seeds", "2"], capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [row] = json.loads(results.read_text())
+    seed0 = json.loads((run / "rows" / "teacher-ensemble-tta.json").read_text())
+    seed1 = json.loads((run / "rows" / "teacher-ensemble-tta-seed1.json").read_text())
+    assert row["name"] == "teacher-ensemble-tta" and row["seeds"] == [0, 1] and "seed" not in row
+    assert row["miou_seeds"] == [seed0["miou"], seed1["miou"]]
+    assert row["miou"] == pytest.approx((seed0["miou"] + seed1["miou"]) / 2) and row["miou_std"] >= 0
+    assert row["command"] == seed0["command"] and " ± " in proc.stdout
+    assert seed1["seed"] == 1 and "seed" not in seed0 and seed1["heads"] == "pixel-mlp+conv"
+    assert seed1["command"] == seed0["command"].replace("--seed 0 ", "--seed 1 ").replace(
+        "ws-selected-pixel-mlp-cb0.5-flip ", "ws-selected-pixel-mlp-cb0.5-flip-seed1 ").replace(
+        "ws-selected-conv-cb0.5 ", "ws-selected-conv-cb0.5-seed1 ")
+    for seed, suffix in ((0, ""), (1, "-seed1")):
+        ensemble = run / f"ws-selected-ensemble-cb0.5-flip{suffix}" / "heads"
+        for own, reused in ((ensemble, run / f"ws-selected-pixel-mlp-cb0.5-flip{suffix}" / "heads"),
+                            (ensemble / "conv", run / f"ws-selected-conv-cb0.5{suffix}" / "heads")):
+            assert (own / "head.safetensors").read_bytes() == (reused / "head.safetensors").read_bytes()
+            assert json.loads((reused / "train_log.json").read_text())["train"]["seed"] == seed
+    for folder in ("ws-selected-pixel-mlp-cb0.5-flip", "ws-selected-conv-cb0.5"):  # other heads, from the same features
+        assert (run / folder / "heads" / "head.safetensors").read_bytes() != (
+            run / f"{folder}-seed1" / "heads" / "head.safetensors").read_bytes()
+        assert json.loads((run / folder / "workspace.json").read_text()) == json.loads(
+            (run / f"{folder}-seed1" / "workspace.json").read_text())
+    assert not list((run / "rows").glob("teacher-selected-cb-flip*"))  # the reused heads' own rows were not asked for
+
+
 def test_the_runner_builds_every_recorded_command():
     """Each row's command in bench/results/ccp_quality.json is what the table and the runner build for that row today,
     given the run's folders (read from the recorded command), preset, --threads 2 and --seed 0; nothing runs."""
