@@ -61,9 +61,11 @@ class Flow:
         if record_path.is_file():
             return json.loads(record_path.read_text())
         start = time.perf_counter()
-        extra = fn() if fn is not None else {}
-        if command is not None and fn is None:
+        if fn is not None:
+            extra = fn()
+        else:
             run(command, self.dir / "logs" / f"{name}.log")
+            extra = {}
         record = {"seconds": round(time.perf_counter() - start, 1), **extra}
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record))
@@ -136,7 +138,7 @@ class Flow:
         records, data = ({}, [self.data / "annotated-20"]) if self.path == "supervised" else self.teacher()
         students = [self.student_seed(seed, data) for seed in seeds]
         scores = [s["miou"] for s in students]
-        before = sum(r["seconds"] for name, r in records.items())
+        before = sum(r["seconds"] for r in records.values())
         return {
             "dataset": self.data.name, "path": self.path, "size": self.size,
             "gen_minutes": self.minutes if self.path in TRAINS_GENERATOR else 0,
